@@ -1,0 +1,42 @@
+# orchestra: every target bootstraps .venv itself, so a fresh clone needs only
+# Python 3.11+ and make. ORCHESTRA_DSN (or ORCHESTRA_TEST_DSN for tests) points
+# at your PostgreSQL; without it the embedded PostgreSQL (pgserver) is used.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test lint typecheck unit integration e2e bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/orchestra demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check orchestra tests examples
+	$(BIN)/ruff format --check orchestra tests examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration -q -n $(PYTEST_WORKERS)
+
+e2e: $(STAMP)
+	$(BIN)/pytest tests/e2e -q -n $(PYTEST_WORKERS)
+
+test: lint typecheck $(STAMP)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

@@ -1,0 +1,466 @@
+"""JobDefinition (settings + defer), JobHandle and JobContext."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import inspect
+import logging
+import re
+import threading
+import time
+import zoneinfo
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import attrs
+import psycopg
+from croniter import croniter
+
+from orchestra import _converter
+from orchestra._backoff import Backoff, milliseconds
+from orchestra.errors import ConfigurationError, UnknownJobError
+
+if TYPE_CHECKING:
+    from orchestra._config import Config
+
+P = TypeVar("P")
+
+NAME_MAX_LENGTH = 128
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+LOCK_INTERVAL_MIN_MS = 500
+#: How often a process re-upserts a definition it defers to, so that a
+#: definition swept as stale while this process was idle comes back before the
+#: next insert needs it (seed bug 13). Far below the stale threshold (1 h).
+DEFINITION_REFRESH_S = 600.0
+
+logger = logging.getLogger("orchestra")
+
+
+@attrs.frozen
+class JobHandle:
+    """A reference to a deferred job. Rebuild one from an id with ``JobHandle(id, config)``.
+
+    Attributes:
+        id: the job's id.
+    """
+
+    id: int
+    config: Config = attrs.field(eq=False, repr=False)
+
+    def status(self) -> str:
+        """The job's current status (``waiting``, ``available``, ``running``, ``succeeded`` ...)."""
+        with self.config.connection() as conn:
+            row = conn.execute(self.config.queries["job_status"], {"id": self.id}).fetchone()
+        if row is None:
+            raise UnknownJobError((self.id,))
+        return str(row[0])
+
+    def __int__(self) -> int:
+        return self.id
+
+
+class JobContext:
+    """What a job function may know about the attempt it runs in.
+
+    Attributes:
+        job_id: the job's id.
+        attempt: this attempt's number, from 1.
+        max_attempts: the job's attempt budget.
+        definition: the JobDefinition being run.
+        logger: a logger that tags every record with the job id.
+    """
+
+    __slots__ = ("_stop", "attempt", "definition", "job_id", "logger", "max_attempts")
+
+    def __init__(
+        self, *, job_id: int, attempt: int, max_attempts: int,
+        definition: JobDefinition[Any], stop: threading.Event,
+    ) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.definition = definition
+        self.logger = logging.LoggerAdapter(
+            logging.getLogger(f"orchestra.job.{definition.name}"), {"job_id": job_id, "attempt": attempt}
+        )
+        self._stop = stop
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the worker is shutting down: a long job should wrap up and return or raise."""
+        return self._stop.is_set()
+
+
+def _check_name(value: object, argument: str, *, pattern: re.Pattern[str] | None = None) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(argument, "must be a non-empty string")
+    if len(value) > NAME_MAX_LENGTH:
+        raise ConfigurationError(argument, f"must be at most {NAME_MAX_LENGTH} characters, got {len(value)}")
+    if any(ord(c) < 32 for c in value):
+        raise ConfigurationError(argument, "must not contain control characters")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise ConfigurationError(argument, f"{value!r} may only use letters, digits and _ . : -")
+    return value
+
+
+def _check_int(value: object, argument: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(argument, f"must be an int, not {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigurationError(argument, f"must be {bound}, got {value}")
+    return value
+
+
+def _function_arity(function: object) -> int:
+    if not callable(function):
+        raise ConfigurationError("job_function", f"must be callable, got {type(function).__name__}")
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return 2  # builtins and C callables: assume (payload, ctx)
+    positional = [
+        p for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
+        return 2
+    if len(positional) > 2:
+        raise ConfigurationError(
+            "job_function", "must take (payload), (payload, ctx) or nothing; it takes more"
+        )
+    return len(positional)
+
+
+def _is_empty_type(payload_type: object) -> bool:
+    if payload_type is None:
+        return True
+    if isinstance(payload_type, type) and attrs.has(payload_type):
+        return not attrs.fields(payload_type)
+    if isinstance(payload_type, type) and dataclasses.is_dataclass(payload_type):
+        return not dataclasses.fields(payload_type)
+    return False
+
+
+def _check_cron(expression: object, timezone: object) -> tuple[str | None, str | None]:
+    if expression is None:
+        if timezone is not None:
+            raise ConfigurationError("cron_timezone", "is only meaningful with cron")
+        return None, None
+    if not isinstance(expression, str) or not croniter.is_valid(expression):
+        raise ConfigurationError("cron", f"{expression!r} is not a valid cron expression")
+    if timezone is not None:
+        if not isinstance(timezone, str):
+            raise ConfigurationError("cron_timezone", "must be an IANA time zone name such as 'Europe/Paris'")
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigurationError("cron_timezone", f"unknown time zone {timezone!r}") from None
+    return expression, timezone
+
+
+class JobDefinition(Generic[P]):
+    """A kind of job: its function, its payload type and how it is run.
+
+    Args:
+        config: the Config it belongs to; the definition registers itself there.
+        name: unique name (at most 128 characters); the key of its row.
+        job_function: ``def`` or ``async def`` taking ``(payload)``, ``(payload, ctx)`` or nothing.
+        payload_type: an attrs class, dataclass, TypedDict or other type cattrs can
+            structure; None for plain JSON.
+        channel: the channel whose workers run it.
+        num_attempts: attempts before the job is finalized as failed (>= 1).
+        backoff: ``none``, ``fixed``, ``exponential`` or a :class:`Backoff`.
+        priority: default priority from -100 to 100; higher runs first.
+        lock_interval_ms: the lease of a claimed job, extended while its worker lives.
+        timeout_interval_ms: the job fails if not finished this long after its
+            ``run_at`` (0: never; enforced by the orchestrator).
+        release_interval_ms: minimal gap between two starts, fleet-wide (orchestrator).
+        max_concurrency: most jobs of this definition running at once (orchestrator).
+        repeat_interval_ms: run every this often (orchestrator); no payload allowed.
+        cron: run on this cron schedule (orchestrator); no payload allowed.
+        cron_timezone: IANA time zone the cron expression is read in (default UTC).
+
+    Every interval accepts an int of milliseconds or a ``timedelta``. Bad values
+    raise :class:`ConfigurationError` naming the argument.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        name: str,
+        job_function: Callable[..., Any],
+        payload_type: type[P] | Any = None,
+        channel: str = "_default",
+        num_attempts: int = 1,
+        backoff: str | Backoff = "exponential",
+        priority: int = 0,
+        lock_interval_ms: int | dt.timedelta = 60_000,
+        timeout_interval_ms: int | dt.timedelta = 43_200_000,
+        release_interval_ms: int | dt.timedelta = 0,
+        max_concurrency: int | None = None,
+        repeat_interval_ms: int | dt.timedelta | None = None,
+        cron: str | None = None,
+        cron_timezone: str | None = None,
+    ) -> None:
+        from orchestra._config import Config  # noqa: PLC0415 (import cycle at module level)
+
+        if not isinstance(config, Config):
+            raise ConfigurationError("config", f"must be an orchestra Config, not {type(config).__name__}")
+        self.config = config
+        self.name = _check_name(name, "name")
+        self.job_function = job_function
+        self._arity = _function_arity(job_function)
+        self.is_async = inspect.iscoroutinefunction(job_function) or inspect.iscoroutinefunction(
+            getattr(job_function, "__call__", None)
+        )
+        self.payload_type = payload_type
+        self.channel = _check_name(channel, "channel", pattern=CHANNEL_RE)
+        self.num_attempts = _check_int(num_attempts, "num_attempts", 1, 1_000_000)
+        self.backoff = Backoff.parse(backoff)
+        self.priority = _check_int(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
+        lock = milliseconds(lock_interval_ms, "lock_interval_ms") or 0
+        if lock < LOCK_INTERVAL_MIN_MS:
+            raise ConfigurationError("lock_interval_ms", f"must be at least {LOCK_INTERVAL_MIN_MS} ms, got {lock}")
+        self.lock_interval_ms = lock
+        self.timeout_interval_ms = milliseconds(timeout_interval_ms, "timeout_interval_ms") or 0
+        self.release_interval_ms = milliseconds(release_interval_ms, "release_interval_ms") or 0
+        self.max_concurrency = (
+            None if max_concurrency is None else _check_int(max_concurrency, "max_concurrency", 1)
+        )
+        self.repeat_interval_ms = milliseconds(repeat_interval_ms, "repeat_interval_ms", allow_none=True)
+        if self.repeat_interval_ms == 0:
+            raise ConfigurationError("repeat_interval_ms", "must be positive (or None for no repeat)")
+        self.cron, self.cron_timezone = _check_cron(cron, cron_timezone)
+        if self.cron is not None and self.repeat_interval_ms is not None:
+            raise ConfigurationError("cron", "give either cron or repeat_interval_ms, not both")
+        if self.is_repeatable and not _is_empty_type(payload_type):
+            raise ConfigurationError(
+                "payload_type", "a repeatable definition (cron or repeat_interval_ms) takes no payload"
+            )
+        self._ensured_at: float | None = None
+        self._ensure_lock = threading.Lock()
+        config.register(self)
+
+    @property
+    def is_repeatable(self) -> bool:
+        """True when the orchestrator enqueues this definition on a schedule."""
+        return self.cron is not None or self.repeat_interval_ms is not None
+
+    def __repr__(self) -> str:
+        return f"JobDefinition(name={self.name!r}, channel={self.channel!r})"
+
+    # -- storage ------------------------------------------------------------
+
+    def row_params(self) -> dict[str, Any]:
+        """The parameters of the ``definition_upsert`` query."""
+        return {
+            "name": self.name, "channel": self.channel, "num_attempts": self.num_attempts,
+            "backoff": self.backoff.kind, "backoff_base_ms": self.backoff.base_ms,
+            "backoff_max_ms": self.backoff.max_ms, "priority": self.priority,
+            "repeat_interval_ms": self.repeat_interval_ms, "cron": self.cron,
+            "release_interval_ms": self.release_interval_ms, "max_concurrency": self.max_concurrency,
+            "lock_interval_ms": self.lock_interval_ms, "timeout_interval_ms": self.timeout_interval_ms,
+        }
+
+    def upsert(self, conn: psycopg.Connection[Any]) -> None:
+        """Write this definition's row (last writer wins)."""
+        conn.execute(self.config.queries["definition_upsert"], self.row_params())
+        self._ensured_at = time.monotonic()
+
+    async def upsert_async(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Async twin of :meth:`upsert`."""
+        await conn.execute(self.config.queries["definition_upsert"], self.row_params())
+        self._ensured_at = time.monotonic()
+
+    def _needs_upsert(self) -> bool:
+        return self._ensured_at is None or time.monotonic() - self._ensured_at > DEFINITION_REFRESH_S
+
+    def _ensure(self) -> None:
+        # Upserted on its own pooled autocommit connection, never inside the
+        # caller's transaction: a rollback there must not undo it behind our cache.
+        if self._needs_upsert():
+            with self._ensure_lock, self.config.connection() as conn:
+                if self._needs_upsert():
+                    self.upsert(conn)
+
+    async def _ensure_async(self) -> None:
+        if self._needs_upsert():
+            async with self.config.connection_async() as conn:
+                await self.upsert_async(conn)
+
+    # -- defer --------------------------------------------------------------
+
+    def _encode(self, payload: Any) -> str:
+        if payload is None and self.is_repeatable:
+            payload = {}
+        return _converter.encode_payload(
+            payload, payload_type=self.payload_type, owner=self.name,
+            max_bytes=self.config.max_payload_bytes,
+        )
+
+    def _options(
+        self, delay_ms: int | dt.timedelta, run_at: dt.datetime | None, priority: int | None
+    ) -> dict[str, Any]:
+        """The parameters shared by single and batch inserts, validated."""
+        delay = milliseconds(delay_ms, "delay_ms") or 0
+        if run_at is not None:
+            if not isinstance(run_at, dt.datetime) or run_at.tzinfo is None:
+                raise ConfigurationError("run_at", "must be a timezone-aware datetime")
+            if delay:
+                raise ConfigurationError("run_at", "give either run_at or delay_ms, not both")
+        if priority is not None:
+            _check_int(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
+        return {
+            "definition": self.name, "channel": self.channel,
+            "priority": self.priority if priority is None else priority,
+            "max_attempts": self.num_attempts, "run_at": run_at, "delay_ms": delay,
+            "notify_channel": self.config.notify_channel,
+        }
+
+    def _insert_params(
+        self, payload: Any, delay_ms: int | dt.timedelta, run_at: dt.datetime | None,
+        priority: int | None, depends_on: Iterable[JobHandle | int],
+    ) -> dict[str, Any]:
+        params = self._options(delay_ms, run_at, priority)
+        params["payload"] = self._encode(payload)
+        params["depends_on"] = _dependency_ids(depends_on)
+        return params
+
+    def defer(
+        self,
+        payload: P | None = None,
+        *,
+        delay_ms: int | dt.timedelta = 0,
+        run_at: dt.datetime | None = None,
+        priority: int | None = None,
+        depends_on: Iterable[JobHandle | int] = (),
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> JobHandle:
+        """Enqueue one job and return its handle.
+
+        With ``conn``, the job is inserted in that connection's current
+        transaction and exists only if it commits. Every argument is checked
+        before anything is written; a dependency id that does not exist raises
+        :class:`UnknownJobError` and inserts nothing.
+        """
+        params = self._insert_params(payload, delay_ms, run_at, priority, depends_on)
+        self._ensure()
+        query = self.config.queries["job_insert"]
+        if conn is not None:
+            row = conn.execute(query, params).fetchone()
+        else:
+            with self.config.connection() as own:
+                row = own.execute(query, params).fetchone()
+        if row is None:
+            raise UnknownJobError(tuple(params["depends_on"]), "depends_on")
+        return JobHandle(int(row[0]), self.config)
+
+    async def defer_async(
+        self,
+        payload: P | None = None,
+        *,
+        delay_ms: int | dt.timedelta = 0,
+        run_at: dt.datetime | None = None,
+        priority: int | None = None,
+        depends_on: Iterable[JobHandle | int] = (),
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> JobHandle:
+        """Async twin of :meth:`defer`."""
+        params = self._insert_params(payload, delay_ms, run_at, priority, depends_on)
+        await self._ensure_async()
+        query = self.config.queries["job_insert"]
+        if conn is not None:
+            row = await (await conn.execute(query, params)).fetchone()
+        else:
+            async with self.config.connection_async() as own:
+                row = await (await own.execute(query, params)).fetchone()
+        if row is None:
+            raise UnknownJobError(tuple(params["depends_on"]), "depends_on")
+        return JobHandle(int(row[0]), self.config)
+
+    def _many_params(
+        self, payloads: Iterable[P], delay_ms: int | dt.timedelta, run_at: dt.datetime | None,
+        priority: int | None,
+    ) -> dict[str, Any]:
+        params = self._options(delay_ms, run_at, priority)
+        if isinstance(payloads, (str, bytes, dict)):
+            raise ConfigurationError("payloads", "must be an iterable of payloads, not a single value")
+        params["payloads"] = [self._encode(p) for p in payloads]
+        return params
+
+    def defer_many(
+        self,
+        payloads: Iterable[P],
+        *,
+        delay_ms: int | dt.timedelta = 0,
+        run_at: dt.datetime | None = None,
+        priority: int | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[JobHandle]:
+        """Enqueue many jobs in one statement: all of them or, on any error, none.
+
+        Every payload is checked before anything is sent; handles come back in
+        the order of ``payloads``.
+        """
+        params = self._many_params(payloads, delay_ms, run_at, priority)
+        if not params["payloads"]:
+            return []
+        self._ensure()
+        query = self.config.queries["job_insert_many"]
+        if conn is not None:
+            row = conn.execute(query, params).fetchone()
+        else:
+            with self.config.connection() as own:
+                row = own.execute(query, params).fetchone()
+        ids: Sequence[int] = row[0] if row else []
+        return [JobHandle(int(i), self.config) for i in ids]
+
+    async def defer_many_async(
+        self,
+        payloads: Iterable[P],
+        *,
+        delay_ms: int | dt.timedelta = 0,
+        run_at: dt.datetime | None = None,
+        priority: int | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> list[JobHandle]:
+        """Async twin of :meth:`defer_many`."""
+        params = self._many_params(payloads, delay_ms, run_at, priority)
+        if not params["payloads"]:
+            return []
+        await self._ensure_async()
+        query = self.config.queries["job_insert_many"]
+        if conn is not None:
+            row = await (await conn.execute(query, params)).fetchone()
+        else:
+            async with self.config.connection_async() as own:
+                row = await (await own.execute(query, params)).fetchone()
+        ids: Sequence[int] = row[0] if row else []
+        return [JobHandle(int(i), self.config) for i in ids]
+
+    # -- execution ----------------------------------------------------------
+
+    def call(self, payload: Any, ctx: JobContext) -> Any:
+        """Call the job function with the arguments it takes."""
+        if self._arity == 2:
+            return self.job_function(payload, ctx)
+        if self._arity == 1:
+            return self.job_function(payload)
+        return self.job_function()
+
+
+def _dependency_ids(depends_on: Iterable[JobHandle | int]) -> list[int]:
+    if isinstance(depends_on, (str, bytes)):
+        raise ConfigurationError("depends_on", "must be an iterable of JobHandle or int")
+    ids: list[int] = []
+    for item in depends_on:
+        value = item.id if isinstance(item, JobHandle) else item
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigurationError("depends_on", f"{item!r} is not a job handle or a positive job id")
+        if value not in ids:
+            ids.append(value)
+    return ids

@@ -1,0 +1,55 @@
+"""The embedded PostgreSQL default (extra ``embedded``, package ``pgserver``).
+
+Without a DSN, orchestra starts a private PostgreSQL whose data lives under
+``$ORCHESTRA_HOME/pgdata`` (default ``~/.local/share/orchestra``). pgserver
+counts the processes that use one data directory and stops the server when the
+last of them exits, so a producer, a worker and the CLI can share it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from orchestra.errors import EmbeddedServerError
+
+_lock = threading.Lock()
+_servers: dict[Path, Any] = {}
+
+
+def orchestra_home() -> Path:
+    """The directory that holds orchestra's local state."""
+    configured = os.environ.get("ORCHESTRA_HOME")
+    if configured:
+        return Path(configured).expanduser()
+    return Path("~/.local/share/orchestra").expanduser()
+
+
+def embedded_dsn(*, announce: bool = True) -> str:
+    """Start (or join) the embedded server and return its DSN."""
+    data_dir = orchestra_home() / "pgdata"
+    with _lock:
+        server = _servers.get(data_dir)
+        if server is None:
+            try:
+                import pgserver  # noqa: PLC0415  (optional extra, imported on demand)
+            except ImportError as exc:
+                raise EmbeddedServerError(
+                    "no DSN given (argument, ORCHESTRA_DSN) and the embedded PostgreSQL is "
+                    "not installed: pip install 'orchestra-queue[embedded]', or set ORCHESTRA_DSN"
+                ) from exc
+            data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                server = pgserver.get_server(data_dir, cleanup_mode="stop")
+            except Exception as exc:
+                raise EmbeddedServerError(
+                    f"the embedded PostgreSQL in {data_dir} did not start: {exc}"
+                ) from exc
+            _servers[data_dir] = server
+            if announce:
+                print(f"orchestra: using the embedded PostgreSQL in {data_dir}", file=sys.stderr)
+    uri: str = server.get_uri()
+    return uri

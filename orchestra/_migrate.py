@@ -1,0 +1,109 @@
+"""Apply the numbered migrations of ``schemas/`` to a queue schema.
+
+Migrations are forward-only SQL files named ``NNNN_slug.sql``. All pending
+ones run in one transaction that first takes a transaction-scoped advisory lock
+named after the schema, so two processes migrating at once serialize: the
+second finds the work done and applies nothing. Each applied file is recorded
+in ``<schema>.schema_version``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psycopg
+
+from orchestra import _sql
+from orchestra.errors import SchemaNotReadyError
+
+_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@attrs.frozen
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def _schemas_dir() -> Path:
+    # In a wheel the files sit in orchestra/schemas (hatch force-include); in a
+    # source checkout or editable install they sit in the top-level schemas/.
+    packaged = resources.files("orchestra") / "schemas"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    source = Path(__file__).resolve().parent.parent / "schemas"
+    if source.is_dir():
+        return source
+    raise FileNotFoundError("orchestra's schemas/ directory is missing from this installation")
+
+
+@functools.cache
+def migrations() -> tuple[Migration, ...]:
+    """Every migration shipped with this version, in order."""
+    found: list[Migration] = []
+    for path in sorted(_schemas_dir().iterdir()):
+        match = _FILE_RE.match(path.name)
+        if match is None:
+            continue
+        found.append(Migration(int(match.group(1)), match.group(2), path.read_text("utf-8")))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..n without gaps, found {versions}")
+    return tuple(found)
+
+
+def required_version() -> int:
+    """The schema version this orchestra needs."""
+    return migrations()[-1].version
+
+
+def current_version(conn: psycopg.Connection[Any], schema: str) -> int:
+    """The version recorded in ``schema`` (0 when nothing is installed)."""
+    queries = _sql.Queries(schema)  # validates the name before it is quoted below
+    row = conn.execute(
+        queries["schema_version_table_exists"], {"version_table": f'"{schema}".schema_version'}
+    ).fetchone()
+    if row is None or not row[0]:
+        return 0
+    row = conn.execute(queries["schema_version_max"]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
+    """Apply the pending migrations to ``schema``; return those applied (maybe none)."""
+    queries = _sql.Queries(schema)
+    applied_now: list[Migration] = []
+    with conn.transaction():
+        conn.execute(queries["migrate_lock"], {"lock_name": f"orchestra.migrate.{schema}"})
+        conn.execute(queries["schema_create"])
+        conn.execute(queries["schema_version_create"])
+        done = {row[0] for row in conn.execute(queries["schema_version_list"])}
+        for migration in migrations():
+            if migration.version in done:
+                continue
+            conn.execute(_sql.render(migration.sql, schema))
+            conn.execute(
+                queries["schema_version_insert"],
+                {"version": migration.version, "name": migration.name},
+            )
+            applied_now.append(migration)
+    return applied_now
+
+
+def check(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Raise SchemaNotReadyError unless ``schema`` has every migration this version needs.
+
+    A newer schema is accepted: migrations are additive, so older daemons keep
+    working during a rolling upgrade.
+    """
+    current = current_version(conn, schema)
+    if current < required_version():
+        raise SchemaNotReadyError(schema, current, required_version())

@@ -1,0 +1,472 @@
+"""The Worker daemon: claim jobs of one channel, run them, record every attempt.
+
+Loop, in short:
+
+* claim up to the free slots in one statement (never more), start a task per job;
+* a full batch means there may be more: claim again as soon as a slot frees;
+  a short batch means the channel is drained: sleep until a NOTIFY, a freed
+  slot after a full batch, or ``process_interval_ms`` (the polling fallback);
+* job tasks run ``async def`` functions on the loop and ``def`` functions in a
+  bounded thread pool, then hand the outcome to the :class:`Acker`; a slot is
+  free again once its finish is committed;
+* a heartbeat task refreshes the worker row and extends the leases of the jobs
+  still running, in one statement;
+* stop: claim nothing more, let in-flight jobs finish within the grace period,
+  record the rest as interrupted (they will be retried), flush, deregister.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from orchestra import _converter, _db, _migrate, events
+from orchestra._backoff import milliseconds
+from orchestra._config import Config
+from orchestra._daemon import Daemon
+from orchestra._definition import CHANNEL_RE, JobContext, JobDefinition, _check_name
+from orchestra._worker._acker import Acker, Finish, Outcome
+from orchestra._worker._listener import Listener
+from orchestra.errors import ConfigurationError, PayloadError
+
+logger = logging.getLogger("orchestra.worker")
+
+PROCESS_INTERVAL_MS_DEFAULT = 1_000
+SHUTDOWN_GRACE_MS_DEFAULT = 30_000
+HEARTBEAT_INTERVAL_MS_DEFAULT = 10_000
+UNKNOWN_DEFINITION_DELAY_MS_DEFAULT = 5_000
+ERROR_BACKOFF_MIN_S = 0.2
+ERROR_BACKOFF_MAX_S = 15.0
+
+
+@attrs.define
+class WorkerStats:
+    """Counters since the worker started (read them from any thread)."""
+
+    claim_queries: int = 0
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    released: int = 0
+    fenced: int = 0
+    max_running: int = 0
+
+
+@attrs.frozen
+class _Claimed:
+    id: int
+    definition: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    token: uuid.UUID
+    started_at: dt.datetime
+    run_at: dt.datetime
+    priority: int
+
+
+class Worker(Daemon):
+    """Claims and runs the jobs of one channel.
+
+    Args:
+        config: the queue's Config; its registered definitions are what this worker can run.
+        channel: the channel to serve.
+        concurrency: most jobs running at once (>= 1).
+        name: shown in events, logs and the worker table (``<name>-worker``).
+        event_handler: a callable, or several, receiving :mod:`orchestra.events`.
+        process_interval_ms: polling interval when idle (NOTIFY usually wakes sooner).
+        shutdown_grace_ms: how long a graceful stop waits for running jobs.
+        heartbeat_interval_ms: how often leases are extended; by default 10 s or
+            a third of the shortest lock interval of the channel's definitions.
+        listen_notify: False for pure polling (PgBouncer in transaction mode).
+        unknown_definition_delay_ms: how long a job of a definition this worker
+            does not carry is handed back for before another worker may claim it.
+    """
+
+    role = "worker"
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        channel: str = "_default",
+        concurrency: int = 1,
+        name: str = "anon",
+        event_handler: events.EventHandler | Iterable[events.EventHandler] | None = None,
+        process_interval_ms: int | dt.timedelta = PROCESS_INTERVAL_MS_DEFAULT,
+        shutdown_grace_ms: int | dt.timedelta = SHUTDOWN_GRACE_MS_DEFAULT,
+        heartbeat_interval_ms: int | dt.timedelta | None = None,
+        listen_notify: bool = True,
+        unknown_definition_delay_ms: int | dt.timedelta = UNKNOWN_DEFINITION_DELAY_MS_DEFAULT,
+    ) -> None:
+        super().__init__(name=name, event_handler=event_handler)
+        if not isinstance(config, Config):
+            raise ConfigurationError("config", f"must be an orchestra Config, not {type(config).__name__}")
+        self.config = config
+        self.channel = _check_name(channel, "channel", pattern=CHANNEL_RE)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 10_000:
+            raise ConfigurationError("concurrency", f"must be an int from 1 to 10000, got {concurrency!r}")
+        self.concurrency = concurrency
+        self.process_interval_ms = milliseconds(process_interval_ms, "process_interval_ms") or 0
+        if self.process_interval_ms < 10:
+            raise ConfigurationError("process_interval_ms", "must be at least 10 ms")
+        self.shutdown_grace_ms = milliseconds(shutdown_grace_ms, "shutdown_grace_ms") or 0
+        self._heartbeat_interval_ms = milliseconds(
+            heartbeat_interval_ms, "heartbeat_interval_ms", allow_none=True
+        )
+        if self._heartbeat_interval_ms is not None and self._heartbeat_interval_ms < 50:
+            raise ConfigurationError("heartbeat_interval_ms", "must be at least 50 ms")
+        self.listen_notify = bool(listen_notify)
+        self.unknown_definition_delay_ms = (
+            milliseconds(unknown_definition_delay_ms, "unknown_definition_delay_ms") or 0
+        )
+        self.stats = WorkerStats()
+        self.worker_id: int | None = None
+        self._running: dict[int, tuple[_Claimed, asyncio.Task[None]]] = {}
+        self._maybe_more = True
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._acker: Acker | None = None
+        self._listener: Listener | None = None
+        self._error_streak = 0
+
+    def _in_flight(self) -> int:
+        return len(self._running)
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        """The effective heartbeat interval."""
+        if self._heartbeat_interval_ms is not None:
+            return self._heartbeat_interval_ms
+        locks = [d.lock_interval_ms for d in self._definitions() if d.channel == self.channel]
+        return min([HEARTBEAT_INTERVAL_MS_DEFAULT, *(lock // 3 for lock in locks)])
+
+    def _definitions(self) -> list[JobDefinition[Any]]:
+        return list(self.config.definitions.values())
+
+    # -- start and stop -------------------------------------------------------
+
+    async def _main(self) -> None:
+        dsn = self.config.dsn
+        # Bounded retries with a readable error if the server is down at start.
+        conn = await _db.connect_async(dsn, attempts=self.config.connect_attempts)
+        try:
+            await self._check_schema()
+            for definition in self._definitions():
+                await definition.upsert_async(conn)
+            row = await (await conn.execute(self.config.queries["worker_register"], {
+                "name": self.name, "role": "worker", "host": self.host, "pid": self.pid,
+                "channel": self.channel, "concurrency": self.concurrency,
+            })).fetchone()
+            assert row is not None
+            self.worker_id = int(row[0])
+        finally:
+            await conn.close()
+
+        self._pool = AsyncConnectionPool(
+            dsn, min_size=2, max_size=3, kwargs=dict(_db.CONNECT_KWARGS), open=False,
+            name=f"orchestra-{self.daemon_name}",
+        )
+        await self._pool.open(wait=True, timeout=30)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix=f"orchestra-{self.name}"
+        )
+        self._acker = Acker(
+            self._write_finishes, worker_id=lambda: self.worker_id or 0,
+            worker_name=self.daemon_name, notify_channel=self.config.notify_channel,
+            on_error=lambda exc: self._database_error("finish", exc),
+        )
+        side_tasks = [
+            asyncio.create_task(self._acker.run(), name="orchestra-acker"),
+            asyncio.create_task(self._heartbeat_loop(), name="orchestra-heartbeat"),
+        ]
+        if self.listen_notify:
+            self._listener = Listener(
+                dsn, self.config.notify_channel, self.channel,
+                on_wakeup=self._on_notify,
+                on_lost=lambda error: self._emit(events.WorkerListenLost, error=error),
+                on_restored=lambda: self._emit(events.WorkerListenRestored),
+            )
+            side_tasks.append(asyncio.create_task(self._listener.run(), name="orchestra-listener"))
+        self._emit(events.DaemonStarted, host=self.host, pid=self.pid)
+        self._ready()
+        handed_back = 0
+        error: str | None = None
+        try:
+            await self._claim_loop()
+            handed_back = await self._drain()
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            await self._shutdown(side_tasks)
+            self._emit(events.DaemonStopped, error=error, handed_back=handed_back)
+
+    async def _check_schema(self) -> None:
+        # The check is sync code on a sync connection; run it in a thread so
+        # that the loop stays free (it runs once, at start).
+        def check() -> None:
+            with _db.connect(self.config.dsn, attempts=self.config.connect_attempts) as sync_conn:
+                _migrate.check(sync_conn, self.config.schema)
+
+        await asyncio.get_running_loop().run_in_executor(None, check)
+
+    async def _drain(self) -> int:
+        """Wait for running jobs within the grace period; interrupt the rest."""
+        deadline = time.monotonic() + self.shutdown_grace_ms / 1000
+        while self._running and not self._force_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await self._sleep_or_wake(min(remaining, 0.1))
+        leftovers = [task for _, task in self._running.values()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.gather(*leftovers, return_exceptions=True)
+        return len(leftovers)
+
+    async def _shutdown(self, side_tasks: list[asyncio.Task[None]]) -> None:
+        acker_task = side_tasks[0]
+        if self._acker is not None:
+            self._acker.close()
+            try:
+                await asyncio.wait_for(asyncio.shield(acker_task), timeout=10)
+            except (TimeoutError, Exception):
+                logger.warning("%s: could not record %d finished attempt(s) before stopping; "
+                               "their leases will expire and the jobs will be rescued",
+                               self.daemon_name, self._acker.backlog)
+        for task in side_tasks:
+            task.cancel()
+        await asyncio.gather(*side_tasks, return_exceptions=True)
+        if self._pool is not None:
+            if self.worker_id is not None:
+                try:
+                    async with self._pool.connection(timeout=5) as conn:
+                        await conn.execute(self.config.queries["worker_delete"], {"worker_id": self.worker_id})
+                except Exception:
+                    logger.warning("%s: could not delete the worker row", self.daemon_name, exc_info=True)
+            await self._pool.close()
+        if self._executor is not None:
+            # Threads of sync jobs that ignored the stop keep running until they
+            # return; their jobs were already recorded as interrupted.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- claiming ---------------------------------------------------------------
+
+    def _on_notify(self) -> None:
+        self._maybe_more = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _claim_loop(self) -> None:
+        interval_s = self.process_interval_ms / 1000
+        while not self.stopping:
+            free = self.concurrency - len(self._running)
+            if free > 0 and self._maybe_more:
+                try:
+                    claimed = await self._claim(free)
+                except Exception as exc:
+                    await self._database_error("claim", exc)
+                    continue
+                self._error_streak = 0
+                self._maybe_more = len(claimed) == free
+                for job in claimed:
+                    self._start_job(job)
+                if self._maybe_more:
+                    continue
+            if not await self._sleep_or_wake(interval_s):
+                self._maybe_more = True  # nothing woke us: the polling fallback looks again
+
+    async def _claim(self, limit: int) -> list[_Claimed]:
+        assert self._pool is not None
+        self.stats.claim_queries += 1
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(self.config.queries["job_claim"], {
+                "channel": self.channel, "now": None, "limit": limit, "worker_id": self.worker_id,
+            })
+            rows = await cursor.fetchall()
+        return [_Claimed(*row) for row in rows]
+
+    def _start_job(self, job: _Claimed) -> None:
+        self.stats.claimed += 1
+        self._emit(
+            events.WorkerJobClaimed, job_id=job.id, definition=job.definition, attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            queue_wait_ms=max(0, round((job.started_at - job.run_at).total_seconds() * 1000)),
+        )
+        task = asyncio.create_task(self._run_job(job), name=f"orchestra-job-{job.id}")
+        self._running[job.id] = (job, task)
+        self.stats.max_running = max(self.stats.max_running, len(self._running))
+
+    # -- running a job ------------------------------------------------------------
+
+    async def _run_job(self, job: _Claimed) -> None:
+        try:
+            finish = await self._execute(job)
+        except asyncio.CancelledError:
+            finish = self._finish(job, "interrupted", error="interrupted: the worker stopped before the job finished")
+        assert self._acker is not None
+        self._acker.submit(finish)
+        try:
+            await asyncio.shield(finish.done)
+        except asyncio.CancelledError:
+            await finish.done
+        self._report(finish)
+        del self._running[job.id]
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        # Only a full last batch suggests more work; otherwise the next NOTIFY
+        # or poll will find it, and an idle worker issues no extra query.
+        if self._maybe_more and self._wakeup is not None:
+            self._wakeup.set()
+
+    def _finish(self, job: _Claimed, outcome: Outcome, **fields: Any) -> Finish:
+        return Finish(
+            job_id=job.id, definition=job.definition, attempt=job.attempt,
+            max_attempts=job.max_attempts, token=job.token, started_at=job.started_at,
+            outcome=outcome, **fields,
+        )
+
+    async def _execute(self, job: _Claimed) -> Finish:
+        definition = self.config.definitions.get(job.definition)
+        if definition is None:
+            # Another worker (a newer deployment) may know it: hand it back
+            # unharmed rather than destroying it (seed bug 8).
+            return self._finish(job, "released", retry_delay_ms=self.unknown_definition_delay_ms)
+        started = time.monotonic()
+        try:
+            payload = _converter.decode_payload(job.payload, definition.payload_type)
+        except Exception as exc:
+            return self._failure(job, definition, started, exc, payload_invalid=True)
+        ctx = JobContext(
+            job_id=job.id, attempt=job.attempt, max_attempts=job.max_attempts,
+            definition=definition, stop=self._stop_event,
+        )
+        try:
+            if definition.is_async:
+                value = await definition.call(payload, ctx)
+            else:
+                loop = asyncio.get_running_loop()
+                value = await loop.run_in_executor(self._executor, definition.call, payload, ctx)
+            result = _converter.dumps(value, what="the return value", owner=definition.name)
+        except (Exception, SystemExit) as exc:
+            return self._failure(job, definition, started, exc)
+        return self._finish(
+            job, "succeeded", result=result, duration_ms=_elapsed_ms(started),
+        )
+
+    def _failure(
+        self, job: _Claimed, definition: JobDefinition[Any], started: float, exc: BaseException,
+        *, payload_invalid: bool = False,
+    ) -> Finish:
+        if payload_invalid:
+            error = (f"PayloadError: stored payload does not fit {definition.payload_type!r}: "
+                     f"{_converter.describe_structure_error(exc)}")
+            trace = None
+        else:
+            error = _describe(exc)
+            trace = "".join(traceback.format_exception(exc))
+        return self._finish(
+            job, "failed", error=error, traceback=trace, payload_invalid=payload_invalid,
+            retry_delay_ms=definition.backoff.delay_ms(job.attempt), duration_ms=_elapsed_ms(started),
+        )
+
+    async def _write_finishes(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(self.config.queries["job_finish_many"], params)
+            rows = await cursor.fetchall()
+        self._error_streak = 0
+        return rows
+
+    def _report(self, finish: Finish) -> None:
+        """Emit the event of a committed (or fenced) finish."""
+        common = {"job_id": finish.job_id, "definition": finish.definition, "attempt": finish.attempt}
+        if finish.committed_status is None:
+            self.stats.fenced += 1
+            logger.warning("job %d attempt %d: finish refused, the job was rescued or finalized meanwhile",
+                           finish.job_id, finish.attempt)
+            self._emit(events.WorkerJobFenced, outcome=finish.outcome, **common)
+        elif finish.outcome == "succeeded":
+            self.stats.succeeded += 1
+            self._emit(events.WorkerJobSucceeded, duration_ms=finish.duration_ms, **common)
+        elif finish.outcome == "released":
+            self.stats.released += 1
+            assert finish.committed_run_at is not None
+            self._emit(events.WorkerJobReleased, reason="unknown_definition",
+                       retry_at=finish.committed_run_at, **common)
+        else:
+            self.stats.failed += 1
+            will_retry = finish.committed_status == "available"
+            event_type = events.WorkerJobPayloadInvalid if finish.payload_invalid else events.WorkerJobFailed
+            self._emit(
+                event_type, max_attempts=finish.max_attempts, error=finish.error or "",
+                will_retry=will_retry, retry_at=finish.committed_run_at if will_retry else None,
+                duration_ms=finish.duration_ms, **common,
+            )
+
+    # -- heartbeat and errors -------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_ms / 1000)
+            held = list(self._running.values())
+            try:
+                assert self._pool is not None
+                async with self._pool.connection() as conn:
+                    cursor = await conn.execute(self.config.queries["worker_heartbeat"], {
+                        "worker_id": self.worker_id,
+                        "ids": [job.id for job, _ in held], "tokens": [job.token for job, _ in held],
+                    })
+                    row = await cursor.fetchone()
+                    if row is not None and not row[0]:
+                        logger.warning("%s: worker row %s vanished; registering again",
+                                       self.daemon_name, self.worker_id)
+                        cursor = await conn.execute(self.config.queries["worker_register"], {
+                            "name": self.name, "role": "worker", "host": self.host, "pid": self.pid,
+                            "channel": self.channel, "concurrency": self.concurrency,
+                        })
+                        new = await cursor.fetchone()
+                        self.worker_id = int(new[0]) if new else self.worker_id
+            except Exception as exc:
+                self._emit(events.DaemonDatabaseError, operation="heartbeat",
+                           error=_db.redact(_describe(exc)), retry_in_ms=self.heartbeat_interval_ms)
+                logger.warning("%s: heartbeat failed: %s", self.daemon_name, _db.redact(_describe(exc)))
+
+    async def _database_error(self, operation: str, exc: BaseException) -> None:
+        self._error_streak += 1
+        delay = min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_MIN_S * 2 ** (self._error_streak - 1))
+        message = _db.redact(_describe(exc))
+        if isinstance(exc, psycopg.OperationalError | PayloadError) or "pool" in type(exc).__module__:
+            logger.warning("%s: %s failed (%s); retrying in %.1f s", self.daemon_name, operation, message, delay)
+        else:
+            logger.exception("%s: %s failed; retrying in %.1f s", self.daemon_name, operation, delay)
+        self._emit(events.DaemonDatabaseError, operation=operation, error=message,
+                   retry_in_ms=round(delay * 1000))
+        if operation == "claim":
+            await self._sleep_or_wake(delay)
+            self._maybe_more = True
+        else:
+            await asyncio.sleep(delay)
+
+
+def _elapsed_ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

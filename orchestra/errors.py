@@ -1,0 +1,100 @@
+"""Errors raised by orchestra.
+
+Every error derives from :class:`OrchestraError`, so ``except OrchestraError``
+catches anything orchestra raises on purpose. When no message is given, the
+class docstring is the message. Errors carry their context as attributes, and
+never a password: DSNs in messages are always redacted.
+"""
+
+from __future__ import annotations
+
+
+class OrchestraError(Exception):
+    """An orchestra operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(OrchestraError, ValueError):
+    """A setting has a value orchestra cannot use.
+
+    Attributes:
+        argument: the name of the offending argument, as the caller spelled it.
+    """
+
+    def __init__(self, argument: str, problem: str) -> None:
+        self.argument = argument
+        self.problem = problem
+        super().__init__(f"{argument}: {problem}")
+
+
+class PayloadError(OrchestraError, ValueError):
+    """A payload cannot be stored as JSON, is too large, or no longer fits its type.
+
+    Attributes:
+        definition: the job definition the payload was meant for.
+    """
+
+    def __init__(self, definition: str, problem: str) -> None:
+        self.definition = definition
+        self.problem = problem
+        super().__init__(f"payload for {definition!r}: {problem}")
+
+
+class UnknownJobError(OrchestraError, LookupError):
+    """One or more job ids do not exist.
+
+    Attributes:
+        job_ids: the ids that were not found.
+    """
+
+    def __init__(self, job_ids: tuple[int, ...], context: str = "") -> None:
+        self.job_ids = job_ids
+        shown = ", ".join(str(i) for i in job_ids)
+        where = f" ({context})" if context else ""
+        super().__init__(f"unknown job id(s){where}: {shown}")
+
+
+class DatabaseUnavailableError(OrchestraError, ConnectionError):
+    """PostgreSQL could not be reached after retrying.
+
+    Attributes:
+        dsn: the redacted connection string.
+        attempts: how many connection attempts were made.
+    """
+
+    def __init__(self, dsn: str, attempts: int, reason: str) -> None:
+        self.dsn = dsn
+        self.attempts = attempts
+        self.reason = reason
+        super().__init__(
+            f"could not connect to PostgreSQL at {dsn} after {attempts} attempt(s): {reason}"
+        )
+
+
+class SchemaNotReadyError(OrchestraError):
+    """The queue schema is missing or older than this version of orchestra needs.
+
+    Attributes:
+        schema: the schema name.
+        current: the version found (0 when the schema does not exist).
+        required: the version this orchestra needs.
+    """
+
+    def __init__(self, schema: str, current: int, required: int) -> None:
+        self.schema = schema
+        self.current = current
+        self.required = required
+        super().__init__(
+            f"schema {schema!r} is at version {current}, this orchestra needs {required}: "
+            "run `orchestra migrate` (or Config.prepare_schema())"
+        )
+
+
+class EmbeddedServerError(OrchestraError):
+    """The embedded PostgreSQL could not be started (is the `embedded` extra installed?)."""
+
+
+class AppImportError(OrchestraError):
+    """The --app reference could not be imported or is not an orchestra Config."""

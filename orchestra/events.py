@@ -1,0 +1,260 @@
+"""Typed events: every state change a daemon makes, handed to your handlers.
+
+An event handler is any callable ``(Event) -> None``; pass one or several as
+``event_handler=`` to a daemon. Events are frozen attrs classes, one class per
+kind, every field always present. They are emitted only *after* the state
+change they report has been committed. A handler that raises is logged (logger
+``orchestra.events``) and never stops the daemon or rolls anything back.
+Handlers run on the daemon's event loop thread: keep them quick, or hand the
+work to a queue of your own.
+
+=========================  ==============================================================
+event                      when
+=========================  ==============================================================
+DaemonStarted              a daemon registered itself and is about to work
+DaemonStopRequested        stop() was called or SIGTERM/SIGINT arrived
+DaemonStopped              the daemon's loop has exited (``error`` set if it crashed)
+DaemonDatabaseError        a database operation failed; the daemon retries after a pause
+WorkerListenLost           the LISTEN connection dropped; the worker polls meanwhile
+WorkerListenRestored       LISTEN is back, followed by a catch-up poll
+WorkerJobClaimed           a job was claimed (its attempt counter was incremented)
+WorkerJobSucceeded         the job function returned; the job is finalized as succeeded
+WorkerJobFailed            the attempt failed; ``will_retry`` tells what happens next
+WorkerJobPayloadInvalid    (a WorkerJobFailed) the stored payload did not fit its type
+WorkerJobReleased          a claimed job was handed back unrun, its attempt refunded
+WorkerJobFenced            a finish was refused: the attempt no longer owns the job
+JobRescued                 a job whose lease expired went back to available, or failed
+=========================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import attrs
+
+__all__ = [
+    "DaemonDatabaseError",
+    "DaemonStarted",
+    "DaemonStopRequested",
+    "DaemonStopped",
+    "Event",
+    "EventHandler",
+    "JobRescued",
+    "Role",
+    "WorkerJobClaimed",
+    "WorkerJobFailed",
+    "WorkerJobFenced",
+    "WorkerJobPayloadInvalid",
+    "WorkerJobReleased",
+    "WorkerJobSucceeded",
+    "WorkerListenLost",
+    "WorkerListenRestored",
+]
+
+Role = Literal["worker", "orchestrator", "maintenance"]
+
+logger = logging.getLogger("orchestra.events")
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """Fields every event has.
+
+    Attributes:
+        timestamp: when the event was emitted (aware, UTC).
+        daemon_id: unique per daemon within its process.
+        daemon_name: ``<name>-<role>``.
+        role: the kind of daemon that emitted it.
+    """
+
+    timestamp: dt.datetime
+    daemon_id: int
+    daemon_name: str
+    role: Role
+
+
+@attrs.frozen(kw_only=True)
+class DaemonStarted(Event):
+    """The daemon is registered and about to work."""
+
+    host: str
+    pid: int
+
+
+@attrs.frozen(kw_only=True)
+class DaemonStopRequested(Event):
+    """The daemon was asked to stop: no new work is taken from now on.
+
+    Attributes:
+        reason: ``stop()``, or the name of the signal.
+        in_flight: how many jobs were running when the stop was requested.
+    """
+
+    reason: str
+    in_flight: int
+
+
+@attrs.frozen(kw_only=True)
+class DaemonStopped(Event):
+    """The daemon's loop has exited.
+
+    Attributes:
+        error: why the daemon crashed, or None after a clean stop.
+        handed_back: jobs that did not finish within the grace period.
+    """
+
+    error: str | None
+    handed_back: int
+
+
+@attrs.frozen(kw_only=True)
+class DaemonDatabaseError(Event):
+    """A database operation failed; the daemon keeps going and retries.
+
+    Attributes:
+        operation: what the daemon was doing (``claim``, ``finish``, ``heartbeat`` ...).
+        error: the error, with any password redacted.
+        retry_in_ms: how long the daemon waits before trying again.
+    """
+
+    operation: str
+    error: str
+    retry_in_ms: int
+
+
+@attrs.frozen(kw_only=True)
+class WorkerListenLost(Event):
+    """The LISTEN connection was lost; wake-ups rely on polling until it is back."""
+
+    error: str
+
+
+@attrs.frozen(kw_only=True)
+class WorkerListenRestored(Event):
+    """LISTEN is re-established; a catch-up poll follows at once."""
+
+
+@attrs.frozen(kw_only=True)
+class _JobEvent(Event):
+    job_id: int
+    definition: str
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
+class WorkerJobClaimed(_JobEvent):
+    """A job was claimed by this worker.
+
+    Attributes:
+        max_attempts: the job's attempt budget.
+        queue_wait_ms: claim time minus the time the job became runnable.
+    """
+
+    max_attempts: int
+    queue_wait_ms: int
+
+
+@attrs.frozen(kw_only=True)
+class WorkerJobSucceeded(_JobEvent):
+    """The job function returned and the job is finalized as succeeded.
+
+    Attributes:
+        duration_ms: how long the job function ran.
+    """
+
+    duration_ms: int
+
+
+@attrs.frozen(kw_only=True)
+class WorkerJobFailed(_JobEvent):
+    """An attempt failed.
+
+    Attributes:
+        max_attempts: the job's attempt budget.
+        error: ``ExceptionType: message``.
+        will_retry: True if the job went back to ``available``; False if it is now ``failed``.
+        retry_at: when the next attempt may start (None when not retrying).
+        duration_ms: how long the attempt ran.
+    """
+
+    max_attempts: int
+    error: str
+    will_retry: bool
+    retry_at: dt.datetime | None
+    duration_ms: int
+
+
+@attrs.frozen(kw_only=True)
+class WorkerJobPayloadInvalid(WorkerJobFailed):
+    """The stored payload no longer structures into the definition's payload type.
+
+    The attempt counts as failed; the job function was not called.
+    """
+
+
+@attrs.frozen(kw_only=True)
+class WorkerJobReleased(_JobEvent):
+    """A claimed job was handed back without running; its attempt was refunded.
+
+    Attributes:
+        reason: ``unknown_definition`` (this worker does not carry the definition).
+        retry_at: when the job becomes claimable again.
+    """
+
+    reason: str
+    retry_at: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class WorkerJobFenced(_JobEvent):
+    """The finish of an attempt was refused: the job was rescued or finalized meanwhile.
+
+    Attributes:
+        outcome: what the worker tried to record (``succeeded``, ``failed`` ...).
+    """
+
+    outcome: str
+
+
+@attrs.frozen(kw_only=True)
+class JobRescued(_JobEvent):
+    """A running job whose lease expired was taken back.
+
+    Attributes:
+        status: ``available`` (it will run again) or ``failed`` (no attempts left).
+        locked_by: the worker id that held the expired lease.
+    """
+
+    status: str
+    locked_by: int | None
+
+
+EventHandler = Callable[[Event], None]
+
+
+def normalize_handlers(handler: EventHandler | Iterable[EventHandler] | None) -> tuple[EventHandler, ...]:
+    """Accept one handler, several, or None."""
+    if handler is None:
+        return ()
+    if callable(handler):
+        return (handler,)
+    handlers = tuple(handler)
+    for item in handlers:
+        if not callable(item):
+            from orchestra.errors import ConfigurationError  # noqa: PLC0415 (avoids a cycle)
+
+            raise ConfigurationError("event_handler", f"{item!r} is not callable")
+    return handlers
+
+
+def dispatch(handlers: tuple[EventHandler, ...], event: Event) -> None:
+    """Hand ``event`` to every handler; log and swallow what they raise."""
+    for handler in handlers:
+        try:
+            handler(event)
+        except Exception:
+            logger.exception("event handler %r raised on %s", handler, type(event).__name__)

@@ -1,0 +1,36 @@
+-- Queries on job_definition.
+
+-- name: definition_upsert
+-- Store a definition's settings; the last writer wins. Values are clamped as
+-- the seed did (seed-analysis A4) even though JobDefinition already rejects
+-- them, so that rows written by any client stay within the CHECK constraints.
+-- last_repeated_at and last_released_at belong to the daemons and are kept (A3).
+INSERT INTO {schema}.job_definition AS d (
+    name, channel, num_attempts, backoff, backoff_base_ms, backoff_max_ms, priority,
+    repeat_interval_ms, cron, release_interval_ms, max_concurrency,
+    lock_interval_ms, timeout_interval_ms
+) VALUES (
+    %(name)s, %(channel)s, greatest(%(num_attempts)s, 1), %(backoff)s,
+    greatest(%(backoff_base_ms)s, 0), greatest(%(backoff_max_ms)s, 0), %(priority)s,
+    greatest(%(repeat_interval_ms)s, 0), %(cron)s, greatest(%(release_interval_ms)s, 0),
+    %(max_concurrency)s, greatest(%(lock_interval_ms)s, 0), greatest(%(timeout_interval_ms)s, 0)
+)
+ON CONFLICT (name) DO UPDATE SET
+    channel = excluded.channel,
+    num_attempts = excluded.num_attempts,
+    backoff = excluded.backoff,
+    backoff_base_ms = excluded.backoff_base_ms,
+    backoff_max_ms = excluded.backoff_max_ms,
+    priority = excluded.priority,
+    repeat_interval_ms = excluded.repeat_interval_ms,
+    cron = excluded.cron,
+    release_interval_ms = excluded.release_interval_ms,
+    max_concurrency = excluded.max_concurrency,
+    lock_interval_ms = excluded.lock_interval_ms,
+    timeout_interval_ms = excluded.timeout_interval_ms,
+    last_heartbeat_at = now(),
+    updated_at = now()
+RETURNING num_attempts;
+
+-- name: definition_get
+SELECT * FROM {schema}.job_definition WHERE name = %(name)s;

@@ -1,0 +1,175 @@
+-- Queries on job, job_dependency and job_attempt that producers and workers run.
+-- Notifications: one pg_notify per statement and job channel on the schema's
+-- wake-up channel. PostgreSQL folds identical notifications of one transaction
+-- into one, so a transaction that defers many jobs wakes workers once.
+
+-- name: job_insert
+-- Defer one job. Dependencies must all exist (they are locked FOR KEY SHARE so
+-- that a sweep cannot delete them before commit); if any is missing nothing is
+-- inserted and no row comes back. A job with an unfinished dependency waits.
+WITH deps AS MATERIALIZED (
+    SELECT id, status FROM {schema}.job
+    WHERE id = ANY(%(depends_on)s::bigint[])
+    FOR KEY SHARE
+), inserted AS (
+    INSERT INTO {schema}.job (definition, channel, status, priority, payload, max_attempts, run_at)
+    SELECT %(definition)s, %(channel)s,
+           CASE WHEN bool_and(deps.status = 'succeeded') IS NOT FALSE
+                THEN 'available' ELSE 'waiting' END::{schema}.job_status,
+           %(priority)s, %(payload)s::jsonb, %(max_attempts)s,
+           coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond')
+    FROM deps
+    HAVING count(*) = cardinality(%(depends_on)s::bigint[])
+    RETURNING id, status
+), edges AS (
+    INSERT INTO {schema}.job_dependency (job_id, required_job_id)
+    SELECT inserted.id, dep FROM inserted, unnest(%(depends_on)s::bigint[]) AS dep
+)
+SELECT inserted.id, pg_notify(%(notify_channel)s, %(channel)s) FROM inserted;
+
+-- name: job_insert_many
+-- Defer many jobs of one definition in one statement, in the order given.
+WITH inserted AS (
+    INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at)
+    SELECT %(definition)s, %(channel)s, %(priority)s, p.payload::jsonb, %(max_attempts)s,
+           coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond')
+    FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n)
+    ORDER BY p.n
+    RETURNING id
+)
+SELECT coalesce(array_agg(id ORDER BY id), '{{}}') AS ids,
+       (SELECT pg_notify(%(notify_channel)s, %(channel)s)) AS notified
+FROM inserted;
+
+-- name: job_claim
+-- Claim up to %(limit)s runnable jobs of a channel: higher priority first,
+-- then FIFO. SKIP LOCKED lets concurrent workers take disjoint batches; the
+-- MATERIALIZED CTE makes the LIMIT apply before the UPDATE, so a worker never
+-- gets more rows than it asked for. Each claim counts as an attempt.
+WITH claimable AS MATERIALIZED (
+    SELECT id FROM {schema}.job
+    WHERE status = 'available' AND channel = %(channel)s
+      AND run_at <= coalesce(%(now)s::timestamptz, now())
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.job j
+SET status = 'running',
+    attempt = j.attempt + 1,
+    locked_by = %(worker_id)s,
+    lock_token = gen_random_uuid(),
+    locked_until = clock_timestamp() + d.lock_interval_ms * interval '1 millisecond',
+    started_at = clock_timestamp()
+FROM claimable c, {schema}.job_definition d
+WHERE j.id = c.id AND d.name = j.definition
+RETURNING j.id, j.definition, j.payload, j.attempt, j.max_attempts, j.lock_token,
+          j.started_at, j.run_at, j.priority;
+
+-- name: job_finish_many
+-- Record the end of many attempts in one statement. Each row is fenced by
+-- (id, attempt, lock_token): an attempt that was rescued or finalized
+-- meanwhile changes nothing and is simply not returned. Outcomes:
+--   succeeded    -> succeeded, result stored, finalized
+--   failed       -> available after retry_delay_ms while attempts remain, else failed
+--   interrupted  -> like failed (the worker stopped before the job finished)
+--   released     -> available after retry_delay_ms, attempt refunded, no log row
+-- Succeeded jobs release their waiting dependents whose other dependencies
+-- have all succeeded, and those dependents' channels are woken.
+WITH input AS (
+    SELECT * FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::integer[], %(tokens)s::uuid[], %(outcomes)s::text[],
+        %(results)s::jsonb[], %(errors)s::text[], %(tracebacks)s::text[],
+        %(retry_delays_ms)s::bigint[], %(started_ats)s::timestamptz[]
+    ) AS i(id, attempt, token, outcome, result, error, traceback, retry_delay_ms, started_at)
+), finished AS (
+    UPDATE {schema}.job j
+    SET status = CASE
+            WHEN i.outcome = 'succeeded' THEN 'succeeded'
+            WHEN i.outcome = 'released' OR j.attempt < j.max_attempts THEN 'available'
+            ELSE 'failed'
+        END::{schema}.job_status,
+        attempt = CASE WHEN i.outcome = 'released' THEN j.attempt - 1 ELSE j.attempt END,
+        result = CASE WHEN i.outcome = 'succeeded' THEN i.result ELSE j.result END,
+        last_error = CASE WHEN i.outcome IN ('failed', 'interrupted') THEN i.error ELSE j.last_error END,
+        run_at = CASE
+            WHEN i.outcome = 'succeeded' THEN j.run_at
+            ELSE clock_timestamp() + i.retry_delay_ms * interval '1 millisecond'
+        END,
+        finalized_at = CASE
+            WHEN i.outcome = 'succeeded' THEN clock_timestamp()
+            WHEN i.outcome IN ('failed', 'interrupted') AND j.attempt >= j.max_attempts
+                THEN clock_timestamp()
+        END,
+        locked_by = NULL, lock_token = NULL, locked_until = NULL
+    FROM input i
+    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lock_token = i.token
+      AND j.status = 'running'
+    RETURNING j.id, j.status, j.run_at, j.channel
+), logged AS (
+    INSERT INTO {schema}.job_attempt
+        (job_id, attempt, worker_id, worker_name, started_at, outcome, error, traceback)
+    SELECT i.id, i.attempt, %(worker_id)s, %(worker_name)s, i.started_at, i.outcome,
+           i.error, i.traceback
+    FROM input i JOIN finished f ON f.id = i.id
+    WHERE i.outcome <> 'released'
+), succeeded AS (
+    SELECT id FROM finished WHERE status = 'succeeded'
+), released_dependents AS (
+    -- Within this statement the jobs just finished still read as running, so
+    -- they are excluded by id from the "other dependencies" check.
+    UPDATE {schema}.job w SET status = 'available'
+    WHERE w.status = 'waiting'
+      AND w.id IN (SELECT d.job_id FROM {schema}.job_dependency d
+                   WHERE d.required_job_id IN (SELECT id FROM succeeded))
+      AND NOT EXISTS (
+          SELECT 1 FROM {schema}.job_dependency d
+          JOIN {schema}.job r ON r.id = d.required_job_id
+          WHERE d.job_id = w.id AND r.status <> 'succeeded'
+            AND r.id NOT IN (SELECT id FROM succeeded))
+    RETURNING w.channel
+), woken AS (
+    SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
+    FROM (SELECT DISTINCT channel FROM released_dependents
+          UNION SELECT DISTINCT channel FROM finished WHERE status = 'available') c
+)
+SELECT f.id, f.status::text AS status, f.run_at, (SELECT n FROM woken) AS woken
+FROM finished f;
+
+-- name: job_rescue_expired
+-- Take back up to %(limit)s running jobs whose lease expired: the worker died
+-- or stopped heartbeating. The crashed attempt counts (it is logged as lost),
+-- so a job that kills its worker cannot loop forever. Rows are locked and the
+-- expiry re-checked in the UPDATE, so a live attempt is never stolen.
+WITH expired AS MATERIALIZED (
+    SELECT id, locked_by, lock_token, started_at, attempt FROM {schema}.job
+    WHERE status = 'running' AND locked_until < coalesce(%(now)s::timestamptz, clock_timestamp())
+    ORDER BY locked_until
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE {schema}.job j
+    SET status = CASE WHEN j.attempt < j.max_attempts THEN 'available' ELSE 'failed' END::{schema}.job_status,
+        run_at = CASE WHEN j.attempt < j.max_attempts
+                      THEN coalesce(%(now)s::timestamptz, clock_timestamp()) ELSE j.run_at END,
+        finalized_at = CASE WHEN j.attempt < j.max_attempts
+                            THEN NULL ELSE coalesce(%(now)s::timestamptz, clock_timestamp()) END,
+        last_error = 'lease expired: the worker stopped heartbeating before the job finished',
+        locked_by = NULL, lock_token = NULL, locked_until = NULL
+    FROM expired e
+    WHERE j.id = e.id AND j.status = 'running' AND j.lock_token = e.lock_token
+    RETURNING j.id, j.definition, j.attempt, j.status::text AS status, j.channel, e.locked_by,
+              e.started_at
+), logged AS (
+    INSERT INTO {schema}.job_attempt (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, attempt, locked_by, started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
+           'lost', 'lease expired: the worker stopped heartbeating before the job finished'
+    FROM rescued
+), woken AS (
+    SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
+    FROM (SELECT DISTINCT channel FROM rescued WHERE status = 'available') c
+)
+SELECT id, definition, attempt, status, locked_by, (SELECT n FROM woken) AS woken FROM rescued;
+
+-- name: job_status
+SELECT status::text AS status FROM {schema}.job WHERE id = %(id)s;
