@@ -173,3 +173,8 @@ SELECT id, definition, attempt, status, locked_by, (SELECT n FROM woken) AS woke
 
 -- name: job_status
 SELECT status::text AS status FROM {schema}.job WHERE id = %(id)s;
+
+-- name: job_count_unfinished
+-- Jobs of a channel that are due now and not finalized (waiting ones included).
+SELECT count(*) FROM {schema}.job
+WHERE channel = %(channel)s AND finalized_at IS NULL AND run_at <= now();
