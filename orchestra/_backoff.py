@@ -57,11 +57,15 @@ class Backoff:
 
     def __attrs_post_init__(self) -> None:
         if self.kind not in BACKOFF_KINDS:
-            raise ConfigurationError("backoff", f"must be one of {', '.join(BACKOFF_KINDS)}, got {self.kind!r}")
+            raise ConfigurationError(
+                "backoff", f"must be one of {', '.join(BACKOFF_KINDS)}, got {self.kind!r}"
+            )
         milliseconds(self.base_ms, "backoff.base_ms")
         milliseconds(self.max_ms, "backoff.max_ms")
         if not 0 <= self.jitter <= 1:
-            raise ConfigurationError("backoff.jitter", f"must be between 0 and 1, got {self.jitter}")
+            raise ConfigurationError(
+                "backoff.jitter", f"must be between 0 and 1, got {self.jitter}"
+            )
 
     @classmethod
     def none(cls) -> Backoff:
@@ -69,7 +73,12 @@ class Backoff:
         return cls("none", 0, 0, 0.0)
 
     @classmethod
-    def fixed(cls, delay_ms: int | dt.timedelta = FIXED_DELAY_MS_DEFAULT, *, jitter: float = JITTER_FRACTION_DEFAULT) -> Backoff:
+    def fixed(
+        cls,
+        delay_ms: int | dt.timedelta = FIXED_DELAY_MS_DEFAULT,
+        *,
+        jitter: float = JITTER_FRACTION_DEFAULT,
+    ) -> Backoff:
         """Wait the same delay before every retry."""
         delay = milliseconds(delay_ms, "backoff.delay_ms") or 0
         return cls("fixed", delay, max(delay, 0), jitter)
@@ -112,11 +121,12 @@ class Backoff:
         if self.kind == "fixed":
             return self.base_ms
         exponent = min(max(failed_attempt - 1, 0), 62)
-        return min(self.max_ms, self.base_ms * 2**exponent)
+        return min(self.max_ms, self.base_ms * (1 << exponent))
 
     def delay_ms(self, failed_attempt: int, rng: random.Random | None = None) -> int:
         """The delay to use, nominal plus up to ``jitter`` of it."""
         nominal = self.nominal_delay_ms(failed_attempt)
         if nominal == 0 or self.jitter == 0:
             return nominal
-        return nominal + int((rng or random).random() * self.jitter * nominal)
+        draw: float = (rng or random).random()
+        return nominal + int(draw * self.jitter * nominal)

@@ -1,4 +1,4 @@
-"""Config: where the queue lives (DSN, schema), connection pools, and the registry of definitions."""
+"""Config: where the queue lives (DSN, schema), its connection pools, its definitions."""
 
 from __future__ import annotations
 
@@ -67,7 +67,9 @@ class Config:
         if dsn is not None and (not isinstance(dsn, str) or not dsn.strip()):
             raise ConfigurationError("dsn", "must be a non-empty connection string or None")
         if pool is not None and not isinstance(pool, ConnectionPool):
-            raise ConfigurationError("pool", f"must be a psycopg_pool.ConnectionPool, not {type(pool).__name__}")
+            raise ConfigurationError(
+                "pool", f"must be a psycopg_pool.ConnectionPool, not {type(pool).__name__}"
+            )
         for argument, value, minimum in (
             ("max_payload_bytes", max_payload_bytes, 2),
             ("pool_max_size", pool_max_size, 1),
@@ -85,9 +87,9 @@ class Config:
         self._definitions: dict[str, JobDefinition[Any]] = {}
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
-        self._async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._async_pools: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncConnectionPool[Any]
+        ] = weakref.WeakKeyDictionary()
         self._resolved_dsn: str | None = None
 
     # -- connection ---------------------------------------------------------
@@ -99,7 +101,8 @@ class Config:
             if self._dsn is not None:
                 self._resolved_dsn = self._dsn
             elif self._user_pool is not None:
-                self._resolved_dsn = self._user_pool.conninfo
+                conninfo = self._user_pool.conninfo
+                self._resolved_dsn = conninfo() if callable(conninfo) else conninfo
             elif os.environ.get(DSN_ENV, "").strip():
                 self._resolved_dsn = os.environ[DSN_ENV].strip()
             else:
@@ -128,8 +131,12 @@ class Config:
                 # readable DatabaseUnavailableError instead of a pool timeout.
                 self.connect().close()
                 self._pool = ConnectionPool(
-                    self.dsn, min_size=1, max_size=self.pool_max_size, kwargs=dict(_db.CONNECT_KWARGS),
-                    open=False, name=f"orchestra-{self.schema}",
+                    self.dsn,
+                    min_size=1,
+                    max_size=self.pool_max_size,
+                    kwargs=dict(_db.CONNECT_KWARGS),
+                    open=False,
+                    name=f"orchestra-{self.schema}",
                 )
                 self._pool.open(wait=True, timeout=30)
             return self._pool
@@ -147,8 +154,12 @@ class Config:
             probe = await self.connect_async()  # readable error when the server is down
             await probe.close()
             pool = AsyncConnectionPool(
-                self.dsn, min_size=1, max_size=self.pool_max_size, kwargs=dict(_db.CONNECT_KWARGS),
-                open=False, name=f"orchestra-{self.schema}-async",
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_max_size,
+                kwargs=dict(_db.CONNECT_KWARGS),
+                open=False,
+                name=f"orchestra-{self.schema}-async",
             )
             await pool.open(wait=True, timeout=30)
             self._async_pools[loop] = pool
@@ -197,7 +208,7 @@ class Config:
     # -- registry -----------------------------------------------------------
 
     def register(self, definition: JobDefinition[Any]) -> None:
-        """Add a definition (JobDefinition does this itself); a later one with the same name wins."""
+        """Add a definition (JobDefinition does this itself); the last one of a name wins."""
         with self._lock:
             self._definitions[definition.name] = definition
 

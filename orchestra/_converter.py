@@ -62,7 +62,8 @@ def encode_payload(payload: Any, *, payload_type: Any, owner: str, max_bytes: in
     if _is_class_type(payload_type):
         if not isinstance(payload, payload_type):
             raise PayloadError(
-                owner, f"expected an instance of {payload_type.__name__}, got {type(payload).__name__}"
+                owner,
+                f"expected an instance of {payload_type.__name__}, got {type(payload).__name__}",
             )
         text = dumps(payload, what="payload", owner=owner, unstructure_as=payload_type)
     else:

@@ -63,8 +63,11 @@ class Daemon(abc.ABC):
         if not self._handlers:
             return
         event = event_type(
-            timestamp=dt.datetime.now(dt.UTC), daemon_id=self.daemon_id,
-            daemon_name=self.daemon_name, role=self.role, **fields,
+            timestamp=dt.datetime.now(dt.UTC),
+            daemon_id=self.daemon_id,
+            daemon_name=self.daemon_name,
+            role=self.role,
+            **fields,
         )
         events.dispatch(self._handlers, event)
 
@@ -151,7 +154,9 @@ class Daemon(abc.ABC):
                 ready.set()
                 self._done.set()
 
-        self._thread = threading.Thread(target=target, name=f"orchestra-{self.daemon_name}", daemon=True)
+        self._thread = threading.Thread(
+            target=target, name=f"orchestra-{self.daemon_name}", daemon=True
+        )
         self._thread.start()
         ready.wait()
         if self._error is not None:
@@ -162,7 +167,11 @@ class Daemon(abc.ABC):
         finished = self._done.wait(timeout)
         if finished and self._thread is not None:
             self._thread.join()
-        if finished and self._error is not None and not isinstance(self._error, asyncio.CancelledError):
+        if (
+            finished
+            and self._error is not None
+            and not isinstance(self._error, asyncio.CancelledError)
+        ):
             raise self._error
         return finished
 

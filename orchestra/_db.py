@@ -35,7 +35,7 @@ def redact_dsn(dsn: str) -> str:
     if "password" in params:
         if "://" in dsn:
             return redact(dsn)
-        params["password"] = "***"
+        params["password"] = "***"  # noqa: S105 (the redaction mask, not a secret)
         return make_conninfo(**{k: str(v) for k, v in params.items()})
     return dsn
 
@@ -65,7 +65,9 @@ def connect(
             last = exc
             if attempt < len(delays):
                 time.sleep(delays[attempt])
-    raise DatabaseUnavailableError(redact_dsn(dsn), attempts, _reason(last or Exception())) from None
+    raise DatabaseUnavailableError(
+        redact_dsn(dsn), attempts, _reason(last or Exception())
+    ) from None
 
 
 async def connect_async(
@@ -83,4 +85,6 @@ async def connect_async(
             last = exc
             if attempt < len(delays):
                 await asyncio.sleep(delays[attempt])
-    raise DatabaseUnavailableError(redact_dsn(dsn), attempts, _reason(last or Exception())) from None
+    raise DatabaseUnavailableError(
+        redact_dsn(dsn), attempts, _reason(last or Exception())
+    ) from None

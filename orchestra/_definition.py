@@ -75,15 +75,21 @@ class JobContext:
     __slots__ = ("_stop", "attempt", "definition", "job_id", "logger", "max_attempts")
 
     def __init__(
-        self, *, job_id: int, attempt: int, max_attempts: int,
-        definition: JobDefinition[Any], stop: threading.Event,
+        self,
+        *,
+        job_id: int,
+        attempt: int,
+        max_attempts: int,
+        definition: JobDefinition[Any],
+        stop: threading.Event,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.max_attempts = max_attempts
         self.definition = definition
         self.logger = logging.LoggerAdapter(
-            logging.getLogger(f"orchestra.job.{definition.name}"), {"job_id": job_id, "attempt": attempt}
+            logging.getLogger(f"orchestra.job.{definition.name}"),
+            {"job_id": job_id, "attempt": attempt},
         )
         self._stop = stop
 
@@ -97,7 +103,9 @@ def _check_name(value: object, argument: str, *, pattern: re.Pattern[str] | None
     if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(argument, "must be a non-empty string")
     if len(value) > NAME_MAX_LENGTH:
-        raise ConfigurationError(argument, f"must be at most {NAME_MAX_LENGTH} characters, got {len(value)}")
+        raise ConfigurationError(
+            argument, f"must be at most {NAME_MAX_LENGTH} characters, got {len(value)}"
+        )
     if any(ord(c) < 32 for c in value):
         raise ConfigurationError(argument, "must not contain control characters")
     if pattern is not None and not pattern.fullmatch(value):
@@ -122,7 +130,8 @@ def _function_arity(function: object) -> int:
     except (TypeError, ValueError):
         return 2  # builtins and C callables: assume (payload, ctx)
     positional = [
-        p for p in signature.parameters.values()
+        p
+        for p in signature.parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
     if any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
@@ -153,7 +162,9 @@ def _check_cron(expression: object, timezone: object) -> tuple[str | None, str |
         raise ConfigurationError("cron", f"{expression!r} is not a valid cron expression")
     if timezone is not None:
         if not isinstance(timezone, str):
-            raise ConfigurationError("cron_timezone", "must be an IANA time zone name such as 'Europe/Paris'")
+            raise ConfigurationError(
+                "cron_timezone", "must be an IANA time zone name such as 'Europe/Paris'"
+            )
         try:
             zoneinfo.ZoneInfo(timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -209,13 +220,17 @@ class JobDefinition(Generic[P]):
         from orchestra._config import Config  # noqa: PLC0415 (import cycle at module level)
 
         if not isinstance(config, Config):
-            raise ConfigurationError("config", f"must be an orchestra Config, not {type(config).__name__}")
+            raise ConfigurationError(
+                "config", f"must be an orchestra Config, not {type(config).__name__}"
+            )
         self.config = config
         self.name = _check_name(name, "name")
         self.job_function = job_function
         self._arity = _function_arity(job_function)
-        self.is_async = inspect.iscoroutinefunction(job_function) or inspect.iscoroutinefunction(
-            getattr(job_function, "__call__", None)
+        # An instance with an ``async def __call__`` is async too.
+        self.is_async = inspect.iscoroutinefunction(job_function) or (
+            not inspect.isroutine(job_function)
+            and inspect.iscoroutinefunction(type(job_function).__call__)
         )
         self.payload_type = payload_type
         self.channel = _check_name(channel, "channel", pattern=CHANNEL_RE)
@@ -224,22 +239,29 @@ class JobDefinition(Generic[P]):
         self.priority = _check_int(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
         lock = milliseconds(lock_interval_ms, "lock_interval_ms") or 0
         if lock < LOCK_INTERVAL_MIN_MS:
-            raise ConfigurationError("lock_interval_ms", f"must be at least {LOCK_INTERVAL_MIN_MS} ms, got {lock}")
+            raise ConfigurationError(
+                "lock_interval_ms", f"must be at least {LOCK_INTERVAL_MIN_MS} ms, got {lock}"
+            )
         self.lock_interval_ms = lock
         self.timeout_interval_ms = milliseconds(timeout_interval_ms, "timeout_interval_ms") or 0
         self.release_interval_ms = milliseconds(release_interval_ms, "release_interval_ms") or 0
         self.max_concurrency = (
             None if max_concurrency is None else _check_int(max_concurrency, "max_concurrency", 1)
         )
-        self.repeat_interval_ms = milliseconds(repeat_interval_ms, "repeat_interval_ms", allow_none=True)
+        self.repeat_interval_ms = milliseconds(
+            repeat_interval_ms, "repeat_interval_ms", allow_none=True
+        )
         if self.repeat_interval_ms == 0:
-            raise ConfigurationError("repeat_interval_ms", "must be positive (or None for no repeat)")
+            raise ConfigurationError(
+                "repeat_interval_ms", "must be positive (or None for no repeat)"
+            )
         self.cron, self.cron_timezone = _check_cron(cron, cron_timezone)
         if self.cron is not None and self.repeat_interval_ms is not None:
             raise ConfigurationError("cron", "give either cron or repeat_interval_ms, not both")
         if self.is_repeatable and not _is_empty_type(payload_type):
             raise ConfigurationError(
-                "payload_type", "a repeatable definition (cron or repeat_interval_ms) takes no payload"
+                "payload_type",
+                "a repeatable definition (cron or repeat_interval_ms) takes no payload",
             )
         self._ensured_at: float | None = None
         self._ensure_lock = threading.Lock()
@@ -258,12 +280,19 @@ class JobDefinition(Generic[P]):
     def row_params(self) -> dict[str, Any]:
         """The parameters of the ``definition_upsert`` query."""
         return {
-            "name": self.name, "channel": self.channel, "num_attempts": self.num_attempts,
-            "backoff": self.backoff.kind, "backoff_base_ms": self.backoff.base_ms,
-            "backoff_max_ms": self.backoff.max_ms, "priority": self.priority,
-            "repeat_interval_ms": self.repeat_interval_ms, "cron": self.cron,
-            "release_interval_ms": self.release_interval_ms, "max_concurrency": self.max_concurrency,
-            "lock_interval_ms": self.lock_interval_ms, "timeout_interval_ms": self.timeout_interval_ms,
+            "name": self.name,
+            "channel": self.channel,
+            "num_attempts": self.num_attempts,
+            "backoff": self.backoff.kind,
+            "backoff_base_ms": self.backoff.base_ms,
+            "backoff_max_ms": self.backoff.max_ms,
+            "priority": self.priority,
+            "repeat_interval_ms": self.repeat_interval_ms,
+            "cron": self.cron,
+            "release_interval_ms": self.release_interval_ms,
+            "max_concurrency": self.max_concurrency,
+            "lock_interval_ms": self.lock_interval_ms,
+            "timeout_interval_ms": self.timeout_interval_ms,
         }
 
     def upsert(self, conn: psycopg.Connection[Any]) -> None:
@@ -277,7 +306,9 @@ class JobDefinition(Generic[P]):
         self._ensured_at = time.monotonic()
 
     def _needs_upsert(self) -> bool:
-        return self._ensured_at is None or time.monotonic() - self._ensured_at > DEFINITION_REFRESH_S
+        return (
+            self._ensured_at is None or time.monotonic() - self._ensured_at > DEFINITION_REFRESH_S
+        )
 
     def _ensure(self) -> None:
         # Upserted on its own pooled autocommit connection, never inside the
@@ -298,7 +329,9 @@ class JobDefinition(Generic[P]):
         if payload is None and self.is_repeatable:
             payload = {}
         return _converter.encode_payload(
-            payload, payload_type=self.payload_type, owner=self.name,
+            payload,
+            payload_type=self.payload_type,
+            owner=self.name,
             max_bytes=self.config.max_payload_bytes,
         )
 
@@ -315,15 +348,22 @@ class JobDefinition(Generic[P]):
         if priority is not None:
             _check_int(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
         return {
-            "definition": self.name, "channel": self.channel,
+            "definition": self.name,
+            "channel": self.channel,
             "priority": self.priority if priority is None else priority,
-            "max_attempts": self.num_attempts, "run_at": run_at, "delay_ms": delay,
+            "max_attempts": self.num_attempts,
+            "run_at": run_at,
+            "delay_ms": delay,
             "notify_channel": self.config.notify_channel,
         }
 
     def _insert_params(
-        self, payload: Any, delay_ms: int | dt.timedelta, run_at: dt.datetime | None,
-        priority: int | None, depends_on: Iterable[JobHandle | int],
+        self,
+        payload: Any,
+        delay_ms: int | dt.timedelta,
+        run_at: dt.datetime | None,
+        priority: int | None,
+        depends_on: Iterable[JobHandle | int],
     ) -> dict[str, Any]:
         params = self._options(delay_ms, run_at, priority)
         params["payload"] = self._encode(payload)
@@ -383,12 +423,17 @@ class JobDefinition(Generic[P]):
         return JobHandle(int(row[0]), self.config)
 
     def _many_params(
-        self, payloads: Iterable[P], delay_ms: int | dt.timedelta, run_at: dt.datetime | None,
+        self,
+        payloads: Iterable[P],
+        delay_ms: int | dt.timedelta,
+        run_at: dt.datetime | None,
         priority: int | None,
     ) -> dict[str, Any]:
         params = self._options(delay_ms, run_at, priority)
         if isinstance(payloads, (str, bytes, dict)):
-            raise ConfigurationError("payloads", "must be an iterable of payloads, not a single value")
+            raise ConfigurationError(
+                "payloads", "must be an iterable of payloads, not a single value"
+            )
         params["payloads"] = [self._encode(p) for p in payloads]
         return params
 
@@ -460,7 +505,9 @@ def _dependency_ids(depends_on: Iterable[JobHandle | int]) -> list[int]:
     for item in depends_on:
         value = item.id if isinstance(item, JobHandle) else item
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigurationError("depends_on", f"{item!r} is not a job handle or a positive job id")
+            raise ConfigurationError(
+                "depends_on", f"{item!r} is not a job handle or a positive job id"
+            )
         if value not in ids:
             ids.append(value)
     return ids

@@ -83,18 +83,34 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
     config = Config(dsn, schema=schema)
     console.print(f"[bold]orchestra demo[/] on {config.redacted_dsn}, schema [cyan]{schema}[/]")
     with config.connection() as conn:
-        conn.execute(psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(psycopg.sql.Identifier(schema)))
+        conn.execute(
+            psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                psycopg.sql.Identifier(schema)
+            )
+        )
     config.prepare_schema()
 
-    charge_def = JobDefinition(config, name="charge", job_function=charge, payload_type=Order, channel="demo")
-    defs = {
-        "flaky": JobDefinition(config, name="flaky", job_function=flaky, channel="demo",
-                               num_attempts=3, backoff=Backoff.fixed(300, jitter=0)),
+    charge_def: JobDefinition[Order] = JobDefinition(
+        config, name="charge", job_function=charge, payload_type=Order, channel="demo"
+    )
+    defs: dict[str, JobDefinition[Any]] = {
+        "flaky": JobDefinition(
+            config,
+            name="flaky",
+            job_function=flaky,
+            channel="demo",
+            num_attempts=3,
+            backoff=Backoff.fixed(300, jitter=0),
+        ),
         "fetch": JobDefinition(config, name="fetch", job_function=fetch, channel="demo"),
-        "transform": JobDefinition(config, name="transform", job_function=transform, channel="demo"),
+        "transform": JobDefinition(
+            config, name="transform", job_function=transform, channel="demo"
+        ),
         "publish": JobDefinition(config, name="publish", job_function=publish, channel="demo"),
         "report": JobDefinition(config, name="report", job_function=report, channel="demo"),
-        "urgent": JobDefinition(config, name="urgent", job_function=urgent, channel="demo", priority=50),
+        "urgent": JobDefinition(
+            config, name="urgent", job_function=urgent, channel="demo", priority=50
+        ),
     }
 
     counts: collections.Counter[str] = collections.Counter()
@@ -105,16 +121,35 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
         with lock:
             counts[type(event).__name__] += 1
             if isinstance(event, events.WorkerJobFailed):
-                retry = "retry in %.1f s" % ((event.retry_at - event.timestamp).total_seconds()) if event.retry_at else "no retry"
-                log.append(f"[yellow]{event.definition}#{event.job_id}[/] attempt {event.attempt} failed: {event.error} ({retry})")
+                retry = (
+                    f"retry in {(event.retry_at - event.timestamp).total_seconds():.1f} s"
+                    if event.retry_at
+                    else "no retry"
+                )
+                log.append(
+                    f"[yellow]{event.definition}#{event.job_id}[/] attempt {event.attempt} "
+                    f"failed: {event.error} ({retry})"
+                )
             elif isinstance(event, events.WorkerJobSucceeded) and event.definition != "charge":
-                log.append(f"[green]{event.definition}#{event.job_id}[/] succeeded on attempt {event.attempt}")
+                log.append(
+                    f"[green]{event.definition}#{event.job_id}[/] "
+                    f"succeeded on attempt {event.attempt}"
+                )
 
-    worker = Worker(config, channel="demo", concurrency=8, name="demo", event_handler=on_event,
-                    process_interval_ms=100)
+    worker = Worker(
+        config,
+        channel="demo",
+        concurrency=8,
+        name="demo",
+        event_handler=on_event,
+        process_interval_ms=100,
+    )
     worker.start()
     started = time.monotonic()
-    orders = [Order(i, random.choice(["ada", "grace", "linus"]), random.randint(100, 9_999)) for i in range(200)]
+    orders = [
+        Order(i, random.choice(["ada", "grace", "linus"]), random.randint(100, 9_999))
+        for i in range(200)
+    ]
     charge_def.defer_many(orders)
     defs["flaky"].defer({})
     first = defs["fetch"].defer({})
@@ -150,7 +185,8 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
     with config.connection() as conn:
         rows = conn.execute(
             psycopg.sql.SQL(
-                "SELECT definition, count(*), count(*) FILTER (WHERE status = 'succeeded'), max(attempt), "
+                "SELECT definition, count(*), count(*) FILTER (WHERE status = 'succeeded'), "
+                "max(attempt), "
                 "min(started_at) FROM {}.job GROUP BY definition ORDER BY min(started_at)"
             ).format(psycopg.sql.Identifier(schema))
         ).fetchall()
@@ -162,10 +198,15 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
     console.print(summary)
     elapsed = time.monotonic() - started
     if ok:
-        console.print(f"[bold green]{total} jobs succeeded in {elapsed:.1f} s[/] "
-                      f"({worker.stats.failed} failed attempts retried). Schema {schema!r} is left for you to inspect.")
+        console.print(
+            f"[bold green]{total} jobs succeeded in {elapsed:.1f} s[/] "
+            f"({worker.stats.failed} failed attempts retried). "
+            f"Schema {schema!r} is left for you to inspect."
+        )
         config.close()
         return 0
-    console.print(f"[bold red]only {worker.stats.succeeded} of {total} jobs succeeded within {timeout_s} s[/]")
+    console.print(
+        f"[bold red]only {worker.stats.succeeded} of {total} jobs succeeded within {timeout_s} s[/]"
+    )
     config.close()
     return 1

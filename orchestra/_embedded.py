@@ -43,13 +43,13 @@ def embedded_dsn(*, announce: bool = True) -> str:
                 ) from exc
             data_dir.mkdir(parents=True, exist_ok=True)
             try:
-                server = pgserver.get_server(data_dir, cleanup_mode="stop")
+                server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
             except Exception as exc:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL in {data_dir} did not start: {exc}"
                 ) from exc
             _servers[data_dir] = server
             if announce:
-                print(f"orchestra: using the embedded PostgreSQL in {data_dir}", file=sys.stderr)
+                print(f"orchestra: using the embedded PostgreSQL in {data_dir}", file=sys.stderr)  # noqa: T201
     uri: str = server.get_uri()
     return uri

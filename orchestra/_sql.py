@@ -76,7 +76,7 @@ def all_queries() -> dict[str, str]:
 
 def render(template: str, schema: str) -> bytes:
     """Return ``template`` with ``{schema}`` replaced by the quoted schema name."""
-    composed = sql.SQL(template).format(schema=sql.Identifier(validate_schema_name(schema)))  # type: ignore[arg-type]
+    composed = sql.SQL(template).format(schema=sql.Identifier(validate_schema_name(schema)))
     return composed.as_bytes(None)
 
 

@@ -71,12 +71,17 @@ def _warn_password_on_argv(dsn: str | None, source: str) -> None:
 
 
 def _dsn_option(function: F) -> F:
-    return click.option("--dsn", envvar=DSN_ENV, default=None, metavar="DSN", help=DSN_HELP)(function)
+    return click.option("--dsn", envvar=DSN_ENV, default=None, metavar="DSN", help=DSN_HELP)(
+        function
+    )
 
 
 def _schema_option(function: F) -> F:
     return click.option(
-        "--schema", default=DEFAULT_SCHEMA, show_default=True, metavar="NAME",
+        "--schema",
+        default=DEFAULT_SCHEMA,
+        show_default=True,
+        metavar="NAME",
         help="PostgreSQL schema holding the queue (lower-case letters, digits, _).",
     )(function)
 
@@ -114,7 +119,9 @@ def load_app(reference: str) -> Config:
     try:
         value = functools.reduce(getattr, attribute.split("."), module)
     except AttributeError:
-        raise AppImportError(f"--app {reference!r}: {module_name!r} has no attribute {attribute!r}") from None
+        raise AppImportError(
+            f"--app {reference!r}: {module_name!r} has no attribute {attribute!r}"
+        ) from None
     if not isinstance(value, Config) and callable(value):
         value = value()
     if not isinstance(value, Config):
@@ -153,31 +160,80 @@ def migrate(ctx: click.Context, dsn: str | None, schema: str) -> None:
 
 
 @main.command()
-@click.option("--role", type=click.Choice(["worker"]), required=True,
-              help="Which daemon to run. worker: claim and run jobs of one channel.")
-@click.option("--app", "app_ref", required=True, metavar="MODULE:CONFIG",
-              help="Where your Config lives, e.g. myapp.jobs:config. Importing the module must "
-                   "register your JobDefinitions. A function returning a Config also works.")
+@click.option(
+    "--role",
+    type=click.Choice(["worker"]),
+    required=True,
+    help="Which daemon to run. worker: claim and run jobs of one channel.",
+)
+@click.option(
+    "--app",
+    "app_ref",
+    required=True,
+    metavar="MODULE:CONFIG",
+    help="Where your Config lives, e.g. myapp.jobs:config. Importing the module must "
+    "register your JobDefinitions. A function returning a Config also works.",
+)
 @click.option("--channel", default="_default", show_default=True, help="Channel to serve.")
-@click.option("--concurrency", type=click.IntRange(1, 10_000), default=1, show_default=True,
-              help="Most jobs running at once.")
-@click.option("--name", default="anon", show_default=True,
-              help="Daemon name in events, logs and the worker table.")
-@click.option("--process-interval-ms", type=click.IntRange(10), default=1000, show_default=True,
-              help="Polling interval when idle; NOTIFY usually wakes the worker sooner.")
-@click.option("--shutdown-grace-ms", type=click.IntRange(0), default=30_000, show_default=True,
-              help="On SIGTERM/SIGINT, how long running jobs may take to finish; the rest are "
-                   "recorded as interrupted and retried.")
-@click.option("--no-listen", is_flag=True,
-              help="Poll only, no LISTEN/NOTIFY (for PgBouncer in transaction pooling mode).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Log lines for people (text) or collectors (json).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True, help="Least severe level logged.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    default=1,
+    show_default=True,
+    help="Most jobs running at once.",
+)
+@click.option(
+    "--name",
+    default="anon",
+    show_default=True,
+    help="Daemon name in events, logs and the worker table.",
+)
+@click.option(
+    "--process-interval-ms",
+    type=click.IntRange(10),
+    default=1000,
+    show_default=True,
+    help="Polling interval when idle; NOTIFY usually wakes the worker sooner.",
+)
+@click.option(
+    "--shutdown-grace-ms",
+    type=click.IntRange(0),
+    default=30_000,
+    show_default=True,
+    help="On SIGTERM/SIGINT, how long running jobs may take to finish; the rest are "
+    "recorded as interrupted and retried.",
+)
+@click.option(
+    "--no-listen",
+    is_flag=True,
+    help="Poll only, no LISTEN/NOTIFY (for PgBouncer in transaction pooling mode).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines for people (text) or collectors (json).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe level logged.",
+)
 @handle_errors
 def daemon(
-    role: str, app_ref: str, channel: str, concurrency: int, name: str, process_interval_ms: int,
-    shutdown_grace_ms: int, no_listen: bool, log_format: str, log_level: str,
+    role: str,
+    app_ref: str,
+    channel: str,
+    concurrency: int,
+    name: str,
+    process_interval_ms: int,
+    shutdown_grace_ms: int,
+    no_listen: bool,
+    log_format: str,
+    log_level: str,
 ) -> None:
     """Run a daemon until SIGTERM or SIGINT (graceful; a second signal stops at once).
 
@@ -188,9 +244,14 @@ def daemon(
     configure_logging(log_format, log_level)
     config = load_app(app_ref)
     worker = Worker(
-        config, channel=channel, concurrency=concurrency, name=name,
-        event_handler=LoggingHandler(), process_interval_ms=process_interval_ms,
-        shutdown_grace_ms=shutdown_grace_ms, listen_notify=not no_listen,
+        config,
+        channel=channel,
+        concurrency=concurrency,
+        name=name,
+        event_handler=LoggingHandler(),
+        process_interval_ms=process_interval_ms,
+        shutdown_grace_ms=shutdown_grace_ms,
+        listen_notify=not no_listen,
     )
     worker.run()
     _exit_despite_stuck_threads()
@@ -202,8 +263,11 @@ def _exit_despite_stuck_threads() -> None:
     Its job was already recorded as interrupted (and will be retried); waiting
     for the thread would turn a graceful stop into a hang.
     """
-    stuck = [t for t in threading.enumerate()
-             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    stuck = [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
     if not stuck:
         return
     atexit._run_exitfuncs()
@@ -215,10 +279,20 @@ def _exit_despite_stuck_threads() -> None:
 
 @main.command()
 @_dsn_option
-@click.option("--schema", default="orchestra_demo", show_default=True, metavar="NAME",
-              help="Schema for the demo; it is dropped and created again.")
-@click.option("--seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True,
-              help="Give up waiting for the demo jobs after this long.")
+@click.option(
+    "--schema",
+    default="orchestra_demo",
+    show_default=True,
+    metavar="NAME",
+    help="Schema for the demo; it is dropped and created again.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(1, 600),
+    default=20.0,
+    show_default=True,
+    help="Give up waiting for the demo jobs after this long.",
+)
 @click.pass_context
 @handle_errors
 def demo(ctx: click.Context, dsn: str | None, schema: str, seconds: float) -> None:

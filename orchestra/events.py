@@ -32,7 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -236,13 +236,15 @@ class JobRescued(_JobEvent):
 EventHandler = Callable[[Event], None]
 
 
-def normalize_handlers(handler: EventHandler | Iterable[EventHandler] | None) -> tuple[EventHandler, ...]:
+def normalize_handlers(
+    handler: EventHandler | Iterable[EventHandler] | None,
+) -> tuple[EventHandler, ...]:
     """Accept one handler, several, or None."""
     if handler is None:
         return ()
     if callable(handler):
         return (handler,)
-    handlers = tuple(handler)
+    handlers: tuple[Any, ...] = tuple(handler)
     for item in handlers:
         if not callable(item):
             from orchestra.errors import ConfigurationError  # noqa: PLC0415 (avoids a cycle)

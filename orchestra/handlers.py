@@ -66,9 +66,16 @@ class LoggingHandler:
         fields = event_fields(event)
         text = " ".join(f"{key}={_short(value)}" for key, value in fields.items())
         self.logger.log(
-            level, "%s %s %s", event.daemon_name, type(event).__name__, text,
-            extra={"event_name": type(event).__name__, "event_fields": fields,
-                   "daemon_name": event.daemon_name},
+            level,
+            "%s %s %s",
+            event.daemon_name,
+            type(event).__name__,
+            text,
+            extra={
+                "event_name": type(event).__name__,
+                "event_fields": fields,
+                "daemon_name": event.daemon_name,
+            },
         )
 
 

@@ -71,7 +71,11 @@ class EventRecorder:
 
 
 def wait_until(
-    condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02, message: str = ""
+    condition: Callable[[], Any],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "",
 ) -> Any:
     """Poll ``condition`` until it returns something truthy; return that value.
 
@@ -90,9 +94,7 @@ def wait_until(
 def runnable_jobs(config: Config, channel: str = "_default") -> int:
     """How many jobs of ``channel`` are available now, running, or waiting on dependencies."""
     with config.connection() as conn:
-        row = conn.execute(
-            config.queries["job_count_unfinished"], {"channel": channel}
-        ).fetchone()
+        row = conn.execute(config.queries["job_count_unfinished"], {"channel": channel}).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -100,12 +102,16 @@ def run_until_empty(
     config: Config, *, channel: str = "_default", concurrency: int = 1, timeout: float = 60.0
 ) -> Worker:
     """Run a worker in a thread until ``channel`` has no unfinished job due now; return it."""
-    worker = Worker(config, channel=channel, concurrency=concurrency, name="testing",
-                    process_interval_ms=50)
+    worker = Worker(
+        config, channel=channel, concurrency=concurrency, name="testing", process_interval_ms=50
+    )
     worker.start()
     try:
-        wait_until(lambda: runnable_jobs(config, channel) == 0, timeout=timeout,
-                   message=f"channel {channel!r} still has runnable jobs after {timeout} s")
+        wait_until(
+            lambda: runnable_jobs(config, channel) == 0,
+            timeout=timeout,
+            message=f"channel {channel!r} still has runnable jobs after {timeout} s",
+        )
     finally:
         worker.stop()
         worker.join()

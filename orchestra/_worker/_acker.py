@@ -44,7 +44,9 @@ class Finish:
     # Filled in from the statement's result:
     committed_status: str | None = None
     committed_run_at: dt.datetime | None = None
-    done: asyncio.Future[None] = attrs.field(factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[None] = attrs.field(
+        factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 FinishWriter = Callable[[dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
@@ -53,8 +55,15 @@ FinishWriter = Callable[[dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
 class Acker:
     """Collects finishes and writes them in batches, one statement at a time."""
 
-    def __init__(self, write: FinishWriter, *, worker_id: Callable[[], int], worker_name: str,
-                 notify_channel: str, on_error: Callable[[BaseException], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        write: FinishWriter,
+        *,
+        worker_id: Callable[[], int],
+        worker_name: str,
+        notify_channel: str,
+        on_error: Callable[[BaseException], Awaitable[None]],
+    ) -> None:
         self._write = write
         self._worker_id = worker_id
         self._worker_name = worker_name

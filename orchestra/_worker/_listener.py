@@ -24,7 +24,10 @@ RECONNECT_DELAY_MAX_S = 30.0
 #: TCP keepalives notice a LISTEN connection whose peer vanished without a
 #: FIN (a network partition, a killed VM) in about 30 s instead of hours.
 KEEPALIVE_KWARGS: dict[str, Any] = {
-    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 4,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 4,
 }
 
 

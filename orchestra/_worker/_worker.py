@@ -112,11 +112,19 @@ class Worker(Daemon):
     ) -> None:
         super().__init__(name=name, event_handler=event_handler)
         if not isinstance(config, Config):
-            raise ConfigurationError("config", f"must be an orchestra Config, not {type(config).__name__}")
+            raise ConfigurationError(
+                "config", f"must be an orchestra Config, not {type(config).__name__}"
+            )
         self.config = config
         self.channel = _check_name(channel, "channel", pattern=CHANNEL_RE)
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 10_000:
-            raise ConfigurationError("concurrency", f"must be an int from 1 to 10000, got {concurrency!r}")
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= 10_000
+        ):
+            raise ConfigurationError(
+                "concurrency", f"must be an int from 1 to 10000, got {concurrency!r}"
+            )
         self.concurrency = concurrency
         self.process_interval_ms = milliseconds(process_interval_ms, "process_interval_ms") or 0
         if self.process_interval_ms < 10:
@@ -165,17 +173,30 @@ class Worker(Daemon):
             await self._check_schema()
             for definition in self._definitions():
                 await definition.upsert_async(conn)
-            row = await (await conn.execute(self.config.queries["worker_register"], {
-                "name": self.name, "role": "worker", "host": self.host, "pid": self.pid,
-                "channel": self.channel, "concurrency": self.concurrency,
-            })).fetchone()
+            row = await (
+                await conn.execute(
+                    self.config.queries["worker_register"],
+                    {
+                        "name": self.name,
+                        "role": "worker",
+                        "host": self.host,
+                        "pid": self.pid,
+                        "channel": self.channel,
+                        "concurrency": self.concurrency,
+                    },
+                )
+            ).fetchone()
             assert row is not None
             self.worker_id = int(row[0])
         finally:
             await conn.close()
 
         self._pool = AsyncConnectionPool(
-            dsn, min_size=2, max_size=3, kwargs=dict(_db.CONNECT_KWARGS), open=False,
+            dsn,
+            min_size=2,
+            max_size=3,
+            kwargs=dict(_db.CONNECT_KWARGS),
+            open=False,
             name=f"orchestra-{self.daemon_name}",
         )
         await self._pool.open(wait=True, timeout=30)
@@ -183,8 +204,10 @@ class Worker(Daemon):
             max_workers=self.concurrency, thread_name_prefix=f"orchestra-{self.name}"
         )
         self._acker = Acker(
-            self._write_finishes, worker_id=lambda: self.worker_id or 0,
-            worker_name=self.daemon_name, notify_channel=self.config.notify_channel,
+            self._write_finishes,
+            worker_id=lambda: self.worker_id or 0,
+            worker_name=self.daemon_name,
+            notify_channel=self.config.notify_channel,
             on_error=lambda exc: self._database_error("finish", exc),
         )
         side_tasks = [
@@ -193,7 +216,9 @@ class Worker(Daemon):
         ]
         if self.listen_notify:
             self._listener = Listener(
-                dsn, self.config.notify_channel, self.channel,
+                dsn,
+                self.config.notify_channel,
+                self.channel,
                 on_wakeup=self._on_notify,
                 on_lost=lambda error: self._emit(events.WorkerListenLost, error=error),
                 on_restored=lambda: self._emit(events.WorkerListenRestored),
@@ -244,9 +269,12 @@ class Worker(Daemon):
             try:
                 await asyncio.wait_for(asyncio.shield(acker_task), timeout=10)
             except (TimeoutError, Exception):
-                logger.warning("%s: could not record %d finished attempt(s) before stopping; "
-                               "their leases will expire and the jobs will be rescued",
-                               self.daemon_name, self._acker.backlog)
+                logger.warning(
+                    "%s: could not record %d finished attempt(s) before stopping; "
+                    "their leases will expire and the jobs will be rescued",
+                    self.daemon_name,
+                    self._acker.backlog,
+                )
         for task in side_tasks:
             task.cancel()
         await asyncio.gather(*side_tasks, return_exceptions=True)
@@ -254,9 +282,13 @@ class Worker(Daemon):
             if self.worker_id is not None:
                 try:
                     async with self._pool.connection(timeout=5) as conn:
-                        await conn.execute(self.config.queries["worker_delete"], {"worker_id": self.worker_id})
+                        await conn.execute(
+                            self.config.queries["worker_delete"], {"worker_id": self.worker_id}
+                        )
                 except Exception:
-                    logger.warning("%s: could not delete the worker row", self.daemon_name, exc_info=True)
+                    logger.warning(
+                        "%s: could not delete the worker row", self.daemon_name, exc_info=True
+                    )
             await self._pool.close()
         if self._executor is not None:
             # Threads of sync jobs that ignored the stop keep running until they
@@ -293,16 +325,25 @@ class Worker(Daemon):
         assert self._pool is not None
         self.stats.claim_queries += 1
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(self.config.queries["job_claim"], {
-                "channel": self.channel, "now": None, "limit": limit, "worker_id": self.worker_id,
-            })
+            cursor = await conn.execute(
+                self.config.queries["job_claim"],
+                {
+                    "channel": self.channel,
+                    "now": None,
+                    "limit": limit,
+                    "worker_id": self.worker_id,
+                },
+            )
             rows = await cursor.fetchall()
         return [_Claimed(*row) for row in rows]
 
     def _start_job(self, job: _Claimed) -> None:
         self.stats.claimed += 1
         self._emit(
-            events.WorkerJobClaimed, job_id=job.id, definition=job.definition, attempt=job.attempt,
+            events.WorkerJobClaimed,
+            job_id=job.id,
+            definition=job.definition,
+            attempt=job.attempt,
             max_attempts=job.max_attempts,
             queue_wait_ms=max(0, round((job.started_at - job.run_at).total_seconds() * 1000)),
         )
@@ -316,7 +357,9 @@ class Worker(Daemon):
         try:
             finish = await self._execute(job)
         except asyncio.CancelledError:
-            finish = self._finish(job, "interrupted", error="interrupted: the worker stopped before the job finished")
+            finish = self._finish(
+                job, "interrupted", error="interrupted: the worker stopped before the job finished"
+            )
         assert self._acker is not None
         self._acker.submit(finish)
         try:
@@ -335,9 +378,14 @@ class Worker(Daemon):
 
     def _finish(self, job: _Claimed, outcome: Outcome, **fields: Any) -> Finish:
         return Finish(
-            job_id=job.id, definition=job.definition, attempt=job.attempt,
-            max_attempts=job.max_attempts, token=job.token, started_at=job.started_at,
-            outcome=outcome, **fields,
+            job_id=job.id,
+            definition=job.definition,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            token=job.token,
+            started_at=job.started_at,
+            outcome=outcome,
+            **fields,
         )
 
     async def _execute(self, job: _Claimed) -> Finish:
@@ -352,8 +400,11 @@ class Worker(Daemon):
         except Exception as exc:
             return self._failure(job, definition, started, exc, payload_invalid=True)
         ctx = JobContext(
-            job_id=job.id, attempt=job.attempt, max_attempts=job.max_attempts,
-            definition=definition, stop=self._stop_event,
+            job_id=job.id,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            definition=definition,
+            stop=self._stop_event,
         )
         try:
             if definition.is_async:
@@ -365,40 +416,62 @@ class Worker(Daemon):
         except (Exception, SystemExit) as exc:
             return self._failure(job, definition, started, exc)
         return self._finish(
-            job, "succeeded", result=result, duration_ms=_elapsed_ms(started),
+            job,
+            "succeeded",
+            result=result,
+            duration_ms=_elapsed_ms(started),
         )
 
     def _failure(
-        self, job: _Claimed, definition: JobDefinition[Any], started: float, exc: BaseException,
-        *, payload_invalid: bool = False,
+        self,
+        job: _Claimed,
+        definition: JobDefinition[Any],
+        started: float,
+        exc: BaseException,
+        *,
+        payload_invalid: bool = False,
     ) -> Finish:
         if payload_invalid:
-            error = (f"PayloadError: stored payload does not fit {definition.payload_type!r}: "
-                     f"{_converter.describe_structure_error(exc)}")
+            error = (
+                f"PayloadError: stored payload does not fit {definition.payload_type!r}: "
+                f"{_converter.describe_structure_error(exc)}"
+            )
             trace = None
         else:
             error = _describe(exc)
             trace = "".join(traceback.format_exception(exc))
         return self._finish(
-            job, "failed", error=error, traceback=trace, payload_invalid=payload_invalid,
-            retry_delay_ms=definition.backoff.delay_ms(job.attempt), duration_ms=_elapsed_ms(started),
+            job,
+            "failed",
+            error=error,
+            traceback=trace,
+            payload_invalid=payload_invalid,
+            retry_delay_ms=definition.backoff.delay_ms(job.attempt),
+            duration_ms=_elapsed_ms(started),
         )
 
     async def _write_finishes(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         assert self._pool is not None
         async with self._pool.connection() as conn:
             cursor = await conn.execute(self.config.queries["job_finish_many"], params)
-            rows = await cursor.fetchall()
+            rows: list[tuple[Any, ...]] = await cursor.fetchall()
         self._error_streak = 0
         return rows
 
     def _report(self, finish: Finish) -> None:
         """Emit the event of a committed (or fenced) finish."""
-        common = {"job_id": finish.job_id, "definition": finish.definition, "attempt": finish.attempt}
+        common = {
+            "job_id": finish.job_id,
+            "definition": finish.definition,
+            "attempt": finish.attempt,
+        }
         if finish.committed_status is None:
             self.stats.fenced += 1
-            logger.warning("job %d attempt %d: finish refused, the job was rescued or finalized meanwhile",
-                           finish.job_id, finish.attempt)
+            logger.warning(
+                "job %d attempt %d: finish refused, the job was rescued or finalized meanwhile",
+                finish.job_id,
+                finish.attempt,
+            )
             self._emit(events.WorkerJobFenced, outcome=finish.outcome, **common)
         elif finish.outcome == "succeeded":
             self.stats.succeeded += 1
@@ -406,16 +479,26 @@ class Worker(Daemon):
         elif finish.outcome == "released":
             self.stats.released += 1
             assert finish.committed_run_at is not None
-            self._emit(events.WorkerJobReleased, reason="unknown_definition",
-                       retry_at=finish.committed_run_at, **common)
+            self._emit(
+                events.WorkerJobReleased,
+                reason="unknown_definition",
+                retry_at=finish.committed_run_at,
+                **common,
+            )
         else:
             self.stats.failed += 1
             will_retry = finish.committed_status == "available"
-            event_type = events.WorkerJobPayloadInvalid if finish.payload_invalid else events.WorkerJobFailed
+            event_type = (
+                events.WorkerJobPayloadInvalid if finish.payload_invalid else events.WorkerJobFailed
+            )
             self._emit(
-                event_type, max_attempts=finish.max_attempts, error=finish.error or "",
-                will_retry=will_retry, retry_at=finish.committed_run_at if will_retry else None,
-                duration_ms=finish.duration_ms, **common,
+                event_type,
+                max_attempts=finish.max_attempts,
+                error=finish.error or "",
+                will_retry=will_retry,
+                retry_at=finish.committed_run_at if will_retry else None,
+                duration_ms=finish.duration_ms,
+                **common,
             )
 
     # -- heartbeat and errors -------------------------------------------------------
@@ -427,35 +510,70 @@ class Worker(Daemon):
             try:
                 assert self._pool is not None
                 async with self._pool.connection() as conn:
-                    cursor = await conn.execute(self.config.queries["worker_heartbeat"], {
-                        "worker_id": self.worker_id,
-                        "ids": [job.id for job, _ in held], "tokens": [job.token for job, _ in held],
-                    })
+                    cursor = await conn.execute(
+                        self.config.queries["worker_heartbeat"],
+                        {
+                            "worker_id": self.worker_id,
+                            "ids": [job.id for job, _ in held],
+                            "tokens": [job.token for job, _ in held],
+                        },
+                    )
                     row = await cursor.fetchone()
                     if row is not None and not row[0]:
-                        logger.warning("%s: worker row %s vanished; registering again",
-                                       self.daemon_name, self.worker_id)
-                        cursor = await conn.execute(self.config.queries["worker_register"], {
-                            "name": self.name, "role": "worker", "host": self.host, "pid": self.pid,
-                            "channel": self.channel, "concurrency": self.concurrency,
-                        })
+                        logger.warning(
+                            "%s: worker row %s vanished; registering again",
+                            self.daemon_name,
+                            self.worker_id,
+                        )
+                        cursor = await conn.execute(
+                            self.config.queries["worker_register"],
+                            {
+                                "name": self.name,
+                                "role": "worker",
+                                "host": self.host,
+                                "pid": self.pid,
+                                "channel": self.channel,
+                                "concurrency": self.concurrency,
+                            },
+                        )
                         new = await cursor.fetchone()
                         self.worker_id = int(new[0]) if new else self.worker_id
             except Exception as exc:
-                self._emit(events.DaemonDatabaseError, operation="heartbeat",
-                           error=_db.redact(_describe(exc)), retry_in_ms=self.heartbeat_interval_ms)
-                logger.warning("%s: heartbeat failed: %s", self.daemon_name, _db.redact(_describe(exc)))
+                self._emit(
+                    events.DaemonDatabaseError,
+                    operation="heartbeat",
+                    error=_db.redact(_describe(exc)),
+                    retry_in_ms=self.heartbeat_interval_ms,
+                )
+                logger.warning(
+                    "%s: heartbeat failed: %s", self.daemon_name, _db.redact(_describe(exc))
+                )
 
     async def _database_error(self, operation: str, exc: BaseException) -> None:
         self._error_streak += 1
         delay = min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_MIN_S * 2 ** (self._error_streak - 1))
         message = _db.redact(_describe(exc))
-        if isinstance(exc, psycopg.OperationalError | PayloadError) or "pool" in type(exc).__module__:
-            logger.warning("%s: %s failed (%s); retrying in %.1f s", self.daemon_name, operation, message, delay)
+        if (
+            isinstance(exc, psycopg.OperationalError | PayloadError)
+            or "pool" in type(exc).__module__
+        ):
+            logger.warning(
+                "%s: %s failed (%s); retrying in %.1f s",
+                self.daemon_name,
+                operation,
+                message,
+                delay,
+            )
         else:
-            logger.exception("%s: %s failed; retrying in %.1f s", self.daemon_name, operation, delay)
-        self._emit(events.DaemonDatabaseError, operation=operation, error=message,
-                   retry_in_ms=round(delay * 1000))
+            logger.exception(
+                "%s: %s failed; retrying in %.1f s", self.daemon_name, operation, delay
+            )
+        self._emit(
+            events.DaemonDatabaseError,
+            operation=operation,
+            error=message,
+            retry_in_ms=round(delay * 1000),
+        )
         if operation == "claim":
             await self._sleep_or_wake(delay)
             self._maybe_more = True

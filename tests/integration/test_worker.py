@@ -41,12 +41,16 @@ def running(worker: Worker) -> Iterator[Worker]:
 
 def status_of(db: psycopg.Connection[Any], config: Config, job_id: int) -> str:
     """The status of a job, read on a separate connection."""
-    row = db.execute(f'SELECT status::text FROM "{config.schema}".job WHERE id = %s', [job_id]).fetchone()
+    row = db.execute(
+        f'SELECT status::text FROM "{config.schema}".job WHERE id = %s', [job_id]
+    ).fetchone()
     assert row is not None
     return str(row[0])
 
 
-def make(config: Config, name: str, function: Callable[..., Any], **kwargs: Any) -> JobDefinition[Any]:
+def make(
+    config: Config, name: str, function: Callable[..., Any], **kwargs: Any
+) -> JobDefinition[Any]:
     """A definition with short leases suitable for tests."""
     kwargs.setdefault("lock_interval_ms", 5_000)
     return JobDefinition(config, name=name, job_function=function, **kwargs)
@@ -67,7 +71,9 @@ class TestRunning:
         ).fetchone()
         assert row == ("succeeded", {"double": 42}, 1, True, None)
 
-    def test_async_and_sync_functions_both_run(self, config: Config, recorder: EventRecorder) -> None:
+    def test_async_and_sync_functions_both_run(
+        self, config: Config, recorder: EventRecorder
+    ) -> None:
         """``async def`` job functions run on the loop, ``def`` ones in the thread pool."""
         threads: dict[str, str] = {}
 
@@ -87,7 +93,9 @@ class TestRunning:
         assert threads["sync"].startswith("orchestra-mixed")
         assert threads["async"] != threads["sync"]
 
-    def test_context_gives_job_id_attempt_and_stop_flag(self, config: Config, recorder: EventRecorder) -> None:
+    def test_context_gives_job_id_attempt_and_stop_flag(
+        self, config: Config, recorder: EventRecorder
+    ) -> None:
         """JobContext carries the job id and attempt, and ``should_stop`` turns True on stop()."""
         seen: dict[str, Any] = {}
         release = threading.Event()
@@ -107,17 +115,23 @@ class TestRunning:
         worker.join(timeout=10)
         assert seen == {"id": handle.id, "attempt": 1, "before": False, "after": True}
 
-    def test_c1_worker_only_claims_its_channel(self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder) -> None:
+    def test_c1_worker_only_claims_its_channel(
+        self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
+    ) -> None:
         """A worker dequeues only jobs whose channel is its own (C1)."""
         mine = make(config, "mine", lambda p: None, channel="alpha").defer({})
         theirs = make(config, "theirs", lambda p: None, channel="beta").defer({})
-        with running(Worker(config, channel="alpha", event_handler=recorder, process_interval_ms=50)) as worker:
+        with running(
+            Worker(config, channel="alpha", event_handler=recorder, process_interval_ms=50)
+        ) as worker:
             recorder.wait_for(events.WorkerJobSucceeded)
             wait_until(lambda: worker.stats.claim_queries >= 3)
         assert status_of(db, config, mine.id) == "succeeded"
         assert status_of(db, config, theirs.id) == "available"
 
-    def test_c2_finalized_job_is_never_claimed(self, config: Config, db: psycopg.Connection[Any]) -> None:
+    def test_c2_finalized_job_is_never_claimed(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
         """A finalized job is never dequeued again (C2)."""
         handle = make(config, "done", lambda p: None).defer({})
         db.execute(
@@ -128,7 +142,9 @@ class TestRunning:
             wait_until(lambda: worker.stats.claim_queries >= 3)
             assert worker.stats.claimed == 0
 
-    def test_return_value_that_is_not_json_fails_the_attempt(self, config: Config, recorder: EventRecorder) -> None:
+    def test_return_value_that_is_not_json_fails_the_attempt(
+        self, config: Config, recorder: EventRecorder
+    ) -> None:
         """A return value that cannot be stored as JSON fails the attempt, visibly."""
         make(config, "bad-result", lambda p: object()).defer({})
         with running(Worker(config, event_handler=recorder)):
@@ -149,7 +165,9 @@ class TestClaiming:
             recorder.wait_for(events.WorkerJobSucceeded, count=6)
         assert order == [6, 2, 4, 1, 3, 5]
 
-    def test_c11_concurrency_bound(self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder) -> None:
+    def test_c11_concurrency_bound(
+        self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
+    ) -> None:
         """A worker with concurrency k never runs more than k jobs, nor holds more than k claims (C11)."""
         lock = threading.Lock()
         state = {"now": 0, "peak": 0, "db_peak": 0}
@@ -175,11 +193,20 @@ class TestClaiming:
         assert state["db_peak"] <= 3
         assert worker.stats.max_running <= 3
 
-    def test_c14_claims_back_to_back_while_work_exists(self, config: Config, recorder: EventRecorder) -> None:
+    def test_c14_claims_back_to_back_while_work_exists(
+        self, config: Config, recorder: EventRecorder
+    ) -> None:
         """With work available the worker claims again at once, not after process_interval_ms (C14)."""
-        make(config, "quick", lambda item: None, payload_type=Item).defer_many([Item(i) for i in range(40)])
-        worker = Worker(config, concurrency=2, event_handler=recorder, listen_notify=False,
-                        process_interval_ms=60_000)
+        make(config, "quick", lambda item: None, payload_type=Item).defer_many(
+            [Item(i) for i in range(40)]
+        )
+        worker = Worker(
+            config,
+            concurrency=2,
+            event_handler=recorder,
+            listen_notify=False,
+            process_interval_ms=60_000,
+        )
         with running(worker):
             # 20 batches of 2: waiting a poll interval between batches would take 20 minutes.
             recorder.wait_for(events.WorkerJobSucceeded, count=40, timeout=20)
@@ -247,12 +274,14 @@ class TestRetries:
         ).fetchone()
         assert row == ("failed", 3, True, "ValueError: nope 3")
         attempts = db.execute(
-            f'SELECT attempt, outcome, error, traceback, worker_name, finished_at >= started_at '
+            f"SELECT attempt, outcome, error, traceback, worker_name, finished_at >= started_at "
             f'FROM "{config.schema}".job_attempt WHERE job_id = %s ORDER BY attempt',
             [handle.id],
         ).fetchall()
         assert [(a[0], a[1], a[2]) for a in attempts] == [
-            (1, "failed", "ValueError: nope 1"), (2, "failed", "ValueError: nope 2"), (3, "failed", "ValueError: nope 3"),
+            (1, "failed", "ValueError: nope 1"),
+            (2, "failed", "ValueError: nope 2"),
+            (3, "failed", "ValueError: nope 3"),
         ]
         assert all("Traceback" in a[3] and "boom" in a[3] for a in attempts)
         assert all(a[4] == "anon-worker" and a[5] for a in attempts)
@@ -302,7 +331,9 @@ class TestRetries:
         def boom(payload: dict[str, Any]) -> None:
             raise RuntimeError("x")
 
-        make(config, "fixed", boom, num_attempts=2, backoff=Backoff.fixed(3_000, jitter=0)).defer({})
+        make(config, "fixed", boom, num_attempts=2, backoff=Backoff.fixed(3_000, jitter=0)).defer(
+            {}
+        )
         with running(Worker(config, event_handler=recorder)):
             failed = recorder.wait_for(events.WorkerJobFailed)[0]
         assert failed.retry_at is not None
@@ -314,9 +345,11 @@ class TestRetries:
     ) -> None:
         """A stored payload that does not structure fails the attempt; the function is not called."""
         called: list[Any] = []
-        definition = make(config, "typed", called.append, payload_type=Item, num_attempts=2, backoff="none")
+        definition = make(
+            config, "typed", called.append, payload_type=Item, num_attempts=2, backoff="none"
+        )
         definition.defer(Item(1))
-        db.execute(f"UPDATE \"{config.schema}\".job SET payload = '{{\"n\": \"many\"}}'")
+        db.execute(f'UPDATE "{config.schema}".job SET payload = \'{{"n": "many"}}\'')
         with running(Worker(config, event_handler=recorder)) as worker:
             invalid = recorder.wait_for(events.WorkerJobPayloadInvalid, count=2)
             assert worker.stats.failed == 2
@@ -331,14 +364,16 @@ class TestUnknownDefinition:
     ) -> None:
         """A job whose definition this worker lacks goes back to available, attempt refunded (seed bug 8)."""
         producer = Config(test_dsn, schema=config.schema)
-        ghost = JobDefinition(producer, name="ghost", job_function=lambda p: None)
+        ghost: JobDefinition[Any] = JobDefinition(
+            producer, name="ghost", job_function=lambda p: None
+        )
         handle = ghost.defer({})
         with running(Worker(config, event_handler=recorder, unknown_definition_delay_ms=60_000)):
             released = recorder.wait_for(events.WorkerJobReleased)[0]
         producer.close()
         assert released.reason == "unknown_definition" and released.job_id == handle.id
         row = db.execute(
-            f'SELECT status::text, attempt, run_at > now() + interval \'50 seconds\' FROM "{config.schema}".job WHERE id = %s',
+            f"SELECT status::text, attempt, run_at > now() + interval '50 seconds' FROM \"{config.schema}\".job WHERE id = %s",
             [handle.id],
         ).fetchone()
         assert row == ("available", 0, True)
@@ -358,10 +393,18 @@ class TestLeases:
             recorder.wait_for(events.WorkerJobClaimed)
             first = db.execute(query, [handle.id]).fetchone()
             assert first is not None
-            wait_until(lambda: (row := db.execute(query, [handle.id]).fetchone()) and row[0] and row[0] > first[0] + dt.timedelta(milliseconds=900),
-                       timeout=10)
-            rescued = db.execute(config.queries["job_rescue_expired"],
-                                 {"now": None, "limit": 10, "notify_channel": config.notify_channel}).fetchall()
+            wait_until(
+                lambda: (
+                    (row := db.execute(query, [handle.id]).fetchone())
+                    and row[0]
+                    and row[0] > first[0] + dt.timedelta(milliseconds=900)
+                ),
+                timeout=10,
+            )
+            rescued = db.execute(
+                config.queries["job_rescue_expired"],
+                {"now": None, "limit": 10, "notify_channel": config.notify_channel},
+            ).fetchall()
             assert rescued == []
             release.set()
             recorder.wait_for(events.WorkerJobSucceeded)
@@ -376,21 +419,33 @@ class TestLeases:
         with running(Worker(config, event_handler=recorder, heartbeat_interval_ms=60_000)):
             recorder.wait_for(events.WorkerJobClaimed)
             future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-            rescued = db.execute(config.queries["job_rescue_expired"],
-                                 {"now": future, "limit": 10, "notify_channel": config.notify_channel}).fetchall()
+            rescued = db.execute(
+                config.queries["job_rescue_expired"],
+                {"now": future, "limit": 10, "notify_channel": config.notify_channel},
+            ).fetchall()
             assert [r[0] for r in rescued] == [handle.id]
-            db.execute(f"UPDATE \"{config.schema}\".job SET run_at = now() + interval '1 hour' WHERE id = %s", [handle.id])
+            db.execute(
+                f"UPDATE \"{config.schema}\".job SET run_at = now() + interval '1 hour' WHERE id = %s",
+                [handle.id],
+            )
             release.set()
             fenced = recorder.wait_for(events.WorkerJobFenced)[0]
         assert fenced.job_id == handle.id and fenced.outcome == "succeeded"
-        row = db.execute(f'SELECT status::text, attempt, result FROM "{config.schema}".job WHERE id = %s', [handle.id]).fetchone()
+        row = db.execute(
+            f'SELECT status::text, attempt, result FROM "{config.schema}".job WHERE id = %s',
+            [handle.id],
+        ).fetchone()
         assert row == ("available", 1, None)
-        outcomes = db.execute(f'SELECT outcome FROM "{config.schema}".job_attempt WHERE job_id = %s', [handle.id]).fetchall()
+        outcomes = db.execute(
+            f'SELECT outcome FROM "{config.schema}".job_attempt WHERE job_id = %s', [handle.id]
+        ).fetchall()
         assert outcomes == [("lost",)]
 
 
 class TestEvents:
-    def test_h1_events_of_a_job_life_in_order(self, config: Config, recorder: EventRecorder) -> None:
+    def test_h1_events_of_a_job_life_in_order(
+        self, config: Config, recorder: EventRecorder
+    ) -> None:
         """A daemon emits start, job and stop events in order, with the envelope filled (H1, H2)."""
 
         def twice(payload: dict[str, Any], ctx: JobContext) -> None:
@@ -403,14 +458,22 @@ class TestEvents:
             recorder.wait_for(events.WorkerJobSucceeded)
         kinds = [type(e).__name__ for e in recorder.events]
         assert kinds == [
-            "DaemonStarted", "WorkerJobClaimed", "WorkerJobFailed", "WorkerJobClaimed",
-            "WorkerJobSucceeded", "DaemonStopRequested", "DaemonStopped",
+            "DaemonStarted",
+            "WorkerJobClaimed",
+            "WorkerJobFailed",
+            "WorkerJobClaimed",
+            "WorkerJobSucceeded",
+            "DaemonStopRequested",
+            "DaemonStopped",
         ]
         assert all(e.daemon_name == "life-worker" and e.role == "worker" for e in recorder.events)
         assert len({e.daemon_id for e in recorder.events}) == 1
         assert all(e.timestamp.tzinfo is not None for e in recorder.events)
         claimed = recorder.of_type(events.WorkerJobClaimed)
-        assert [(c.job_id, c.attempt, c.definition) for c in claimed] == [(handle.id, 1, "life"), (handle.id, 2, "life")]
+        assert [(c.job_id, c.attempt, c.definition) for c in claimed] == [
+            (handle.id, 1, "life"),
+            (handle.id, 2, "life"),
+        ]
         stopped = recorder.of_type(events.DaemonStopped)[0]
         assert stopped.error is None and stopped.handed_back == 0
 
@@ -422,7 +485,8 @@ class TestEvents:
             if isinstance(event, events.WorkerJobClaimed | events.WorkerJobSucceeded):
                 with psycopg.connect(test_dsn, autocommit=True) as conn:
                     row = conn.execute(
-                        f'SELECT status::text FROM "{config.schema}".job WHERE id = %s', [event.job_id]
+                        f'SELECT status::text FROM "{config.schema}".job WHERE id = %s',
+                        [event.job_id],
                     ).fetchone()
                 assert row is not None
                 seen.append((type(event).__name__, str(row[0])))
@@ -441,7 +505,9 @@ class TestEvents:
         def broken(event: events.Event) -> None:
             raise RuntimeError("handler bug")
 
-        make(config, "resilient", lambda item: None, payload_type=Item).defer_many([Item(i) for i in range(5)])
+        make(config, "resilient", lambda item: None, payload_type=Item).defer_many(
+            [Item(i) for i in range(5)]
+        )
         with running(Worker(config, event_handler=[broken, recorder])) as worker:
             recorder.wait_for(events.WorkerJobSucceeded, count=5)
         assert worker.stats.succeeded == 5
@@ -449,7 +515,9 @@ class TestEvents:
 
 
 class TestLifecycle:
-    def test_c12_stop_waits_for_in_flight_jobs(self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder) -> None:
+    def test_c12_stop_waits_for_in_flight_jobs(
+        self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
+    ) -> None:
         """After stop, no new job is claimed, running ones finish, then DaemonStopped (C12)."""
         release = threading.Event()
         definition = make(config, "slow", lambda item: release.wait(20), payload_type=Item)
@@ -477,8 +545,7 @@ class TestLifecycle:
         release = threading.Event()
 
         async def stuck(payload: dict[str, Any]) -> None:
-            while not release.is_set():
-                await asyncio.sleep(0.01)
+            await asyncio.to_thread(release.wait, 20)
 
         handle = make(config, "stuck", stuck, num_attempts=2).defer({})
         worker = Worker(config, event_handler=recorder, shutdown_grace_ms=200)
@@ -487,9 +554,13 @@ class TestLifecycle:
         worker.stop()
         assert worker.join(timeout=10)
         release.set()
-        row = db.execute(f'SELECT status::text, attempt FROM "{config.schema}".job WHERE id = %s', [handle.id]).fetchone()
+        row = db.execute(
+            f'SELECT status::text, attempt FROM "{config.schema}".job WHERE id = %s', [handle.id]
+        ).fetchone()
         assert row == ("available", 1)
-        outcome = db.execute(f'SELECT outcome FROM "{config.schema}".job_attempt WHERE job_id = %s', [handle.id]).fetchone()
+        outcome = db.execute(
+            f'SELECT outcome FROM "{config.schema}".job_attempt WHERE job_id = %s', [handle.id]
+        ).fetchone()
         assert outcome == ("interrupted",)
         assert recorder.of_type(events.DaemonStopped)[0].handed_back == 1
 
@@ -499,10 +570,15 @@ class TestLifecycle:
         make(config, "in-loop", lambda p: None).defer({})
 
         async def main() -> None:
-            worker = Worker(config, event_handler=recorder)
+            succeeded = asyncio.Event()
+
+            def on_event(event: events.Event) -> None:
+                if isinstance(event, events.WorkerJobSucceeded):
+                    succeeded.set()  # handlers run on the worker's loop, which is this one
+
+            worker = Worker(config, event_handler=[recorder, on_event])
             task = worker.start_async()
-            while not recorder.of_type(events.WorkerJobSucceeded):
-                await asyncio.sleep(0.01)
+            await succeeded.wait()
             worker.stop()
             await worker.join_async()
             assert task.done()

@@ -1,0 +1,1 @@
+"""Importable test apps that ``orchestra daemon --app`` loads in child processes."""
