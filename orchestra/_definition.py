@@ -11,11 +11,12 @@ import threading
 import time
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
 import psycopg
 from croniter import croniter
+from typing_extensions import TypeVar
 
 from orchestra import _converter
 from orchestra._backoff import Backoff, milliseconds
@@ -24,7 +25,8 @@ from orchestra.errors import ConfigurationError, UnknownJobError
 if TYPE_CHECKING:
     from orchestra._config import Config
 
-P = TypeVar("P")
+# The payload type; Any when a definition declares none (plain JSON).
+P = TypeVar("P", default=Any)
 
 NAME_MAX_LENGTH = 128
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -204,7 +206,7 @@ class JobDefinition(Generic[P]):
         *,
         name: str,
         job_function: Callable[..., Any],
-        payload_type: type[P] | Any = None,
+        payload_type: type[P] | None = None,
         channel: str = "_default",
         num_attempts: int = 1,
         backoff: str | Backoff = "exponential",
