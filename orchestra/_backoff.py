@@ -22,6 +22,11 @@ BACKOFF_MAX_MS_DEFAULT = 3_600_000
 JITTER_FRACTION_DEFAULT = 0.1
 
 
+#: Longest interval accepted anywhere: 10 years, far inside PostgreSQL's
+#: bigint and interval ranges, so an absurd value fails here, not in SQL.
+MAX_INTERVAL_MS = 10 * 365 * 24 * 3600 * 1000
+
+
 def milliseconds(value: object, argument: str, *, allow_none: bool = False) -> int | None:
     """Accept an ``int`` of milliseconds or a ``timedelta``; reject anything negative."""
     if value is None:
@@ -36,6 +41,10 @@ def milliseconds(value: object, argument: str, *, allow_none: bool = False) -> i
         )
     if value < 0:
         raise ConfigurationError(argument, f"must not be negative, got {value}")
+    if value > MAX_INTERVAL_MS:
+        raise ConfigurationError(
+            argument, f"must be at most {MAX_INTERVAL_MS} ms (10 years), got {value}"
+        )
     return value
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import json
+import re
 import uuid
 from typing import Any
 
@@ -30,6 +31,11 @@ converter.register_unstructure_hook(uuid.UUID, str)
 converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(value))
 converter.register_unstructure_hook(decimal.Decimal, str)
 converter.register_structure_hook(decimal.Decimal, lambda value, _: decimal.Decimal(value))
+
+# A NUL character in the value is dumped as the escape \u0000 (not preceded by
+# another backslash); a literal backslash followed by "u0000" is dumped as
+# \\u0000 and is fine for jsonb.
+_NUL_ESCAPE_RE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 _dumps = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
@@ -52,7 +58,7 @@ def dumps(value: Any, *, what: str, owner: str, unstructure_as: Any = None) -> s
         text = _dumps(plain)
     except (TypeError, ValueError) as exc:
         raise PayloadError(owner, f"{what} is not JSON-serializable: {exc}") from None
-    if "\\u0000" in text:
+    if "\\u0000" in text and _NUL_ESCAPE_RE.search(text):
         raise PayloadError(owner, f"{what} contains a NUL character, which jsonb cannot store")
     return text
 

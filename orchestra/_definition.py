@@ -9,6 +9,7 @@ import logging
 import re
 import threading
 import time
+import unicodedata
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic
@@ -20,7 +21,7 @@ from typing_extensions import TypeVar
 
 from orchestra import _converter
 from orchestra._backoff import Backoff, milliseconds
-from orchestra.errors import ConfigurationError, UnknownJobError
+from orchestra.errors import ConfigurationError, OrchestraError, UnknownJobError
 
 if TYPE_CHECKING:
     from orchestra._config import Config
@@ -108,7 +109,7 @@ def _check_name(value: object, argument: str, *, pattern: re.Pattern[str] | None
         raise ConfigurationError(
             argument, f"must be at most {NAME_MAX_LENGTH} characters, got {len(value)}"
         )
-    if any(ord(c) < 32 for c in value):
+    if any(unicodedata.category(c) == "Cc" for c in value):
         raise ConfigurationError(argument, "must not contain control characters")
     if pattern is not None and not pattern.fullmatch(value):
         raise ConfigurationError(argument, f"{value!r} may only use letters, digits and _ . : -")
@@ -131,18 +132,30 @@ def _function_arity(function: object) -> int:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
         return 2  # builtins and C callables: assume (payload, ctx)
-    positional = [
+    parameters = list(signature.parameters.values())
+    required_keywords = [
+        p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+    ]
+    if required_keywords:
+        raise ConfigurationError(
+            "job_function",
+            f"has required keyword-only parameters {required_keywords}: "
+            "orchestra calls it with (payload), (payload, ctx) or nothing",
+        )
+    required = [
         p
-        for p in signature.parameters.values()
+        for p in parameters
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
-    if any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
-        return 2
-    if len(positional) > 2:
+    if len(required) > 2:
         raise ConfigurationError(
-            "job_function", "must take (payload), (payload, ctx) or nothing; it takes more"
+            "job_function", "must take (payload), (payload, ctx) or nothing; it requires more"
         )
-    return len(positional)
+    # Only required parameters are filled: ``def f(payload, retries=3)`` must
+    # not receive a JobContext as ``retries``. ``*args`` takes (payload, ctx).
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return 2
+    return len(required)
 
 
 def _is_empty_type(payload_type: object) -> bool:
@@ -248,7 +261,9 @@ class JobDefinition(Generic[P]):
         self.timeout_interval_ms = milliseconds(timeout_interval_ms, "timeout_interval_ms") or 0
         self.release_interval_ms = milliseconds(release_interval_ms, "release_interval_ms") or 0
         self.max_concurrency = (
-            None if max_concurrency is None else _check_int(max_concurrency, "max_concurrency", 1)
+            None
+            if max_concurrency is None
+            else _check_int(max_concurrency, "max_concurrency", 1, 1_000_000)
         )
         self.repeat_interval_ms = milliseconds(
             repeat_interval_ms, "repeat_interval_ms", allow_none=True
@@ -329,7 +344,8 @@ class JobDefinition(Generic[P]):
 
     def _encode(self, payload: Any) -> str:
         if payload is None and self.is_repeatable:
-            payload = {}
+            # Repeatable definitions have an empty payload type (F7): build it.
+            payload = {} if self.payload_type is None else self.payload_type()
         return _converter.encode_payload(
             payload,
             payload_type=self.payload_type,
@@ -393,12 +409,15 @@ class JobDefinition(Generic[P]):
         self._ensure()
         query = self.config.queries["job_insert"]
         if conn is not None:
-            row = conn.execute(query, params).fetchone()
+            row = self._insert(conn, query, params, own=False)
+            if row is None:
+                self._raise_missing(conn, params["depends_on"])
         else:
             with self.config.connection() as own:
-                row = own.execute(query, params).fetchone()
-        if row is None:
-            raise UnknownJobError(tuple(params["depends_on"]), "depends_on")
+                row = self._insert(own, query, params, own=True)
+                if row is None:
+                    self._raise_missing(own, params["depends_on"])
+        assert row is not None
         return JobHandle(int(row[0]), self.config)
 
     async def defer_async(
@@ -416,12 +435,15 @@ class JobDefinition(Generic[P]):
         await self._ensure_async()
         query = self.config.queries["job_insert"]
         if conn is not None:
-            row = await (await conn.execute(query, params)).fetchone()
+            row = await self._insert_async(conn, query, params, own=False)
+            if row is None:
+                await self._raise_missing_async(conn, params["depends_on"])
         else:
             async with self.config.connection_async() as own:
-                row = await (await own.execute(query, params)).fetchone()
-        if row is None:
-            raise UnknownJobError(tuple(params["depends_on"]), "depends_on")
+                row = await self._insert_async(own, query, params, own=True)
+                if row is None:
+                    await self._raise_missing_async(own, params["depends_on"])
+        assert row is not None
         return JobHandle(int(row[0]), self.config)
 
     def _many_params(
@@ -459,10 +481,10 @@ class JobDefinition(Generic[P]):
         self._ensure()
         query = self.config.queries["job_insert_many"]
         if conn is not None:
-            row = conn.execute(query, params).fetchone()
+            row = self._insert(conn, query, params, own=False)
         else:
             with self.config.connection() as own:
-                row = own.execute(query, params).fetchone()
+                row = self._insert(own, query, params, own=True)
         ids: Sequence[int] = row[0] if row else []
         return [JobHandle(int(i), self.config) for i in ids]
 
@@ -482,12 +504,62 @@ class JobDefinition(Generic[P]):
         await self._ensure_async()
         query = self.config.queries["job_insert_many"]
         if conn is not None:
-            row = await (await conn.execute(query, params)).fetchone()
+            row = await self._insert_async(conn, query, params, own=False)
         else:
             async with self.config.connection_async() as own:
-                row = await (await own.execute(query, params)).fetchone()
+                row = await self._insert_async(own, query, params, own=True)
         ids: Sequence[int] = row[0] if row else []
         return [JobHandle(int(i), self.config) for i in ids]
+
+    # -- insert helpers -----------------------------------------------------
+
+    def _insert(
+        self, conn: psycopg.Connection[Any], query: bytes, params: dict[str, Any], *, own: bool
+    ) -> tuple[Any, ...] | None:
+        try:
+            return conn.execute(query, params).fetchone()
+        except psycopg.errors.ForeignKeyViolation:
+            # The definition row vanished while this process believed it present
+            # (swept as stale, or deleted by hand): write it again (seed bug 13).
+            self._ensured_at = None
+            if not own:
+                raise self._definition_missing() from None
+            self.upsert(conn)
+            return conn.execute(query, params).fetchone()
+
+    async def _insert_async(
+        self, conn: psycopg.AsyncConnection[Any], query: bytes, params: dict[str, Any], *, own: bool
+    ) -> tuple[Any, ...] | None:
+        try:
+            return await (await conn.execute(query, params)).fetchone()
+        except psycopg.errors.ForeignKeyViolation:
+            self._ensured_at = None
+            if not own:
+                raise self._definition_missing() from None
+            await self.upsert_async(conn)
+            return await (await conn.execute(query, params)).fetchone()
+
+    def _definition_missing(self) -> OrchestraError:
+        return OrchestraError(
+            f"definition {self.name!r} is missing from the database (swept or deleted); "
+            "your transaction is aborted: roll it back and retry, the definition will be "
+            "written again first"
+        )
+
+    def _missing(self, present: Iterable[int], wanted: list[int]) -> UnknownJobError:
+        found = set(present)
+        missing = tuple(i for i in wanted if i not in found)
+        return UnknownJobError(missing or tuple(wanted), "depends_on")
+
+    def _raise_missing(self, conn: psycopg.Connection[Any], wanted: list[int]) -> None:
+        rows = conn.execute(self.config.queries["job_ids_existing"], {"ids": wanted}).fetchall()
+        raise self._missing((r[0] for r in rows), wanted)
+
+    async def _raise_missing_async(
+        self, conn: psycopg.AsyncConnection[Any], wanted: list[int]
+    ) -> None:
+        cursor = await conn.execute(self.config.queries["job_ids_existing"], {"ids": wanted})
+        raise self._missing((r[0] for r in await cursor.fetchall()), wanted)
 
     # -- execution ----------------------------------------------------------
 

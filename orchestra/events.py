@@ -244,7 +244,14 @@ def normalize_handlers(
         return ()
     if callable(handler):
         return (handler,)
-    handlers: tuple[Any, ...] = tuple(handler)
+    try:
+        handlers: tuple[Any, ...] = tuple(handler)
+    except TypeError:
+        from orchestra.errors import ConfigurationError  # noqa: PLC0415 (avoids a cycle)
+
+        raise ConfigurationError(
+            "event_handler", f"must be a callable or an iterable of callables, not {handler!r}"
+        ) from None
     for item in handlers:
         if not callable(item):
             from orchestra.errors import ConfigurationError  # noqa: PLC0415 (avoids a cycle)

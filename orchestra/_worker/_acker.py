@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import attrs
+import psycopg
+
+logger = logging.getLogger("orchestra.worker")
 
 Outcome = Literal["succeeded", "failed", "interrupted", "released"]
 
@@ -41,6 +45,8 @@ class Finish:
     retry_delay_ms: int = 0
     duration_ms: int = 0
     payload_invalid: bool = False
+    #: The database refused to record it (bad data); nothing was written.
+    dropped: bool = False
     # Filled in from the statement's result:
     committed_status: str | None = None
     committed_run_at: dt.datetime | None = None
@@ -97,6 +103,10 @@ class Acker:
                 batch = self._pending[:MAX_BATCH]
                 try:
                     rows = await self._write(self._params(batch))
+                except psycopg.DataError as exc:
+                    # The data of some row is refused (not the connection): write
+                    # the rows one by one so that one bad row cannot block the rest.
+                    rows = await self._write_one_by_one(batch, exc)
                 except Exception as exc:  # connection lost, server restarting ...
                     await self._on_error(exc)  # waits a backoff; the batch is retried
                     continue
@@ -111,6 +121,28 @@ class Acker:
                         finish.done.set_result(None)
             if self._closing and not self._pending:
                 return
+
+    async def _write_one_by_one(
+        self, batch: list[Finish], first_error: BaseException
+    ) -> list[tuple[Any, ...]]:
+        if len(batch) == 1:
+            finish = batch[0]
+            finish.dropped = True
+            logger.error(
+                "job %d attempt %d: its finish was refused by the database (%s); the lease "
+                "will expire and the job will be rescued",
+                finish.job_id,
+                finish.attempt,
+                first_error,
+            )
+            return []
+        rows: list[tuple[Any, ...]] = []
+        for finish in batch:
+            try:
+                rows.extend(await self._write(self._params([finish])))
+            except psycopg.DataError as exc:
+                rows.extend(await self._write_one_by_one([finish], exc))
+        return rows
 
     def _params(self, batch: list[Finish]) -> dict[str, Any]:
         return {

@@ -48,6 +48,10 @@ HEARTBEAT_INTERVAL_MS_DEFAULT = 10_000
 UNKNOWN_DEFINITION_DELAY_MS_DEFAULT = 5_000
 ERROR_BACKOFF_MIN_S = 0.2
 ERROR_BACKOFF_MAX_S = 15.0
+#: Errors and tracebacks are stored bounded: a job must not be able to bloat
+#: the attempt log (or exceed a NOTIFY or log line) with a megabyte message.
+ERROR_MAX_CHARS = 4_000
+TRACEBACK_MAX_CHARS = 32_000
 
 
 @attrs.define
@@ -413,6 +417,14 @@ class Worker(Daemon):
                 loop = asyncio.get_running_loop()
                 value = await loop.run_in_executor(self._executor, definition.call, payload, ctx)
             result = _converter.dumps(value, what="the return value", owner=definition.name)
+            if len(result) > self.config.max_payload_bytes:  # chars <= bytes: cheap pre-check
+                size = len(result.encode("utf-8"))
+                if size > self.config.max_payload_bytes:
+                    raise PayloadError(
+                        definition.name,
+                        f"the return value is {size} bytes, over the limit of "
+                        f"{self.config.max_payload_bytes} bytes",
+                    )
         except (Exception, SystemExit) as exc:
             return self._failure(job, definition, started, exc)
         return self._finish(
@@ -443,8 +455,8 @@ class Worker(Daemon):
         return self._finish(
             job,
             "failed",
-            error=error,
-            traceback=trace,
+            error=_storable(error, ERROR_MAX_CHARS),
+            traceback=None if trace is None else _storable(trace, TRACEBACK_MAX_CHARS),
             payload_invalid=payload_invalid,
             retry_delay_ms=definition.backoff.delay_ms(job.attempt),
             duration_ms=_elapsed_ms(started),
@@ -465,6 +477,8 @@ class Worker(Daemon):
             "definition": finish.definition,
             "attempt": finish.attempt,
         }
+        if finish.dropped:
+            return  # logged by the acker; the lease will expire and the job be rescued
         if finish.committed_status is None:
             self.stats.fenced += 1
             logger.warning(
@@ -579,6 +593,15 @@ class Worker(Daemon):
             self._maybe_more = True
         else:
             await asyncio.sleep(delay)
+
+
+def _storable(text: str, limit: int) -> str:
+    """Text a PostgreSQL text column accepts (no NUL) and bounded in size, keeping both ends."""
+    text = text.replace("\x00", "\\x00")
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
 
 
 def _elapsed_ms(started: float) -> int:

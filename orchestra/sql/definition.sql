@@ -12,7 +12,10 @@ INSERT INTO {schema}.job_definition AS d (
 ) VALUES (
     %(name)s, %(channel)s, greatest(%(num_attempts)s, 1), %(backoff)s,
     greatest(%(backoff_base_ms)s, 0), greatest(%(backoff_max_ms)s, 0), %(priority)s,
-    greatest(%(repeat_interval_ms)s, 0), %(cron)s, greatest(%(release_interval_ms)s, 0),
+    -- greatest() ignores NULL: an unset repeat interval must stay NULL (A4).
+    CASE WHEN %(repeat_interval_ms)s::bigint IS NULL THEN NULL
+         ELSE greatest(%(repeat_interval_ms)s::bigint, 0) END,
+    %(cron)s, greatest(%(release_interval_ms)s, 0),
     %(max_concurrency)s, greatest(%(lock_interval_ms)s, 0), greatest(%(timeout_interval_ms)s, 0)
 )
 ON CONFLICT (name) DO UPDATE SET

@@ -43,7 +43,9 @@ FROM inserted;
 
 -- name: job_claim
 -- Claim up to %(limit)s runnable jobs of a channel: higher priority first,
--- then FIFO. SKIP LOCKED lets concurrent workers take disjoint batches; the
+-- then FIFO. SKIP LOCKED lets concurrent workers take disjoint batches. The
+-- lock is NO KEY UPDATE, which does not conflict with the KEY SHARE lock that
+-- an open defer(depends_on=...) holds on its dependencies; the
 -- MATERIALIZED CTE makes the LIMIT apply before the UPDATE, so a worker never
 -- gets more rows than it asked for. Each claim counts as an attempt.
 WITH claimable AS MATERIALIZED (
@@ -52,7 +54,7 @@ WITH claimable AS MATERIALIZED (
       AND run_at <= coalesce(%(now)s::timestamptz, now())
     ORDER BY priority DESC, id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE {schema}.job j
 SET status = 'running',
@@ -146,7 +148,7 @@ WITH expired AS MATERIALIZED (
     WHERE status = 'running' AND locked_until < coalesce(%(now)s::timestamptz, clock_timestamp())
     ORDER BY locked_until
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE {schema}.job j
     SET status = CASE WHEN j.attempt < j.max_attempts THEN 'available' ELSE 'failed' END::{schema}.job_status,
@@ -170,6 +172,10 @@ WITH expired AS MATERIALIZED (
     FROM (SELECT DISTINCT channel FROM rescued WHERE status = 'available') c
 )
 SELECT id, definition, attempt, status, locked_by, (SELECT n FROM woken) AS woken FROM rescued;
+
+-- name: job_ids_existing
+-- Which of the given ids exist (to name the missing ones in an error).
+SELECT id FROM {schema}.job WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: job_status
 SELECT status::text AS status FROM {schema}.job WHERE id = %(id)s;

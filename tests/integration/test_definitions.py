@@ -20,9 +20,18 @@ from orchestra import Config, JobDefinition
 from orchestra._definition import DEFINITION_REFRESH_S
 
 SETTINGS = (
-    "channel", "num_attempts", "backoff", "backoff_base_ms", "backoff_max_ms", "priority",
-    "repeat_interval_ms", "cron", "release_interval_ms", "max_concurrency",
-    "lock_interval_ms", "timeout_interval_ms",
+    "channel",
+    "num_attempts",
+    "backoff",
+    "backoff_base_ms",
+    "backoff_max_ms",
+    "priority",
+    "repeat_interval_ms",
+    "cron",
+    "release_interval_ms",
+    "max_concurrency",
+    "lock_interval_ms",
+    "timeout_interval_ms",
 )
 
 
@@ -78,14 +87,30 @@ class TestUpsert:
         """Two same-named definitions from two Configs leave one row holding the last writer's settings (A2)."""
         with Config(test_dsn, schema=config.schema) as other:
             first: JobDefinition[Any] = JobDefinition(
-                config, name="report", job_function=noop, channel="alpha", num_attempts=2,
-                backoff="fixed", priority=3, lock_interval_ms=1_000, timeout_interval_ms=0,
-                release_interval_ms=10, max_concurrency=2, cron="*/5 * * * *",
+                config,
+                name="report",
+                job_function=noop,
+                channel="alpha",
+                num_attempts=2,
+                backoff="fixed",
+                priority=3,
+                lock_interval_ms=1_000,
+                timeout_interval_ms=0,
+                release_interval_ms=10,
+                max_concurrency=2,
+                cron="*/5 * * * *",
             )
             second: JobDefinition[Any] = JobDefinition(
-                other, name="report", job_function=noop, channel="beta", num_attempts=7,
-                backoff="none", priority=-4, lock_interval_ms=90_000,
-                timeout_interval_ms=dt.timedelta(hours=1), release_interval_ms=250,
+                other,
+                name="report",
+                job_function=noop,
+                channel="beta",
+                num_attempts=7,
+                backoff="none",
+                priority=-4,
+                lock_interval_ms=90_000,
+                timeout_interval_ms=dt.timedelta(hours=1),
+                release_interval_ms=250,
                 repeat_interval_ms=60_000,
             )
             order = [second, first] if second_first else [first, second]
@@ -95,9 +120,7 @@ class TestUpsert:
             assert count(db, config, "job_definition") == 1
             row = definition_row(db, config, "report")
             params = last.row_params()
-            # repeat_interval_ms None is checked by the A4 xfail below (stored as 0: a bug).
-            compared = [k for k in SETTINGS if params[k] is not None or k != "repeat_interval_ms"]
-            assert {k: row[k] for k in compared} == {k: params[k] for k in compared}
+            assert {k: row[k] for k in SETTINGS} == {k: params[k] for k in SETTINGS}
             assert row["cron"] == last.cron
 
     def test_a3_upsert_refreshes_heartbeat_and_keeps_daemon_timestamps(
@@ -131,17 +154,25 @@ class TestClamping:
         """definition_upsert fed out-of-range values stores num_attempts 1 and intervals 0 (A4)."""
         definition: JobDefinition[Any] = JobDefinition(config, name="raw", job_function=noop)
         params = definition.row_params() | {
-            "num_attempts": 0, "release_interval_ms": -5, "lock_interval_ms": -1,
-            "timeout_interval_ms": -100, "repeat_interval_ms": -10,
-            "backoff_base_ms": -1, "backoff_max_ms": -2,
+            "num_attempts": 0,
+            "release_interval_ms": -5,
+            "lock_interval_ms": -1,
+            "timeout_interval_ms": -100,
+            "repeat_interval_ms": -10,
+            "backoff_base_ms": -1,
+            "backoff_max_ms": -2,
         }
         returned = db.execute(config.queries["definition_upsert"], params).fetchone()
         assert returned == (1,)
         row = definition_row(db, config, "raw")
         assert row["num_attempts"] == 1
         for column in (
-            "release_interval_ms", "lock_interval_ms", "timeout_interval_ms",
-            "repeat_interval_ms", "backoff_base_ms", "backoff_max_ms",
+            "release_interval_ms",
+            "lock_interval_ms",
+            "timeout_interval_ms",
+            "repeat_interval_ms",
+            "backoff_base_ms",
+            "backoff_max_ms",
         ):
             assert row[column] == 0, column
 
@@ -163,21 +194,19 @@ class TestClamping:
     ) -> None:
         """Values already in range are stored unchanged by definition_upsert (A4)."""
         definition: JobDefinition[Any] = JobDefinition(
-            config, name="fine", job_function=noop, num_attempts=4, release_interval_ms=1_500,
-            lock_interval_ms=2_000, timeout_interval_ms=3_000, repeat_interval_ms=4_000,
+            config,
+            name="fine",
+            job_function=noop,
+            num_attempts=4,
+            release_interval_ms=1_500,
+            lock_interval_ms=2_000,
+            timeout_interval_ms=3_000,
+            repeat_interval_ms=4_000,
         )
         upsert(definition)
         row = definition_row(db, config, "fine")
         assert {k: row[k] for k in SETTINGS} == {k: definition.row_params()[k] for k in SETTINGS}
 
-    @pytest.mark.xfail(
-        reason=(
-            "BUG: orchestra/sql/definition.sql:15 stores greatest(%(repeat_interval_ms)s, 0), and "
-            "PostgreSQL's greatest() ignores NULL, so an unset repeat interval is stored as 0 "
-            "instead of NULL (every non-repeating definition looks like a 0 ms repeat)"
-        ),
-        strict=True,
-    )
     @pytest.mark.parametrize("path", ["api", "raw_query"])
     def test_a4_unset_repeat_interval_is_stored_as_null(
         self, config: Config, db: psycopg.Connection[Any], path: str

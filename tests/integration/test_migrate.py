@@ -22,7 +22,15 @@ from orchestra.testing import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
-TABLES = {"job_definition", "job", "job_dependency", "job_attempt", "worker", "leader", "schema_version"}
+TABLES = {
+    "job_definition",
+    "job",
+    "job_dependency",
+    "job_attempt",
+    "worker",
+    "leader",
+    "schema_version",
+}
 
 #: A child process that opens its pool, waits at a barrier (a shared advisory lock
 #: the parent holds exclusively), migrates, and prints the migrations it applied.
@@ -155,7 +163,10 @@ class TestConcurrentMigration:
             procs = [
                 subprocess.Popen(
                     [sys.executable, "-c", MIGRATE_CHILD, test_dsn, schema, str(key)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    cwd=REPO,
                 )
                 for _ in range(2)
             ]
@@ -180,7 +191,7 @@ class TestConcurrentMigration:
                     p.kill()
                     p.wait()
             gate.close()
-        for proc, (out, err) in zip(procs, outputs, strict=True):
+        for proc, (_, err) in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, err
         applied = sorted((json.loads(out.strip().splitlines()[-1]) for out, _ in outputs), key=len)
         assert applied == [[], all_migrations()]

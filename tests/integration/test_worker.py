@@ -152,6 +152,39 @@ class TestRunning:
         assert "PayloadError" in failed.error and "not JSON-serializable" in failed.error
         assert failed.will_retry is False
 
+    def test_error_with_nul_byte_and_huge_message_is_stored_bounded(
+        self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
+    ) -> None:
+        """An exception message with a NUL byte and a megabyte of text is recorded, cut to size."""
+
+        def nasty(payload: dict[str, Any]) -> None:
+            raise RuntimeError("bad\x00byte " + "x" * 1_000_000)
+
+        ok = make(config, "fine", lambda p: "ok")
+        handle = make(config, "nasty", nasty).defer({})
+        fine = ok.defer({})
+        with running(Worker(config, concurrency=2, event_handler=recorder)):
+            recorder.wait_for(events.WorkerJobFailed)
+            recorder.wait_for(events.WorkerJobSucceeded)
+        row = db.execute(
+            f'SELECT length(error), length(traceback), strpos(error, %s) = 1 FROM "{config.schema}".job_attempt WHERE job_id = %s',
+            ["RuntimeError: bad\\x00byte", handle.id],
+        ).fetchone()
+        assert row is not None
+        assert row[0] <= 4_100 and row[1] <= 32_100 and row[2]
+        assert status_of(db, config, fine.id) == "succeeded"
+
+    def test_oversized_return_value_fails_the_attempt(
+        self, config: Config, test_dsn: str, recorder: EventRecorder
+    ) -> None:
+        """A return value over max_payload_bytes is refused like an oversized payload."""
+        small = Config(test_dsn, schema=config.schema, max_payload_bytes=1_000)
+        make(small, "big-result", lambda p: "y" * 5_000).defer({})
+        with running(Worker(small, event_handler=recorder)):
+            failed = recorder.wait_for(events.WorkerJobFailed)[0]
+        small.close()
+        assert "over the limit of 1000 bytes" in failed.error
+
 
 class TestClaiming:
     def test_i2_priority_then_fifo(self, config: Config) -> None:

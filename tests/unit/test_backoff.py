@@ -100,7 +100,13 @@ class TestBackoffDelays:
     def test_exponential_capped_by_max(self) -> None:
         """The nominal delay never exceeds max_ms."""
         backoff = Backoff.exponential(1_000, max_ms=5_000)
-        assert [backoff.nominal_delay_ms(k) for k in range(1, 6)] == [1_000, 2_000, 4_000, 5_000, 5_000]
+        assert [backoff.nominal_delay_ms(k) for k in range(1, 6)] == [
+            1_000,
+            2_000,
+            4_000,
+            5_000,
+            5_000,
+        ]
 
     def test_exponential_huge_attempt_is_capped(self) -> None:
         """An absurd attempt number neither overflows nor exceeds the cap."""
@@ -172,6 +178,6 @@ class TestMilliseconds:
     )
     def test_rejects(self, value: object) -> None:
         """Negatives, bools, floats and strings raise ConfigurationError naming the argument."""
-        with pytest.raises(ConfigurationError, match="^delay_ms: ") as info:
+        with pytest.raises(ConfigurationError, match=r"^delay_ms: ") as info:
             milliseconds(value, "delay_ms")
         assert info.value.argument == "delay_ms"

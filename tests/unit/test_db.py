@@ -38,7 +38,9 @@ class TestRedact:
 
     def test_redact_dsn_keeps_the_rest_of_a_uri(self) -> None:
         """Only the password of a URI changes; user, host, port and database stay."""
-        assert _db.redact_dsn(f"postgresql://u:{SECRET}@h:5432/db") == "postgresql://u:***@h:5432/db"
+        assert (
+            _db.redact_dsn(f"postgresql://u:{SECRET}@h:5432/db") == "postgresql://u:***@h:5432/db"
+        )
 
     def test_redact_dsn_keeps_the_rest_of_key_values(self) -> None:
         """A key=value DSN keeps its other parameters."""
@@ -48,7 +50,11 @@ class TestRedact:
 
     @pytest.mark.parametrize(
         "dsn",
-        ["postgresql://u@h:5432/db", "host=x dbname=y user=u", "postgresql://h:5432/db?sslmode=require"],
+        [
+            "postgresql://u@h:5432/db",
+            "host=x dbname=y user=u",
+            "postgresql://h:5432/db?sslmode=require",
+        ],
     )
     def test_redact_dsn_without_password_is_unchanged(self, dsn: str) -> None:
         """A DSN with no password comes back exactly as given."""
@@ -97,14 +103,18 @@ class TestRetryDelays:
 class TestConnectRetries:
     """connect retries OperationalError with backoff, then raises DatabaseUnavailableError."""
 
-    def test_gives_up_after_attempts_with_redacted_dsn(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_gives_up_after_attempts_with_redacted_dsn(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """After the last attempt the error names the redacted DSN and never the password."""
         calls: list[str] = []
         sleeps: list[float] = []
 
         def failing_connect(dsn: str, **kwargs: object) -> psycopg.Connection[object]:
             calls.append(dsn)
-            raise psycopg.OperationalError(f'connection to "{dsn}" failed: password={SECRET} refused')
+            raise psycopg.OperationalError(
+                f'connection to "{dsn}" failed: password={SECRET} refused'
+            )
 
         monkeypatch.setattr(psycopg, "connect", failing_connect)
         monkeypatch.setattr(time, "sleep", sleeps.append)
@@ -156,6 +166,7 @@ class TestConnectRetries:
             return "connection"
 
         monkeypatch.setattr(psycopg, "connect", fake_connect)
-        assert _db.connect("host=x", attempts=1, timeout_s=0.2) == "connection"
+        connection: object = _db.connect("host=x", attempts=1, timeout_s=0.2)
+        assert connection == "connection"
         assert seen["autocommit"] is True
         assert seen["connect_timeout"] == 1

@@ -94,7 +94,8 @@ class TestParseQueries:
             _sql.parse_queries("-- name: q\nSELECT 1;\n-- name: q\nSELECT 2;\n", source="dup.sql")
 
     @pytest.mark.parametrize(
-        "text", ["-- name: q\n", "-- name: q\n-- only a comment\n;\n", "-- name: q\n-- name: r\nSELECT 1"]
+        "text",
+        ["-- name: q\n", "-- name: q\n-- only a comment\n;\n", "-- name: q\n-- name: r\nSELECT 1"],
     )
     def test_rejects_empty_query(self, text: str) -> None:
         """A name with no statement after it raises ValueError naming the query."""
@@ -116,8 +117,16 @@ class TestAllQueries:
 
     @pytest.mark.parametrize(
         "name",
-        ["job_claim", "job_insert", "job_insert_many", "job_finish_many", "definition_upsert",
-         "worker_heartbeat", "migrate_lock", "schema_version_max"],
+        [
+            "job_claim",
+            "job_insert",
+            "job_insert_many",
+            "job_finish_many",
+            "definition_upsert",
+            "worker_heartbeat",
+            "migrate_lock",
+            "schema_version_max",
+        ],
     )
     def test_includes_core_queries(self, name: str) -> None:
         """The queries the daemons and defer need are all present and non-empty."""
