@@ -6,6 +6,7 @@ from orchestra import events
 from orchestra._backoff import Backoff
 from orchestra._config import Config
 from orchestra._definition import JobContext, JobDefinition, JobHandle
+from orchestra._orchestrator import Orchestrator
 from orchestra._worker import Worker, WorkerStats
 from orchestra.errors import (
     ConfigurationError,
@@ -27,6 +28,7 @@ __all__ = [
     "JobDefinition",
     "JobHandle",
     "OrchestraError",
+    "Orchestrator",
     "PayloadError",
     "SchemaNotReadyError",
     "UnknownJobError",

@@ -208,6 +208,8 @@ class JobDefinition(Generic[P]):
         repeat_interval_ms: run every this often (orchestrator); no payload allowed.
         cron: run on this cron schedule (orchestrator); no payload allowed.
         cron_timezone: IANA time zone the cron expression is read in (default UTC).
+        overlap: with False (default) a tick is skipped while the previous tick's
+            job is unfinished; True lets tick jobs pile up.
 
     Every interval accepts an int of milliseconds or a ``timedelta``. Bad values
     raise :class:`ConfigurationError` naming the argument.
@@ -231,6 +233,7 @@ class JobDefinition(Generic[P]):
         repeat_interval_ms: int | dt.timedelta | None = None,
         cron: str | None = None,
         cron_timezone: str | None = None,
+        overlap: bool = False,
     ) -> None:
         from orchestra._config import Config  # noqa: PLC0415 (import cycle at module level)
 
@@ -280,6 +283,9 @@ class JobDefinition(Generic[P]):
                 "payload_type",
                 "a repeatable definition (cron or repeat_interval_ms) takes no payload",
             )
+        if not isinstance(overlap, bool):
+            raise ConfigurationError("overlap", f"must be True or False, not {overlap!r}")
+        self.overlap = overlap
         self._ensured_at: float | None = None
         self._ensure_lock = threading.Lock()
         config.register(self)

@@ -20,13 +20,15 @@ from typing import Any, TypeVar
 import click
 import psycopg
 from rich.console import Console
+from rich.markup import escape
 
 from orchestra import __version__, _db
 from orchestra._config import DEFAULT_SCHEMA, DSN_ENV, Config
 from orchestra.errors import AppImportError, ConfigurationError, OrchestraError
 from orchestra.handlers import JsonFormatter, LoggingHandler
 
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: an error stays one line even when stderr is a pipe, not a terminal.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DSN_HELP = (
@@ -36,7 +38,7 @@ DSN_HELP = (
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/] {_db.redact(message)}")
+    err_console.print(f"[bold red]error:[/] {escape(_db.redact(message))}")
     sys.exit(code)
 
 
@@ -123,7 +125,13 @@ def load_app(reference: str) -> Config:
             f"--app {reference!r}: {module_name!r} has no attribute {attribute!r}"
         ) from None
     if not isinstance(value, Config) and callable(value):
-        value = value()
+        try:
+            value = value()
+        except Exception as exc:
+            raise AppImportError(
+                f"--app {reference!r}: calling {attribute!r} to build the Config failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     if not isinstance(value, Config):
         raise AppImportError(
             f"--app {reference!r}: expected an orchestra Config (or a function returning one), "

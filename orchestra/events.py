@@ -8,23 +8,37 @@ change they report has been committed. A handler that raises is logged (logger
 Handlers run on the daemon's event loop thread: keep them quick, or hand the
 work to a queue of your own.
 
-=========================  ==============================================================
-event                      when
-=========================  ==============================================================
-DaemonStarted              a daemon registered itself and is about to work
-DaemonStopRequested        stop() was called or SIGTERM/SIGINT arrived
-DaemonStopped              the daemon's loop has exited (``error`` set if it crashed)
-DaemonDatabaseError        a database operation failed; the daemon retries after a pause
-WorkerListenLost           the LISTEN connection dropped; the worker polls meanwhile
-WorkerListenRestored       LISTEN is back, followed by a catch-up poll
-WorkerJobClaimed           a job was claimed (its attempt counter was incremented)
-WorkerJobSucceeded         the job function returned; the job is finalized as succeeded
-WorkerJobFailed            the attempt failed; ``will_retry`` tells what happens next
-WorkerJobPayloadInvalid    (a WorkerJobFailed) the stored payload did not fit its type
-WorkerJobReleased          a claimed job was handed back unrun, its attempt refunded
-WorkerJobFenced            a finish was refused: the attempt no longer owns the job
-JobRescued                 a job whose lease expired went back to available, or failed
-=========================  ==============================================================
+================================  ==============================================================
+event                             when
+================================  ==============================================================
+DaemonStarted                     a daemon registered itself and is about to work
+DaemonStopRequested               stop() was called or SIGTERM/SIGINT arrived
+DaemonStopped                     the daemon's loop has exited (``error`` set if it crashed)
+DaemonDatabaseError               a database operation failed; the daemon retries after a pause
+WorkerListenLost                  the LISTEN connection dropped; the worker polls meanwhile
+WorkerListenRestored              LISTEN is back, followed by a catch-up poll
+WorkerJobClaimed                  a job was claimed (its attempt counter was incremented)
+WorkerJobSucceeded                the job function returned; the job is finalized as succeeded
+WorkerJobFailed                   the attempt failed; ``will_retry`` tells what happens next
+WorkerJobPayloadInvalid           (a WorkerJobFailed) the stored payload did not fit its type
+WorkerJobReleased                 a claimed job was handed back unrun, its attempt refunded
+WorkerJobFenced                   a finish was refused: the attempt no longer owns the job
+OrchestratorLeadershipAcquired    this orchestrator now holds the leader lease
+OrchestratorLeadershipLost        it no longer does (stopped, expired, database error)
+OrchestratorServiceFailed         a maintenance pass raised; it is retried at its next interval
+OrchestratorDefinitionHeartbeat   a definition carried by this process was heartbeated
+OrchestratorJobScheduled          a repeat or cron tick enqueued its job
+OrchestratorTickSkipped           a tick was skipped: the previous tick's job is unfinished
+OrchestratorJobRescued            a running job of a dead worker (or expired lease) is available
+                                  again
+OrchestratorWorkerLost            a worker row whose heartbeat went stale was removed
+OrchestratorJobReleased           a waiting job's dependencies all succeeded (catch-up)
+OrchestratorJobFinalized          failed by the orchestrator: timeout, no_attempts_remaining,
+                                  unmet_dependencies
+OrchestratorFinalizedJobSwept     a finalized job past the threshold was deleted (or archived)
+OrchestratorStaleDefinitionSwept  a definition nobody carries any more, without jobs, was
+                                  deleted
+================================  ==============================================================
 """
 
 from __future__ import annotations
@@ -43,7 +57,18 @@ __all__ = [
     "DaemonStopped",
     "Event",
     "EventHandler",
-    "JobRescued",
+    "OrchestratorDefinitionHeartbeat",
+    "OrchestratorFinalizedJobSwept",
+    "OrchestratorJobFinalized",
+    "OrchestratorJobReleased",
+    "OrchestratorJobRescued",
+    "OrchestratorJobScheduled",
+    "OrchestratorLeadershipAcquired",
+    "OrchestratorLeadershipLost",
+    "OrchestratorServiceFailed",
+    "OrchestratorStaleDefinitionSwept",
+    "OrchestratorTickSkipped",
+    "OrchestratorWorkerLost",
     "Role",
     "WorkerJobClaimed",
     "WorkerJobFailed",
@@ -221,16 +246,143 @@ class WorkerJobFenced(_JobEvent):
 
 
 @attrs.frozen(kw_only=True)
-class JobRescued(_JobEvent):
-    """A running job whose lease expired was taken back.
+class OrchestratorLeadershipAcquired(Event):
+    """This orchestrator holds the leader lease and runs the maintenance services.
 
     Attributes:
-        status: ``available`` (it will run again) or ``failed`` (no attempts left).
-        locked_by: the worker id that held the expired lease.
+        lease_ms: how long the lease lasts without renewal.
     """
 
-    status: str
+    lease_ms: int
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorLeadershipLost(Event):
+    """This orchestrator no longer holds the leader lease.
+
+    Attributes:
+        reason: ``stopped``, ``taken`` (another holds it), or the database error.
+    """
+
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorServiceFailed(Event):
+    """A maintenance pass raised; the service runs again at its next interval.
+
+    Attributes:
+        service: the service's name.
+        error: the error, with any password redacted.
+    """
+
+    service: str
+    error: str
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorDefinitionHeartbeat(Event):
+    """A definition carried by this process had its heartbeat refreshed (G1)."""
+
+    definition: str
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorJobScheduled(Event):
+    """A repeat or cron tick enqueued its job.
+
+    Attributes:
+        job_id: the job enqueued.
+        definition: the repeatable definition.
+        tick_at: the tick the job belongs to (unique per definition).
+    """
+
+    job_id: int
+    definition: str
+    tick_at: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorTickSkipped(Event):
+    """A tick enqueued nothing because the previous tick's job is unfinished (overlap off).
+
+    Attributes:
+        definition: the repeatable definition.
+        tick_at: the skipped tick.
+        reason: ``overlap``.
+    """
+
+    definition: str
+    tick_at: dt.datetime
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorJobRescued(_JobEvent):
+    """A running job was taken back and is available again; the lost attempt counted.
+
+    Attributes:
+        reason: ``lease_expired`` or ``worker_lost`` (its worker's heartbeat went stale).
+        locked_by: the worker id that held it.
+    """
+
+    reason: str
     locked_by: int | None
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorWorkerLost(Event):
+    """A worker whose heartbeat went stale was removed from the worker table.
+
+    Attributes:
+        worker_id: the removed worker's id.
+    """
+
+    worker_id: int
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorJobReleased(_JobEvent):
+    """A waiting job became available (its dependencies all succeeded).
+
+    Attributes:
+        reason: ``dependencies_met``.
+    """
+
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorJobFinalized(_JobEvent):
+    """The orchestrator finalized a job as failed.
+
+    Attributes:
+        reason: ``timeout``, ``no_attempts_remaining`` or ``unmet_dependencies``.
+    """
+
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorFinalizedJobSwept(Event):
+    """A job finalized longer ago than the threshold was deleted (G4).
+
+    Attributes:
+        job_id: the job.
+        definition: its definition.
+        archived: True if it was copied to ``job_archive`` first.
+    """
+
+    job_id: int
+    definition: str
+    archived: bool
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorStaleDefinitionSwept(Event):
+    """A definition not heartbeated for the threshold and without jobs was deleted (G2)."""
+
+    definition: str
 
 
 EventHandler = Callable[[Event], None]

@@ -28,7 +28,13 @@ _LEVELS: dict[type[events.Event], int] = {
     events.WorkerJobFenced: logging.WARNING,
     events.WorkerListenLost: logging.WARNING,
     events.DaemonDatabaseError: logging.ERROR,
-    events.JobRescued: logging.WARNING,
+    events.OrchestratorJobRescued: logging.WARNING,
+    events.OrchestratorWorkerLost: logging.WARNING,
+    events.OrchestratorJobFinalized: logging.ERROR,
+    events.OrchestratorServiceFailed: logging.ERROR,
+    events.OrchestratorLeadershipLost: logging.WARNING,
+    events.OrchestratorDefinitionHeartbeat: logging.DEBUG,
+    events.OrchestratorFinalizedJobSwept: logging.DEBUG,
 }
 _ENVELOPE = ("timestamp", "daemon_id", "daemon_name", "role")
 

@@ -358,11 +358,15 @@ class Worker(Daemon):
     # -- running a job ------------------------------------------------------------
 
     async def _run_job(self, job: _Claimed) -> None:
+        started = time.monotonic()
         try:
             finish = await self._execute(job)
         except asyncio.CancelledError:
             finish = self._finish(
-                job, "interrupted", error="interrupted: the worker stopped before the job finished"
+                job,
+                "interrupted",
+                error="interrupted: the worker stopped before the job finished",
+                duration_ms=_elapsed_ms(started),
             )
         assert self._acker is not None
         self._acker.submit(finish)

@@ -27,3 +27,7 @@ WITH alive AS (
     RETURNING j.id
 )
 SELECT (SELECT count(*) FROM alive) > 0 AS alive, (SELECT count(*) FROM extended) AS extended;
+
+-- name: worker_touch
+-- Refresh a daemon's heartbeat; no row back means its row was removed.
+UPDATE {schema}.worker SET heartbeat_at = clock_timestamp() WHERE id = %(worker_id)s RETURNING id;

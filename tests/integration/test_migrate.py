@@ -27,6 +27,7 @@ TABLES = {
     "job",
     "job_dependency",
     "job_attempt",
+    "job_archive",
     "worker",
     "leader",
     "schema_version",

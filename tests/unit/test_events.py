@@ -35,6 +35,11 @@ SAMPLE_FIELDS: dict[str, Any] = {
     "outcome": "succeeded",
     "status": "available",
     "locked_by": None,
+    "lease_ms": 15_000,
+    "service": "rescuer",
+    "tick_at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+    "worker_id": 7,
+    "archived": False,
 }
 
 EVENT_CLASSES: list[type[events.Event]] = [
@@ -62,7 +67,7 @@ class TestEventClasses:
         """events.__all__ exports the base class and every kind of event."""
         assert events.Event in EVENT_CLASSES
         assert events.WorkerJobPayloadInvalid in EVENT_CLASSES
-        assert len(EVENT_CLASSES) == 14
+        assert len(EVENT_CLASSES) == 25
 
     @pytest.mark.parametrize("cls", EVENT_CLASSES, ids=lambda cls: cls.__name__)
     def test_frozen(self, cls: type[events.Event]) -> None:

@@ -13,6 +13,7 @@ never written. The DSN and schema come from the job's Config.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -72,14 +73,44 @@ def record(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     return {"job_id": ctx.job_id, "attempt": ctx.attempt, "pid": os.getpid()}
 
 
+async def record_async(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The ``async def`` twin of :func:`record`, run on the worker's event loop."""
+    config = ctx.definition.config
+    schema = sql.Identifier(config.schema)
+    async with await psycopg.AsyncConnection.connect(config.dsn, autocommit=True) as conn:
+        cursor = await conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.ledger (job_id, attempt, pid) VALUES (%s, %s, %s) RETURNING id"
+            ).format(schema),
+            (ctx.job_id, ctx.attempt, os.getpid()),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        gate = payload.get("gate")
+        if gate is not None:
+            query = sql.SQL("SELECT 1 FROM {}.gate WHERE name = %s").format(schema)
+            while True:
+                if await (await conn.execute(query, (gate,))).fetchone() is not None:
+                    break
+                await asyncio.sleep(GATE_POLL_S)
+        await conn.execute(
+            sql.SQL("UPDATE {}.ledger SET finished = clock_timestamp() WHERE id = %s").format(
+                schema
+            ),
+            (row[0],),
+        )
+    return {"job_id": ctx.job_id, "attempt": ctx.attempt, "pid": os.getpid()}
+
+
 def define(config: Config) -> dict[str, JobDefinition[Any]]:
     """Register the e2e definitions on ``config``; the same in the app and in the tests.
 
     * ``quick``: one attempt;
     * ``gated``: three attempts, retried at once (for jobs that must survive a stop);
-    * ``gated_once``: one attempt.
+    * ``gated_once``: one attempt;
+    * ``gated_async``: like ``gated``, but runs :func:`record_async` on the event loop.
 
-    All run :func:`record`; they differ only in their attempt budget.
+    The others run :func:`record` (in the worker's thread pool).
     """
     return {
         "quick": JobDefinition(
@@ -98,6 +129,14 @@ def define(config: Config) -> dict[str, JobDefinition[Any]]:
             name="gated_once",
             job_function=record,
             num_attempts=1,
+            lock_interval_ms=LOCK_INTERVAL_MS,
+        ),
+        "gated_async": JobDefinition(
+            config,
+            name="gated_async",
+            job_function=record_async,
+            num_attempts=3,
+            backoff="none",
             lock_interval_ms=LOCK_INTERVAL_MS,
         ),
     }

@@ -1,0 +1,90 @@
+"""Rescue: running jobs whose worker is gone go back to work (DESIGN §4.5).
+
+What it does, in bounded batches:
+
+* jobs of workers whose heartbeat is older than ``worker_stale_threshold_ms``
+  are taken back at once, and those worker rows deleted;
+* jobs whose lease (``locked_until``) expired are taken back, whichever worker
+  held them: a worker extends its leases while it lives, so an expired lease
+  means it died, hung, or lost its connection.
+
+A taken-back job is ``available`` again when attempts remain, else finalized
+as failed (no_attempts_remaining). The lost attempt counts and is logged as
+``lost``. Each UPDATE re-checks status and lock token under the row lock, so
+an attempt that finished meanwhile is never overwritten, and the late finish
+of a rescued attempt is refused by the worker's fence.
+
+Options: ``rescue_interval_ms`` (default 5 000), ``worker_stale_threshold_ms``
+(default 60 000).
+Events: OrchestratorJobRescued, OrchestratorJobFinalized (no_attempts_remaining),
+OrchestratorWorkerLost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+import psycopg
+
+from orchestra import events
+from orchestra._config import Config
+from orchestra._orchestrator._service import BATCH_SIZE_DEFAULT, Emission, RunResult, Service
+
+
+class Rescuer(Service):
+    """Take back the jobs of dead workers and expired leases."""
+
+    name: ClassVar[str] = "rescuer"
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        interval_ms: int,
+        worker_stale_threshold_ms: int,
+        batch_size: int = BATCH_SIZE_DEFAULT,
+    ) -> None:
+        super().__init__(config, interval_ms=interval_ms, batch_size=batch_size)
+        self.worker_stale_threshold_ms = worker_stale_threshold_ms
+
+    def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:
+        """Rescue the jobs of stale workers, then those of expired leases."""
+        emissions: list[Emission] = []
+        counts = {"rescued": 0, "failed": 0, "workers_lost": 0}
+        params = {"now": now, "notify_channel": self.config.notify_channel}
+        stale = self._batches(
+            conn,
+            "job_rescue_stale_workers",
+            {**params, "threshold_ms": self.worker_stale_threshold_ms},
+        )
+        for kind, job_id, definition, attempt, status, locked_by, _ in stale:
+            if kind == "worker":
+                counts["workers_lost"] += 1
+                emissions.append(Emission(events.OrchestratorWorkerLost, {"worker_id": job_id}))
+            else:
+                emissions.append(
+                    self._emission(job_id, definition, attempt, status, locked_by, "worker_lost")
+                )
+                counts["rescued" if status == "available" else "failed"] += 1
+        for job_id, definition, attempt, status, locked_by, _ in self._batches(
+            conn, "job_rescue_expired", params
+        ):
+            emissions.append(
+                self._emission(job_id, definition, attempt, status, locked_by, "lease_expired")
+            )
+            counts["rescued" if status == "available" else "failed"] += 1
+        return RunResult(self.name, counts, tuple(emissions))
+
+    @staticmethod
+    def _emission(
+        job_id: int, definition: str, attempt: int, status: str, locked_by: int | None, reason: str
+    ) -> Emission:
+        common = {"job_id": job_id, "definition": definition, "attempt": attempt}
+        if status == "available":
+            return Emission(
+                events.OrchestratorJobRescued, {**common, "reason": reason, "locked_by": locked_by}
+            )
+        return Emission(
+            events.OrchestratorJobFinalized, {**common, "reason": "no_attempts_remaining"}
+        )

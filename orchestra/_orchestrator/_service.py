@@ -1,0 +1,86 @@
+"""What every maintenance service shares.
+
+A service is a small object with a ``run_once(conn, now)`` that does one
+bounded pass and returns a :class:`RunResult`: counts, the events to emit (its
+statements are committed by then: each runs in autocommit), and optionally how
+soon it wants to run again. It never loops on its interval itself: the
+Orchestrator's one loop does that, and runs leader-only services only while it
+holds the lease. ``now`` is None in production (the database clock decides)
+and a fixed time in tests, so that hour-long thresholds pass in milliseconds.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+import psycopg
+
+from orchestra import events
+from orchestra._config import Config
+
+#: Rows per statement, and statements per pass: a pass is bounded even when
+#: a backlog is huge; the next pass continues.
+BATCH_SIZE_DEFAULT = 1_000
+MAX_BATCHES_PER_PASS = 50
+
+
+@attrs.frozen
+class Emission:
+    """An event a pass wants emitted (its daemon fills in the envelope)."""
+
+    event_type: type[events.Event]
+    fields: Mapping[str, Any]
+
+
+@attrs.frozen
+class RunResult:
+    """What one pass did.
+
+    Attributes:
+        service: the service's name.
+        counts: what was done, by kind (``rescued``, ``swept`` ...).
+        emissions: the events to emit, in order.
+        next_run_in_s: run again this soon (None: at the service's interval).
+    """
+
+    service: str
+    counts: Mapping[str, int] = attrs.field(factory=dict)
+    emissions: tuple[Emission, ...] = ()
+    next_run_in_s: float | None = None
+
+
+class Service(abc.ABC):
+    """A maintenance service: a name, an interval, and ``run_once``."""
+
+    name: ClassVar[str]
+    #: Only the leader runs it (everything but the definition heartbeat).
+    leader_only: ClassVar[bool] = True
+
+    def __init__(
+        self, config: Config, *, interval_ms: int, batch_size: int = BATCH_SIZE_DEFAULT
+    ) -> None:
+        self.config = config
+        self.interval_ms = interval_ms
+        self.batch_size = batch_size
+
+    @abc.abstractmethod
+    def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:
+        """Do one bounded pass of work."""
+
+    def _batches(
+        self, conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Run a batch query until it returns a short batch (or the pass limit); all rows."""
+        rows: list[tuple[Any, ...]] = []
+        for _ in range(MAX_BATCHES_PER_PASS):
+            batch = conn.execute(
+                self.config.queries[query], {**params, "limit": self.batch_size}
+            ).fetchall()
+            rows.extend(batch)
+            if len(batch) < self.batch_size:
+                break
+        return rows

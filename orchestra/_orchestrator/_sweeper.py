@@ -1,0 +1,86 @@
+"""Sweeper: finalized jobs and stale definitions (G2-G4, E5).
+
+What it does, in bounded batches:
+
+* jobs finalized more than ``finalized_job_threshold_ms`` ago are deleted, or
+  with ``archive=True`` moved to ``job_archive`` with their attempt log as
+  JSON; never while an unfinished job depends on them (E5). Their attempt-log
+  rows and dependency edges go with them;
+* definitions not heartbeated for ``stale_definition_threshold_ms`` and with
+  no job at all are deleted (G2, G3), so a definition removed from the code
+  disappears once its last job is swept.
+
+Options: ``clean_interval_ms`` (default 300 000),
+``finalized_job_threshold_ms`` (43 200 000), ``stale_definition_threshold_ms``
+(3 600 000), ``archive`` (False).
+Events: OrchestratorFinalizedJobSwept, OrchestratorStaleDefinitionSwept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+import psycopg
+
+from orchestra import events
+from orchestra._config import Config
+from orchestra._orchestrator._service import BATCH_SIZE_DEFAULT, Emission, RunResult, Service
+
+
+class Sweeper(Service):
+    """Delete (or archive) old finalized jobs, then stale definitions."""
+
+    name: ClassVar[str] = "sweeper"
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        interval_ms: int,
+        finalized_job_threshold_ms: int,
+        stale_definition_threshold_ms: int,
+        archive: bool,
+        batch_size: int = BATCH_SIZE_DEFAULT,
+    ) -> None:
+        super().__init__(config, interval_ms=interval_ms, batch_size=batch_size)
+        self.finalized_job_threshold_ms = finalized_job_threshold_ms
+        self.stale_definition_threshold_ms = stale_definition_threshold_ms
+        self.archive = archive
+
+    def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:
+        """Sweep finalized jobs, then stale definitions (which may only now have no jobs)."""
+        swept = self._batches(
+            conn,
+            "job_sweep_finalized",
+            {
+                "now": now,
+                "threshold_ms": self.finalized_job_threshold_ms,
+                "archive": self.archive,
+            },
+        )
+        stale = self._batches(
+            conn,
+            "definition_sweep_stale",
+            {
+                "now": now,
+                "threshold_ms": self.stale_definition_threshold_ms,
+            },
+        )
+        emissions = [
+            Emission(
+                events.OrchestratorFinalizedJobSwept,
+                {
+                    "job_id": job_id,
+                    "definition": definition,
+                    "archived": self.archive,
+                },
+            )
+            for job_id, definition in swept
+        ] + [
+            Emission(events.OrchestratorStaleDefinitionSwept, {"definition": name})
+            for (name,) in stale
+        ]
+        return RunResult(
+            self.name, {"jobs_swept": len(swept), "definitions_swept": len(stale)}, tuple(emissions)
+        )

@@ -1,0 +1,250 @@
+"""The ``orchestra`` command as users run it: help, migrate, daemon errors, logs, demo.
+
+Exit codes (``orchestra/cli.py``): 0 success, 1 runtime error, 2 usage error.
+Errors must be readable, without a traceback and without the password.
+Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from orchestra import JobDefinition
+from orchestra.testing import wait_until
+from tests.e2e._support import (
+    APP,
+    REPO,
+    DaemonFactory,
+    Queue,
+    elapsed_since,
+    one_line,
+    orchestra_argv,
+)
+
+SECRET = "s3cr3t-XYZ"
+DAEMON_OPTIONS = (
+    "--role",
+    "--app",
+    "--channel",
+    "--concurrency",
+    "--name",
+    "--process-interval-ms",
+    "--shutdown-grace-ms",
+    "--no-listen",
+    "--log-format",
+    "--log-level",
+)
+
+
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 60, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    """Run ``orchestra *args`` and capture its output."""
+    return subprocess.run(
+        orchestra_argv(*args),
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def output_of(result: subprocess.CompletedProcess[str]) -> str:
+    """stdout and stderr together, for messages and assertions."""
+    return result.stdout + result.stderr
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """Assert exit ``code`` with an ``error:`` line and no traceback; return the output."""
+    output = output_of(result)
+    assert result.returncode == code, output
+    assert "error:" in result.stderr, output
+    assert "Traceback" not in output, output
+    return one_line(output)
+
+
+def test_help_lists_commands_and_every_daemon_option(e2e_env: dict[str, str]) -> None:
+    """``orchestra --help`` lists the commands and ``daemon --help`` every option."""
+    top = run_cli("--help", env=e2e_env)
+    assert top.returncode == 0, output_of(top)
+    for command in ("migrate", "daemon", "demo"):
+        assert command in top.stdout
+
+    daemon = run_cli("daemon", "--help", env=e2e_env)
+    assert daemon.returncode == 0, output_of(daemon)
+    missing = [option for option in DAEMON_OPTIONS if option not in daemon.stdout]
+    assert missing == [], daemon.stdout
+
+
+def test_a1_migrate_applies_then_reports_up_to_date(
+    e2e_env: dict[str, str], test_dsn: str, schema: str, db: psycopg.Connection[Any]
+) -> None:
+    """A1: ``orchestra migrate`` creates the schema, and a second run has nothing to do."""
+    first = run_cli("migrate", "--dsn", test_dsn, "--schema", schema, env=e2e_env)
+    assert first.returncode == 0, output_of(first)
+    assert "applied 0001_initial" in one_line(first.stderr)
+    tables = {
+        row[0]
+        for row in db.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema]
+        )
+    }
+    assert {"job", "job_definition", "job_attempt", "job_dependency", "worker"} <= tables
+
+    second = run_cli("migrate", "--dsn", test_dsn, "--schema", schema, env=e2e_env)
+    assert second.returncode == 0, output_of(second)
+    assert "up to date" in one_line(second.stderr)
+
+
+def test_migrate_rejects_a_bad_schema_name_as_usage_error(e2e_env: dict[str, str]) -> None:
+    """A schema name that is not a safe identifier exits 2 with a readable error."""
+    result = run_cli(
+        "migrate",
+        "--schema",
+        "Bad-Name",
+        env={**e2e_env, "ORCHESTRA_DSN": e2e_env["ORCHESTRA_TEST_DSN"]},
+    )
+    output = assert_clean_error(result, 2)
+    assert "'Bad-Name' is not a valid schema name" in output
+
+
+def test_errors_are_one_line_when_stderr_is_not_a_terminal(e2e_env: dict[str, str]) -> None:
+    """An error message is printed on exactly one line, as the CLI promises, even in a log file."""
+    result = run_cli(
+        "migrate",
+        "--schema",
+        "Bad-Name",
+        env={**e2e_env, "ORCHESTRA_DSN": e2e_env["ORCHESTRA_TEST_DSN"]},
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("reference", ["jobs[/]:config", "jobs[prod]:config"])
+def test_error_messages_are_printed_literally(e2e_env: dict[str, str], reference: str) -> None:
+    """Square brackets in an error message are printed as they are, not read as markup."""
+    result = run_cli("daemon", "--role", "worker", "--app", reference, env=e2e_env)
+    output = assert_clean_error(result, 2)
+    assert reference in output
+
+
+def test_daemon_with_an_unimportable_app_is_a_usage_error(e2e_env: dict[str, str]) -> None:
+    """``--app`` naming a module that does not exist exits 2 with a readable message."""
+    result = run_cli(
+        "daemon", "--role", "worker", "--app", "nonexistent.module:config", env=e2e_env
+    )
+    output = assert_clean_error(result, 2)
+    assert "cannot import 'nonexistent.module'" in output
+
+
+def test_daemon_with_a_missing_app_attribute_is_a_usage_error(e2e_env: dict[str, str]) -> None:
+    """``--app`` naming an attribute the module lacks exits 2 with a readable message."""
+    result = run_cli(
+        "daemon", "--role", "worker", "--app", "tests.e2e.apps.ledger_app:missing", env=e2e_env
+    )
+    output = assert_clean_error(result, 2)
+    assert "has no attribute 'missing'" in output
+
+
+def test_daemon_with_a_non_config_app_attribute_is_a_usage_error(
+    e2e_env: dict[str, str],
+) -> None:
+    """``--app`` naming something that is not a Config exits 2 and says what it got."""
+    result = run_cli(
+        "daemon", "--role", "worker", "--app", "tests.e2e.apps.ledger_app:definitions", env=e2e_env
+    )
+    output = assert_clean_error(result, 2)
+    assert "expected an orchestra Config" in output
+    assert "got dict" in output
+
+
+def test_daemon_with_an_app_factory_that_fails_is_a_usage_error(e2e_env: dict[str, str]) -> None:
+    """``--app`` naming a function that cannot build a Config exits 2 with a readable message."""
+    result = run_cli(
+        "daemon", "--role", "worker", "--app", "tests.e2e.apps._jobs:define", env=e2e_env
+    )
+    output = assert_clean_error(result, 2)
+    assert "tests.e2e.apps._jobs:define" in output
+
+
+URI_WITH_SECRET = f"postgresql://u:{SECRET}@127.0.0.1:1/db"
+KEYWORDS_WITH_SECRET = f"host=127.0.0.1 port=1 user=u password={SECRET} dbname=db"
+
+
+@pytest.mark.parametrize(
+    ("args", "env_var", "dsn"),
+    [
+        (("migrate", "--dsn", URI_WITH_SECRET), None, URI_WITH_SECRET),
+        (("migrate", "--dsn", KEYWORDS_WITH_SECRET), None, KEYWORDS_WITH_SECRET),
+        (("migrate",), "ORCHESTRA_DSN", URI_WITH_SECRET),
+        (("daemon", "--role", "worker", "--app", APP), "ORCHESTRA_TEST_DSN", URI_WITH_SECRET),
+    ],
+    ids=["migrate-uri-argv", "migrate-keywords-argv", "migrate-env", "daemon-app"],
+)
+def test_database_down_exits_1_without_leaking_the_password(
+    e2e_env: dict[str, str], args: tuple[str, ...], env_var: str | None, dsn: str
+) -> None:
+    """With PostgreSQL unreachable, the CLI exits 1 in bounded time and never shows the password."""
+    env = dict(e2e_env) if env_var is None else {**e2e_env, env_var: dsn}
+    started = time.monotonic()
+    result = run_cli(*args, env=env, timeout=60)
+    assert elapsed_since(started) < 30
+    output = assert_clean_error(result, 1)
+    assert "could not connect" in output
+    assert SECRET not in result.stdout
+    assert SECRET not in result.stderr
+
+
+def test_daemon_on_an_unmigrated_schema_says_to_migrate(
+    e2e_env: dict[str, str], schema: str
+) -> None:
+    """A worker on a never-migrated schema exits 1 and tells to run ``orchestra migrate``."""
+    result = run_cli("daemon", "--role", "worker", "--app", APP, env=e2e_env)
+    output = assert_clean_error(result, 1)
+    assert "orchestra migrate" in output
+    assert schema in output
+
+
+def test_h1_json_log_format_writes_one_json_object_per_line(
+    queue: Queue, jobs: dict[str, JobDefinition[Any]], daemons: DaemonFactory
+) -> None:
+    """H1: with ``--log-format json`` every log line is a JSON object, lifecycle events included."""
+    worker = daemons.start(extra=["--log-format", "json"])
+    job_id = jobs["quick"].defer({"n": 1}).id
+    wait_until(lambda: queue.job(job_id)["status"] == "succeeded", message="job not run")
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+
+    lines = [line for line in worker.log().splitlines() if line.strip()]
+    assert lines
+    not_json = [line for line in lines if not line.startswith("{")]
+    assert not_json == []
+    records = [json.loads(line) for line in lines]
+    assert all({"time", "level", "logger"} <= record.keys() for record in records)
+    by_event = {record.get("event"): record for record in records}
+    for event in ("DaemonStarted", "WorkerJobSucceeded", "DaemonStopRequested", "DaemonStopped"):
+        assert event in by_event, f"no {event} in {lines}"
+    assert by_event["WorkerJobSucceeded"]["job_id"] == job_id
+    assert by_event["DaemonStopRequested"]["reason"] == "SIGTERM"
+    assert by_event["DaemonStopped"]["error"] is None
+
+
+def test_demo_runs_to_completion(e2e_env: dict[str, str], test_dsn: str, schema: str) -> None:
+    """``orchestra demo`` runs every demo job against the given PostgreSQL and exits 0."""
+    result = run_cli(
+        "demo", "--dsn", test_dsn, "--schema", schema, "--seconds", "60", env=e2e_env, timeout=90
+    )
+    assert result.returncode == 0, output_of(result)
+    assert "jobs succeeded" in one_line(result.stdout)
+    assert "Traceback" not in output_of(result)
