@@ -202,3 +202,31 @@ class Daemon(abc.ABC):
         finally:
             self._wakeup.clear()
         return True
+
+
+async def run_together(daemons: list[Daemon]) -> None:
+    """Run several daemons on this loop; SIGTERM/SIGINT stop them all (``--role all``)."""
+    loop = asyncio.get_running_loop()
+
+    def stop_all(reason: str) -> None:
+        for daemon in daemons:
+            daemon.stop(reason)
+
+    installed: list[signal.Signals] = []
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop_all, signum.name)
+            installed.append(signum)
+    tasks = [asyncio.create_task(daemon.run_async()) for daemon in daemons]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                stop_all("another daemon of this process failed")
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

@@ -170,9 +170,11 @@ def migrate(ctx: click.Context, dsn: str | None, schema: str) -> None:
 @main.command()
 @click.option(
     "--role",
-    type=click.Choice(["worker"]),
+    type=click.Choice(["worker", "orchestrator", "all"]),
     required=True,
-    help="Which daemon to run. worker: claim and run jobs of one channel.",
+    help="Which daemon to run. worker: claim and run jobs of one channel. orchestrator: "
+    "schedule repeat/cron jobs, rescue, time out, sweep (run one or more; they elect a "
+    "leader). all: both in one process.",
 )
 @click.option(
     "--app",
@@ -217,6 +219,46 @@ def migrate(ctx: click.Context, dsn: str | None, schema: str) -> None:
     help="Poll only, no LISTEN/NOTIFY (for PgBouncer in transaction pooling mode).",
 )
 @click.option(
+    "--leader-lease-ms",
+    type=click.IntRange(200),
+    default=15_000,
+    show_default=True,
+    help="Orchestrator: the leader lease; a dead leader is replaced after about this long.",
+)
+@click.option(
+    "--repeat-interval-ms",
+    type=click.IntRange(10),
+    default=30_000,
+    show_default=True,
+    help="Orchestrator: longest sleep of the repeat/cron scheduler (it wakes for the next tick).",
+)
+@click.option(
+    "--rescue-interval-ms",
+    type=click.IntRange(10),
+    default=5_000,
+    show_default=True,
+    help="Orchestrator: how often jobs of dead workers and expired leases are taken back.",
+)
+@click.option(
+    "--finalize-interval-ms",
+    type=click.IntRange(10),
+    default=5_000,
+    show_default=True,
+    help="Orchestrator: how often timeouts and failed dependencies are finalized.",
+)
+@click.option(
+    "--clean-interval-ms",
+    type=click.IntRange(10),
+    default=300_000,
+    show_default=True,
+    help="Orchestrator: how often old finalized jobs and stale definitions are swept.",
+)
+@click.option(
+    "--archive",
+    is_flag=True,
+    help="Orchestrator: move swept jobs to the job_archive table instead of deleting them.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -240,28 +282,57 @@ def daemon(
     process_interval_ms: int,
     shutdown_grace_ms: int,
     no_listen: bool,
+    leader_lease_ms: int,
+    repeat_interval_ms: int,
+    rescue_interval_ms: int,
+    finalize_interval_ms: int,
+    clean_interval_ms: int,
+    archive: bool,
     log_format: str,
     log_level: str,
 ) -> None:
     """Run a daemon until SIGTERM or SIGINT (graceful; a second signal stops at once).
 
-    The DSN and schema are those of the Config named by --app.
+    The DSN and schema are those of the Config named by --app. --role all runs
+    a worker and an orchestrator in one process (development, demos).
     """
-    from orchestra._worker import Worker  # noqa: PLC0415 (keeps `orchestra --help` fast)
+    import asyncio  # noqa: PLC0415 (keeps `orchestra --help` fast)
+
+    from orchestra._daemon import Daemon, run_together  # noqa: PLC0415
+    from orchestra._orchestrator import Orchestrator  # noqa: PLC0415
+    from orchestra._worker import Worker  # noqa: PLC0415
 
     configure_logging(log_format, log_level)
     config = load_app(app_ref)
-    worker = Worker(
-        config,
-        channel=channel,
-        concurrency=concurrency,
-        name=name,
-        event_handler=LoggingHandler(),
-        process_interval_ms=process_interval_ms,
-        shutdown_grace_ms=shutdown_grace_ms,
-        listen_notify=not no_listen,
-    )
-    worker.run()
+    daemons: list[Daemon] = []
+    if role in ("worker", "all"):
+        daemons.append(
+            Worker(
+                config,
+                channel=channel,
+                concurrency=concurrency,
+                name=name,
+                event_handler=LoggingHandler(),
+                process_interval_ms=process_interval_ms,
+                shutdown_grace_ms=shutdown_grace_ms,
+                listen_notify=not no_listen,
+            )
+        )
+    if role in ("orchestrator", "all"):
+        daemons.append(
+            Orchestrator(
+                config,
+                name=name,
+                event_handler=LoggingHandler(),
+                leader_lease_ms=leader_lease_ms,
+                repeat_interval_ms=repeat_interval_ms,
+                rescue_interval_ms=rescue_interval_ms,
+                finalize_interval_ms=finalize_interval_ms,
+                clean_interval_ms=clean_interval_ms,
+                archive=archive,
+            )
+        )
+    asyncio.run(run_together(daemons))
     _exit_despite_stuck_threads()
 
 

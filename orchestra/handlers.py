@@ -63,6 +63,8 @@ class LoggingHandler:
             return logging.ERROR
         if isinstance(event, events.DaemonStopped) and event.error is not None:
             return logging.ERROR
+        if isinstance(event, events.OrchestratorLeadershipLost) and event.reason == "stopped":
+            return logging.INFO
         return _LEVELS.get(type(event), logging.INFO)
 
     def __call__(self, event: events.Event) -> None:

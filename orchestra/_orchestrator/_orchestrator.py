@@ -306,8 +306,8 @@ class Orchestrator(Daemon):
         self.passes[service.name] += 1
         for emission in result.emissions:
             self._emit(emission.event_type, **emission.fields)
-        if any(result.counts.values()) and service.name != "heartbeat":
-            logger.info(
+        if any(result.counts.values()):
+            logger.debug(
                 "%s: %s %s",
                 self.daemon_name,
                 service.name,
