@@ -1,0 +1,555 @@
+"""Orchestrator services against a real PostgreSQL, driven by ``run_once(conn, now)``.
+
+Time is passed explicitly as ``now``, so hour-long thresholds pass in
+milliseconds. Behaviour ids refer to ``shared/reference/seed-analysis.md`` §3.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import attrs
+import psycopg
+import pytest
+
+from orchestra import Config, JobDefinition, Orchestrator, Worker, events
+from orchestra._orchestrator._finalizer import Finalizer
+from orchestra._orchestrator._heartbeat import DefinitionHeartbeat
+from orchestra._orchestrator._leader import Elector
+from orchestra._orchestrator._rescuer import Rescuer
+from orchestra._orchestrator._scheduler import RepeatScheduler, cron_ticks, interval_ticks
+from orchestra._orchestrator._service import RunResult
+from orchestra._orchestrator._sweeper import Sweeper
+from orchestra.testing import EventRecorder, wait_until
+
+T0 = dt.datetime(2030, 1, 7, 12, 0, 0, tzinfo=dt.UTC)  # a Monday, on a whole minute
+
+
+def kinds(result: RunResult) -> list[str]:
+    """The event class names a pass emitted."""
+    return [e.event_type.__name__ for e in result.emissions]
+
+
+def rows(
+    db: psycopg.Connection[Any], config: Config, sql: str, *params: Any
+) -> list[tuple[Any, ...]]:
+    """Run ``sql`` with ``{s}`` replaced by the quoted test schema."""
+    return db.execute(sql.replace("{s}", f'"{config.schema}"'), list(params)).fetchall()
+
+
+def noop(payload: Any = None) -> None:
+    """A job function that does nothing."""
+
+
+def claim(db: psycopg.Connection[Any], config: Config, worker_id: int = 1) -> list[tuple[Any, ...]]:
+    """Claim every available job of the default channel as worker ``worker_id``."""
+    return db.execute(
+        config.queries["job_claim"],
+        {
+            "channel": "_default",
+            "now": None,
+            "limit": 100,
+            "worker_id": worker_id,
+        },
+    ).fetchall()
+
+
+def finish(
+    db: psycopg.Connection[Any], config: Config, claimed: tuple[Any, ...], outcome: str
+) -> list[tuple[Any, ...]]:
+    """Record the end of a claimed attempt through the worker's fenced statement."""
+    return db.execute(
+        config.queries["job_finish_many"],
+        {
+            "ids": [claimed[0]],
+            "attempts": [claimed[3]],
+            "tokens": [claimed[5]],
+            "outcomes": [outcome],
+            "results": [None],
+            "errors": ["boom" if outcome == "failed" else None],
+            "tracebacks": [None],
+            "retry_delays_ms": [0],
+            "started_ats": [claimed[6]],
+            "worker_id": 1,
+            "worker_name": "t",
+            "notify_channel": config.notify_channel,
+        },
+    ).fetchall()
+
+
+class TestTicks:
+    def test_interval_ticks_are_epoch_aligned(self) -> None:
+        """Interval ticks fall on multiples of the period, so every orchestrator computes the same ones."""
+        tick, following = interval_ticks(30_000, T0 + dt.timedelta(seconds=47))
+        assert tick == T0 + dt.timedelta(seconds=30)
+        assert following == T0 + dt.timedelta(seconds=60)
+
+    def test_cron_ticks_honour_time_zone_and_exact_hits(self) -> None:
+        """Cron ticks are read in the definition's time zone; a tick exactly at now counts."""
+        tick, following = cron_ticks("0 9 * * *", "Europe/Paris", T0)
+        assert tick == dt.datetime(2030, 1, 7, 8, 0, tzinfo=dt.UTC)  # 09:00 CET
+        assert following == dt.datetime(2030, 1, 8, 8, 0, tzinfo=dt.UTC)
+        assert cron_ticks("*/5 * * * *", None, T0)[0] == T0
+
+    def test_cron_seconds_field(self) -> None:
+        """A sixth cron field gives seconds."""
+        tick, following = cron_ticks("* * * * * */10", None, T0 + dt.timedelta(seconds=25))
+        assert (tick, following) == (T0 + dt.timedelta(seconds=20), T0 + dt.timedelta(seconds=30))
+
+
+class TestScheduler:
+    def test_f1_f3_first_pass_enqueues_an_empty_payload_job(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A repeat definition gets its first job at the first pass, payload {} and its num_attempts (F1, F3)."""
+        JobDefinition(
+            config, name="tick", job_function=noop, repeat_interval_ms=60_000, num_attempts=4
+        ).upsert(db)
+        result = RepeatScheduler(config, interval_ms=120_000).run_once(
+            db, T0 + dt.timedelta(seconds=5)
+        )
+        assert kinds(result) == ["OrchestratorJobScheduled"]
+        assert rows(
+            db, config, "SELECT payload, max_attempts, tick_at, status::text FROM {s}.job"
+        ) == [({}, 4, T0, "available")]
+        assert result.next_run_in_s == pytest.approx(55.0)  # wakes for the next tick
+
+    def test_f2_one_job_per_tick(self, config: Config, db: psycopg.Connection[Any]) -> None:
+        """Further passes within a tick enqueue nothing; the next tick enqueues one more (F2)."""
+        JobDefinition(
+            config, name="tick", job_function=noop, repeat_interval_ms=60_000, overlap=True
+        ).upsert(db)
+        scheduler = RepeatScheduler(config, interval_ms=30_000)
+        for seconds in (1, 20, 59, 60, 61, 119):
+            scheduler.run_once(db, T0 + dt.timedelta(seconds=seconds))
+        ticks = [r[0] for r in rows(db, config, "SELECT tick_at FROM {s}.job ORDER BY tick_at")]
+        assert ticks == [T0, T0 + dt.timedelta(minutes=1)]
+
+    def test_f4_two_schedulers_enqueue_each_tick_once(
+        self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
+    ) -> None:
+        """Two orchestrators (two processes' configs) scheduling the same tick create one job (F4)."""
+        other = Config(test_dsn, schema=config.schema)
+        for cfg in (config, other):
+            JobDefinition(
+                cfg, name="tick", job_function=noop, repeat_interval_ms=1_000, overlap=True
+            ).upsert(db)
+        first, second = (
+            RepeatScheduler(config, interval_ms=1_000),
+            RepeatScheduler(other, interval_ms=1_000),
+        )
+        emitted = 0
+        for step in range(20):
+            now = T0 + dt.timedelta(milliseconds=250 * step)
+            emitted += len(first.run_once(db, now).emissions) + len(
+                second.run_once(db, now).emissions
+            )
+        other.close()
+        ticks = [r[0] for r in rows(db, config, "SELECT tick_at FROM {s}.job ORDER BY tick_at")]
+        assert ticks == [T0 + dt.timedelta(seconds=s) for s in range(5)]
+        assert emitted == 5
+
+    def test_missed_ticks_coalesce_into_one(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """After downtime, the missed ticks give one job, for the latest tick (F8 decided: coalesce)."""
+        JobDefinition(
+            config, name="tick", job_function=noop, repeat_interval_ms=60_000, overlap=True
+        ).upsert(db)
+        scheduler = RepeatScheduler(config, interval_ms=30_000)
+        scheduler.run_once(db, T0)
+        scheduler.run_once(db, T0 + dt.timedelta(hours=3, seconds=10))
+        ticks = [r[0] for r in rows(db, config, "SELECT tick_at FROM {s}.job ORDER BY tick_at")]
+        assert ticks == [T0, T0 + dt.timedelta(hours=3)]
+
+    def test_overlap_off_skips_a_tick_while_the_previous_job_is_unfinished(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """With overlap off, a tick is skipped (with an event) while the last tick's job is unfinished."""
+        JobDefinition(config, name="tick", job_function=noop, repeat_interval_ms=60_000).upsert(db)
+        scheduler = RepeatScheduler(config, interval_ms=30_000)
+        scheduler.run_once(db, T0)
+        skipped = scheduler.run_once(db, T0 + dt.timedelta(minutes=1))
+        again = scheduler.run_once(db, T0 + dt.timedelta(minutes=1, seconds=30))
+        assert kinds(skipped) == ["OrchestratorTickSkipped"] and kinds(again) == []
+        rows(
+            db, config, "UPDATE {s}.job SET status = 'succeeded', finalized_at = now() RETURNING id"
+        )
+        resumed = scheduler.run_once(db, T0 + dt.timedelta(minutes=2))
+        assert kinds(resumed) == ["OrchestratorJobScheduled"]
+        assert len(rows(db, config, "SELECT id FROM {s}.job")) == 2
+
+    def test_new_cron_definition_waits_for_its_next_tick(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A new cron definition does not run its last tick retroactively; it runs at the next one."""
+        JobDefinition(config, name="nightly", job_function=noop, cron="0 3 * * *").upsert(db)
+        scheduler = RepeatScheduler(config, interval_ms=30_000)
+        assert kinds(scheduler.run_once(db, T0)) == []
+        assert kinds(scheduler.run_once(db, T0 + dt.timedelta(hours=10))) == []
+        result = scheduler.run_once(db, T0 + dt.timedelta(hours=15, seconds=1))
+        assert kinds(result) == ["OrchestratorJobScheduled"]
+        assert rows(db, config, "SELECT tick_at FROM {s}.job") == [
+            (dt.datetime(2030, 1, 8, 3, tzinfo=dt.UTC),)
+        ]
+
+    def test_f6_g9_definition_without_repeat_or_absent_from_code_is_not_scheduled(
+        self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
+    ) -> None:
+        """A definition whose repeat was turned off, or that this code no longer has, gets no job (F6, G9)."""
+        old = Config(test_dsn, schema=config.schema)
+        JobDefinition(
+            old, name="was-repeating", job_function=noop, repeat_interval_ms=1_000
+        ).upsert(db)
+        JobDefinition(
+            old, name="deleted-from-code", job_function=noop, repeat_interval_ms=1_000
+        ).upsert(db)
+        old.close()
+        JobDefinition(config, name="was-repeating", job_function=noop).upsert(db)  # the new code
+        assert kinds(RepeatScheduler(config, interval_ms=1_000).run_once(db, T0)) == []
+        assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
+
+    def test_empty_attrs_payload_type_is_accepted_for_repeat(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A repeat definition with an empty attrs payload type is scheduled with that empty payload (F7)."""
+
+        @attrs.frozen
+        class Nothing:
+            pass
+
+        JobDefinition(
+            config, name="tick", job_function=noop, payload_type=Nothing, repeat_interval_ms=1_000
+        ).upsert(db)
+        assert kinds(RepeatScheduler(config, interval_ms=1_000).run_once(db, T0)) == [
+            "OrchestratorJobScheduled"
+        ]
+
+
+class TestHeartbeat:
+    def test_g1_heartbeat_refreshes_and_rewrites_missing_rows(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """Each pass sets last_heartbeat_at of every carried definition and writes missing rows again (G1)."""
+        kept = JobDefinition(config, name="kept", job_function=noop)
+        JobDefinition(config, name="lost", job_function=noop)
+        kept.upsert(db)
+        result = DefinitionHeartbeat(config, interval_ms=60_000).run_once(db, T0)
+        assert sorted(e.fields["definition"] for e in result.emissions) == ["kept", "lost"]
+        assert result.counts["rewritten"] == 1
+        stamps = dict(rows(db, config, "SELECT name, last_heartbeat_at FROM {s}.job_definition"))
+        assert stamps["kept"] == T0 and "lost" in stamps
+
+
+class TestRescuer:
+    def test_expired_lease_goes_back_with_a_lost_attempt(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A running job whose lease expired is available again, its attempt logged as lost (C4, C13 decided)."""
+        JobDefinition(config, name="job", job_function=noop, num_attempts=2).defer({})
+        claimed = claim(db, config)[0]
+        rescuer = Rescuer(config, interval_ms=5_000, worker_stale_threshold_ms=60_000)
+        assert kinds(rescuer.run_once(db, None)) == []  # the lease is still live
+        result = rescuer.run_once(db, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2))
+        assert kinds(result) == ["OrchestratorJobRescued"]
+        assert result.emissions[0].fields["reason"] == "lease_expired"
+        assert rows(db, config, "SELECT status::text, attempt FROM {s}.job") == [("available", 1)]
+        assert rows(db, config, "SELECT outcome FROM {s}.job_attempt") == [("lost",)]
+        assert finish(db, config, claimed, "succeeded") == []  # the fence refuses the late finish
+
+    def test_c9_no_attempts_left_finalizes_as_failed(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A rescued job with no attempt left is finalized as failed: no_attempts_remaining (C9)."""
+        JobDefinition(config, name="job", job_function=noop, num_attempts=1).defer({})
+        claim(db, config)
+        result = Rescuer(config, interval_ms=5_000, worker_stale_threshold_ms=60_000).run_once(
+            db, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2)
+        )
+        assert [(e.event_type.__name__, e.fields["reason"]) for e in result.emissions] == [
+            ("OrchestratorJobFinalized", "no_attempts_remaining")
+        ]
+        assert rows(db, config, "SELECT status::text, finalized_at IS NOT NULL FROM {s}.job") == [
+            ("failed", True)
+        ]
+
+    def test_jobs_of_a_stale_worker_are_rescued_before_their_lease_ends(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """Jobs of a worker whose heartbeat is stale are rescued at once; a live worker's are not."""
+        definition = JobDefinition(
+            config, name="job", job_function=noop, num_attempts=3, lock_interval_ms=3_600_000
+        )
+        register = config.queries["worker_register"]
+        ids = [
+            db.execute(
+                register,
+                {
+                    "name": n,
+                    "role": "worker",
+                    "host": "h",
+                    "pid": 1,
+                    "channel": "_default",
+                    "concurrency": 1,
+                },
+            ).fetchone()[0]  # type: ignore[index]
+            for n in ("dead", "alive")
+        ]
+        definition.defer({})
+        claim(db, config, worker_id=ids[0])
+        definition.defer({})
+        claim(db, config, worker_id=ids[1])
+        rows(
+            db,
+            config,
+            "UPDATE {s}.worker SET heartbeat_at = now() - interval '5 minutes' WHERE id = %s RETURNING id",
+            ids[0],
+        )
+        result = Rescuer(config, interval_ms=5_000, worker_stale_threshold_ms=60_000).run_once(
+            db, None
+        )
+        assert sorted(kinds(result)) == ["OrchestratorJobRescued", "OrchestratorWorkerLost"]
+        assert rows(db, config, "SELECT locked_by, status::text FROM {s}.job ORDER BY id") == [
+            (None, "available"),
+            (ids[1], "running"),
+        ]
+        assert rows(db, config, "SELECT id FROM {s}.worker") == [(ids[1],)]
+
+
+class TestFinalizer:
+    def test_g5_timeout_counts_from_run_at_not_creation(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A delayed job is timed out timeout_interval_ms after its run_at, not after its creation (seed bug 5)."""
+        definition = JobDefinition(
+            config, name="job", job_function=noop, timeout_interval_ms=60_000
+        )
+        definition.defer({}, delay_ms=3_600_000)
+        finalizer = Finalizer(config, interval_ms=5_000)
+        now = dt.datetime.now(dt.UTC)
+        assert kinds(finalizer.run_once(db, now + dt.timedelta(minutes=30))) == []
+        assert kinds(finalizer.run_once(db, now + dt.timedelta(minutes=59))) == []
+        result = finalizer.run_once(db, now + dt.timedelta(minutes=62))
+        assert [(e.event_type.__name__, e.fields["reason"]) for e in result.emissions] == [
+            ("OrchestratorJobFinalized", "timeout")
+        ]
+
+    def test_running_job_timed_out_cannot_be_finished_later(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """Timing out a running attempt logs it as timed_out, and its late success is refused (G7)."""
+        JobDefinition(config, name="job", job_function=noop, timeout_interval_ms=1_000).defer({})
+        claimed = claim(db, config)[0]
+        Finalizer(config, interval_ms=5_000).run_once(
+            db, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+        )
+        assert finish(db, config, claimed, "succeeded") == []
+        assert rows(
+            db, config, "SELECT status::text, last_error LIKE 'timeout%%' FROM {s}.job"
+        ) == [("failed", True)]
+        assert rows(db, config, "SELECT outcome FROM {s}.job_attempt") == [("timed_out",)]
+
+    def test_e3_e4_failure_cascades_down_the_chain_in_one_pass(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """After A fails, one pass finalizes B and C (A <- B <- C) as unmet_dependencies (E3, E4, E6)."""
+        a = JobDefinition(config, name="a", job_function=noop).defer({})
+        b = JobDefinition(config, name="b", job_function=noop, channel="other").defer(
+            {}, depends_on=[a]
+        )
+        c = JobDefinition(config, name="c", job_function=noop).defer({}, depends_on=[b])
+        finish(db, config, claim(db, config)[0], "failed")
+        result = Finalizer(config, interval_ms=5_000).run_once(db, None)
+        assert [(e.fields["job_id"], e.fields["reason"]) for e in result.emissions] == [
+            (b.id, "unmet_dependencies"),
+            (c.id, "unmet_dependencies"),
+        ]
+        assert rows(db, config, "SELECT status::text FROM {s}.job ORDER BY id") == [("failed",)] * 3
+
+    def test_g6_g7_one_finalization_per_job_by_precedence(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A job both timed out and with a failed dependency is finalized once, as timeout (G6); a second pass does nothing (G7)."""
+        a = JobDefinition(config, name="a", job_function=noop).defer({})
+        JobDefinition(config, name="b", job_function=noop, timeout_interval_ms=1_000).defer(
+            {}, depends_on=[a]
+        )
+        finish(db, config, claim(db, config)[0], "failed")
+        finalizer = Finalizer(config, interval_ms=5_000)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+        first = finalizer.run_once(db, later)
+        assert [e.fields["reason"] for e in first.emissions] == ["timeout"]
+        assert kinds(finalizer.run_once(db, later)) == []
+
+    def test_catch_up_releases_jobs_whose_dependencies_succeeded(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A waiting job whose dependencies all succeeded is released by the finalizer if nothing else did (E2)."""
+        a = JobDefinition(config, name="a", job_function=noop).defer({})
+        b = JobDefinition(config, name="b", job_function=noop).defer({}, depends_on=[a])
+        rows(
+            db,
+            config,
+            "UPDATE {s}.job SET status = 'succeeded', finalized_at = now() WHERE id = %s RETURNING id",
+            a.id,
+        )
+        result = Finalizer(config, interval_ms=5_000).run_once(db, None)
+        assert [(e.event_type.__name__, e.fields["job_id"]) for e in result.emissions] == [
+            ("OrchestratorJobReleased", b.id)
+        ]
+        assert b.status() == "available"
+
+
+class TestSweeper:
+    def sweeper(self, config: Config, *, archive: bool = False) -> Sweeper:
+        """A sweeper with one-hour thresholds."""
+        return Sweeper(
+            config,
+            interval_ms=300_000,
+            finalized_job_threshold_ms=3_600_000,
+            stale_definition_threshold_ms=3_600_000,
+            archive=archive,
+        )
+
+    def test_g4_old_finalized_jobs_go_with_their_attempts(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """Jobs finalized before the threshold are deleted with their attempt log; recent ones stay (G4)."""
+        definition = JobDefinition(config, name="job", job_function=noop)
+        old = definition.defer({})
+        finish(db, config, claim(db, config)[0], "succeeded")
+        now = dt.datetime.now(dt.UTC)
+        assert kinds(self.sweeper(config).run_once(db, now)) == []
+        result = self.sweeper(config).run_once(db, now + dt.timedelta(hours=2))
+        # Its definition, now without jobs and not heartbeated for 2 h, goes too (G2).
+        assert kinds(result) == [
+            "OrchestratorFinalizedJobSwept",
+            "OrchestratorStaleDefinitionSwept",
+        ]
+        assert result.emissions[0].fields["job_id"] == old.id
+        assert rows(db, config, "SELECT count(*) FROM {s}.job_attempt") == [(0,)]
+
+    def test_e5_job_still_needed_by_an_unfinished_dependent_is_kept(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A finalized job required by an unfinished job is not swept, however old (E5)."""
+        a = JobDefinition(config, name="a", job_function=noop).defer({})
+        rows(
+            db,
+            config,
+            "UPDATE {s}.job SET status = 'succeeded', finalized_at = now() WHERE id = %s RETURNING id",
+            a.id,
+        )
+        JobDefinition(config, name="b", job_function=noop).defer(
+            {}, delay_ms=10_000_000, depends_on=[a]
+        )
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+        assert kinds(self.sweeper(config).run_once(db, later)) == []
+        assert a.status() == "succeeded"
+
+    def test_archive_keeps_the_job_and_its_attempts(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """With archive=True a swept job moves to job_archive with its attempt log as JSON."""
+        handle = JobDefinition(config, name="job", job_function=noop).defer({"k": 1})
+        finish(db, config, claim(db, config)[0], "succeeded")
+        result = self.sweeper(config, archive=True).run_once(
+            db, dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+        )
+        assert result.emissions[0].fields["archived"] is True
+        archived = rows(
+            db, config, "SELECT id, payload, status::text, attempts FROM {s}.job_archive"
+        )
+        assert archived[0][:3] == (handle.id, {"k": 1}, "succeeded")
+        assert [a["outcome"] for a in archived[0][3]] == ["succeeded"]
+        assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
+
+    def test_g2_g3_stale_definitions_without_jobs_are_swept(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A definition not heartbeated for the threshold goes once it has no job at all (G2, G3)."""
+        with_job = JobDefinition(config, name="with-job", job_function=noop)
+        with_job.defer({})
+        JobDefinition(config, name="idle", job_function=noop).upsert(db)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+        result = self.sweeper(config).run_once(db, later)
+        assert [(e.event_type.__name__, e.fields["definition"]) for e in result.emissions] == [
+            ("OrchestratorStaleDefinitionSwept", "idle")
+        ]
+        assert rows(db, config, "SELECT name FROM {s}.job_definition") == [("with-job",)]
+
+
+class TestLeaderLease:
+    def test_one_holder_renewal_expiry_and_resignation(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """Only one elector holds the lease; it renews; another takes it when it expires or is resigned."""
+        first = Elector(config, holder="first", lease_ms=60_000)
+        second = Elector(config, holder="second", lease_ms=60_000)
+        assert first.attempt(db) and first.is_leader
+        assert not second.attempt(db) and not second.is_leader
+        assert first.attempt(db)  # renewal
+        rows(
+            db,
+            config,
+            "UPDATE {s}.leader SET expires_at = now() - interval '1 second' RETURNING name",
+        )
+        assert second.attempt(db) and not first.attempt(db)
+        second.resign(db)
+        assert first.attempt(db)
+
+
+class TestDaemon:
+    def test_g8_every_service_runs_at_start_and_one_leader(
+        self, config: Config, recorder: EventRecorder
+    ) -> None:
+        """Each maintenance service runs once at start (G8); of two orchestrators, one leads at a time."""
+        slow = {
+            "repeat_interval_ms": 3_600_000,
+            "heartbeat_interval_ms": 3_600_000,
+            "clean_interval_ms": 3_600_000,
+            "rescue_interval_ms": 3_600_000,
+            "finalize_interval_ms": 3_600_000,
+            "leader_lease_ms": 2_000,
+        }
+        first = Orchestrator(config, name="first", event_handler=recorder, **slow)  # type: ignore[arg-type]
+        second = Orchestrator(config, name="second", event_handler=recorder, **slow)  # type: ignore[arg-type]
+        first.start()
+        second.start()
+        try:
+            recorder.wait_for(events.OrchestratorLeadershipAcquired)
+            leader = first if first.is_leader else second
+            wait_until(lambda: all(count >= 1 for count in leader.passes.values()))
+            assert first.passes["heartbeat"] >= 1 and second.passes["heartbeat"] >= 1
+            assert len(recorder.of_type(events.OrchestratorLeadershipAcquired)) == 1
+            follower = second if leader is first else first
+            leader.stop()
+            leader.join(timeout=10)
+            recorder.wait_for(
+                events.OrchestratorLeadershipAcquired,
+                lambda e: e.daemon_id == follower.daemon_id,
+                timeout=10,
+            )
+        finally:
+            for daemon in (first, second):
+                daemon.stop()
+                daemon.join(timeout=10)
+
+    def test_worker_and_orchestrator_run_a_repeat_job(
+        self, config: Config, recorder: EventRecorder
+    ) -> None:
+        """An orchestrator's tick job is run by a worker in the same process."""
+        JobDefinition(config, name="tick", job_function=noop, repeat_interval_ms=500)
+        orchestrator = Orchestrator(
+            config, event_handler=recorder, repeat_interval_ms=100, leader_lease_ms=1_000
+        )
+        worker = Worker(config, event_handler=recorder)
+        orchestrator.start()
+        worker.start()
+        try:
+            recorder.wait_for(events.WorkerJobSucceeded, count=2, timeout=15)
+        finally:
+            for daemon in (orchestrator, worker):
+                daemon.stop()
+                daemon.join(timeout=10)
