@@ -60,6 +60,10 @@ CREATE TABLE {schema}.job (
     unique_key    text        NULL,
     resource_key  text        NULL,
     tick_at       timestamptz NULL,
+    -- Its definition has a rate limit or max_concurrency: claimed only through
+    -- the guarded path, which locks the definition row. Kept in step with the
+    -- definition by definition_upsert.
+    limited       boolean     NOT NULL DEFAULT false,
     created_at    timestamptz NOT NULL DEFAULT now(),
     started_at    timestamptz NULL,
     finalized_at  timestamptz NULL,
@@ -76,7 +80,10 @@ CREATE TABLE {schema}.job (
 
 -- The claim: available jobs of one channel, higher priority first, then FIFO.
 CREATE INDEX job_claim_idx ON {schema}.job (channel, priority DESC, id)
-    WHERE status = 'available';
+    WHERE status = 'available' AND NOT limited;
+-- The guarded claim of rate-limited definitions, per definition.
+CREATE INDEX job_claim_limited_idx ON {schema}.job (definition, priority DESC, id)
+    WHERE status = 'available' AND limited;
 -- Lease expiry and worker rescue scan only running jobs.
 CREATE INDEX job_running_idx ON {schema}.job (locked_until)
     WHERE status = 'running';

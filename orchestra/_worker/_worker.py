@@ -306,33 +306,57 @@ class Worker(Daemon):
         if self._wakeup is not None:
             self._wakeup.set()
 
+    def _limited_definitions(self) -> tuple[list[str], float]:
+        """This channel's rate- or concurrency-limited definitions; the shortest interval (s)."""
+        limited = [
+            d
+            for d in self._definitions()
+            if d.channel == self.channel
+            and (d.release_interval_ms > 0 or d.max_concurrency is not None)
+        ]
+        intervals = [d.release_interval_ms for d in limited if d.release_interval_ms > 0]
+        return [d.name for d in limited], (min(intervals) / 1000 if intervals else 0.0)
+
     async def _claim_loop(self) -> None:
         interval_s = self.process_interval_ms / 1000
+        limited, release_s = self._limited_definitions()
         while not self.stopping:
             free = self.concurrency - len(self._running)
+            sleep_s = interval_s
             if free > 0 and self._maybe_more:
                 try:
-                    claimed = await self._claim(free)
+                    claimed = await self._claim("job_claim", free)
+                    guarded = []
+                    if limited and len(claimed) < free:
+                        guarded = await self._claim(
+                            "job_claim_limited", free - len(claimed), limited
+                        )
                 except Exception as exc:
                     await self._database_error("claim", exc)
                     continue
                 self._error_streak = 0
-                self._maybe_more = len(claimed) == free
-                for job in claimed:
+                self._maybe_more = len(claimed) + len(guarded) == free
+                for job in [*claimed, *guarded]:
                     self._start_job(job)
                 if self._maybe_more:
                     continue
-            if not await self._sleep_or_wake(interval_s):
+                if guarded and release_s:
+                    # A rate-limited backlog: the next release is due one interval on.
+                    sleep_s = min(interval_s, release_s)
+            if not await self._sleep_or_wake(sleep_s):
                 self._maybe_more = True  # nothing woke us: the polling fallback looks again
 
-    async def _claim(self, limit: int) -> list[_Claimed]:
+    async def _claim(
+        self, query: str, limit: int, definitions: list[str] | None = None
+    ) -> list[_Claimed]:
         assert self._pool is not None
         self.stats.claim_queries += 1
         async with self._pool.connection() as conn:
             cursor = await conn.execute(
-                self.config.queries["job_claim"],
+                self.config.queries[query],
                 {
                     "channel": self.channel,
+                    "definitions": definitions,
                     "now": None,
                     "limit": limit,
                     "worker_id": self.worker_id,
@@ -376,11 +400,15 @@ class Worker(Daemon):
             await finish.done
         self._report(finish)
         del self._running[job.id]
-        self._slot_freed()
+        self._slot_freed(job)
 
-    def _slot_freed(self) -> None:
+    def _slot_freed(self, job: _Claimed) -> None:
         # Only a full last batch suggests more work; otherwise the next NOTIFY
-        # or poll will find it, and an idle worker issues no extra query.
+        # or poll will find it, and an idle worker issues no extra query. A
+        # finished job of a limited definition may free a max_concurrency slot.
+        definition = self.config.definitions.get(job.definition)
+        if definition is not None and definition.max_concurrency is not None:
+            self._maybe_more = True
         if self._maybe_more and self._wakeup is not None:
             self._wakeup.set()
 

@@ -5,6 +5,7 @@
 -- the seed did (seed-analysis A4) even though JobDefinition already rejects
 -- them, so that rows written by any client stay within the CHECK constraints.
 -- last_repeated_at and last_released_at belong to the daemons and are kept (A3).
+WITH upserted AS (
 INSERT INTO {schema}.job_definition AS d (
     name, channel, num_attempts, backoff, backoff_base_ms, backoff_max_ms, priority,
     repeat_interval_ms, cron, release_interval_ms, max_concurrency,
@@ -33,7 +34,14 @@ ON CONFLICT (name) DO UPDATE SET
     timeout_interval_ms = excluded.timeout_interval_ms,
     last_heartbeat_at = now(),
     updated_at = now()
-RETURNING num_attempts;
+RETURNING name, num_attempts, release_interval_ms > 0 OR max_concurrency IS NOT NULL AS limited
+), flagged AS (
+    -- Unfinished jobs follow a change of the definition's limits.
+    UPDATE {schema}.job j SET limited = u.limited
+    FROM upserted u
+    WHERE j.definition = u.name AND j.finalized_at IS NULL AND j.limited <> u.limited
+)
+SELECT num_attempts FROM upserted;
 
 -- name: definition_get
 SELECT * FROM {schema}.job_definition WHERE name = %(name)s;

@@ -12,12 +12,14 @@ WITH deps AS MATERIALIZED (
     WHERE id = ANY(%(depends_on)s::bigint[])
     FOR KEY SHARE
 ), inserted AS (
-    INSERT INTO {schema}.job (definition, channel, status, priority, payload, max_attempts, run_at)
+    INSERT INTO {schema}.job (definition, channel, status, priority, payload, max_attempts, run_at, limited)
     SELECT %(definition)s, %(channel)s,
            CASE WHEN bool_and(deps.status = 'succeeded') IS NOT FALSE
                 THEN 'available' ELSE 'waiting' END::{schema}.job_status,
            %(priority)s, %(payload)s::jsonb, %(max_attempts)s,
-           coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond')
+           coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond'),
+           coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
+                     FROM {schema}.job_definition WHERE name = %(definition)s), false)
     FROM deps
     HAVING count(*) = cardinality(%(depends_on)s::bigint[])
     RETURNING id, status
@@ -30,9 +32,11 @@ SELECT inserted.id, pg_notify(%(notify_channel)s, %(channel)s) FROM inserted;
 -- name: job_insert_many
 -- Defer many jobs of one definition in one statement, in the order given.
 WITH inserted AS (
-    INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at)
+    INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at, limited)
     SELECT %(definition)s, %(channel)s, %(priority)s, p.payload::jsonb, %(max_attempts)s,
-           coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond')
+           coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond'),
+           coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
+                     FROM {schema}.job_definition WHERE name = %(definition)s), false)
     FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n)
     ORDER BY p.n
     RETURNING id
@@ -50,7 +54,7 @@ FROM inserted;
 -- gets more rows than it asked for. Each claim counts as an attempt.
 WITH claimable AS MATERIALIZED (
     SELECT id FROM {schema}.job
-    WHERE status = 'available' AND channel = %(channel)s
+    WHERE status = 'available' AND NOT limited AND channel = %(channel)s
       AND run_at <= coalesce(%(now)s::timestamptz, now())
     ORDER BY priority DESC, id
     LIMIT %(limit)s
@@ -65,6 +69,57 @@ SET status = 'running',
     started_at = clock_timestamp()
 FROM claimable c, {schema}.job_definition d
 WHERE j.id = c.id AND d.name = j.definition
+RETURNING j.id, j.definition, j.payload, j.attempt, j.max_attempts, j.lock_token,
+          j.started_at, j.run_at, j.priority;
+
+-- name: job_claim_limited
+-- The guarded claim, for definitions with release_interval_ms or
+-- max_concurrency. Their definition rows are locked (SKIP LOCKED: another
+-- worker holding one skips it), and the limits are checked and
+-- last_released_at set in this same statement, on one clock reading, so that
+-- starts are spaced by the release interval fleet-wide, retries included
+-- (D1, D2), and never exceed max_concurrency. Jobs held back spend nothing.
+WITH t AS MATERIALIZED (
+    SELECT clock_timestamp() AS ts
+), defs AS MATERIALIZED (
+    SELECT d.name, d.release_interval_ms, d.max_concurrency
+    FROM {schema}.job_definition d, t
+    WHERE d.name = ANY(%(definitions)s::text[])
+      AND (d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL)
+      AND (d.release_interval_ms = 0 OR d.last_released_at IS NULL
+           OR d.last_released_at + d.release_interval_ms * interval '1 millisecond' <= t.ts)
+    FOR NO KEY UPDATE OF d SKIP LOCKED
+), budget AS MATERIALIZED (
+    SELECT defs.name,
+           least(CASE WHEN defs.release_interval_ms > 0 THEN 1 ELSE %(limit)s END,
+                 coalesce(defs.max_concurrency - (
+                     SELECT count(*) FROM {schema}.job r
+                     WHERE r.definition = defs.name AND r.status = 'running'), %(limit)s)) AS n
+    FROM defs
+), picked AS MATERIALIZED (
+    SELECT j.id, j.definition FROM budget b
+    CROSS JOIN LATERAL (
+        SELECT id, definition FROM {schema}.job
+        WHERE definition = b.name AND status = 'available' AND limited
+          AND run_at <= (SELECT ts FROM t)
+        ORDER BY priority DESC, id
+        LIMIT greatest(b.n, 0)
+        FOR NO KEY UPDATE SKIP LOCKED
+    ) j
+    LIMIT %(limit)s
+), released AS (
+    UPDATE {schema}.job_definition d SET last_released_at = (SELECT ts FROM t)
+    WHERE d.name IN (SELECT definition FROM picked) AND d.release_interval_ms > 0
+)
+UPDATE {schema}.job j
+SET status = 'running',
+    attempt = j.attempt + 1,
+    locked_by = %(worker_id)s,
+    lock_token = gen_random_uuid(),
+    locked_until = (SELECT ts FROM t) + d.lock_interval_ms * interval '1 millisecond',
+    started_at = (SELECT ts FROM t)
+FROM picked p, {schema}.job_definition d
+WHERE j.id = p.id AND d.name = j.definition
 RETURNING j.id, j.definition, j.payload, j.attempt, j.max_attempts, j.lock_token,
           j.started_at, j.run_at, j.priority;
 

@@ -17,7 +17,9 @@ RETURNING name;
 -- second leader. With overlap off, a tick whose previous job is unfinished is
 -- recorded as done without a job (skipped).
 WITH def AS MATERIALIZED (
-    SELECT name, channel, num_attempts, priority FROM {schema}.job_definition
+    SELECT name, channel, num_attempts, priority,
+           release_interval_ms > 0 OR max_concurrency IS NOT NULL AS limited
+    FROM {schema}.job_definition
     WHERE name = %(definition)s
       AND (last_repeated_at IS NULL OR last_repeated_at < %(tick_at)s::timestamptz)
     FOR NO KEY UPDATE
@@ -27,9 +29,9 @@ WITH def AS MATERIALIZED (
         WHERE definition = %(definition)s AND tick_at IS NOT NULL AND finalized_at IS NULL
     ) AS busy
 ), inserted AS (
-    INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at, tick_at)
+    INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at, tick_at, limited)
     SELECT def.name, def.channel, def.priority, %(payload)s::jsonb, def.num_attempts,
-           coalesce(%(now)s::timestamptz, clock_timestamp()), %(tick_at)s::timestamptz
+           coalesce(%(now)s::timestamptz, clock_timestamp()), %(tick_at)s::timestamptz, def.limited
     FROM def, busy
     WHERE %(overlap)s OR NOT busy.busy
     ON CONFLICT (definition, tick_at) WHERE tick_at IS NOT NULL DO NOTHING
