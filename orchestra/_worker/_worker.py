@@ -51,6 +51,8 @@ ERROR_BACKOFF_MAX_S = 15.0
 #: Errors and tracebacks are stored bounded: a job must not be able to bloat
 #: the attempt log (or exceed a NOTIFY or log line) with a megabyte message.
 ERROR_MAX_CHARS = 4_000
+#: How often a worker refreshes last_heartbeat_at of the definitions it carries.
+DEFINITION_HEARTBEAT_S = 60.0
 TRACEBACK_MAX_CHARS = 32_000
 
 
@@ -550,12 +552,21 @@ class Worker(Daemon):
     # -- heartbeat and errors -------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        definitions_due = time.monotonic() + DEFINITION_HEARTBEAT_S
         while True:
             await asyncio.sleep(self.heartbeat_interval_ms / 1000)
             held = list(self._running.values())
             try:
                 assert self._pool is not None
                 async with self._pool.connection() as conn:
+                    if time.monotonic() >= definitions_due:
+                        # The definitions this worker carries are alive (G1):
+                        # the stale-definition sweep must not delete them.
+                        await conn.execute(
+                            self.config.queries["definition_heartbeat_many"],
+                            {"names": list(self.config.definitions), "now": None},
+                        )
+                        definitions_due = time.monotonic() + DEFINITION_HEARTBEAT_S
                     cursor = await conn.execute(
                         self.config.queries["worker_heartbeat"],
                         {

@@ -632,3 +632,19 @@ class TestLifecycle:
         with running(Worker(config, concurrency=3, event_handler=recorder)):
             recorder.wait_for(events.WorkerJobSucceeded, count=3)
         assert order[-1] == "c" and sorted(order[:2]) == ["a", "b"]
+
+
+class TestDefinitionHeartbeat:
+    def test_g1_worker_heartbeats_the_definitions_it_carries(
+        self, config: Config, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A running worker keeps last_heartbeat_at of its definitions fresh, so they are not swept (G1)."""
+        from orchestra._worker import _worker
+
+        monkeypatch.setattr(_worker, "DEFINITION_HEARTBEAT_S", 0.05)
+        make(config, "carried", lambda p: None)
+        query = f"SELECT last_heartbeat_at FROM \"{config.schema}\".job_definition WHERE name = 'carried'"
+        with running(Worker(config, heartbeat_interval_ms=50)):
+            wait_until(lambda: db.execute(query).fetchone() is not None)
+            first = db.execute(query).fetchone()
+            wait_until(lambda: db.execute(query).fetchone() != first, timeout=10)
