@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/orchestra demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestra tests examples
-	$(BIN)/ruff format --check orchestra tests examples
+	$(BIN)/ruff check orchestra tests examples benchmarks
+	$(BIN)/ruff format --check orchestra tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

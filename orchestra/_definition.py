@@ -12,7 +12,7 @@ import time
 import unicodedata
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, NoReturn
 
 import attrs
 import psycopg
@@ -410,6 +410,11 @@ class JobDefinition(Generic[P]):
         transaction and exists only if it commits. Every argument is checked
         before anything is written; a dependency id that does not exist raises
         :class:`UnknownJobError` and inserts nothing.
+
+        A job with dependencies starts as soon as the last one succeeds. With
+        ``conn``, if a dependency succeeds while your transaction is still
+        open, the orchestrator's finalizer releases the job instead (within
+        ``finalize_interval_ms``): orchestra cannot act after your commit.
         """
         params = self._insert_params(payload, delay_ms, run_at, priority, depends_on)
         self._ensure()
@@ -423,6 +428,10 @@ class JobDefinition(Generic[P]):
                 row = self._insert(own, query, params, own=True)
                 if row is None:
                     self._raise_missing(own, params["depends_on"])
+                if row[1] == "waiting":  # committed: close the race with a finishing dependency
+                    own.execute(
+                        self.config.queries["job_recheck_waiting"], self._recheck_params(row)
+                    )
         assert row is not None
         return JobHandle(int(row[0]), self.config)
 
@@ -449,6 +458,10 @@ class JobDefinition(Generic[P]):
                 row = await self._insert_async(own, query, params, own=True)
                 if row is None:
                     await self._raise_missing_async(own, params["depends_on"])
+                if row[1] == "waiting":
+                    await own.execute(
+                        self.config.queries["job_recheck_waiting"], self._recheck_params(row)
+                    )
         assert row is not None
         return JobHandle(int(row[0]), self.config)
 
@@ -545,6 +558,9 @@ class JobDefinition(Generic[P]):
             await self.upsert_async(conn)
             return await (await conn.execute(query, params)).fetchone()
 
+    def _recheck_params(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        return {"id": row[0], "notify_channel": self.config.notify_channel}
+
     def _definition_missing(self) -> OrchestraError:
         return OrchestraError(
             f"definition {self.name!r} is missing from the database (swept or deleted); "
@@ -557,13 +573,13 @@ class JobDefinition(Generic[P]):
         missing = tuple(i for i in wanted if i not in found)
         return UnknownJobError(missing or tuple(wanted), "depends_on")
 
-    def _raise_missing(self, conn: psycopg.Connection[Any], wanted: list[int]) -> None:
+    def _raise_missing(self, conn: psycopg.Connection[Any], wanted: list[int]) -> NoReturn:
         rows = conn.execute(self.config.queries["job_ids_existing"], {"ids": wanted}).fetchall()
         raise self._missing((r[0] for r in rows), wanted)
 
     async def _raise_missing_async(
         self, conn: psycopg.AsyncConnection[Any], wanted: list[int]
-    ) -> None:
+    ) -> NoReturn:
         cursor = await conn.execute(self.config.queries["job_ids_existing"], {"ids": wanted})
         raise self._missing((r[0] for r in await cursor.fetchall()), wanted)
 

@@ -498,9 +498,17 @@ class Worker(Daemon):
 
     async def _write_finishes(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         assert self._pool is not None
-        async with self._pool.connection() as conn:
+        async with self._pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(self.config.queries["job_finish_many"], params)
             rows: list[tuple[Any, ...]] = await cursor.fetchall()
+            succeeded = [row[0] for row in rows if row[1] == "succeeded"]
+            if succeeded:
+                # A second statement, so that its snapshot is taken after the
+                # first one locked the rows (decision 0007).
+                await conn.execute(
+                    self.config.queries["job_release_dependents"],
+                    {"ids": succeeded, "notify_channel": self.config.notify_channel},
+                )
         self._error_streak = 0
         return rows
 

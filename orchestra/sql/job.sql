@@ -27,7 +27,7 @@ WITH deps AS MATERIALIZED (
     INSERT INTO {schema}.job_dependency (job_id, required_job_id)
     SELECT inserted.id, dep FROM inserted, unnest(%(depends_on)s::bigint[]) AS dep
 )
-SELECT inserted.id, pg_notify(%(notify_channel)s, %(channel)s) FROM inserted;
+SELECT inserted.id, inserted.status::text, pg_notify(%(notify_channel)s, %(channel)s) FROM inserted;
 
 -- name: job_insert_many
 -- Defer many jobs of one definition in one statement, in the order given.
@@ -131,8 +131,8 @@ RETURNING j.id, j.definition, j.payload, j.attempt, j.max_attempts, j.lock_token
 --   failed       -> available after retry_delay_ms while attempts remain, else failed
 --   interrupted  -> like failed (the worker stopped before the job finished)
 --   released     -> available after retry_delay_ms, attempt refunded, no log row
--- Succeeded jobs release their waiting dependents whose other dependencies
--- have all succeeded, and those dependents' channels are woken.
+-- The release of dependents is job_release_dependents, run next in the same
+-- transaction (see there why it must be a second statement).
 WITH input AS (
     SELECT * FROM unnest(
         %(ids)s::bigint[], %(attempts)s::integer[], %(tokens)s::uuid[], %(outcomes)s::text[],
@@ -170,28 +170,51 @@ WITH input AS (
            i.error, i.traceback
     FROM input i JOIN finished f ON f.id = i.id
     WHERE i.outcome <> 'released'
-), succeeded AS (
-    SELECT id FROM finished WHERE status = 'succeeded'
-), released_dependents AS (
-    -- Within this statement the jobs just finished still read as running, so
-    -- they are excluded by id from the "other dependencies" check.
-    UPDATE {schema}.job w SET status = 'available'
-    WHERE w.status = 'waiting'
-      AND w.id IN (SELECT d.job_id FROM {schema}.job_dependency d
-                   WHERE d.required_job_id IN (SELECT id FROM succeeded))
-      AND NOT EXISTS (
-          SELECT 1 FROM {schema}.job_dependency d
-          JOIN {schema}.job r ON r.id = d.required_job_id
-          WHERE d.job_id = w.id AND r.status <> 'succeeded'
-            AND r.id NOT IN (SELECT id FROM succeeded))
-    RETURNING w.channel
 ), woken AS (
     SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
-    FROM (SELECT DISTINCT channel FROM released_dependents
-          UNION SELECT DISTINCT channel FROM finished WHERE status = 'available') c
+    FROM (SELECT DISTINCT channel FROM finished WHERE status = 'available') c
 )
 SELECT f.id, f.status::text AS status, f.run_at, (SELECT n FROM woken) AS woken
 FROM finished f;
+
+-- name: job_release_dependents
+-- Make available the waiting dependents of the given (just succeeded) jobs
+-- whose dependencies have all succeeded, and wake their channels. Runs as a
+-- second statement of the finishing transaction: the first one locked the
+-- finished rows, waiting for any defer that was re-checking them, so this
+-- statement's fresh snapshot sees every dependent committed before that.
+WITH released AS (
+    UPDATE {schema}.job w SET status = 'available'
+    WHERE w.status = 'waiting'
+      AND w.id IN (SELECT d.job_id FROM {schema}.job_dependency d
+                   WHERE d.required_job_id = ANY(%(ids)s::bigint[]))
+      AND NOT EXISTS (
+          SELECT 1 FROM {schema}.job_dependency d
+          JOIN {schema}.job r ON r.id = d.required_job_id
+          WHERE d.job_id = w.id AND r.status <> 'succeeded')
+    RETURNING w.id, w.channel
+), woken AS (
+    SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
+    FROM (SELECT DISTINCT channel FROM released) c
+)
+SELECT id, (SELECT n FROM woken) FROM released;
+
+-- name: job_recheck_waiting
+-- After a defer that came back waiting has committed: lock its dependencies
+-- FOR SHARE (which waits for a finish in flight on them, and makes a later
+-- finish wait for us) and release the job if they have all succeeded. Rows
+-- returned by a locking read are their latest committed versions.
+WITH deps AS MATERIALIZED (
+    SELECT id, status FROM {schema}.job
+    WHERE id IN (SELECT required_job_id FROM {schema}.job_dependency WHERE job_id = %(id)s)
+    FOR SHARE
+), released AS (
+    UPDATE {schema}.job SET status = 'available'
+    WHERE id = %(id)s AND status = 'waiting'
+      AND NOT EXISTS (SELECT 1 FROM deps WHERE status <> 'succeeded')
+    RETURNING channel
+)
+SELECT count(pg_notify(%(notify_channel)s, channel)) FROM released;
 
 -- name: job_rescue_expired
 -- Take back up to %(limit)s running jobs whose lease expired: the worker died

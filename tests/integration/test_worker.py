@@ -648,3 +648,16 @@ class TestDefinitionHeartbeat:
             wait_until(lambda: db.execute(query).fetchone() is not None)
             first = db.execute(query).fetchone()
             wait_until(lambda: db.execute(query).fetchone() != first, timeout=10)
+
+
+class TestDependencyRace:
+    def test_dependent_deferred_while_its_dependency_finishes_is_never_stranded(
+        self, config: Config, recorder: EventRecorder
+    ) -> None:
+        """Deferring B right as its dependency A finishes still releases B, with no orchestrator (E1)."""
+        step = make(config, "step", lambda p: None)
+        with running(Worker(config, concurrency=8, event_handler=recorder)):
+            for _ in range(150):
+                first = step.defer({})
+                step.defer({}, depends_on=[first])
+            recorder.wait_for(events.WorkerJobSucceeded, count=300, timeout=30)
