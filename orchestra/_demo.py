@@ -2,7 +2,8 @@
 
 It migrates a schema of its own, defines a few jobs (a typed one, one that
 fails twice and is retried, a dependency chain, an async one, a delayed one, a
-high-priority one), runs a worker in this process and shows what happens.
+high-priority one, a cron job firing every second, a rate-limited one), runs a
+worker and an orchestrator in this process and shows what happens.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from orchestra import events
 from orchestra._backoff import Backoff
 from orchestra._config import Config
 from orchestra._definition import JobContext, JobDefinition
+from orchestra._orchestrator import Orchestrator
 from orchestra._worker import Worker
 
 console = Console(highlight=False)
@@ -78,6 +80,14 @@ def urgent(payload: dict[str, Any]) -> str:
     return "handled first"
 
 
+def heartbeat_tick() -> None:
+    """A cron job: runs on every whole second."""
+
+
+def notify_partner(payload: dict[str, Any]) -> None:
+    """Rate-limited: at most one start every 250 ms, fleet-wide."""
+
+
 def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
     """Run the demo; return the exit code."""
     config = Config(dsn, schema=schema)
@@ -108,6 +118,16 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
         ),
         "publish": JobDefinition(config, name="publish", job_function=publish, channel="demo"),
         "report": JobDefinition(config, name="report", job_function=report, channel="demo"),
+        "tick": JobDefinition(
+            config, name="tick", job_function=heartbeat_tick, channel="demo", cron="* * * * * *"
+        ),
+        "notify": JobDefinition(
+            config,
+            name="notify",
+            job_function=notify_partner,
+            channel="demo",
+            release_interval_ms=250,
+        ),
         "urgent": JobDefinition(
             config, name="urgent", job_function=urgent, channel="demo", priority=50
         ),
@@ -144,7 +164,11 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
         event_handler=on_event,
         process_interval_ms=100,
     )
+    orchestrator = Orchestrator(
+        config, name="demo", event_handler=on_event, repeat_interval_ms=200, leader_lease_ms=2_000
+    )
     worker.start()
+    orchestrator.start()
     started = time.monotonic()
     orders = [
         Order(i, random.choice(["ada", "grace", "linus"]), random.randint(100, 9_999))
@@ -157,7 +181,8 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
     defs["publish"].defer({}, depends_on=[second])
     defs["report"].defer({}, delay_ms=1_500)
     defs["urgent"].defer({})
-    total = 206
+    defs["notify"].defer_many([{} for _ in range(8)])
+    total = 214  # and at least 3 cron ticks
 
     def render() -> Table:
         table = Table(title=f"{time.monotonic() - started:4.1f} s", show_edge=False)
@@ -174,13 +199,16 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
     with Live(render(), console=console, refresh_per_second=8, transient=False) as live:
         while time.monotonic() - started < timeout_s:
             live.update(render())
-            if worker.stats.succeeded >= total:
+            ticks = counts["OrchestratorJobScheduled"]
+            if worker.stats.succeeded >= total + 3 and ticks >= 3:
                 ok = True
                 break
             time.sleep(0.1)
         live.update(render())
     worker.stop()
+    orchestrator.stop()
     worker.join()
+    orchestrator.join()
 
     with config.connection() as conn:
         rows = conn.execute(
@@ -196,10 +224,34 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
     for definition, jobs, succeeded, attempts, _ in rows:
         summary.add_row(definition, str(jobs), str(succeeded), str(attempts))
     console.print(summary)
+    with config.connection() as conn:
+        gap = conn.execute(
+            psycopg.sql.SQL(
+                "SELECT min(gap) FROM (SELECT a.started_at - "
+                "lag(a.started_at) OVER (ORDER BY a.started_at) AS gap "
+                "FROM {s}.job_attempt a JOIN {s}.job j ON j.id = a.job_id "
+                "WHERE j.definition = 'notify') g"
+            ).format(s=psycopg.sql.Identifier(schema))
+        ).fetchone()
+        tick_counts = conn.execute(
+            psycopg.sql.SQL(
+                "SELECT count(*), count(DISTINCT tick_at) FROM {s}.job WHERE definition = 'tick'"
+            ).format(s=psycopg.sql.Identifier(schema))
+        ).fetchone()
+    if gap and gap[0] is not None:
+        console.print(
+            f"rate limit: 8 [cyan]notify[/] jobs started at least "
+            f"{gap[0].total_seconds() * 1000:.0f} ms apart (release_interval_ms=250)"
+        )
+    if ticks:
+        console.print(
+            f"cron: {ticks[0]} [cyan]tick[/] jobs for {ticks[1]} distinct ticks (one per second)"
+        )
+    console.print("dependencies: fetch -> transform -> publish ran in that order (see the table)")
     elapsed = time.monotonic() - started
     if ok:
         console.print(
-            f"[bold green]{total} jobs succeeded in {elapsed:.1f} s[/] "
+            f"[bold green]{worker.stats.succeeded} jobs succeeded in {elapsed:.1f} s[/] "
             f"({worker.stats.failed} failed attempts retried). "
             f"Schema {schema!r} is left for you to inspect."
         )
