@@ -243,9 +243,10 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
             f"rate limit: 8 [cyan]notify[/] jobs started at least "
             f"{gap[0].total_seconds() * 1000:.0f} ms apart (release_interval_ms=250)"
         )
-    if ticks:
+    if tick_counts:
         console.print(
-            f"cron: {ticks[0]} [cyan]tick[/] jobs for {ticks[1]} distinct ticks (one per second)"
+            f"cron: {tick_counts[0]} [cyan]tick[/] jobs for {tick_counts[1]} distinct ticks "
+            "(one per second)"
         )
     console.print("dependencies: fetch -> transform -> publish ran in that order (see the table)")
     elapsed = time.monotonic() - started

@@ -247,4 +247,6 @@ def test_demo_runs_to_completion(e2e_env: dict[str, str], test_dsn: str, schema:
     )
     assert result.returncode == 0, output_of(result)
     assert "jobs succeeded" in one_line(result.stdout)
+    assert "distinct ticks" in one_line(result.stdout)  # the cron job ran (orchestrator)
+    assert "release_interval_ms=250" in one_line(result.stdout)  # the rate-limited one too
     assert "Traceback" not in output_of(result)
