@@ -209,8 +209,9 @@ class Orchestrator(Daemon):
             return
         try:
             with self._pool.connection(timeout=5) as conn:
-                if self._was_leader:
-                    self.elector.resign(conn)
+                # Always: a lease whose trust lapsed during a slow pass may still
+                # be ours in the table; the DELETE only matches our holder id.
+                self.elector.resign(conn)
                 if self.worker_id is not None:
                     conn.execute(
                         self.config.queries["worker_delete"], {"worker_id": self.worker_id}

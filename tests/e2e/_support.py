@@ -158,7 +158,7 @@ class Daemon:
 
 
 class DaemonFactory:
-    """Starts ``orchestra daemon --role worker`` processes on the test's schema."""
+    """Starts ``orchestra daemon`` processes (workers by default) on the test's schema."""
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = env
@@ -174,10 +174,11 @@ class DaemonFactory:
         extra: Sequence[str] = (),
         app: str = APP,
         wait_started: bool = True,
+        role: str = "worker",
     ) -> Daemon:
-        """Start a worker daemon; by default wait until it logged DaemonStarted."""
+        """Start a daemon of ``role``; by default wait until it logged DaemonStarted."""
         argv = [
-            sys.executable, "-m", "orchestra.cli", "daemon", "--role", "worker",
+            sys.executable, "-m", "orchestra.cli", "daemon", "--role", role,
             "--app", app, "--name", name, "--concurrency", str(concurrency),
             "--process-interval-ms", "100", "--shutdown-grace-ms", str(shutdown_grace_ms),
             *extra,
