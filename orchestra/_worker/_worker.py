@@ -179,21 +179,7 @@ class Worker(Daemon):
             await self._check_schema()
             for definition in self._definitions():
                 await definition.upsert_async(conn)
-            row = await (
-                await conn.execute(
-                    self.config.queries["worker_register"],
-                    {
-                        "name": self.name,
-                        "role": "worker",
-                        "host": self.host,
-                        "pid": self.pid,
-                        "channel": self.channel,
-                        "concurrency": self.concurrency,
-                    },
-                )
-            ).fetchone()
-            assert row is not None
-            self.worker_id = int(row[0])
+            self.worker_id = await self._register(conn)
         finally:
             await conn.close()
 
@@ -243,6 +229,23 @@ class Worker(Daemon):
         finally:
             await self._shutdown(side_tasks)
             self._emit(events.DaemonStopped, error=error, handed_back=handed_back)
+
+    async def _register(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        """Insert this worker's row; return its id."""
+        cursor = await conn.execute(
+            self.config.queries["worker_register"],
+            {
+                "name": self.name,
+                "role": "worker",
+                "host": self.host,
+                "pid": self.pid,
+                "channel": self.channel,
+                "concurrency": self.concurrency,
+            },
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
 
     async def _check_schema(self) -> None:
         # The check is sync code on a sync connection; run it in a thread so
@@ -590,19 +593,7 @@ class Worker(Daemon):
                             self.daemon_name,
                             self.worker_id,
                         )
-                        cursor = await conn.execute(
-                            self.config.queries["worker_register"],
-                            {
-                                "name": self.name,
-                                "role": "worker",
-                                "host": self.host,
-                                "pid": self.pid,
-                                "channel": self.channel,
-                                "concurrency": self.concurrency,
-                            },
-                        )
-                        new = await cursor.fetchone()
-                        self.worker_id = int(new[0]) if new else self.worker_id
+                        self.worker_id = await self._register(conn)
             except Exception as exc:
                 self._emit(
                     events.DaemonDatabaseError,

@@ -661,3 +661,15 @@ class TestDependencyRace:
                 first = step.defer({})
                 step.defer({}, depends_on=[first])
             recorder.wait_for(events.WorkerJobSucceeded, count=300, timeout=30)
+
+    def test_worker_whose_row_was_removed_registers_again(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A worker reaped while alive (say, paused past the threshold) registers a new row at its next heartbeat."""
+        with running(Worker(config, heartbeat_interval_ms=50)) as worker:
+            wait_until(lambda: worker.worker_id is not None)
+            first = worker.worker_id
+            db.execute(f'DELETE FROM "{config.schema}".worker')
+            wait_until(lambda: worker.worker_id != first, timeout=10)
+            rows = db.execute(f'SELECT id FROM "{config.schema}".worker').fetchall()
+            assert rows == [(worker.worker_id,)]
