@@ -333,9 +333,7 @@ class Worker(Daemon):
                     claimed = await self._claim("job_claim", free)
                     guarded = []
                     if limited and len(claimed) < free:
-                        guarded = await self._claim(
-                            "job_claim_limited", free - len(claimed), limited
-                        )
+                        guarded = await self._claim_limited(free - len(claimed), limited)
                 except Exception as exc:
                     await self._database_error("claim", exc)
                     continue
@@ -351,9 +349,25 @@ class Worker(Daemon):
             if not await self._sleep_or_wake(sleep_s):
                 self._maybe_more = True  # nothing woke us: the polling fallback looks again
 
-    async def _claim(
-        self, query: str, limit: int, definitions: list[str] | None = None
-    ) -> list[_Claimed]:
+    async def _claim_limited(self, limit: int, definitions: list[str]) -> list[_Claimed]:
+        """The guarded claim: lock the limited definitions, then claim in a fresh snapshot."""
+        assert self._pool is not None
+        self.stats.claim_queries += 1
+        async with self._pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                self.config.queries["definition_lock_limited"], {"definitions": definitions}
+            )
+            locked = [row[0] for row in await cursor.fetchall()]
+            if not locked:
+                return []
+            cursor = await conn.execute(
+                self.config.queries["job_claim_limited"],
+                {"definitions": locked, "limit": limit, "worker_id": self.worker_id},
+            )
+            rows = await cursor.fetchall()
+        return [_Claimed(*row) for row in rows]
+
+    async def _claim(self, query: str, limit: int) -> list[_Claimed]:
         assert self._pool is not None
         self.stats.claim_queries += 1
         async with self._pool.connection() as conn:
@@ -361,7 +375,6 @@ class Worker(Daemon):
                 self.config.queries[query],
                 {
                     "channel": self.channel,
-                    "definitions": definitions,
                     "now": None,
                     "limit": limit,
                     "worker_id": self.worker_id,

@@ -72,23 +72,32 @@ WHERE j.id = c.id AND d.name = j.definition
 RETURNING j.id, j.definition, j.payload, j.attempt, j.max_attempts, j.lock_token,
           j.started_at, j.run_at, j.priority;
 
+-- name: definition_lock_limited
+-- First statement of the guarded claim: lock the limited definitions this
+-- worker serves (SKIP LOCKED: one another worker is releasing is skipped, not
+-- waited for). The claim itself must be a second statement, so that its
+-- snapshot is taken after the lock was granted and sees the claims of the
+-- worker that held it before (a count of running jobs read in the same
+-- statement could predate them).
+SELECT name FROM {schema}.job_definition
+WHERE name = ANY(%(definitions)s::text[])
+  AND (release_interval_ms > 0 OR max_concurrency IS NOT NULL)
+FOR NO KEY UPDATE SKIP LOCKED;
+
 -- name: job_claim_limited
--- The guarded claim, for definitions with release_interval_ms or
--- max_concurrency. Their definition rows are locked (SKIP LOCKED: another
--- worker holding one skips it), and the limits are checked and
--- last_released_at set in this same statement, on one clock reading, so that
--- starts are spaced by the release interval fleet-wide, retries included
--- (D1, D2), and never exceed max_concurrency. Jobs held back spend nothing.
+-- Second statement of the guarded claim, in the same transaction, over the
+-- definitions locked by definition_lock_limited: the limits are checked and
+-- last_released_at set on one clock reading, so that starts are spaced by the
+-- release interval fleet-wide, retries included (D1, D2), and running jobs
+-- never exceed max_concurrency. Jobs held back spend nothing.
 WITH t AS MATERIALIZED (
     SELECT clock_timestamp() AS ts
 ), defs AS MATERIALIZED (
     SELECT d.name, d.release_interval_ms, d.max_concurrency
     FROM {schema}.job_definition d, t
     WHERE d.name = ANY(%(definitions)s::text[])
-      AND (d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL)
       AND (d.release_interval_ms = 0 OR d.last_released_at IS NULL
            OR d.last_released_at + d.release_interval_ms * interval '1 millisecond' <= t.ts)
-    FOR NO KEY UPDATE OF d SKIP LOCKED
 ), budget AS MATERIALIZED (
     SELECT defs.name,
            least(CASE WHEN defs.release_interval_ms > 0 THEN 1 ELSE %(limit)s END,

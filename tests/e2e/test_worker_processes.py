@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import itertools
 import signal
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from psycopg.types.json import Jsonb
 from orchestra import Config, JobDefinition
 from orchestra.testing import wait_until
 from tests.e2e._support import DaemonFactory, Queue, elapsed_since, stays_true
+from tests.e2e.apps._jobs import LIMITED_RELEASE_INTERVAL_MS
 
 Jobs = dict[str, JobDefinition[Any]]
 
@@ -32,6 +34,33 @@ def rescue_expired(config: Config, now: dt.datetime | None = None) -> list[tuple
             config.queries["job_rescue_expired"],
             {"now": now, "limit": 100, "notify_channel": config.notify_channel},
         ).fetchall()
+
+
+def test_d1_d3_rate_limit_holds_across_worker_processes(
+    queue: Queue, jobs: Jobs, daemons: DaemonFactory
+) -> None:
+    """D1/D3: starts of a rate-limited definition over two worker processes are >= R apart, and others are not held up."""
+    workers = [daemons.start(concurrency=4, name=f"w{i}") for i in range(2)]
+    limited = {h.id for h in jobs["limited"].defer_many([{} for _ in range(6)])}
+    quick = {h.id for h in jobs["quick"].defer_many([{} for _ in range(40)])}
+    wait_until(
+        lambda: queue.value("SELECT count(*) FROM {s}.job WHERE status <> 'succeeded'") == 0,
+        timeout=60,
+        message="not every job succeeded",
+    )
+    starts = queue.rows(
+        "SELECT a.started_at, a.job_id FROM {s}.job_attempt a ORDER BY a.started_at"
+    )
+    limited_starts = [t for t, job in starts if job in limited]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(limited_starts)]
+    assert len(limited_starts) == 6 and min(gaps) >= LIMITED_RELEASE_INTERVAL_MS / 1000, gaps
+    last_quick = max(t for t, job in starts if job in quick)
+    assert (
+        last_quick < limited_starts[-1]
+    )  # the unlimited jobs did not wait behind the limited ones
+    for worker in workers:
+        worker.send(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
 
 
 def test_c5_three_workers_run_each_of_300_jobs_exactly_once(

@@ -102,7 +102,7 @@ class TestScheduler:
     def test_f1_f3_first_pass_enqueues_an_empty_payload_job(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A repeat definition gets its first job at the first pass, payload {} and its num_attempts (F1, F3)."""
+        """A repeat definition gets its first job at the first pass, payload {} and its num_attempts, with an OrchestratorJobScheduled event (F1, F3, F5)."""
         JobDefinition(
             config, name="tick", job_function=noop, repeat_interval_ms=60_000, num_attempts=4
         ).upsert(db)

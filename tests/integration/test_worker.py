@@ -673,3 +673,17 @@ class TestDependencyRace:
             wait_until(lambda: worker.worker_id != first, timeout=10)
             rows = db.execute(f'SELECT id FROM "{config.schema}".worker').fetchall()
             assert rows == [(worker.worker_id,)]
+
+    def test_e2_diamond_runs_each_join_after_both_branches(
+        self, config: Config, recorder: EventRecorder
+    ) -> None:
+        """In a diamond A -> (B, C) -> D, B and C start after A, and D after both (E2)."""
+        order: list[str] = []
+        step = make(config, "diamond", lambda p: order.append(p["name"]))
+        a = step.defer({"name": "a"})
+        b = step.defer({"name": "b"}, depends_on=[a])
+        c = step.defer({"name": "c"}, depends_on=[a])
+        step.defer({"name": "d"}, depends_on=[b, c])
+        with running(Worker(config, concurrency=4, event_handler=recorder)):
+            recorder.wait_for(events.WorkerJobSucceeded, count=4)
+        assert order[0] == "a" and order[-1] == "d" and sorted(order[1:3]) == ["b", "c"]

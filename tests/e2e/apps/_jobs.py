@@ -102,13 +102,17 @@ async def record_async(payload: dict[str, Any], ctx: JobContext) -> dict[str, An
     return {"job_id": ctx.job_id, "attempt": ctx.attempt, "pid": os.getpid()}
 
 
+LIMITED_RELEASE_INTERVAL_MS = 300
+
+
 def define(config: Config) -> dict[str, JobDefinition[Any]]:
     """Register the e2e definitions on ``config``; the same in the app and in the tests.
 
     * ``quick``: one attempt;
     * ``gated``: three attempts, retried at once (for jobs that must survive a stop);
     * ``gated_once``: one attempt;
-    * ``gated_async``: like ``gated``, but runs :func:`record_async` on the event loop.
+    * ``gated_async``: like ``gated``, but runs :func:`record_async` on the event loop;
+    * ``limited``: at most one start per LIMITED_RELEASE_INTERVAL_MS, fleet-wide.
 
     The others run :func:`record` (in the worker's thread pool).
     """
@@ -137,6 +141,13 @@ def define(config: Config) -> dict[str, JobDefinition[Any]]:
             job_function=record_async,
             num_attempts=3,
             backoff="none",
+            lock_interval_ms=LOCK_INTERVAL_MS,
+        ),
+        "limited": JobDefinition(
+            config,
+            name="limited",
+            job_function=record,
+            release_interval_ms=LIMITED_RELEASE_INTERVAL_MS,
             lock_interval_ms=LOCK_INTERVAL_MS,
         ),
     }
