@@ -358,20 +358,27 @@ class TestRetries:
         assert 2.0 <= float(row[0]) <= 2.0 * 1.1 + 0.05
         assert status_of(db, config, handle.id) == "available"
 
-    def test_fixed_backoff_delays_the_retry(self, config: Config, recorder: EventRecorder) -> None:
-        """Fixed backoff puts the retry the fixed delay after the failure."""
+    def test_fixed_backoff_delays_the_retry(
+        self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
+    ) -> None:
+        """Fixed backoff puts the retry the fixed delay after the failure (database clock)."""
 
         def boom(payload: dict[str, Any]) -> None:
             raise RuntimeError("x")
 
-        make(config, "fixed", boom, num_attempts=2, backoff=Backoff.fixed(3_000, jitter=0)).defer(
-            {}
-        )
+        handle = make(
+            config, "fixed", boom, num_attempts=2, backoff=Backoff.fixed(3_000, jitter=0)
+        ).defer({})
         with running(Worker(config, event_handler=recorder)):
             failed = recorder.wait_for(events.WorkerJobFailed)[0]
-        assert failed.retry_at is not None
-        delay = (failed.retry_at - failed.timestamp).total_seconds()
-        assert 2.8 <= delay <= 3.2
+        assert failed.will_retry and failed.retry_at is not None
+        row = db.execute(
+            f'SELECT extract(epoch FROM j.run_at - a.finished_at) FROM "{config.schema}".job j '
+            f'JOIN "{config.schema}".job_attempt a ON a.job_id = j.id WHERE j.id = %s',
+            [handle.id],
+        ).fetchone()
+        assert row is not None
+        assert 3.0 <= float(row[0]) <= 3.05
 
     def test_payload_that_no_longer_fits_fails_the_attempt_without_calling(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
