@@ -173,15 +173,7 @@ class Worker(Daemon):
 
     async def _main(self) -> None:
         dsn = self.config.dsn
-        # Bounded retries with a readable error if the server is down at start.
-        conn = await _db.connect_async(dsn, attempts=self.config.connect_attempts)
-        try:
-            await self._check_schema()
-            for definition in self._definitions():
-                await definition.upsert_async(conn)
-            self.worker_id = await self._register(conn)
-        finally:
-            await conn.close()
+        await asyncio.to_thread(self._start_up)
 
         self._pool = AsyncConnectionPool(
             dsn,
@@ -230,31 +222,40 @@ class Worker(Daemon):
             await self._shutdown(side_tasks)
             self._emit(events.DaemonStopped, error=error, handed_back=handed_back)
 
+    def _registration(self) -> dict[str, Any]:
+        """The parameters of this worker's row in the worker table."""
+        return {
+            "name": self.name,
+            "role": "worker",
+            "host": self.host,
+            "pid": self.pid,
+            "channel": self.channel,
+            "concurrency": self.concurrency,
+        }
+
     async def _register(self, conn: psycopg.AsyncConnection[Any]) -> int:
-        """Insert this worker's row; return its id."""
-        cursor = await conn.execute(
-            self.config.queries["worker_register"],
-            {
-                "name": self.name,
-                "role": "worker",
-                "host": self.host,
-                "pid": self.pid,
-                "channel": self.channel,
-                "concurrency": self.concurrency,
-            },
-        )
+        """Insert this worker's row again (after it was reaped); return its id."""
+        cursor = await conn.execute(self.config.queries["worker_register"], self._registration())
         row = await cursor.fetchone()
         assert row is not None
         return int(row[0])
 
-    async def _check_schema(self) -> None:
-        # The check is sync code on a sync connection; run it in a thread so
-        # that the loop stays free (it runs once, at start).
-        def check() -> None:
-            with _db.connect(self.config.dsn, attempts=self.config.connect_attempts) as sync_conn:
-                _migrate.check(sync_conn, self.config.schema)
+    def _start_up(self) -> None:
+        """Check the schema, write the definitions, register: one connection, in a thread.
 
-        await asyncio.get_running_loop().run_in_executor(None, check)
+        The connection retries with backoff and raises a readable error if the
+        server is down; the checks are sync code and run once, so the thread
+        keeps the event loop free.
+        """
+        with _db.connect(self.config.dsn, attempts=self.config.connect_attempts) as conn:
+            _migrate.check(conn, self.config.schema)
+            for definition in self._definitions():
+                definition.upsert(conn)
+            row = conn.execute(
+                self.config.queries["worker_register"], self._registration()
+            ).fetchone()
+            assert row is not None
+            self.worker_id = int(row[0])
 
     async def _drain(self) -> int:
         """Wait for running jobs within the grace period; interrupt the rest."""
