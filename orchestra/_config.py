@@ -37,6 +37,18 @@ def notify_channel_for(schema: str) -> str:
     return "orchestra_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
 
 
+def finished_channel_for(schema: str) -> str:
+    """The NOTIFY channel that tells result waiters which jobs of ``schema`` were finalized.
+
+    The payload is a comma-separated list of job ids, or empty when the list
+    would not fit in a notification: waiters then look up their own job.
+    """
+    name = f"orchestra_done_{schema}"
+    if len(name) <= 63:
+        return name
+    return "orchestra_done_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
+
+
 class Config:
     """Where the queue lives and how to reach it.
 
@@ -84,6 +96,7 @@ class Config:
         self.connect_attempts = connect_attempts
         self.queries = _sql.Queries(self.schema)
         self.notify_channel = notify_channel_for(self.schema)
+        self.finished_channel = finished_channel_for(self.schema)
         self._definitions: dict[str, JobDefinition[Any]] = {}
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None

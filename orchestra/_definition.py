@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import inspect
+import json
 import logging
 import re
 import threading
@@ -12,14 +14,14 @@ import time
 import unicodedata
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, NoReturn
+from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
 import psycopg
 from croniter import croniter
 from typing_extensions import TypeVar
 
-from orchestra import _converter
+from orchestra import _converter, _results
 from orchestra._backoff import Backoff, milliseconds
 from orchestra.errors import ConfigurationError, OrchestraError, UnknownJobError
 
@@ -28,8 +30,16 @@ if TYPE_CHECKING:
 
 # The payload type; Any when a definition declares none (plain JSON).
 P = TypeVar("P", default=Any)
+#: A lifecycle callback: receives the updated job (orchestra.Job); ``def`` or
+#: ``async def``; what it returns is ignored.
+Callback = Callable[[Any], Any]
 
 NAME_MAX_LENGTH = 128
+#: Unique and resource keys are indexed: keep them well under the btree limit.
+KEY_MAX_LENGTH = 512
+#: Insert attempts when a unique key's holder is finalized between the insert
+#: and the lookup of the holder.
+UNIQUE_RETRIES = 5
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 LOCK_INTERVAL_MIN_MS = 500
@@ -47,10 +57,60 @@ class JobHandle:
 
     Attributes:
         id: the job's id.
+        deduplicated: True when ``defer`` found an unfinished job holding the
+            same unique key and returned it instead of inserting a new one.
     """
 
     id: int
     config: Config = attrs.field(eq=False, repr=False)
+    deduplicated: bool = attrs.field(default=False, eq=False, kw_only=True)
+
+    def result(
+        self,
+        timeout: float | None = None,
+        *,
+        as_type: Any = None,
+        poll_interval_s: float = _results.POLL_INTERVAL_S_DEFAULT,
+    ) -> Any:
+        """Wait for the job to finish and return what its function returned (I1).
+
+        Args:
+            timeout: seconds to wait; None waits as long as it takes.
+            as_type: structure the stored JSON into this type (an attrs class,
+                a dataclass ...); None returns plain JSON values.
+            poll_interval_s: how often the row is re-read should a
+                notification be lost.
+
+        Raises:
+            JobFailed: the job finally failed or was cancelled (carries the last error).
+            ResultTimeoutError: still unfinished after ``timeout``; ask again later.
+            UnknownJobError: no such job (never deferred, or swept without archive).
+        """
+        return _results.wait(
+            self.config,
+            self.id,
+            timeout=timeout,
+            as_type=as_type,
+            poll_interval_s=poll_interval_s,
+        )
+
+    async def result_async(
+        self,
+        # Same signature as result(): the timeout is the wait's own, reported
+        # in ResultTimeoutError with the job's status, not a cancellation.
+        timeout: float | None = None,  # noqa: ASYNC109
+        *,
+        as_type: Any = None,
+        poll_interval_s: float = _results.POLL_INTERVAL_S_DEFAULT,
+    ) -> Any:
+        """Async twin of :meth:`result`."""
+        return await _results.wait_async(
+            self.config,
+            self.id,
+            timeout=timeout,
+            as_type=as_type,
+            poll_interval_s=poll_interval_s,
+        )
 
     def status(self) -> str:
         """The job's current status (``waiting``, ``available``, ``running``, ``succeeded`` ...)."""
@@ -210,6 +270,17 @@ class JobDefinition(Generic[P]):
         cron_timezone: IANA time zone the cron expression is read in (default UTC).
         overlap: with False (default) a tick is skipped while the previous tick's
             job is unfinished; True lets tick jobs pile up.
+        dedup: the default of ``defer(dedup=...)``: derive a unique key from the
+            payload, so that a second defer of an equal payload while the first
+            job is unfinished returns the first job (seed job-manager, I6).
+        attempt_timeout_ms: cut an attempt that runs longer (async: the task is
+            cancelled; processes: the child is terminated; threads: the attempt
+            is recorded as timed out and ``ctx.should_stop`` turns true, but
+            the thread runs on until the function returns). None: no limit.
+        on_success: called once with the updated :class:`~orchestra.Job` after
+            a job succeeded, in the worker process (I5).
+        on_failure: called once after the final attempt failed (I5).
+        on_attempt: called once after every attempt, whatever its outcome (I5).
 
     Every interval accepts an int of milliseconds or a ``timedelta``. Bad values
     raise :class:`ConfigurationError` naming the argument.
@@ -234,6 +305,11 @@ class JobDefinition(Generic[P]):
         cron: str | None = None,
         cron_timezone: str | None = None,
         overlap: bool = False,
+        dedup: bool = False,
+        attempt_timeout_ms: int | dt.timedelta | None = None,
+        on_success: Callback | None = None,
+        on_failure: Callback | None = None,
+        on_attempt: Callback | None = None,
     ) -> None:
         from orchestra._config import Config  # noqa: PLC0415 (import cycle at module level)
 
@@ -286,9 +362,36 @@ class JobDefinition(Generic[P]):
         if not isinstance(overlap, bool):
             raise ConfigurationError("overlap", f"must be True or False, not {overlap!r}")
         self.overlap = overlap
+        if not isinstance(dedup, bool):
+            raise ConfigurationError("dedup", f"must be True or False, not {dedup!r}")
+        self.dedup = dedup
+        self.attempt_timeout_ms = milliseconds(
+            attempt_timeout_ms, "attempt_timeout_ms", allow_none=True
+        )
+        if self.attempt_timeout_ms == 0:
+            raise ConfigurationError(
+                "attempt_timeout_ms", "must be positive (or None for no limit)"
+            )
+        for argument, callback in (
+            ("on_success", on_success),
+            ("on_failure", on_failure),
+            ("on_attempt", on_attempt),
+        ):
+            if callback is not None and not callable(callback):
+                raise ConfigurationError(
+                    argument, f"must be callable, got {type(callback).__name__}"
+                )
+        self.on_success = on_success
+        self.on_failure = on_failure
+        self.on_attempt = on_attempt
         self._ensured_at: float | None = None
         self._ensure_lock = threading.Lock()
         config.register(self)
+
+    @property
+    def has_callbacks(self) -> bool:
+        """True when a lifecycle callback is set (the worker then reads the job back)."""
+        return any(c is not None for c in (self.on_success, self.on_failure, self.on_attempt))
 
     @property
     def is_repeatable(self) -> bool:
@@ -360,7 +463,11 @@ class JobDefinition(Generic[P]):
         )
 
     def _options(
-        self, delay_ms: int | dt.timedelta, run_at: dt.datetime | None, priority: int | None
+        self,
+        delay_ms: int | dt.timedelta,
+        run_at: dt.datetime | None,
+        priority: int | None,
+        resource_key: str | None,
     ) -> dict[str, Any]:
         """The parameters shared by single and batch inserts, validated."""
         delay = milliseconds(delay_ms, "delay_ms") or 0
@@ -378,6 +485,9 @@ class JobDefinition(Generic[P]):
             "max_attempts": self.num_attempts,
             "run_at": run_at,
             "delay_ms": delay,
+            "resource_key": None
+            if resource_key is None
+            else _check_key(resource_key, "resource_key"),
             "notify_channel": self.config.notify_channel,
         }
 
@@ -388,10 +498,23 @@ class JobDefinition(Generic[P]):
         run_at: dt.datetime | None,
         priority: int | None,
         depends_on: Iterable[JobHandle | int],
+        unique_key: str | None,
+        dedup: bool | None,
+        resource_key: str | None,
     ) -> dict[str, Any]:
-        params = self._options(delay_ms, run_at, priority)
+        params = self._options(delay_ms, run_at, priority, resource_key)
         params["payload"] = self._encode(payload)
         params["depends_on"] = _dependency_ids(depends_on)
+        if dedup is not None and not isinstance(dedup, bool):
+            raise ConfigurationError("dedup", f"must be True, False or None, not {dedup!r}")
+        if unique_key is not None:
+            if dedup:
+                raise ConfigurationError("dedup", "give either unique_key or dedup=True, not both")
+            params["unique_key"] = _check_key(unique_key, "unique_key")
+        elif self.dedup if dedup is None else dedup:
+            params["unique_key"] = dedup_key(params["payload"])
+        else:
+            params["unique_key"] = None
         return params
 
     def defer(
@@ -402,6 +525,9 @@ class JobDefinition(Generic[P]):
         run_at: dt.datetime | None = None,
         priority: int | None = None,
         depends_on: Iterable[JobHandle | int] = (),
+        unique_key: str | None = None,
+        dedup: bool | None = None,
+        resource_key: str | None = None,
         conn: psycopg.Connection[Any] | None = None,
     ) -> JobHandle:
         """Enqueue one job and return its handle.
@@ -415,25 +541,27 @@ class JobDefinition(Generic[P]):
         ``conn``, if a dependency succeeds while your transaction is still
         open, the orchestrator's finalizer releases the job instead (within
         ``finalize_interval_ms``): orchestra cannot act after your commit.
+
+        Deduplication (I6): with ``unique_key``, or ``dedup=True`` (the key is
+        a hash of the payload with object keys sorted), while an unfinished job
+        of this definition holds the key, no job is inserted and that job's
+        handle comes back with ``deduplicated=True`` (its own delay, priority
+        and dependencies stand). A unique index decides, so concurrent
+        producers cannot both insert. Once the holder is finalized the key is
+        free again.
+
+        ``resource_key``: at most one job per key runs at a time, fleet-wide,
+        whatever its definition (I7). A job waiting for its key is not failed
+        and spends no attempt.
         """
-        params = self._insert_params(payload, delay_ms, run_at, priority, depends_on)
+        params = self._insert_params(
+            payload, delay_ms, run_at, priority, depends_on, unique_key, dedup, resource_key
+        )
         self._ensure()
-        query = self.config.queries["job_insert"]
         if conn is not None:
-            row = self._insert(conn, query, params, own=False)
-            if row is None:
-                self._raise_missing(conn, params["depends_on"])
-        else:
-            with self.config.connection() as own:
-                row = self._insert(own, query, params, own=True)
-                if row is None:
-                    self._raise_missing(own, params["depends_on"])
-                if row[1] == "waiting":  # committed: close the race with a finishing dependency
-                    own.execute(
-                        self.config.queries["job_recheck_waiting"], self._recheck_params(row)
-                    )
-        assert row is not None
-        return JobHandle(int(row[0]), self.config)
+            return self._insert_one(conn, params, own=False)
+        with self.config.connection() as own:
+            return self._insert_one(own, params, own=True)
 
     async def defer_async(
         self,
@@ -443,27 +571,62 @@ class JobDefinition(Generic[P]):
         run_at: dt.datetime | None = None,
         priority: int | None = None,
         depends_on: Iterable[JobHandle | int] = (),
+        unique_key: str | None = None,
+        dedup: bool | None = None,
+        resource_key: str | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> JobHandle:
         """Async twin of :meth:`defer`."""
-        params = self._insert_params(payload, delay_ms, run_at, priority, depends_on)
+        params = self._insert_params(
+            payload, delay_ms, run_at, priority, depends_on, unique_key, dedup, resource_key
+        )
         await self._ensure_async()
-        query = self.config.queries["job_insert"]
         if conn is not None:
-            row = await self._insert_async(conn, query, params, own=False)
-            if row is None:
-                await self._raise_missing_async(conn, params["depends_on"])
-        else:
-            async with self.config.connection_async() as own:
-                row = await self._insert_async(own, query, params, own=True)
-                if row is None:
-                    await self._raise_missing_async(own, params["depends_on"])
-                if row[1] == "waiting":
-                    await own.execute(
-                        self.config.queries["job_recheck_waiting"], self._recheck_params(row)
-                    )
-        assert row is not None
-        return JobHandle(int(row[0]), self.config)
+            return await self._insert_one_async(conn, params, own=False)
+        async with self.config.connection_async() as own:
+            return await self._insert_one_async(own, params, own=True)
+
+    def _insert_one(
+        self, conn: psycopg.Connection[Any], params: dict[str, Any], *, own: bool
+    ) -> JobHandle:
+        """Insert, or find the holder of the unique key; see :meth:`defer`."""
+        queries = self.config.queries
+        for _ in range(UNIQUE_RETRIES):
+            row = self._insert(conn, queries["job_insert"], params, own=own)
+            if row is not None:
+                if own and row[1] == "waiting":
+                    # Committed: close the race with a finishing dependency.
+                    conn.execute(queries["job_recheck_waiting"], self._recheck_params(row))
+                return JobHandle(int(row[0]), self.config)
+            wanted = params["depends_on"]
+            if wanted:
+                found = conn.execute(queries["job_ids_existing"], {"ids": wanted}).fetchall()
+                self._check_found((r[0] for r in found), wanted, params)
+            holder = conn.execute(queries["job_find_unique"], params).fetchone()
+            if holder is not None:
+                return JobHandle(int(holder[0]), self.config, deduplicated=True)
+            # The holder was finalized between the two statements: insert again.
+        raise self._contended(params)
+
+    async def _insert_one_async(
+        self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any], *, own: bool
+    ) -> JobHandle:
+        queries = self.config.queries
+        for _ in range(UNIQUE_RETRIES):
+            row = await self._insert_async(conn, queries["job_insert"], params, own=own)
+            if row is not None:
+                if own and row[1] == "waiting":
+                    await conn.execute(queries["job_recheck_waiting"], self._recheck_params(row))
+                return JobHandle(int(row[0]), self.config)
+            wanted = params["depends_on"]
+            if wanted:
+                cursor = await conn.execute(queries["job_ids_existing"], {"ids": wanted})
+                self._check_found((r[0] for r in await cursor.fetchall()), wanted, params)
+            cursor = await conn.execute(queries["job_find_unique"], params)
+            holder = await cursor.fetchone()
+            if holder is not None:
+                return JobHandle(int(holder[0]), self.config, deduplicated=True)
+        raise self._contended(params)
 
     def _many_params(
         self,
@@ -471,8 +634,9 @@ class JobDefinition(Generic[P]):
         delay_ms: int | dt.timedelta,
         run_at: dt.datetime | None,
         priority: int | None,
+        resource_key: str | None,
     ) -> dict[str, Any]:
-        params = self._options(delay_ms, run_at, priority)
+        params = self._options(delay_ms, run_at, priority, resource_key)
         if isinstance(payloads, (str, bytes, dict)):
             raise ConfigurationError(
                 "payloads", "must be an iterable of payloads, not a single value"
@@ -487,14 +651,16 @@ class JobDefinition(Generic[P]):
         delay_ms: int | dt.timedelta = 0,
         run_at: dt.datetime | None = None,
         priority: int | None = None,
+        resource_key: str | None = None,
         conn: psycopg.Connection[Any] | None = None,
     ) -> list[JobHandle]:
         """Enqueue many jobs in one statement: all of them or, on any error, none.
 
         Every payload is checked before anything is sent; handles come back in
-        the order of ``payloads``.
+        the order of ``payloads``. ``resource_key`` applies to every job (they
+        then run one at a time). Deduplication is per job: use :meth:`defer`.
         """
-        params = self._many_params(payloads, delay_ms, run_at, priority)
+        params = self._many_params(payloads, delay_ms, run_at, priority, resource_key)
         if not params["payloads"]:
             return []
         self._ensure()
@@ -514,10 +680,11 @@ class JobDefinition(Generic[P]):
         delay_ms: int | dt.timedelta = 0,
         run_at: dt.datetime | None = None,
         priority: int | None = None,
+        resource_key: str | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> list[JobHandle]:
         """Async twin of :meth:`defer_many`."""
-        params = self._many_params(payloads, delay_ms, run_at, priority)
+        params = self._many_params(payloads, delay_ms, run_at, priority, resource_key)
         if not params["payloads"]:
             return []
         await self._ensure_async()
@@ -568,20 +735,25 @@ class JobDefinition(Generic[P]):
             "written again first"
         )
 
-    def _missing(self, present: Iterable[int], wanted: list[int]) -> UnknownJobError:
+    def _check_found(
+        self, present: Iterable[int], wanted: list[int], params: dict[str, Any]
+    ) -> None:
+        """Raise UnknownJobError naming the missing dependencies, if any is missing.
+
+        Without a unique key, an insert that came back empty can only mean a
+        missing dependency: then all of them are named if none is found missing
+        (it was deleted between the two statements).
+        """
         found = set(present)
         missing = tuple(i for i in wanted if i not in found)
-        return UnknownJobError(missing or tuple(wanted), "depends_on")
+        if missing or params["unique_key"] is None:
+            raise UnknownJobError(missing or tuple(wanted), "depends_on")
 
-    def _raise_missing(self, conn: psycopg.Connection[Any], wanted: list[int]) -> NoReturn:
-        rows = conn.execute(self.config.queries["job_ids_existing"], {"ids": wanted}).fetchall()
-        raise self._missing((r[0] for r in rows), wanted)
-
-    async def _raise_missing_async(
-        self, conn: psycopg.AsyncConnection[Any], wanted: list[int]
-    ) -> NoReturn:
-        cursor = await conn.execute(self.config.queries["job_ids_existing"], {"ids": wanted})
-        raise self._missing((r[0] for r in await cursor.fetchall()), wanted)
+    def _contended(self, params: dict[str, Any]) -> OrchestraError:
+        return OrchestraError(
+            f"defer of {self.name!r}: unique key {params['unique_key']!r} is taken and freed "
+            f"again faster than it can be read ({UNIQUE_RETRIES} tries); nothing was inserted"
+        )
 
     # -- execution ----------------------------------------------------------
 
@@ -592,6 +764,26 @@ class JobDefinition(Generic[P]):
         if self._arity == 1:
             return self.job_function(payload)
         return self.job_function()
+
+
+def dedup_key(payload_json: str) -> str:
+    """The unique key ``dedup=True`` derives from a payload: key order does not matter (I6)."""
+    canonical = json.dumps(
+        json.loads(payload_json), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _check_key(value: object, argument: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(argument, f"must be a non-empty string, not {value!r}")
+    if len(value) > KEY_MAX_LENGTH:
+        raise ConfigurationError(
+            argument, f"must be at most {KEY_MAX_LENGTH} characters, got {len(value)}"
+        )
+    if "\x00" in value:
+        raise ConfigurationError(argument, "must not contain NUL characters")
+    return value
 
 
 def _dependency_ids(depends_on: Iterable[JobHandle | int]) -> list[int]:

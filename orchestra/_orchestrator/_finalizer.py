@@ -51,6 +51,7 @@ class Finalizer(Service):
                 break
             unmet += len(rows)
             emissions += [self._finalized(row, "unmet_dependencies") for row in rows]
+        self._notify_finished(conn, [e.fields["job_id"] for e in emissions])
         released = self._batches(
             conn, "job_release_satisfied", {"notify_channel": self.config.notify_channel}
         )

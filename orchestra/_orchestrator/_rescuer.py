@@ -74,6 +74,14 @@ class Rescuer(Service):
                 self._emission(job_id, definition, attempt, status, locked_by, "lease_expired")
             )
             counts["rescued" if status == "available" else "failed"] += 1
+        self._notify_finished(
+            conn,
+            [
+                e.fields["job_id"]
+                for e in emissions
+                if e.event_type is events.OrchestratorJobFinalized
+            ],
+        )
         return RunResult(self.name, counts, tuple(emissions))
 
     @staticmethod

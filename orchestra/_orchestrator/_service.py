@@ -84,3 +84,32 @@ class Service(abc.ABC):
             if len(batch) < self.batch_size:
                 break
         return rows
+
+    def _notify_finished(self, conn: psycopg.Connection[Any], job_ids: list[int]) -> None:
+        """Tell result waiters (JobHandle.result) that these jobs were finalized.
+
+        Sent after the finalizing statements committed (autocommit), in
+        payloads that fit a notification.
+        """
+        for chunk in _id_lists(job_ids):
+            conn.execute(
+                self.config.queries["job_notify_finished"],
+                {"finished_channel": self.config.finished_channel, "ids": chunk},
+            )
+
+
+def _id_lists(job_ids: list[int], max_chars: int = 7_900) -> list[str]:
+    """Comma-separated id lists, each shorter than ``max_chars``."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for job_id in job_ids:
+        text = str(job_id)
+        if current and size + len(text) + 1 > max_chars:
+            chunks.append(",".join(current))
+            current, size = [], 0
+        current.append(text)
+        size += len(text) + 1
+    if current:
+        chunks.append(",".join(current))
+    return chunks

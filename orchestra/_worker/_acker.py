@@ -68,12 +68,14 @@ class Acker:
         worker_id: Callable[[], int],
         worker_name: str,
         notify_channel: str,
+        finished_channel: str,
         on_error: Callable[[BaseException], Awaitable[None]],
     ) -> None:
         self._write = write
         self._worker_id = worker_id
         self._worker_name = worker_name
         self._notify_channel = notify_channel
+        self._finished_channel = finished_channel
         self._on_error = on_error
         self._pending: list[Finish] = []
         self._has_pending = asyncio.Event()
@@ -158,4 +160,5 @@ class Acker:
             "worker_id": self._worker_id(),
             "worker_name": self._worker_name,
             "notify_channel": self._notify_channel,
+            "finished_channel": self._finished_channel,
         }

@@ -192,6 +192,7 @@ class Worker(Daemon):
             worker_id=lambda: self.worker_id or 0,
             worker_name=self.daemon_name,
             notify_channel=self.config.notify_channel,
+            finished_channel=self.config.finished_channel,
             on_error=lambda exc: self._database_error("finish", exc),
         )
         side_tasks = [

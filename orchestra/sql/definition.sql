@@ -36,10 +36,12 @@ ON CONFLICT (name) DO UPDATE SET
     updated_at = now()
 RETURNING name, num_attempts, release_interval_ms > 0 OR max_concurrency IS NOT NULL AS limited
 ), flagged AS (
-    -- Unfinished jobs follow a change of the definition's limits.
-    UPDATE {schema}.job j SET limited = u.limited
+    -- Unfinished jobs follow a change of the definition's limits; a job with
+    -- a resource key stays limited whatever its definition says (I7).
+    UPDATE {schema}.job j SET limited = u.limited OR j.resource_key IS NOT NULL
     FROM upserted u
-    WHERE j.definition = u.name AND j.finalized_at IS NULL AND j.limited <> u.limited
+    WHERE j.definition = u.name AND j.finalized_at IS NULL
+      AND j.limited <> (u.limited OR j.resource_key IS NOT NULL)
 )
 SELECT num_attempts FROM upserted;
 

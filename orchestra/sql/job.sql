@@ -7,21 +7,30 @@
 -- Defer one job. Dependencies must all exist (they are locked FOR KEY SHARE so
 -- that a sweep cannot delete them before commit); if any is missing nothing is
 -- inserted and no row comes back. A job with an unfinished dependency waits.
+-- With a unique_key, the unique index decides, race-free: when an unfinished
+-- job of the definition holds the key, nothing is inserted and no row comes
+-- back either (the caller then looks the holder up: job_find_unique). A job
+-- with a resource_key is `limited`: only the keyed claim branch takes it.
 WITH deps AS MATERIALIZED (
     SELECT id, status FROM {schema}.job
     WHERE id = ANY(%(depends_on)s::bigint[])
     FOR KEY SHARE
 ), inserted AS (
-    INSERT INTO {schema}.job (definition, channel, status, priority, payload, max_attempts, run_at, limited)
+    INSERT INTO {schema}.job (definition, channel, status, priority, payload, max_attempts, run_at,
+                              unique_key, resource_key, limited)
     SELECT %(definition)s, %(channel)s,
            CASE WHEN bool_and(deps.status = 'succeeded') IS NOT FALSE
                 THEN 'available' ELSE 'waiting' END::{schema}.job_status,
            %(priority)s, %(payload)s::jsonb, %(max_attempts)s,
            coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond'),
-           coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
-                     FROM {schema}.job_definition WHERE name = %(definition)s), false)
+           %(unique_key)s, %(resource_key)s,
+           %(resource_key)s::text IS NOT NULL
+           OR coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
+                        FROM {schema}.job_definition WHERE name = %(definition)s), false)
     FROM deps
     HAVING count(*) = cardinality(%(depends_on)s::bigint[])
+    ON CONFLICT (definition, unique_key) WHERE unique_key IS NOT NULL AND finalized_at IS NULL
+    DO NOTHING
     RETURNING id, status
 ), edges AS (
     INSERT INTO {schema}.job_dependency (job_id, required_job_id)
@@ -29,14 +38,24 @@ WITH deps AS MATERIALIZED (
 )
 SELECT inserted.id, inserted.status::text, pg_notify(%(notify_channel)s, %(channel)s) FROM inserted;
 
+-- name: job_find_unique
+-- The unfinished job that holds a unique key (after job_insert inserted
+-- nothing). A separate statement: its snapshot sees the holder that the
+-- insert waited for and found committed.
+SELECT id, status::text FROM {schema}.job
+WHERE definition = %(definition)s AND unique_key = %(unique_key)s AND finalized_at IS NULL;
+
 -- name: job_insert_many
 -- Defer many jobs of one definition in one statement, in the order given.
 WITH inserted AS (
-    INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at, limited)
+    INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at,
+                              resource_key, limited)
     SELECT %(definition)s, %(channel)s, %(priority)s, p.payload::jsonb, %(max_attempts)s,
            coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond'),
-           coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
-                     FROM {schema}.job_definition WHERE name = %(definition)s), false)
+           %(resource_key)s,
+           %(resource_key)s::text IS NOT NULL
+           OR coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
+                        FROM {schema}.job_definition WHERE name = %(definition)s), false)
     FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n)
     ORDER BY p.n
     RETURNING id
@@ -50,15 +69,47 @@ FROM inserted;
 -- then FIFO. SKIP LOCKED lets concurrent workers take disjoint batches. The
 -- lock is NO KEY UPDATE, which does not conflict with the KEY SHARE lock that
 -- an open defer(depends_on=...) holds on its dependencies; the
--- MATERIALIZED CTE makes the LIMIT apply before the UPDATE, so a worker never
+-- MATERIALIZED CTEs make the LIMIT apply before the UPDATE, so a worker never
 -- gets more rows than it asked for. Each claim counts as an attempt.
-WITH claimable AS MATERIALIZED (
-    SELECT id FROM {schema}.job
+--
+-- Two branches: `plain` serves jobs without limits from job_claim_idx; `keyed`
+-- serves resource-keyed jobs of unlimited definitions, taking a job only if it
+-- heads its key (per channel) and no job of its key runs (I7). A job held back
+-- by its key is simply not taken: it spends nothing and nobody spins on it.
+-- When no keyed job exists the keyed branch is an empty partial index scan.
+-- Two workers can still race on one key from different channels: the unique
+-- index job_resource_running_uniq then refuses the second UPDATE and the
+-- worker claims again (its new snapshot sees the winner running).
+WITH plain AS MATERIALIZED (
+    SELECT id, priority FROM {schema}.job
     WHERE status = 'available' AND NOT limited AND channel = %(channel)s
       AND run_at <= coalesce(%(now)s::timestamptz, now())
     ORDER BY priority DESC, id
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
+), keyed AS MATERIALIZED (
+    SELECT j.id, j.priority FROM {schema}.job j
+    WHERE j.status = 'available' AND j.resource_key IS NOT NULL AND j.channel = %(channel)s
+      AND j.run_at <= coalesce(%(now)s::timestamptz, now())
+      AND NOT EXISTS (
+          SELECT 1 FROM {schema}.job r
+          WHERE r.resource_key = j.resource_key AND r.status = 'running')
+      AND NOT EXISTS (
+          SELECT 1 FROM {schema}.job o
+          WHERE o.resource_key = j.resource_key AND o.channel = j.channel
+            AND o.status = 'available' AND o.run_at <= coalesce(%(now)s::timestamptz, now())
+            AND (o.priority > j.priority OR (o.priority = j.priority AND o.id < j.id)))
+      AND NOT EXISTS (
+          SELECT 1 FROM {schema}.job_definition d
+          WHERE d.name = j.definition
+            AND (d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL))
+    ORDER BY j.priority DESC, j.id
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+), claimable AS (
+    SELECT id FROM (SELECT * FROM plain UNION ALL SELECT * FROM keyed) c
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
 )
 UPDATE {schema}.job j
 SET status = 'running',
@@ -111,6 +162,17 @@ WITH t AS MATERIALIZED (
         SELECT id, definition FROM {schema}.job
         WHERE definition = b.name AND status = 'available' AND limited
           AND run_at <= (SELECT ts FROM t)
+          -- Resource keys (I7), as in job_claim's keyed branch.
+          AND (resource_key IS NULL OR (
+              NOT EXISTS (
+                  SELECT 1 FROM {schema}.job r
+                  WHERE r.resource_key = job.resource_key AND r.status = 'running')
+              AND NOT EXISTS (
+                  SELECT 1 FROM {schema}.job o
+                  WHERE o.resource_key = job.resource_key AND o.channel = job.channel
+                    AND o.status = 'available' AND o.run_at <= (SELECT ts FROM t)
+                    AND (o.priority > job.priority
+                         OR (o.priority = job.priority AND o.id < job.id)))))
         ORDER BY priority DESC, id
         LIMIT greatest(b.n, 0)
         FOR NO KEY UPDATE SKIP LOCKED
@@ -139,6 +201,7 @@ RETURNING j.id, j.definition, j.payload, j.attempt, j.max_attempts, j.lock_token
 --   succeeded    -> succeeded, result stored, finalized
 --   failed       -> available after retry_delay_ms while attempts remain, else failed
 --   interrupted  -> like failed (the worker stopped before the job finished)
+--   timed_out    -> like failed (the attempt ran past attempt_timeout_ms)
 --   released     -> available after retry_delay_ms, attempt refunded, no log row
 -- The release of dependents is job_release_dependents, run next in the same
 -- transaction (see there why it must be a second statement).
@@ -157,21 +220,22 @@ WITH input AS (
         END::{schema}.job_status,
         attempt = CASE WHEN i.outcome = 'released' THEN j.attempt - 1 ELSE j.attempt END,
         result = CASE WHEN i.outcome = 'succeeded' THEN i.result ELSE j.result END,
-        last_error = CASE WHEN i.outcome IN ('failed', 'interrupted') THEN i.error ELSE j.last_error END,
+        last_error = CASE WHEN i.outcome IN ('failed', 'interrupted', 'timed_out')
+                          THEN i.error ELSE j.last_error END,
         run_at = CASE
             WHEN i.outcome = 'succeeded' THEN j.run_at
             ELSE clock_timestamp() + i.retry_delay_ms * interval '1 millisecond'
         END,
         finalized_at = CASE
             WHEN i.outcome = 'succeeded' THEN clock_timestamp()
-            WHEN i.outcome IN ('failed', 'interrupted') AND j.attempt >= j.max_attempts
+            WHEN i.outcome IN ('failed', 'interrupted', 'timed_out') AND j.attempt >= j.max_attempts
                 THEN clock_timestamp()
         END,
         locked_by = NULL, lock_token = NULL, locked_until = NULL
     FROM input i
     WHERE j.id = i.id AND j.attempt = i.attempt AND j.lock_token = i.token
       AND j.status = 'running'
-    RETURNING j.id, j.status, j.run_at, j.channel
+    RETURNING j.id, j.status, j.run_at, j.channel, j.resource_key
 ), logged AS (
     INSERT INTO {schema}.job_attempt
         (job_id, attempt, worker_id, worker_name, started_at, outcome, error, traceback)
@@ -180,10 +244,22 @@ WITH input AS (
     FROM input i JOIN finished f ON f.id = i.id
     WHERE i.outcome <> 'released'
 ), woken AS (
+    -- Retries are runnable again, and a freed resource key lets the next job
+    -- of that key run: wake the channel once.
     SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
-    FROM (SELECT DISTINCT channel FROM finished WHERE status = 'available') c
+    FROM (SELECT DISTINCT channel FROM finished
+          WHERE status = 'available' OR resource_key IS NOT NULL) c
+), done AS (
+    -- Result waiters (JobHandle.result): one notification per statement
+    -- listing the finalized ids, or empty when the list would not fit in a
+    -- notification payload (8000 bytes): every waiter then looks itself up.
+    SELECT count(pg_notify(%(finished_channel)s, CASE WHEN length(ids) < 7900 THEN ids ELSE '' END)) AS n
+    FROM (SELECT string_agg(id::text, ',') AS ids FROM finished
+          WHERE status IN ('succeeded', 'failed')) f
+    WHERE ids IS NOT NULL
 )
-SELECT f.id, f.status::text AS status, f.run_at, (SELECT n FROM woken) AS woken
+SELECT f.id, f.status::text AS status, f.run_at, (SELECT n FROM woken) AS woken,
+       (SELECT n FROM done) AS done
 FROM finished f;
 
 -- name: job_release_dependents
@@ -259,6 +335,18 @@ WITH expired AS MATERIALIZED (
     FROM (SELECT DISTINCT channel FROM rescued WHERE status = 'available') c
 )
 SELECT id, definition, attempt, status, locked_by, (SELECT n FROM woken) AS woken FROM rescued;
+
+-- name: job_notify_finished
+-- Wake result waiters of jobs finalized outside job_finish_many (timeouts,
+-- unmet dependencies, lost workers, cancel). %(ids)s: comma-separated ids.
+SELECT pg_notify(%(finished_channel)s, %(ids)s);
+
+-- name: job_outcome
+-- What a result waiter needs, from the hot table or, once swept, the archive.
+SELECT status::text, result, last_error FROM {schema}.job WHERE id = %(id)s
+UNION ALL
+SELECT status::text, result, last_error FROM {schema}.job_archive
+WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM {schema}.job WHERE id = %(id)s);
 
 -- name: job_ids_existing
 -- Which of the given ids exist (to name the missing ones in an error).

@@ -255,6 +255,7 @@ def test_c4_sigkilled_worker_job_is_rescued_after_its_lease_and_its_late_finish_
                 "worker_id": a_worker_id,
                 "worker_name": "a-worker",
                 "notify_channel": config.notify_channel,
+                "finished_channel": config.finished_channel,
             },
         ).fetchall()
     assert late == []

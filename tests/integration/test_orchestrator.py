@@ -74,6 +74,7 @@ def finish(
             "worker_id": 1,
             "worker_name": "t",
             "notify_channel": config.notify_channel,
+            "finished_channel": config.finished_channel,
         },
     ).fetchall()
 
