@@ -98,3 +98,39 @@ class EmbeddedServerError(OrchestraError):
 
 class AppImportError(OrchestraError):
     """The --app reference could not be imported or is not an orchestra Config."""
+
+
+class JobFailed(OrchestraError):  # noqa: N818 (the name the API promises)
+    """A job whose result was awaited finished without succeeding.
+
+    Attributes:
+        job_id: the job's id.
+        status: its final status (``failed`` or ``cancelled``).
+        error: its last error (the reason the final attempt failed), if any.
+    """
+
+    def __init__(self, job_id: int, status: str, error: str | None) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.error = error
+        reason = f": {error}" if error else ""
+        super().__init__(f"job {job_id} {status}{reason}")
+
+
+class ResultTimeoutError(OrchestraError, TimeoutError):
+    """A job's result was not ready within the timeout; the job itself is untouched.
+
+    Attributes:
+        job_id: the job's id.
+        status: its status when the wait ended.
+        timeout_s: how long was waited.
+    """
+
+    def __init__(self, job_id: int, status: str, timeout_s: float) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.timeout_s = timeout_s
+        super().__init__(
+            f"job {job_id} is still {status} after waiting {timeout_s:g} s for its result; "
+            "ask again later with JobHandle(id, config).result()"
+        )
