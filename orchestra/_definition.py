@@ -135,7 +135,7 @@ class JobContext:
         logger: a logger that tags every record with the job id.
     """
 
-    __slots__ = ("_stop", "attempt", "definition", "job_id", "logger", "max_attempts")
+    __slots__ = ("_cut", "_stop", "attempt", "definition", "job_id", "logger", "max_attempts")
 
     def __init__(
         self,
@@ -145,6 +145,7 @@ class JobContext:
         max_attempts: int,
         definition: JobDefinition[Any],
         stop: threading.Event,
+        cut: threading.Event | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -155,11 +156,13 @@ class JobContext:
             {"job_id": job_id, "attempt": attempt},
         )
         self._stop = stop
+        self._cut = cut
 
     @property
     def should_stop(self) -> bool:
-        """True once the worker is shutting down: a long job should wrap up and return or raise."""
-        return self._stop.is_set()
+        """True once the worker is shutting down or this attempt ran past its
+        ``attempt_timeout_ms``: a long job should wrap up and return or raise."""
+        return self._stop.is_set() or (self._cut is not None and self._cut.is_set())
 
 
 def _check_name(value: object, argument: str, *, pattern: re.Pattern[str] | None = None) -> str:

@@ -22,7 +22,7 @@ import psycopg
 
 logger = logging.getLogger("orchestra.worker")
 
-Outcome = Literal["succeeded", "failed", "interrupted", "released"]
+Outcome = Literal["succeeded", "failed", "interrupted", "timed_out", "released"]
 
 #: Most rows per statement; a larger backlog takes several statements.
 MAX_BATCH = 1000

@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import logging
+import threading
 import time
 import traceback
 import uuid
@@ -54,6 +55,9 @@ ERROR_MAX_CHARS = 4_000
 #: How often a worker refreshes last_heartbeat_at of the definitions it carries.
 DEFINITION_HEARTBEAT_S = 60.0
 TRACEBACK_MAX_CHARS = 32_000
+#: Claims refused in a row by the running-resource-key index before the
+#: worker backs off as for a database error (each retry normally succeeds).
+KEY_CONFLICT_RETRIES = 3
 
 
 @attrs.define
@@ -154,6 +158,7 @@ class Worker(Daemon):
         self._acker: Acker | None = None
         self._listener: Listener | None = None
         self._error_streak = 0
+        self._key_conflicts = 0
 
     def _in_flight(self) -> int:
         return len(self._running)
@@ -336,10 +341,20 @@ class Worker(Daemon):
                     guarded = []
                     if limited and len(claimed) < free:
                         guarded = await self._claim_limited(free - len(claimed), limited)
+                except psycopg.errors.UniqueViolation as exc:
+                    # Another worker started a job of the same resource key
+                    # between our snapshot and our UPDATE: the index refused
+                    # ours (I7). Claim again: the new snapshot sees the winner.
+                    self._key_conflicts += 1
+                    if self._key_conflicts > KEY_CONFLICT_RETRIES:
+                        await self._database_error("claim", exc)
+                    self._maybe_more = True
+                    continue
                 except Exception as exc:
                     await self._database_error("claim", exc)
                     continue
                 self._error_streak = 0
+                self._key_conflicts = 0
                 self._maybe_more = len(claimed) + len(guarded) == free
                 for job in [*claimed, *guarded]:
                     self._start_job(job)
@@ -455,19 +470,26 @@ class Worker(Daemon):
             payload = _converter.decode_payload(job.payload, definition.payload_type)
         except Exception as exc:
             return self._failure(job, definition, started, exc, payload_invalid=True)
+        cut = threading.Event()
         ctx = JobContext(
             job_id=job.id,
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             definition=definition,
             stop=self._stop_event,
+            cut=cut,
         )
+        limit_ms = definition.attempt_timeout_ms
+        deadline = asyncio.timeout(None if limit_ms is None else limit_ms / 1000)
         try:
-            if definition.is_async:
-                value = await definition.call(payload, ctx)
-            else:
-                loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(self._executor, definition.call, payload, ctx)
+            async with deadline:
+                if definition.is_async:
+                    value = await definition.call(payload, ctx)
+                else:
+                    loop = asyncio.get_running_loop()
+                    value = await loop.run_in_executor(
+                        self._executor, definition.call, payload, ctx
+                    )
             result = _converter.dumps(value, what="the return value", owner=definition.name)
             if len(result) > self.config.max_payload_bytes:  # chars <= bytes: cheap pre-check
                 size = len(result.encode("utf-8"))
@@ -478,11 +500,25 @@ class Worker(Daemon):
                         f"{self.config.max_payload_bytes} bytes",
                     )
         except (Exception, SystemExit) as exc:
+            if deadline.expired():
+                # A thread cannot be killed: tell the function to wrap up.
+                cut.set()
+                return self._timed_out(job, definition, started)
             return self._failure(job, definition, started, exc)
         return self._finish(
             job,
             "succeeded",
             result=result,
+            duration_ms=_elapsed_ms(started),
+        )
+
+    def _timed_out(self, job: _Claimed, definition: JobDefinition[Any], started: float) -> Finish:
+        return self._finish(
+            job,
+            "timed_out",
+            error=f"AttemptTimeout: the attempt ran longer than attempt_timeout_ms "
+            f"({definition.attempt_timeout_ms} ms) and was cut",
+            retry_delay_ms=definition.backoff.delay_ms(job.attempt),
             duration_ms=_elapsed_ms(started),
         )
 
