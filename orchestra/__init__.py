@@ -1,23 +1,49 @@
-"""orchestra: a PostgreSQL-backed job queue and scheduling orchestrator."""
+"""orchestra: a PostgreSQL-backed job queue and scheduling orchestrator.
+
+The daemons (``Worker``, ``Orchestrator``) are imported on first use, so that a
+process that only defers jobs loads none of their machinery.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from orchestra import events
 from orchestra._backoff import Backoff
 from orchestra._config import Config
 from orchestra._definition import JobContext, JobDefinition, JobHandle
-from orchestra._orchestrator import Orchestrator
-from orchestra._worker import Worker, WorkerStats
 from orchestra.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
+    JobFailed,
     OrchestraError,
     PayloadError,
+    ResultTimeoutError,
     SchemaNotReadyError,
     UnknownJobError,
 )
 
+if TYPE_CHECKING:
+    from orchestra._orchestrator import Orchestrator
+    from orchestra._worker import Worker, WorkerStats
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Orchestrator": "orchestra._orchestrator",
+    "Worker": "orchestra._worker",
+    "WorkerStats": "orchestra._worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestra' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 __all__ = [
     "Backoff",
@@ -26,10 +52,12 @@ __all__ = [
     "DatabaseUnavailableError",
     "JobContext",
     "JobDefinition",
+    "JobFailed",
     "JobHandle",
     "OrchestraError",
     "Orchestrator",
     "PayloadError",
+    "ResultTimeoutError",
     "SchemaNotReadyError",
     "UnknownJobError",
     "Worker",
