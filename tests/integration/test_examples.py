@@ -11,7 +11,16 @@ import pytest
 from orchestra.cli import load_app
 from tests.conftest import REPO
 
-SCRIPTS = ["quickstart", "transactional_defer", "retries", "dependencies"]
+SCRIPTS = [
+    "quickstart",
+    "transactional_defer",
+    "retries",
+    "dependencies",
+    "request_response",
+    "dedup",
+    "resource_lock",
+    "priorities",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -37,6 +46,10 @@ def test_example_runs(script: str, test_dsn: str, schema: str) -> None:
         "transactional_defer": "rolled-back job: does not exist",
         "retries": "(3, 'succeeded', None)",
         "dependencies": "order: ['extract-a', 'extract-b', 'merge', 'load']",
+        "request_response": "job 2 failed: ValueError: quantity must be positive",
+        "dedup": "after it ran: new job True",
+        "resource_lock": "per printer: {'inkjet': 1, 'laser': 1}",
+        "priorities": "order: ['vip', 'page-oncall', 'bulk-1', 'bulk-2', 'bulk-3', 'cleanup']",
     }[script]
     assert expected in done.stdout
 
