@@ -392,6 +392,11 @@ class JobDefinition(Generic[P]):
         config.register(self)
 
     @property
+    def arity(self) -> int:
+        """How many of (payload, ctx) the job function takes: 0, 1 or 2."""
+        return self._arity
+
+    @property
     def has_callbacks(self) -> bool:
         """True when a lifecycle callback is set (the worker then reads the job back)."""
         return any(c is not None for c in (self.on_success, self.on_failure, self.on_attempt))

@@ -38,6 +38,7 @@ from orchestra._config import Config
 from orchestra._daemon import Daemon
 from orchestra._definition import CHANNEL_RE, JobContext, JobDefinition, _check_name
 from orchestra._worker._acker import Acker, Finish, Outcome
+from orchestra._worker._children import ChildPool, ChildRequest
 from orchestra._worker._listener import Listener
 from orchestra.errors import ConfigurationError, PayloadError
 
@@ -92,7 +93,12 @@ class Worker(Daemon):
     Args:
         config: the queue's Config; its registered definitions are what this worker can run.
         channel: the channel to serve.
-        concurrency: most jobs running at once (>= 1).
+        concurrency: most jobs running at once (>= 1); by default 1, or ``processes``.
+        processes: run job functions in this many child processes instead of
+            threads (CPU-bound work). Functions must be importable module-level
+            callables; a crash of a child fails that attempt only (it is retried
+            as any failure) and the child is replaced; ``attempt_timeout_ms``
+            terminates a stuck child.
         name: shown in events, logs and the worker table (``<name>-worker``).
         event_handler: a callable, or several, receiving :mod:`orchestra.events`.
         process_interval_ms: polling interval when idle (NOTIFY usually wakes sooner).
@@ -111,7 +117,8 @@ class Worker(Daemon):
         config: Config,
         *,
         channel: str = "_default",
-        concurrency: int = 1,
+        concurrency: int | None = None,
+        processes: int | None = None,
         name: str = "anon",
         event_handler: events.EventHandler | Iterable[events.EventHandler] | None = None,
         process_interval_ms: int | dt.timedelta = PROCESS_INTERVAL_MS_DEFAULT,
@@ -127,6 +134,16 @@ class Worker(Daemon):
             )
         self.config = config
         self.channel = _check_name(channel, "channel", pattern=CHANNEL_RE)
+        if processes is not None and (
+            isinstance(processes, bool)
+            or not isinstance(processes, int)
+            or not 1 <= processes <= 256
+        ):
+            raise ConfigurationError(
+                "processes", f"must be an int from 1 to 256, got {processes!r}"
+            )
+        if concurrency is None:
+            concurrency = processes or 1
         if (
             isinstance(concurrency, bool)
             or not isinstance(concurrency, int)
@@ -135,7 +152,16 @@ class Worker(Daemon):
             raise ConfigurationError(
                 "concurrency", f"must be an int from 1 to 10000, got {concurrency!r}"
             )
+        if processes is not None and concurrency != processes:
+            # A claimed job waiting for a busy child would hold its lease and
+            # delay other workers for nothing.
+            raise ConfigurationError(
+                "concurrency",
+                f"with processes={processes} each child runs one job: leave concurrency "
+                f"unset or equal to processes, got {concurrency}",
+            )
         self.concurrency = concurrency
+        self.processes = processes
         self.process_interval_ms = milliseconds(process_interval_ms, "process_interval_ms") or 0
         if self.process_interval_ms < 10:
             raise ConfigurationError("process_interval_ms", "must be at least 10 ms")
@@ -155,6 +181,7 @@ class Worker(Daemon):
         self._maybe_more = True
         self._pool: AsyncConnectionPool[Any] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._children: ChildPool | None = None
         self._acker: Acker | None = None
         self._listener: Listener | None = None
         self._error_streak = 0
@@ -192,6 +219,11 @@ class Worker(Daemon):
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix=f"orchestra-{self.name}"
         )
+        if self.processes is not None:
+            self._children = ChildPool(self.processes, name=f"orchestra-{self.name}")
+            # Started before claiming: a child takes a fraction of a second to
+            # import the app, which must not count against the first jobs.
+            await asyncio.to_thread(self._children.start)
         self._acker = Acker(
             self._write_finishes,
             worker_id=lambda: self.worker_id or 0,
@@ -265,6 +297,8 @@ class Worker(Daemon):
 
     async def _drain(self) -> int:
         """Wait for running jobs within the grace period; interrupt the rest."""
+        if self._children is not None:
+            self._children.request_stop()  # ctx.should_stop in the children
         deadline = time.monotonic() + self.shutdown_grace_ms / 1000
         while self._running and not self._force_event.is_set():
             remaining = deadline - time.monotonic()
@@ -306,6 +340,8 @@ class Worker(Daemon):
                         "%s: could not delete the worker row", self.daemon_name, exc_info=True
                     )
             await self._pool.close()
+        if self._children is not None:
+            await self._children.close()
         if self._executor is not None:
             # Threads of sync jobs that ignored the stop keep running until they
             # return; their jobs were already recorded as interrupted.
@@ -466,6 +502,8 @@ class Worker(Daemon):
             # unharmed rather than destroying it (seed bug 8).
             return self._finish(job, "released", retry_delay_ms=self.unknown_definition_delay_ms)
         started = time.monotonic()
+        if self._children is not None:
+            return await self._execute_in_child(job, definition, self._children, started)
         try:
             payload = _converter.decode_payload(job.payload, definition.payload_type)
         except Exception as exc:
@@ -509,6 +547,51 @@ class Worker(Daemon):
             job,
             "succeeded",
             result=result,
+            duration_ms=_elapsed_ms(started),
+        )
+
+    async def _execute_in_child(
+        self, job: _Claimed, definition: JobDefinition[Any], pool: ChildPool, started: float
+    ) -> Finish:
+        """Run the attempt in a child process; a crash of the child fails only this attempt."""
+        limit_ms = definition.attempt_timeout_ms
+        reply = await pool.run(
+            ChildRequest(
+                function=definition.job_function,
+                payload_type=definition.payload_type,
+                payload=job.payload,
+                arity=definition.arity,
+                job_id=job.id,
+                attempt=job.attempt,
+                max_attempts=job.max_attempts,
+                definition_name=definition.name,
+            ),
+            timeout_s=None if limit_ms is None else limit_ms / 1000,
+        )
+        if reply.timed_out:
+            return self._timed_out(job, definition, started)
+        if reply.ok:
+            assert reply.result is not None
+            size = len(reply.result.encode("utf-8"))
+            if size <= self.config.max_payload_bytes:
+                return self._finish(
+                    job, "succeeded", result=reply.result, duration_ms=_elapsed_ms(started)
+                )
+            error = (
+                f"PayloadError: payload for {definition.name!r}: the return value is {size} "
+                f"bytes, over the limit of {self.config.max_payload_bytes} bytes"
+            )
+        else:
+            error = reply.error or "the child process failed without a message"
+        return self._finish(
+            job,
+            "failed",
+            error=_storable(error, ERROR_MAX_CHARS),
+            traceback=None
+            if reply.traceback is None
+            else _storable(reply.traceback, TRACEBACK_MAX_CHARS),
+            payload_invalid=reply.payload_invalid,
+            retry_delay_ms=definition.backoff.delay_ms(job.attempt),
             duration_ms=_elapsed_ms(started),
         )
 

@@ -20,6 +20,7 @@ SCRIPTS = [
     "dedup",
     "resource_lock",
     "priorities",
+    "child_processes",
 ]
 
 
@@ -50,6 +51,7 @@ def test_example_runs(script: str, test_dsn: str, schema: str) -> None:
         "dedup": "after it ran: new job True",
         "resource_lock": "per printer: {'inkjet': 1, 'laser': 1}",
         "priorities": "order: ['vip', 'page-oncall', 'bulk-1', 'bulk-2', 'bulk-3', 'cleanup']",
+        "child_processes": "fragile: survived on attempt 2",
     }[script]
     assert expected in done.stdout
 
