@@ -13,10 +13,12 @@ from orchestra import events
 from orchestra._backoff import Backoff
 from orchestra._config import Config
 from orchestra._definition import JobContext, JobDefinition, JobHandle
+from orchestra._jobs import Attempt, DefinitionInfo, Job
 from orchestra.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     JobFailed,
+    JobStateError,
     OrchestraError,
     PayloadError,
     ResultTimeoutError,
@@ -45,15 +47,20 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value  # later lookups skip this function
     return value
 
+
 __all__ = [
+    "Attempt",
     "Backoff",
     "Config",
     "ConfigurationError",
     "DatabaseUnavailableError",
+    "DefinitionInfo",
+    "Job",
     "JobContext",
     "JobDefinition",
     "JobFailed",
     "JobHandle",
+    "JobStateError",
     "OrchestraError",
     "Orchestrator",
     "PayloadError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -19,6 +20,7 @@ from orchestra.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from orchestra._definition import JobDefinition
+    from orchestra._jobs import AsyncJobs, Jobs
 
 DEFAULT_SCHEMA = "_queue"
 MAX_PAYLOAD_BYTES_DEFAULT = 1024 * 1024
@@ -229,6 +231,22 @@ class Config:
     def definitions(self) -> Mapping[str, JobDefinition[Any]]:
         """The definitions registered in this process, by name."""
         return dict(self._definitions)
+
+    # -- management ---------------------------------------------------------
+
+    @functools.cached_property
+    def jobs(self) -> Jobs:
+        """Find, list, retry, cancel and delete jobs; describe definitions (I8, I9)."""
+        from orchestra._jobs import Jobs  # noqa: PLC0415 (loaded on first use)
+
+        return Jobs(self)
+
+    @functools.cached_property
+    def jobs_async(self) -> AsyncJobs:
+        """Async twin of :attr:`jobs`, on this event loop's async pool."""
+        from orchestra._jobs import AsyncJobs  # noqa: PLC0415 (loaded on first use)
+
+        return AsyncJobs(self)
 
     def __repr__(self) -> str:
         dsn = _db.redact_dsn(self._resolved_dsn or self._dsn or "") or "<unresolved>"

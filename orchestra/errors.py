@@ -134,3 +134,21 @@ class ResultTimeoutError(OrchestraError, TimeoutError):
             f"job {job_id} is still {status} after waiting {timeout_s:g} s for its result; "
             "ask again later with JobHandle(id, config).result()"
         )
+
+
+class JobStateError(OrchestraError):
+    """A job is not in a state that allows what was asked of it.
+
+    Attributes:
+        job_id: the job's id.
+        status: its status when the action was refused.
+        action: what was refused: ``retry``, ``cancel`` or ``delete``.
+        reason: why, as shown in the message (by default ``it is <status>``).
+    """
+
+    def __init__(self, job_id: int, status: str, action: str, reason: str | None = None) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.action = action
+        self.reason = reason or f"it is {status}"
+        super().__init__(f"cannot {action} job {job_id}: {self.reason}")

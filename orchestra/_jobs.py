@@ -1,0 +1,794 @@
+"""Job management: find, list, count, retry, cancel and delete jobs; describe definitions.
+
+Reached as ``config.jobs`` (:class:`Jobs`) and ``config.jobs_async``
+(:class:`AsyncJobs`), and used by the ``orchestra jobs`` and ``orchestra
+definitions`` commands. Behaviours (``shared/reference/seed-analysis.md``):
+
+* I8: failed jobs can be listed, retried (back to available, with a fresh
+  attempt budget) or deleted, one by one or in bulk;
+* I9: find by id, list by status with limit, offset and order, and no hidden
+  time window (seed steve only listed the last 30 minutes).
+
+Every change is one SQL statement (``orchestra/sql/manage.sql``) that locks the
+job and re-checks its state, so it cannot race a worker claiming or finishing
+the job at the same moment, and that reports the state it found: an unknown id
+raises :class:`~orchestra.errors.UnknownJobError`, a job in the wrong state
+:class:`~orchestra.errors.JobStateError`, and nothing is written either way.
+
+How the twins share their logic: each operation is written once, as a
+generator that checks its arguments, yields the statements it needs
+(:class:`_Statement`, or :class:`_Transaction` for statements that must commit
+together), receives their rows (or the database error they raised), and turns
+rows into values or errors. :class:`Jobs` and :class:`AsyncJobs` only run those
+generators on a sync or an async connection.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+from collections.abc import Generator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+import psycopg
+from psycopg.rows import dict_row
+
+from orchestra._definition import JobHandle
+from orchestra.errors import ConfigurationError, JobStateError, UnknownJobError
+
+if TYPE_CHECKING:
+    from orchestra._config import Config
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+#: Every job status, in lifecycle order (the order of the ``job_status`` enum).
+STATUSES: tuple[str, ...] = ("waiting", "available", "running", "succeeded", "failed", "cancelled")
+#: The final statuses: only an explicit retry takes a job out of them.
+FINALIZED_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+ORDERS: tuple[str, ...] = ("asc", "desc")
+LIST_LIMIT_MAX = 10_000
+#: Jobs per statement of retry_failed and delete_failed: row locks are held for
+#: one batch only, and a huge backlog never becomes one huge transaction.
+BULK_BATCH_SIZE = 500
+#: How often a retry_failed batch is run again after a concurrent job took one
+#: of its unique keys (each run sees more of the keys taken).
+UNIQUE_CONFLICT_RETRIES = 3
+#: The partial unique index of unfinished jobs' (definition, unique_key).
+UNIQUE_KEY_INDEX = "job_unique_key_uniq"
+_BIGINT_MAX = 2**63 - 1
+
+# The reason a JobStateError gives, by status, when no more specific one applies.
+_STATE_REASONS = {
+    "waiting": "it is waiting for its dependencies",
+    "available": "it is available",
+    "running": "it is running",
+    "succeeded": "it already succeeded",
+    "failed": "it already failed",
+    "cancelled": "it was already cancelled",
+}
+
+
+# -- values -------------------------------------------------------------------
+
+
+@attrs.frozen
+class Attempt:
+    """One ended attempt of a job, from its attempt log (seed steve, I4).
+
+    Attributes:
+        attempt: the attempt's number, from 1. A retry gives the job a fresh
+            budget, so numbers start again at 1 after it; the log keeps every
+            attempt, in the order they ended.
+        worker_id: the id of the worker that ran it (None when not recorded).
+        worker_name: that worker's name, when recorded.
+        started_at: when it was claimed.
+        finished_at: when it ended (or was found lost, timed out or cancelled).
+        outcome: ``succeeded``, ``failed``, ``lost``, ``interrupted`` or ``timed_out``.
+        error: the error message, if it did not succeed.
+        traceback: the Python traceback of a failure, when there was one.
+    """
+
+    attempt: int
+    worker_id: int | None
+    worker_name: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    outcome: str
+    error: str | None
+    traceback: str | None
+
+
+@attrs.frozen
+class Job:
+    """A job as stored, read by :meth:`Jobs.get` or :meth:`Jobs.list`.
+
+    Attributes:
+        id: the job's id.
+        definition: the name of its definition.
+        channel: the channel whose workers run it.
+        status: ``waiting``, ``available``, ``running``, ``succeeded``, ``failed``
+            or ``cancelled``.
+        priority: higher runs first.
+        payload: the payload, decoded from JSON (not structured into the
+            definition's payload type: the definition may not be loaded here).
+        result: the job function's return value, decoded from JSON, once it succeeded.
+        attempt: attempts used (claims so far), from 0.
+        max_attempts: its attempt budget.
+        run_at: when it is (or was) due.
+        created_at: when it was deferred.
+        started_at: when its last attempt started.
+        finalized_at: when it reached a final status.
+        last_error: the error of its last failed attempt (or why it was finalized).
+        unique_key: its deduplication key.
+        resource_key: its resource key (at most one running job per key).
+        locked_by: the id of the worker running it, while it runs.
+        depends_on: the ids of the jobs it waits for (empty once archived).
+        attempts: its attempt log, oldest first; None when not asked for.
+        archived: True when read from ``job_archive`` (moved there by the sweeper).
+    """
+
+    id: int
+    definition: str
+    channel: str
+    status: str
+    priority: int
+    payload: Any
+    result: Any
+    attempt: int
+    max_attempts: int
+    run_at: dt.datetime
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finalized_at: dt.datetime | None
+    last_error: str | None
+    unique_key: str | None
+    resource_key: str | None
+    locked_by: int | None
+    depends_on: tuple[int, ...]
+    attempts: tuple[Attempt, ...] | None
+    archived: bool
+
+    @property
+    def is_finalized(self) -> bool:
+        """True once the job succeeded, failed or was cancelled."""
+        return self.status in FINALIZED_STATUSES
+
+
+@attrs.frozen
+class DefinitionInfo:
+    """A definition as stored in ``job_definition``, with its job counts.
+
+    Attributes mirror :class:`~orchestra.JobDefinition`'s settings (``backoff``
+    is its kind); ``last_repeated_at``, ``next_tick_at``, ``last_released_at``
+    and ``last_heartbeat_at`` are kept by the daemons; ``counts`` maps every
+    status to how many of the definition's jobs have it (finalized jobs count
+    until the sweeper removes them).
+    """
+
+    name: str
+    channel: str
+    num_attempts: int
+    backoff: str
+    priority: int
+    repeat_interval_ms: int | None
+    cron: str | None
+    release_interval_ms: int
+    max_concurrency: int | None
+    lock_interval_ms: int
+    timeout_interval_ms: int
+    last_repeated_at: dt.datetime | None
+    next_tick_at: dt.datetime | None
+    last_released_at: dt.datetime | None
+    last_heartbeat_at: dt.datetime
+    paused: bool
+    counts: Mapping[str, int]
+
+
+# -- rows to values (one function per row type) --------------------------------
+
+
+def _timestamp(value: str | None) -> dt.datetime | None:
+    # PostgreSQL writes timestamptz into JSON as ISO 8601 with an offset.
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+def attempt_from_json(item: Mapping[str, Any]) -> Attempt:
+    """An :class:`Attempt` from one element of an attempt log in JSON.
+
+    That is the shape of ``job_archive.attempts`` and of the live log as
+    ``manage_job_get`` aggregates it: ``to_jsonb`` of a ``job_attempt`` row.
+    """
+    started_at = _timestamp(item["started_at"])
+    finished_at = _timestamp(item["finished_at"])
+    assert started_at is not None and finished_at is not None  # NOT NULL columns
+    return Attempt(
+        attempt=int(item["attempt"]),
+        worker_id=item.get("worker_id"),
+        worker_name=item.get("worker_name"),
+        started_at=started_at,
+        finished_at=finished_at,
+        outcome=str(item["outcome"]),
+        error=item.get("error"),
+        traceback=item.get("traceback"),
+    )
+
+
+def job_from_row(row: Mapping[str, Any]) -> Job:
+    """A :class:`Job` from a row of ``manage_job_get`` or ``manage_job_list_*``."""
+    attempts = row["attempts"]
+    return Job(
+        id=row["id"],
+        definition=row["definition"],
+        channel=row["channel"],
+        status=row["status"],
+        priority=row["priority"],
+        payload=row["payload"],
+        result=row["result"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        run_at=row["run_at"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finalized_at=row["finalized_at"],
+        last_error=row["last_error"],
+        unique_key=row["unique_key"],
+        resource_key=row["resource_key"],
+        locked_by=row["locked_by"],
+        depends_on=tuple(row["depends_on"] or ()),
+        attempts=None if attempts is None else tuple(attempt_from_json(a) for a in attempts),
+        archived=row["archived"],
+    )
+
+
+def definition_from_row(row: Mapping[str, Any]) -> DefinitionInfo:
+    """A :class:`DefinitionInfo` from a row of ``manage_definition_list``."""
+    counts = row["counts"] or {}
+    return DefinitionInfo(
+        name=row["name"],
+        channel=row["channel"],
+        num_attempts=row["num_attempts"],
+        backoff=row["backoff"],
+        priority=row["priority"],
+        repeat_interval_ms=row["repeat_interval_ms"],
+        cron=row["cron"],
+        release_interval_ms=row["release_interval_ms"],
+        max_concurrency=row["max_concurrency"],
+        lock_interval_ms=row["lock_interval_ms"],
+        timeout_interval_ms=row["timeout_interval_ms"],
+        last_repeated_at=row["last_repeated_at"],
+        next_tick_at=row["next_tick_at"],
+        last_released_at=row["last_released_at"],
+        last_heartbeat_at=row["last_heartbeat_at"],
+        paused=row["paused"],
+        # Every status is present, zeros included, so callers can index freely.
+        counts={status: int(counts.get(status, 0)) for status in STATUSES},
+    )
+
+
+# -- argument checks (before any statement is sent) ----------------------------
+
+
+def _check_job_id(job_id: object) -> int:
+    value = job_id.id if isinstance(job_id, JobHandle) else job_id
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _BIGINT_MAX:
+        raise ConfigurationError(
+            "job_id", f"must be a positive job id or a JobHandle, got {job_id!r}"
+        )
+    return value
+
+
+def _check_int(value: object, argument: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(argument, f"must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ConfigurationError(argument, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _check_statuses(status: object) -> list[str]:
+    if status is None:
+        return list(STATUSES)
+    if isinstance(status, str):
+        values: list[object] = [status]
+    elif isinstance(status, Iterable):
+        values = list(status)
+    else:
+        raise ConfigurationError(
+            "status", f"must be a status or an iterable of statuses, not {status!r}"
+        )
+    if not values:
+        raise ConfigurationError("status", "must name at least one status (or be None for all)")
+    unknown = [v for v in values if v not in STATUSES]
+    if unknown:
+        raise ConfigurationError(
+            "status", f"unknown status {unknown[0]!r}: use one of {', '.join(STATUSES)}"
+        )
+    return [str(v) for v in dict.fromkeys(values)]
+
+
+def _check_optional_name(value: object, argument: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(argument, f"must be a non-empty string or None, got {value!r}")
+    return value
+
+
+def _filters(status: object, definition: object, channel: object) -> dict[str, Any]:
+    return {
+        "statuses": _check_statuses(status),
+        "definition": _check_optional_name(definition, "definition"),
+        "channel": _check_optional_name(channel, "channel"),
+    }
+
+
+# -- outcomes to errors --------------------------------------------------------
+
+
+def _check_outcome(action: str, job_id: int, row: Row) -> None:
+    """Raise the error a retry, cancel or delete statement's result row calls for."""
+    if row["done"]:
+        return
+    status: str | None = row["status"]
+    if status is None:
+        archived: str | None = row["archived_status"]
+        if archived is None:
+            raise UnknownJobError((job_id,))
+        raise JobStateError(
+            job_id, archived, action, f"it was archived ({archived}); archived jobs are read-only"
+        )
+    if row.get("holder_id") is not None:
+        raise JobStateError(
+            job_id,
+            status,
+            action,
+            f"job {row['holder_id']} of the same definition holds its unique_key "
+            f"{row['unique_key']!r} and is not finished",
+        )
+    if row.get("blocker_id") is not None:
+        raise JobStateError(
+            job_id, status, action, f"job {row['blocker_id']} depends on it and is not finished"
+        )
+    raise JobStateError(job_id, status, action, _STATE_REASONS.get(status))
+
+
+def _is_unique_key_conflict(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, psycopg.errors.UniqueViolation)
+        and exc.diag.constraint_name == UNIQUE_KEY_INDEX
+    )
+
+
+# -- operations, written once for both twins -----------------------------------
+
+
+@attrs.frozen
+class _Statement:
+    """A named query of ``config.queries`` and its parameters; the driver sends back its rows."""
+
+    query: str
+    params: Mapping[str, Any]
+
+
+@attrs.frozen
+class _Transaction:
+    """Run ``op`` (an operation yielding statements) in one transaction; send back its value."""
+
+    op: Generator[_Statement, Any, Any]
+
+
+_Op = Generator[_Statement | _Transaction, Any, T]
+
+
+def _get(job_id: object, with_attempts: bool) -> _Op[Job]:
+    checked = _check_job_id(job_id)
+    rows: list[Row] = yield _Statement(
+        "manage_job_get", {"id": checked, "with_attempts": bool(with_attempts)}
+    )
+    if not rows:
+        raise UnknownJobError((checked,))
+    return job_from_row(rows[0])
+
+
+def _list(
+    status: object,
+    definition: object,
+    channel: object,
+    limit: object,
+    offset: object,
+    order: object,
+) -> _Op[list[Job]]:
+    params = _filters(status, definition, channel)
+    params["limit"] = _check_int(limit, "limit", 1, LIST_LIMIT_MAX)
+    params["offset"] = _check_int(offset, "offset", 0, _BIGINT_MAX)
+    if not isinstance(order, str) or order not in ORDERS:
+        raise ConfigurationError("order", f"must be 'asc' or 'desc', got {order!r}")
+    rows: list[Row] = yield _Statement(f"manage_job_list_{order}", params)
+    return [job_from_row(row) for row in rows]
+
+
+def _count(status: object, definition: object, channel: object) -> _Op[int]:
+    rows: list[Row] = yield _Statement("manage_job_count", _filters(status, definition, channel))
+    return int(rows[0]["n"])
+
+
+def _retry(config: Config, job_id: object) -> _Op[Job]:
+    checked = _check_job_id(job_id)
+    try:
+        rows: list[Row] = yield _Statement(
+            "manage_job_retry", {"id": checked, "notify_channel": config.notify_channel}
+        )
+    except psycopg.errors.UniqueViolation as exc:
+        # Another retry or defer took the key between our check and our write;
+        # the statement was rolled back as a whole.
+        if not _is_unique_key_conflict(exc):
+            raise
+        job = yield from _get(checked, with_attempts=False)
+        raise JobStateError(
+            checked,
+            job.status,
+            "retry",
+            f"another unfinished job of the same definition holds its unique_key "
+            f"{job.unique_key!r}",
+        ) from None
+    _check_outcome("retry", checked, rows[0])
+    return (yield from _get(checked, with_attempts=False))
+
+
+def _retry_failed(config: Config, definition: object) -> _Op[int]:
+    params = {
+        "definition": _check_optional_name(definition, "definition"),
+        "limit": BULK_BATCH_SIZE,
+        "notify_channel": config.notify_channel,
+    }
+    total, after_id, conflicts = 0, 0, 0
+    while True:
+        try:
+            rows: list[Row] = yield _Statement(
+                "manage_job_retry_failed", {**params, "after_id": after_id}
+            )
+        except psycopg.errors.UniqueViolation as exc:
+            # A job that took one of the batch's keys committed after the
+            # batch's snapshot; the batch was rolled back. Run it again: its
+            # new snapshot sees that job, and leaves the colliding one failed.
+            conflicts += 1
+            if not _is_unique_key_conflict(exc) or conflicts > UNIQUE_CONFLICT_RETRIES:
+                raise
+            continue
+        row = rows[0]
+        total += int(row["retried"])
+        if row["scanned"] < BULK_BATCH_SIZE:
+            return total
+        after_id = int(row["last_id"])
+
+
+def _cancel(config: Config, job_id: object) -> _Op[Job]:
+    checked = _check_job_id(job_id)
+    rows: list[Row] = yield _Statement(
+        "manage_job_cancel",
+        {
+            "id": checked,
+            "finished_channel": config.finished_channel,
+            "notify_channel": config.notify_channel,
+        },
+    )
+    _check_outcome("cancel", checked, rows[0])
+    return (yield from _get(checked, with_attempts=False))
+
+
+def _delete_locked(job_id: int) -> Generator[_Statement, Any, Row]:
+    # Two statements, one transaction: see manage_job_lock for why.
+    yield _Statement("manage_job_lock", {"id": job_id})
+    rows: list[Row] = yield _Statement("manage_job_delete", {"id": job_id})
+    return rows[0]
+
+
+def _delete(job_id: object) -> _Op[None]:
+    checked = _check_job_id(job_id)
+    row: Row = yield _Transaction(_delete_locked(checked))
+    _check_outcome("delete", checked, row)
+
+
+def _delete_failed_batch(
+    params: Mapping[str, Any], after_id: int
+) -> Generator[_Statement, Any, tuple[int, int, int]]:
+    locked: list[Row] = yield _Statement("manage_job_lock_failed", {**params, "after_id": after_id})
+    ids = [int(row["id"]) for row in locked]
+    if not ids:
+        return 0, after_id, 0
+    deleted: list[Row] = yield _Statement("manage_job_delete_failed", {"ids": ids})
+    return len(ids), max(ids), len(deleted)
+
+
+def _delete_failed(definition: object) -> _Op[int]:
+    params = {
+        "definition": _check_optional_name(definition, "definition"),
+        "limit": BULK_BATCH_SIZE,
+    }
+    total, after_id = 0, 0
+    while True:
+        batch: tuple[int, int, int] = yield _Transaction(_delete_failed_batch(params, after_id))
+        scanned, after_id, deleted = batch
+        total += deleted
+        if scanned < BULK_BATCH_SIZE:
+            return total
+
+
+def _definitions() -> _Op[list[DefinitionInfo]]:
+    rows: list[Row] = yield _Statement("manage_definition_list", {})
+    return [definition_from_row(row) for row in rows]
+
+
+# -- drivers --------------------------------------------------------------------
+
+
+def _start(op: Generator[Any, Any, Any]) -> tuple[bool, Any]:
+    """Run ``op`` to its first statement: (True, step), or (False, value) if it needed none."""
+    try:
+        return True, next(op)
+    except StopIteration as stop:
+        return False, stop.value
+
+
+def _fetch(conn: psycopg.Connection[Any], config: Config, statement: _Statement) -> list[Row]:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(config.queries[statement.query], statement.params)
+        return cursor.fetchall()
+
+
+def _drive(
+    conn: psycopg.Connection[Any], config: Config, op: Generator[Any, Any, T], step: Any
+) -> T:
+    """Run ``op`` from ``step`` to its end on ``conn``; its errors are thrown back into it."""
+    while True:
+        try:
+            if isinstance(step, _Transaction):
+                with conn.transaction():
+                    started, first = _start(step.op)
+                    value = _drive(conn, config, step.op, first) if started else first
+            else:
+                value = _fetch(conn, config, step)
+        except Exception as exc:  # the operation may handle it (and then go on) or not
+            try:
+                step = op.throw(exc)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+        else:
+            try:
+                step = op.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+
+async def _fetch_async(
+    conn: psycopg.AsyncConnection[Any], config: Config, statement: _Statement
+) -> list[Row]:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(config.queries[statement.query], statement.params)
+        return await cursor.fetchall()
+
+
+async def _drive_async(
+    conn: psycopg.AsyncConnection[Any], config: Config, op: Generator[Any, Any, T], step: Any
+) -> T:
+    """Async twin of :func:`_drive`."""
+    while True:
+        try:
+            if isinstance(step, _Transaction):
+                async with conn.transaction():
+                    started, first = _start(step.op)
+                    value = await _drive_async(conn, config, step.op, first) if started else first
+            else:
+                value = await _fetch_async(conn, config, step)
+        except Exception as exc:
+            try:
+                step = op.throw(exc)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+        else:
+            try:
+                step = op.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+
+# -- the managers ----------------------------------------------------------------
+
+
+class Jobs:
+    """Inspect and manage the jobs of one Config: ``config.jobs``.
+
+    Every method borrows a pooled connection of its own and commits before it
+    returns. Arguments are checked before anything is sent: a bad one raises
+    :class:`~orchestra.errors.ConfigurationError` naming it, and writes nothing.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    def __repr__(self) -> str:
+        return f"Jobs(schema={self._config.schema!r})"
+
+    def _run(self, op: _Op[T]) -> T:
+        started, step = _start(op)  # the argument checks run here, before connecting
+        if not started:
+            return step  # type: ignore[no-any-return]
+        with self._config.connection() as conn:
+            return _drive(conn, self._config, op, step)
+
+    def get(self, job_id: int | JobHandle, *, with_attempts: bool = True) -> Job:
+        """The job with this id, from the queue or, once swept with ``archive=True``, the archive.
+
+        With ``with_attempts`` (default) its attempt log comes too, oldest
+        first, with errors and tracebacks. Raises UnknownJobError for an id
+        that is in neither table.
+        """
+        return self._run(_get(job_id, with_attempts))
+
+    def list(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        definition: str | None = None,
+        channel: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> builtins.list[Job]:
+        """A page of jobs, by id (``order`` ``asc`` or ``desc``), without their attempts.
+
+        ``status`` is one status or several (None: all). There is no hidden
+        time window (I9): every job still in the queue is listed, however old.
+        ``limit`` is 1 to 10 000, ``offset`` >= 0. Archived jobs are not
+        listed (read them by id with :meth:`get`).
+        """
+        return self._run(_list(status, definition, channel, limit, offset, order))
+
+    def count(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        definition: str | None = None,
+        channel: str | None = None,
+    ) -> int:
+        """How many jobs :meth:`list` would find with these filters, without a limit."""
+        return self._run(_count(status, definition, channel))
+
+    def retry(self, job_id: int | JobHandle) -> Job:
+        """Run a job again; returns it as it is right after.
+
+        A finalized job (succeeded, failed or cancelled) gets a fresh attempt
+        budget (attempt 0, same ``max_attempts``), loses its result, and becomes
+        ``available`` now, or ``waiting`` if one of its dependencies has not
+        succeeded (retry those first: a failed one would fail it again). An
+        ``available`` job that waits for its backoff is made due now. Workers
+        of its channel are woken.
+
+        Raises JobStateError for a running or waiting job, for an archived one,
+        and when another unfinished job of the definition holds its
+        ``unique_key``; UnknownJobError for an unknown id. Jobs that failed
+        because this one failed (``unmet_dependencies``) are not retried with it.
+        A job cancelled while running may still have that attempt running.
+        """
+        return self._run(_retry(self._config, job_id))
+
+    def retry_failed(self, *, definition: str | None = None) -> int:
+        """Retry every failed job (of one definition, or all) like :meth:`retry`; returns how many.
+
+        Works in batches of 500, one statement each. A failed job whose
+        ``unique_key`` is held by an unfinished job, or by a newer failed job
+        (retried instead), stays failed. Failed jobs created while this runs
+        may or may not be included.
+        """
+        return self._run(_retry_failed(self._config, definition))
+
+    def cancel(self, job_id: int | JobHandle) -> Job:
+        """Cancel a waiting, available or running job; returns it as it is right after.
+
+        The job is finalized as ``cancelled`` (``last_error`` says so unless it
+        already had an error) and result waiters are told at once. Cancelling a
+        running job does not stop its function: the attempt runs on, but its
+        worker's finish is fenced by (id, attempt, lock token) and refused, so
+        the job stays cancelled; the attempt is logged as ``interrupted``. While
+        it runs on, its resource key and its definition's ``max_concurrency``
+        no longer count it. Dependents are failed (``unmet_dependencies``) by
+        the orchestrator.
+
+        Raises JobStateError for a finalized (or archived) job, UnknownJobError
+        for an unknown id.
+        """
+        return self._run(_cancel(self._config, job_id))
+
+    def delete(self, job_id: int | JobHandle) -> None:
+        """Delete a job with its attempt log and dependency edges.
+
+        Raises JobStateError if it is running (cancel it first), if an
+        unfinished job depends on it, or if it is archived; UnknownJobError for
+        an unknown id.
+        """
+        self._run(_delete(job_id))
+
+    def delete_failed(self, *, definition: str | None = None) -> int:
+        """Delete every failed job (of one definition, or all); returns how many.
+
+        Works in batches of 500, one transaction each. A failed job that an
+        unfinished job depends on is kept.
+        """
+        return self._run(_delete_failed(definition))
+
+    def definitions(self) -> builtins.list[DefinitionInfo]:
+        """Every definition stored in the database, by name, with its job counts per status."""
+        return self._run(_definitions())
+
+
+class AsyncJobs:
+    """Async twin of :class:`Jobs`: ``config.jobs_async``; same methods, as coroutines.
+
+    It uses the Config's async pool of the running event loop.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    def __repr__(self) -> str:
+        return f"AsyncJobs(schema={self._config.schema!r})"
+
+    async def _run(self, op: _Op[T]) -> T:
+        started, step = _start(op)  # the argument checks run here, before connecting
+        if not started:
+            return step  # type: ignore[no-any-return]
+        async with self._config.connection_async() as conn:
+            return await _drive_async(conn, self._config, op, step)
+
+    async def get(self, job_id: int | JobHandle, *, with_attempts: bool = True) -> Job:
+        """Async twin of :meth:`Jobs.get`."""
+        return await self._run(_get(job_id, with_attempts))
+
+    async def list(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        definition: str | None = None,
+        channel: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> builtins.list[Job]:
+        """Async twin of :meth:`Jobs.list`."""
+        return await self._run(_list(status, definition, channel, limit, offset, order))
+
+    async def count(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        definition: str | None = None,
+        channel: str | None = None,
+    ) -> int:
+        """Async twin of :meth:`Jobs.count`."""
+        return await self._run(_count(status, definition, channel))
+
+    async def retry(self, job_id: int | JobHandle) -> Job:
+        """Async twin of :meth:`Jobs.retry`."""
+        return await self._run(_retry(self._config, job_id))
+
+    async def retry_failed(self, *, definition: str | None = None) -> int:
+        """Async twin of :meth:`Jobs.retry_failed`."""
+        return await self._run(_retry_failed(self._config, definition))
+
+    async def cancel(self, job_id: int | JobHandle) -> Job:
+        """Async twin of :meth:`Jobs.cancel`."""
+        return await self._run(_cancel(self._config, job_id))
+
+    async def delete(self, job_id: int | JobHandle) -> None:
+        """Async twin of :meth:`Jobs.delete`."""
+        await self._run(_delete(job_id))
+
+    async def delete_failed(self, *, definition: str | None = None) -> int:
+        """Async twin of :meth:`Jobs.delete_failed`."""
+        return await self._run(_delete_failed(definition))
+
+    async def definitions(self) -> builtins.list[DefinitionInfo]:
+        """Async twin of :meth:`Jobs.definitions`."""
+        return await self._run(_definitions())
