@@ -27,12 +27,13 @@ from orchestra.errors import ConfigurationError, OrchestraError, UnknownJobError
 
 if TYPE_CHECKING:
     from orchestra._config import Config
+    from orchestra._jobs import Job
 
 # The payload type; Any when a definition declares none (plain JSON).
 P = TypeVar("P", default=Any)
 #: A lifecycle callback: receives the updated job (orchestra.Job); ``def`` or
 #: ``async def``; what it returns is ignored.
-Callback = Callable[[Any], Any]
+Callback = Callable[["Job"], Any]
 
 NAME_MAX_LENGTH = 128
 #: Unique and resource keys are indexed: keep them well under the btree limit.

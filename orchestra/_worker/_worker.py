@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import inspect
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from typing import Any
 
 import attrs
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from orchestra import _converter, _db, _migrate, events
@@ -37,6 +39,7 @@ from orchestra._backoff import milliseconds
 from orchestra._config import Config
 from orchestra._daemon import Daemon
 from orchestra._definition import CHANNEL_RE, JobContext, JobDefinition, _check_name
+from orchestra._jobs import job_from_row
 from orchestra._worker._acker import Acker, Finish, Outcome
 from orchestra._worker._children import ChildPool, ChildRequest
 from orchestra._worker._listener import Listener
@@ -470,8 +473,68 @@ class Worker(Daemon):
         except asyncio.CancelledError:
             await finish.done
         self._report(finish)
+        definition = self.config.definitions.get(job.definition)
+        if definition is not None and definition.has_callbacks:
+            # Before the slot is freed: slow callbacks slow this worker's
+            # claiming rather than pile up without bound.
+            await self._run_callbacks(finish, definition)
         del self._running[job.id]
         self._slot_freed(job)
+
+    async def _run_callbacks(self, finish: Finish, definition: JobDefinition[Any]) -> None:
+        """Call on_attempt, then on_success or on_failure, once each, with the updated job (I5).
+
+        Only for an attempt whose end was committed: a fenced or handed-back
+        attempt did not happen as far as the queue is concerned. A callback
+        that raises is logged and changes nothing (the job's state is
+        committed already). If this process dies between the commit and the
+        call, the callbacks of that attempt are lost: they are at most once;
+        use events or a follow-up job for what must not be lost.
+        """
+        status = finish.committed_status
+        if finish.dropped or status is None or finish.outcome == "released":
+            return
+        callbacks = [definition.on_attempt]
+        if status == "succeeded":
+            callbacks.append(definition.on_success)
+        elif status == "failed":
+            callbacks.append(definition.on_failure)
+        todo = [c for c in callbacks if c is not None]
+        if not todo:
+            return
+        try:
+            assert self._pool is not None
+            async with self._pool.connection() as conn:
+                cursor = conn.cursor(row_factory=dict_row)
+                await cursor.execute(
+                    self.config.queries["manage_job_get"],
+                    {"id": finish.job_id, "with_attempts": True},
+                )
+                row = await cursor.fetchone()
+        except Exception as exc:
+            logger.warning(
+                "job %d: could not read the job back for its callbacks, skipped: %s",
+                finish.job_id,
+                _db.redact(_describe(exc)),
+            )
+            return
+        if row is None:  # deleted in the meantime
+            return
+        job = job_from_row(row)
+        loop = asyncio.get_running_loop()
+        for callback in todo:
+            try:
+                if inspect.iscoroutinefunction(callback):
+                    await callback(job)
+                else:
+                    await loop.run_in_executor(self._executor, callback, job)
+            except Exception:
+                logger.exception(
+                    "job %d: callback %s of %r raised; the job is not affected",
+                    finish.job_id,
+                    getattr(callback, "__qualname__", repr(callback)),
+                    definition.name,
+                )
 
     def _slot_freed(self, job: _Claimed) -> None:
         # Only a full last batch suggests more work; otherwise the next NOTIFY
