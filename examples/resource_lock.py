@@ -50,7 +50,8 @@ def main() -> None:
         worker.stop()
         worker.join()
     print(f"most jobs running at once per printer: {dict(sorted(peak.items()))}")
-    print(f"attempts spent: {[h.status() for h in handles].count('succeeded')} jobs, 1 each")
+    spent = [config.jobs.get(h.id, with_attempts=False).attempt for h in handles]
+    print(f"attempts spent per job: {spent}")
     config.close()
 
 

@@ -21,6 +21,8 @@ SCRIPTS = [
     "resource_lock",
     "priorities",
     "child_processes",
+    "callbacks",
+    "manage_jobs",
 ]
 
 
@@ -49,9 +51,11 @@ def test_example_runs(script: str, test_dsn: str, schema: str) -> None:
         "dependencies": "order: ['extract-a', 'extract-b', 'merge', 'load']",
         "request_response": "job 2 failed: ValueError: quantity must be positive",
         "dedup": "after it ran: new job True",
-        "resource_lock": "per printer: {'inkjet': 1, 'laser': 1}",
+        "resource_lock": "attempts spent per job: [1, 1, 1, 1, 1, 1]",
         "priorities": "order: ['vip', 'page-oncall', 'bulk-1', 'bulk-2', 'bulk-3', 'cleanup']",
         "child_processes": "fragile: survived on attempt 2",
+        "callbacks": "job 2 failed for good after 2 attempts: ValueError: negative amount",
+        "manage_jobs": "results: ['account 0 synced', 'account 1 synced', 'account 2 synced']",
     }[script]
     assert expected in done.stdout
 
