@@ -278,9 +278,10 @@ class JobDefinition(Generic[P]):
             payload, so that a second defer of an equal payload while the first
             job is unfinished returns the first job (seed job-manager, I6).
         attempt_timeout_ms: cut an attempt that runs longer (async: the task is
-            cancelled; processes: the child is terminated; threads: the attempt
-            is recorded as timed out and ``ctx.should_stop`` turns true, but
-            the thread runs on until the function returns). None: no limit.
+            cancelled; processes: the child is terminated; threads, which
+            cannot be killed: ``ctx.should_stop`` turns true, and the attempt
+            is recorded as timed out once the function returns, keeping its
+            slot, lease and resource key until then). None: no limit.
         on_success: called once with the updated :class:`~orchestra.Job` after
             a job succeeded, in the worker process (I5).
         on_failure: called once after the final attempt failed (I5).

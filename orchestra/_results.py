@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from orchestra import _converter
-from orchestra.errors import ConfigurationError, JobFailed, ResultTimeoutError, UnknownJobError
+from orchestra.errors import (
+    ConfigurationError,
+    JobFailed,
+    PayloadError,
+    ResultTimeoutError,
+    UnknownJobError,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -58,7 +64,13 @@ def outcome(row: tuple[Any, ...] | None, job_id: int, as_type: Any) -> tuple[boo
     if status == "succeeded":
         if as_type is None:
             return True, result
-        return True, _converter.decode_payload(result, as_type)
+        try:
+            return True, _converter.decode_payload(result, as_type)
+        except Exception as exc:
+            raise PayloadError(
+                f"job {job_id}",
+                f"its result does not fit {as_type!r}: {_converter.describe_structure_error(exc)}",
+            ) from None
     if status in _FINAL:
         raise JobFailed(job_id, status, last_error)
     return False, status

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
 import inspect
 import logging
@@ -582,15 +583,16 @@ class Worker(Daemon):
         )
         limit_ms = definition.attempt_timeout_ms
         deadline = asyncio.timeout(None if limit_ms is None else limit_ms / 1000)
+        thread: asyncio.Future[Any] | None = None
         try:
             async with deadline:
                 if definition.is_async:
                     value = await definition.call(payload, ctx)
                 else:
                     loop = asyncio.get_running_loop()
-                    value = await loop.run_in_executor(
-                        self._executor, definition.call, payload, ctx
-                    )
+                    thread = loop.run_in_executor(self._executor, definition.call, payload, ctx)
+                    # Shielded: a timeout must not forget the thread (see below).
+                    value = await asyncio.shield(thread)
             result = _converter.dumps(value, what="the return value", owner=definition.name)
             if len(result) > self.config.max_payload_bytes:  # chars <= bytes: cheap pre-check
                 size = len(result.encode("utf-8"))
@@ -602,8 +604,15 @@ class Worker(Daemon):
                     )
         except (Exception, SystemExit) as exc:
             if deadline.expired():
-                # A thread cannot be killed: tell the function to wrap up.
-                cut.set()
+                if thread is not None:
+                    # A thread cannot be killed: tell the function to wrap up,
+                    # and keep the job running (lease, slot, resource key)
+                    # until it has returned, so that no other attempt of it,
+                    # nor of its resource key, overlaps this one (I7). What
+                    # it returns is discarded: the attempt timed out.
+                    cut.set()
+                    with contextlib.suppress(Exception, SystemExit):
+                        await thread
                 return self._timed_out(job, definition, started)
             return self._failure(job, definition, started, exc)
         return self._finish(

@@ -245,10 +245,14 @@ WITH input AS (
     WHERE i.outcome <> 'released'
 ), woken AS (
     -- Retries are runnable again, and a freed resource key lets the next job
-    -- of that key run: wake the channel once.
+    -- of that key run, on whatever channel it waits: wake each channel once.
     SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
-    FROM (SELECT DISTINCT channel FROM finished
-          WHERE status = 'available' OR resource_key IS NOT NULL) c
+    FROM (SELECT channel FROM finished WHERE status = 'available'
+          UNION
+          SELECT w.channel FROM {schema}.job w
+          WHERE w.status = 'available'
+            AND w.resource_key IN (SELECT resource_key FROM finished
+                                   WHERE resource_key IS NOT NULL)) c
 ), done AS (
     -- Result waiters (JobHandle.result): one notification per statement
     -- listing the finalized ids, or empty when the list would not fit in a
