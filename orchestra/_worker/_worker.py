@@ -70,6 +70,8 @@ class WorkerStats:
     """Counters since the worker started (read them from any thread)."""
 
     claim_queries: int = 0
+    #: Heartbeat statements (worker row and leases; definitions every minute).
+    heartbeat_queries: int = 0
     claimed: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -784,6 +786,8 @@ class Worker(Daemon):
                             {"names": list(self.config.definitions), "now": None},
                         )
                         definitions_due = time.monotonic() + DEFINITION_HEARTBEAT_S
+                        self.stats.heartbeat_queries += 1
+                    self.stats.heartbeat_queries += 1
                     cursor = await conn.execute(
                         self.config.queries["worker_heartbeat"],
                         {
