@@ -574,7 +574,9 @@ class Worker(Daemon):
             payload = _converter.decode_payload(job.payload, definition.payload_type)
         except Exception as exc:
             return self._failure(job, definition, started, exc, payload_invalid=True)
-        cut = threading.Event()
+        limit_ms = definition.attempt_timeout_ms
+        # Only an attempt that can time out needs an event of its own.
+        cut = None if limit_ms is None else threading.Event()
         ctx = JobContext(
             job_id=job.id,
             attempt=job.attempt,
@@ -583,7 +585,6 @@ class Worker(Daemon):
             stop=self._stop_event,
             cut=cut,
         )
-        limit_ms = definition.attempt_timeout_ms
         deadline = asyncio.timeout(None if limit_ms is None else limit_ms / 1000)
         thread: asyncio.Future[Any] | None = None
         try:
@@ -594,7 +595,7 @@ class Worker(Daemon):
                     loop = asyncio.get_running_loop()
                     thread = loop.run_in_executor(self._executor, definition.call, payload, ctx)
                     # Shielded: a timeout must not forget the thread (see below).
-                    value = await asyncio.shield(thread)
+                    value = await (thread if cut is None else asyncio.shield(thread))
             result = _converter.dumps(value, what="the return value", owner=definition.name)
             if len(result) > self.config.max_payload_bytes:  # chars <= bytes: cheap pre-check
                 size = len(result.encode("utf-8"))
@@ -606,7 +607,7 @@ class Worker(Daemon):
                     )
         except (Exception, SystemExit) as exc:
             if deadline.expired():
-                if thread is not None:
+                if thread is not None and cut is not None:
                     # A thread cannot be killed: tell the function to wrap up,
                     # and keep the job running (lease, slot, resource key)
                     # until it has returned, so that no other attempt of it,
@@ -709,17 +710,22 @@ class Worker(Daemon):
 
     async def _write_finishes(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         assert self._pool is not None
-        async with self._pool.connection() as conn, conn.transaction():
+        succeeded = [
+            job_id
+            for job_id, outcome in zip(params["ids"], params["outcomes"], strict=True)
+            if outcome == "succeeded"
+        ]
+        async with self._pool.connection() as conn, conn.pipeline():
+            # One round trip for both statements, each its own transaction
+            # (autocommit). The release must be a second statement, whose
+            # snapshot is taken after the finish committed (decision 0007).
             cursor = await conn.execute(self.config.queries["job_finish_many"], params)
-            rows: list[tuple[Any, ...]] = await cursor.fetchall()
-            succeeded = [row[0] for row in rows if row[1] == "succeeded"]
             if succeeded:
-                # A second statement, so that its snapshot is taken after the
-                # first one locked the rows (decision 0007).
                 await conn.execute(
                     self.config.queries["job_release_dependents"],
                     {"ids": succeeded, "notify_channel": self.config.notify_channel},
                 )
+            rows: list[tuple[Any, ...]] = await cursor.fetchall()
         self._error_streak = 0
         return rows
 
