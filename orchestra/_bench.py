@@ -452,10 +452,11 @@ def _percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def figures_as_json(figures: list[Figure], settings: Settings) -> dict[str, Any]:
+def figures_as_json(figures: list[Figure], settings: Settings, schema: str) -> dict[str, Any]:
     """What ``--json`` prints."""
     return {
         "settings": attrs.asdict(settings),
+        "schema": schema,
         "figures": [
             {
                 "name": f.name,

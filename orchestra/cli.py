@@ -291,6 +291,13 @@ def migrate(ctx: click.Context, dsn: str | None, schema: str) -> None:
     show_default=True,
     help="Least severe level logged.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65_535),
+    default=None,
+    metavar="PORT",
+    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (extra: metrics).",
+)
 @handle_errors
 def daemon(
     role: str,
@@ -310,6 +317,7 @@ def daemon(
     archive: bool,
     log_format: str,
     log_level: str,
+    metrics_port: int | None,
 ) -> None:
     """Run a daemon until SIGTERM or SIGINT (graceful; a second signal stops at once).
 
@@ -321,9 +329,13 @@ def daemon(
     from orchestra._daemon import Daemon, run_together  # noqa: PLC0415
     from orchestra._orchestrator import Orchestrator  # noqa: PLC0415
     from orchestra._worker import Worker  # noqa: PLC0415
+    from orchestra.events import EventHandler  # noqa: PLC0415
 
     configure_logging(log_format, log_level)
     config = load_app(app_ref)
+    event_handlers: list[EventHandler] = [LoggingHandler()]
+    if metrics_port is not None:
+        event_handlers.append(_serve_metrics(metrics_port))
     daemons: list[Daemon] = []
     if role in ("worker", "all"):
         daemons.append(
@@ -333,7 +345,7 @@ def daemon(
                 concurrency=concurrency,
                 processes=processes,
                 name=name,
-                event_handler=LoggingHandler(),
+                event_handler=event_handlers,
                 process_interval_ms=process_interval_ms,
                 shutdown_grace_ms=shutdown_grace_ms,
                 listen_notify=not no_listen,
@@ -344,7 +356,7 @@ def daemon(
             Orchestrator(
                 config,
                 name=name,
-                event_handler=LoggingHandler(),
+                event_handler=event_handlers,
                 leader_lease_ms=leader_lease_ms,
                 repeat_interval_ms=repeat_interval_ms,
                 rescue_interval_ms=rescue_interval_ms,
@@ -355,6 +367,23 @@ def daemon(
         )
     asyncio.run(run_together(daemons))
     _exit_despite_stuck_threads()
+
+
+def _serve_metrics(port: int) -> Callable[[Any], None]:
+    """Serve ``/metrics`` on ``port`` (--metrics-port); return the handler that feeds it."""
+    try:
+        from orchestra.metrics import PrometheusHandler, serve_metrics  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigurationError("--metrics-port", str(exc)) from None
+    handler = PrometheusHandler()
+    try:
+        serve_metrics(port)
+    except OSError as exc:
+        raise OrchestraError(
+            f"--metrics-port {port}: cannot serve metrics: {exc.strerror or exc}"
+        ) from None
+    logging.getLogger("orchestra").info("serving Prometheus metrics at :%d/metrics", port)
+    return handler
 
 
 def _exit_despite_stuck_threads() -> None:
@@ -858,6 +887,436 @@ def definitions_list(ctx: click.Context, as_json: bool, dsn: str | None, schema:
             counts or "none",
         )
     out_console.print(table)
+
+
+# -- orchestra bench ------------------------------------------------------------------------
+
+
+@main.command()
+@_dsn_option
+@click.option(
+    "--jobs",
+    type=click.IntRange(100),
+    default=20_000,
+    show_default=True,
+    help="No-op jobs per processing run, and jobs enqueued with defer_many.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes of the processing run.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Concurrency of each worker process.",
+)
+@click.option(
+    "--single-defers",
+    type=click.IntRange(10),
+    default=2_000,
+    show_default=True,
+    help="Jobs enqueued one per transaction.",
+)
+@click.option(
+    "--latency-jobs",
+    type=click.IntRange(2),
+    default=100,
+    show_default=True,
+    help="Jobs of the latency run.",
+)
+@click.option(
+    "--latency-rate",
+    type=click.FloatRange(0.1, 1_000),
+    default=20.0,
+    show_default=True,
+    help="Arrival rate of the latency run, jobs per second.",
+)
+@click.option(
+    "--idle-seconds",
+    type=click.FloatRange(0.5, 600),
+    default=5.0,
+    show_default=True,
+    help="How long the idle worker is watched.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+@handle_errors
+def bench(
+    ctx: click.Context,
+    dsn: str | None,
+    jobs: int,
+    processes: int,
+    concurrency: int,
+    single_defers: int,
+    latency_jobs: int,
+    latency_rate: float,
+    idle_seconds: float,
+    as_json: bool,
+) -> None:
+    """Measure enqueue, processing, latency and idle cost next to a raw-SQL baseline.
+
+    Runs on a throwaway schema of the configured database (dropped afterwards).
+    Each figure is printed with the same measurement done by plain psycopg code,
+    and their ratio: compare ratios across runs, not absolute rates.
+    """
+    from orchestra import _bench  # noqa: PLC0415 (keeps `orchestra --help` fast)
+
+    _warn_password_on_argv(dsn, _dsn_source(ctx))
+    settings = _bench.Settings(
+        jobs=jobs,
+        processes=processes,
+        concurrency=concurrency,
+        single_defers=single_defers,
+        latency_jobs=latency_jobs,
+        latency_rate=latency_rate,
+        idle_seconds=idle_seconds,
+    )
+    resolved = Config(dsn).dsn
+    runner = _bench.Bench(resolved, settings, log=lambda line: err_console.print(escape(line)))
+    figures = runner.run()
+    if as_json:
+        _print_json(_bench.figures_as_json(figures, settings, runner.schema))
+        return
+    table = _table()
+    for column in ("measure", "unit", "orchestra", "raw SQL", "ratio", "target"):
+        table.add_column(column, justify="left" if column in ("measure", "unit") else "right")
+    for f in figures:
+        if f.unit == "ms":
+            target = f"<= {f.target:g} ms" if f.target is not None else ""
+        else:
+            target = f">= {f.target:g}x" if f.target is not None else ""
+        table.add_row(
+            Text(f.name),
+            f.unit,
+            f"{f.orchestra:,.1f}",
+            "" if f.baseline is None else f"{f.baseline:,.1f}",
+            "" if f.ratio is None else f"{f.ratio:.2f}x",
+            target,
+        )
+    # Piped into a file for docs/BENCHMARKS.md: wide enough to keep one line per figure.
+    console = out_console if out_console.is_terminal else Console(highlight=False, width=110)
+    console.print(table)
+    err_console.print(
+        f"{jobs} jobs, {processes} worker process(es) x concurrency {concurrency}; "
+        "ratio: orchestra/raw for rates, raw/orchestra for latencies (1.00x: as good as raw SQL)"
+    )
+
+
+# -- the web dashboard: `orchestra dashboard` (extra `dashboard`) ---------------------------
+
+DASHBOARD_EXTRA = ("starlette", "uvicorn", "jinja2")
+
+
+@main.command()
+@click.option(
+    "--app",
+    "app_ref",
+    default=None,
+    metavar="MODULE:CONFIG",
+    help="Where your Config lives (its DSN and schema are used, and its definitions' cron "
+    "time zones). Without it: --dsn and --schema.",
+)
+@_dsn_option
+@_schema_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(1, 65_535), default=8080, show_default=True, help="Port."
+)
+@click.option(
+    "--allow-actions",
+    is_flag=True,
+    help="Let people retry, cancel and delete jobs (after a confirmation). Default: read-only.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe level logged (info logs every request).",
+)
+@click.pass_context
+@handle_errors
+def dashboard(
+    ctx: click.Context,
+    app_ref: str | None,
+    dsn: str | None,
+    schema: str,
+    host: str,
+    port: int,
+    allow_actions: bool,
+    log_level: str,
+) -> None:
+    """Serve the web dashboard and its JSON API (/api, described by /api/openapi.json).
+
+    Set ORCHESTRA_DASHBOARD_USER and ORCHESTRA_DASHBOARD_PASSWORD for basic auth,
+    or ORCHESTRA_DASHBOARD_TOKEN for a bearer token; otherwise anyone who
+    reaches the port sees the queue.
+    """
+    import importlib.util  # noqa: PLC0415
+
+    missing = [name for name in DASHBOARD_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        _fail(
+            f"the dashboard needs the 'dashboard' extra ({', '.join(missing)} not installed): "
+            "pip install 'orchestra-queue[dashboard]'",
+            1,
+        )
+    explicit = click.core.ParameterSource.COMMANDLINE
+    if app_ref is not None and explicit in (
+        ctx.get_parameter_source("dsn"),
+        ctx.get_parameter_source("schema"),
+    ):
+        raise click.UsageError("give --app, or --dsn/--schema, not both")
+    import uvicorn  # noqa: PLC0415
+
+    from orchestra.dashboard import DashboardAuth, create_app  # noqa: PLC0415
+
+    configure_logging("text", log_level)
+    if app_ref is not None:
+        config = load_app(app_ref)
+    else:
+        _warn_password_on_argv(dsn, _dsn_source(ctx))
+        config = Config(dsn, schema=schema)
+    with config:
+        config.check_schema()  # SchemaNotReadyError says to run `orchestra migrate`
+        auth = DashboardAuth.from_env()
+        if not auth.enabled and host not in ("127.0.0.1", "localhost", "::1"):
+            err_console.print(
+                f"[yellow]warning:[/] serving on {escape(host)} without authentication: set "
+                "ORCHESTRA_DASHBOARD_USER and ORCHESTRA_DASHBOARD_PASSWORD, or "
+                "ORCHESTRA_DASHBOARD_TOKEN"
+            )
+        app = create_app(config, allow_actions=allow_actions, auth=auth)
+        shown = f"[{host}]" if ":" in host else host
+        err_console.print(
+            f"dashboard of schema {config.schema!r} at {escape(config.redacted_dsn)}: "
+            f"http://{escape(shown)}:{port}/ "
+            f"({'actions allowed' if allow_actions else 'read-only'}, "
+            f"{'authentication required' if auth.enabled else 'no authentication'})"
+        )
+        try:
+            uvicorn.run(app, host=host, port=port, log_config=None, log_level=log_level)
+        except SystemExit as exc:  # uvicorn exits 1 when it cannot bind the port
+            if exc.code:
+                _fail(f"the dashboard could not serve on {host}:{port} (see above)", 1)
+            raise
+
+
+# -- orchestra health: for probes (Kubernetes, systemd, monitoring) -------------------------
+#
+# Exit 0 when healthy, else 1 with one line saying why (2: usage error). One
+# connection attempt bounded by --timeout-s, so a probe never hangs or retries.
+
+HEALTH_TIMEOUT_S_DEFAULT = 5.0
+
+#: Daemons of a role (on a host, with a name) and how fresh their heartbeats
+#: are, on the database clock. The worker table holds one row per live daemon
+#: (workers heartbeat every few seconds, orchestrators at each lease attempt).
+_HEALTH_HEARTBEATS_SQL = """
+SELECT count(*) FILTER (
+           WHERE heartbeat_at >= clock_timestamp() - %(max_age_ms)s * interval '1 millisecond'
+       ) AS fresh,
+       count(*) AS registered,
+       extract(epoch FROM clock_timestamp() - max(heartbeat_at))::float8 AS latest_age_s
+FROM {schema}.worker
+WHERE role = %(role)s
+  AND (%(host)s::text IS NULL OR host = %(host)s::text)
+  AND (%(name)s::text IS NULL OR name = %(name)s::text)
+"""
+
+
+class _UnhealthyError(Exception):
+    """Why `orchestra health` fails, as one readable line."""
+
+
+def _health_report(
+    config: Config,
+    *,
+    role: str | None,
+    host: str | None,
+    name: str | None,
+    max_age_s: float,
+    timeout_s: float,
+    report: dict[str, Any],
+) -> str:
+    """Check the database, the schema version and heartbeats; fill ``report``.
+
+    Returns the summary line; raises _UnhealthyError with the reason otherwise.
+    """
+    from orchestra import _migrate, _sql  # noqa: PLC0415
+    from orchestra.errors import DatabaseUnavailableError, SchemaNotReadyError  # noqa: PLC0415
+
+    try:
+        conn = _db.connect(config.dsn, attempts=1, timeout_s=timeout_s)
+    except DatabaseUnavailableError as exc:
+        raise _UnhealthyError(str(exc)) from None
+    try:
+        with conn:
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)", [f"{round(timeout_s * 1000)}"]
+            )
+            version = _migrate.current_version(conn, config.schema)
+            required = _migrate.required_version()
+            report.update(schema_version=version, required_version=required)
+            if version < required:
+                raise _UnhealthyError(str(SchemaNotReadyError(config.schema, version, required)))
+            summary = (
+                f"PostgreSQL answered, schema {config.schema!r} is at version {version} "
+                f"(needs {required})"
+            )
+            if role is None:
+                return summary
+            row = conn.execute(
+                _sql.render(_HEALTH_HEARTBEATS_SQL, config.schema),
+                {"role": role, "host": host, "name": name, "max_age_ms": max_age_s * 1000},
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise _UnhealthyError(f"database error: {' '.join(str(exc).split())}") from None
+    assert row is not None
+    fresh, registered, latest_age_s = int(row[0]), int(row[1]), row[2]
+    report.update(
+        fresh_daemons=fresh,
+        registered_daemons=registered,
+        latest_heartbeat_age_s=None if latest_age_s is None else round(latest_age_s, 3),
+    )
+    where = "".join(
+        f" {label} {value!r}" for label, value in (("named", name), ("on host", host)) if value
+    )
+    if not fresh:
+        seen = (
+            "none is registered"
+            if not registered
+            else f"{registered} registered, latest heartbeat {latest_age_s:.1f} s ago"
+        )
+        raise _UnhealthyError(
+            f"no {role} daemon{where} heartbeated within {max_age_s:g} s ({seen})"
+        )
+    return (
+        f"{summary}, {fresh} {role} daemon(s){where} heartbeated within {max_age_s:g} s "
+        f"(latest {latest_age_s:.1f} s ago)"
+    )
+
+
+@main.command()
+@click.option(
+    "--app",
+    "app_ref",
+    default=None,
+    metavar="MODULE:CONFIG",
+    help="Where your Config lives (its DSN and schema are used). Without it: --dsn and --schema.",
+)
+@_dsn_option
+@_schema_option
+@click.option(
+    "--role",
+    type=click.Choice(["worker", "orchestrator"]),
+    default=None,
+    help="Also require a daemon of this role with a fresh heartbeat in the worker table "
+    "(on this host, see --host and --name). Without it: database and schema only.",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="With --role: only daemons started with this --name (then on any host, unless "
+    "--host is given).",
+)
+@click.option(
+    "--host",
+    default=None,
+    help="With --role: only daemons on this host.  [default: this host's name, unless --name]",
+)
+@click.option(
+    "--max-heartbeat-age-s",
+    type=click.FloatRange(0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="With --role: a heartbeat older than this is not fresh.",
+)
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(1, 300),
+    default=HEALTH_TIMEOUT_S_DEFAULT,
+    show_default=True,
+    help="Bound of the connection and of each statement (one attempt, no retry).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.pass_context
+@handle_errors
+def health(
+    ctx: click.Context,
+    app_ref: str | None,
+    dsn: str | None,
+    schema: str,
+    role: str | None,
+    name: str | None,
+    host: str | None,
+    max_heartbeat_age_s: float,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Exit 0 if the database answers, the schema is migrated and (--role) a daemon is alive.
+
+    Otherwise exit 1 with one line saying why. For Kubernetes probes: readiness
+    `orchestra health`, liveness `orchestra health --role worker` (the pod's own
+    daemon: the host name is the pod name).
+    """
+    import socket  # noqa: PLC0415
+
+    explicit = click.core.ParameterSource.COMMANDLINE
+    if app_ref is not None and explicit in (
+        ctx.get_parameter_source("dsn"),
+        ctx.get_parameter_source("schema"),
+    ):
+        raise click.UsageError("give --app, or --dsn/--schema, not both")
+    if app_ref is not None:
+        config = load_app(app_ref)
+    elif not dsn:
+        # Never start the embedded PostgreSQL just to find it healthy.
+        raise click.UsageError(f"no database to check: give --dsn, set ${DSN_ENV}, or --app")
+    else:
+        _warn_password_on_argv(dsn, _dsn_source(ctx))
+        config = Config(dsn, schema=schema)
+    if role is not None and host is None and name is None:
+        host = socket.gethostname()
+    report: dict[str, Any] = {
+        "healthy": False,
+        "error": None,
+        "schema": config.schema,
+        "schema_version": None,
+        "required_version": None,
+        "role": role,
+        "host": host,
+        "name": name,
+        "fresh_daemons": None,
+        "registered_daemons": None,
+        "latest_heartbeat_age_s": None,
+    }
+    try:
+        summary = _health_report(
+            config,
+            role=role,
+            host=host,
+            name=name,
+            max_age_s=max_heartbeat_age_s,
+            timeout_s=timeout_s,
+            report=report,
+        )
+    except _UnhealthyError as exc:
+        report["error"] = _db.redact(str(exc))
+        if as_json:
+            _print_json(report)
+        _fail(f"unhealthy: {exc}", 1)
+        return
+    report["healthy"] = True
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(f"healthy: {summary}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ OrchestratorJobFinalized          failed by the orchestrator: timeout, no_attemp
 OrchestratorFinalizedJobSwept     a finalized job past the threshold was deleted (or archived)
 OrchestratorStaleDefinitionSwept  a definition nobody carries any more, without jobs, was
                                   deleted
+OrchestratorQueueGauges           unfinished jobs per status and channel, live daemons per role
+                                  (the leader, every ``gauges_interval_ms``)
 ================================  ==============================================================
 """
 
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -65,6 +67,7 @@ __all__ = [
     "OrchestratorJobScheduled",
     "OrchestratorLeadershipAcquired",
     "OrchestratorLeadershipLost",
+    "OrchestratorQueueGauges",
     "OrchestratorServiceFailed",
     "OrchestratorStaleDefinitionSwept",
     "OrchestratorTickSkipped",
@@ -383,6 +386,26 @@ class OrchestratorStaleDefinitionSwept(Event):
     """A definition not heartbeated for the threshold and without jobs was deleted (G2)."""
 
     definition: str
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorQueueGauges(Event):
+    """A snapshot of the queue for gauges: unfinished jobs and live daemons.
+
+    Emitted by the leader every ``gauges_interval_ms`` (and read by
+    :class:`orchestra.metrics.PrometheusHandler`). Finalized jobs are not counted
+    here: their rates are the worker's and orchestrator's job events.
+
+    Attributes:
+        depth: ``(status, channel, count)`` triples, sorted, for the unfinished
+            statuses ``waiting``, ``available`` (due or not) and ``running`` of
+            every channel that has a definition or an unfinished job, 0 included.
+        workers: daemons whose heartbeat is newer than the stale threshold, by
+            role (``worker``, ``orchestrator``), 0 included.
+    """
+
+    depth: tuple[tuple[str, str, int], ...]
+    workers: Mapping[str, int]
 
 
 EventHandler = Callable[[Event], None]

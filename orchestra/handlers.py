@@ -35,6 +35,7 @@ _LEVELS: dict[type[events.Event], int] = {
     events.OrchestratorLeadershipLost: logging.WARNING,
     events.OrchestratorDefinitionHeartbeat: logging.DEBUG,
     events.OrchestratorFinalizedJobSwept: logging.DEBUG,
+    events.OrchestratorQueueGauges: logging.DEBUG,
 }
 _ENVELOPE = ("timestamp", "daemon_id", "daemon_name", "role")
 

@@ -2,9 +2,10 @@
 
 Every orchestrator heartbeats the definitions it carries. The one that holds
 the leader lease also runs the scheduler (repeat and cron ticks), the rescuer,
-the finalizer (timeouts, dependencies) and the sweeper, each once at start
-(G8) and then on its interval. Several orchestrators may run for
-availability; a leader that dies is replaced within about one lease period.
+the finalizer (timeouts, dependencies), the sweeper and the queue gauges
+(metrics), each once at start (G8) and then on its interval. Several
+orchestrators may run for availability; a leader that dies is replaced within
+about one lease period.
 
 Services are synchronous (one connection, one statement at a time) and run in
 a worker thread, so the event loop stays free to notice a stop request.
@@ -28,6 +29,7 @@ from orchestra._backoff import milliseconds
 from orchestra._config import Config
 from orchestra._daemon import Daemon
 from orchestra._orchestrator._finalizer import Finalizer
+from orchestra._orchestrator._gauges import QueueGauges
 from orchestra._orchestrator._heartbeat import DefinitionHeartbeat
 from orchestra._orchestrator._leader import Elector
 from orchestra._orchestrator._rescuer import Rescuer
@@ -67,6 +69,8 @@ class Orchestrator(Daemon):
         worker_stale_threshold_ms: a worker silent this long is considered dead.
         finalize_interval_ms: timeouts and the dependency cascade.
         leader_lease_ms: the leader lease; a dead leader is replaced after about this long.
+        gauges_interval_ms: how often queue depth and live daemons are counted
+            (OrchestratorQueueGauges, for metrics).
         archive: move swept jobs to ``job_archive`` instead of deleting them.
         batch_size: rows per maintenance statement.
     """
@@ -88,6 +92,7 @@ class Orchestrator(Daemon):
         worker_stale_threshold_ms: int | dt.timedelta = 60_000,
         finalize_interval_ms: int | dt.timedelta = 5_000,
         leader_lease_ms: int | dt.timedelta = 15_000,
+        gauges_interval_ms: int | dt.timedelta = 15_000,
         archive: bool = False,
         batch_size: int = BATCH_SIZE_DEFAULT,
     ) -> None:
@@ -136,6 +141,11 @@ class Orchestrator(Daemon):
                 ),
                 archive=bool(archive),
                 batch_size=batch_size,
+            ),
+            QueueGauges(
+                config,
+                interval_ms=_interval(gauges_interval_ms, "gauges_interval_ms"),
+                worker_stale_threshold_ms=worker_stale,
             ),
         ]
         self.elector = Elector(

@@ -64,7 +64,8 @@ def test_bench_reports_every_figure_next_to_its_baseline_and_drops_its_schema(
             assert figure["baseline"] > 0, figure
             assert figure["ratio"] > 0, figure
     assert report["settings"]["jobs"] == 300
+    assert report["schema"].startswith("orchestra_bench_")
     left = db.execute(
-        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'orchestra_bench_%%'"
+        "SELECT count(*) FROM pg_namespace WHERE nspname = %s", [report["schema"]]
     ).fetchone()
     assert left == (0,)

@@ -40,6 +40,8 @@ SAMPLE_FIELDS: dict[str, Any] = {
     "tick_at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
     "worker_id": 7,
     "archived": False,
+    "depth": (("available", "_default", 3),),
+    "workers": {"worker": 1, "orchestrator": 1},
 }
 
 EVENT_CLASSES: list[type[events.Event]] = [
@@ -67,7 +69,7 @@ class TestEventClasses:
         """events.__all__ exports the base class and every kind of event."""
         assert events.Event in EVENT_CLASSES
         assert events.WorkerJobPayloadInvalid in EVENT_CLASSES
-        assert len(EVENT_CLASSES) == 25
+        assert len(EVENT_CLASSES) == 26
 
     @pytest.mark.parametrize("cls", EVENT_CLASSES, ids=lambda cls: cls.__name__)
     def test_frozen(self, cls: type[events.Event]) -> None:

@@ -1,0 +1,713 @@
+"""The dashboard's Starlette app: HTML pages, the JSON API under ``/api``, and the actions.
+
+Pages and API read through ``config.jobs_async`` (orchestra/_jobs.py) and the
+read-only queries of ``orchestra/sql/dashboard.sql``. Retry, cancel and delete
+are refused (buttons hidden, POST answered 403) unless the app is created with
+``allow_actions=True``. In the HTML pages an action takes two steps: a
+confirmation page (GET) and its form (POST, with a CSRF token and a ticked
+box). The JSON API takes a POST with a JSON body, which a cross-site form
+cannot send. Everything shown is HTML-escaped by Jinja's autoescape, and the
+Content-Security-Policy forbids inline scripts besides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import secrets
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import jinja2
+import psycopg
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from orchestra import __version__, _db
+from orchestra._config import Config
+from orchestra._jobs import STATUSES, Job
+from orchestra.dashboard import _data, _openapi
+from orchestra.dashboard._auth import (
+    SESSION_COOKIE,
+    DashboardAuth,
+    Guard,
+    csrf_token,
+    csrf_valid,
+    is_api_path,
+    new_session,
+)
+from orchestra.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    JobStateError,
+    OrchestraError,
+    SchemaNotReadyError,
+    UnknownJobError,
+)
+
+logger = logging.getLogger("orchestra.dashboard")
+
+ACTIONS = ("retry", "cancel", "delete")
+PAGE_SIZES = (25, 50, 100, 200)
+PAGE_SIZE_DEFAULT = 50
+API_LIMIT_MAX = 1000
+#: Largest request body read (forms and JSON bodies are tiny).
+BODY_BYTES_MAX = 16_384
+
+_EXPLANATIONS = {
+    "retry": "The job runs again with a fresh attempt budget: it becomes available now, or "
+    "waiting if one of its dependencies has not succeeded. Its result is cleared; its attempt "
+    "log is kept.",
+    "cancel": "The job is finalized as cancelled. If it is running, its function is not "
+    "stopped, but its outcome will be refused. Jobs that depend on it will fail.",
+    "delete": "The job is deleted with its attempt log. This cannot be undone.",
+}
+_DONE = {"retry": "retried", "cancel": "cancelled", "delete": "deleted"}
+
+
+# -- formatting helpers (Jinja filters) --------------------------------------------------
+
+
+def _utc(value: dt.datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _span(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 1:
+        return f"{round(seconds * 1000)} ms"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86_400:.0f} days"
+
+
+def _ago(value: dt.datetime | None, now: dt.datetime) -> str:
+    if value is None:
+        return "never"
+    seconds = (now - value).total_seconds()
+    return f"{_span(seconds)} ago" if seconds >= 0 else f"in {_span(seconds)}"
+
+
+def _duration(start: dt.datetime | None, end: dt.datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    return _span((end - start).total_seconds())
+
+
+def _ms(value: int | None) -> str:
+    if value is None:
+        return "—"
+    if value % 3_600_000 == 0 and value:
+        return f"{value // 3_600_000} h"
+    if value % 60_000 == 0 and value:
+        return f"{value // 60_000} min"
+    if value % 1000 == 0 and value:
+        return f"{value // 1000} s"
+    return f"{value} ms"
+
+
+def _first_line(text: str | None, limit: int = 160) -> str:
+    if not text or not text.strip():
+        return ""
+    first = text.strip().splitlines()[0]
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("orchestra.dashboard", "templates"),
+        autoescape=True,  # every template is HTML: user data is always escaped
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        utc=_utc,
+        ago=_ago,
+        duration=_duration,
+        ms=_ms,
+        first_line=_first_line,
+        pretty=_data.pretty,
+    )
+    return env
+
+
+class _JSON(JSONResponse):
+    """JSON with datetimes as ISO 8601 and non-ASCII text as is."""
+
+    def render(self, content: Any) -> bytes:
+        return _data.dumps(content).encode("utf-8")
+
+
+def allowed_actions(job: Job) -> list[str]:
+    """The actions the job's state allows (the database re-checks when one is taken)."""
+    if job.archived:
+        return []
+    allowed = []
+    if job.status in ("available", "succeeded", "failed", "cancelled"):
+        allowed.append("retry")
+    if job.status in ("waiting", "available", "running"):
+        allowed.append("cancel")
+    if job.status != "running":
+        allowed.append("delete")
+    return allowed
+
+
+def _error_status(exc: Exception) -> tuple[int, str]:
+    """The HTTP status and message an exception raised by a handler calls for."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code, str(exc.detail)
+    if isinstance(exc, UnknownJobError):
+        return 404, str(exc)
+    if isinstance(exc, JobStateError):
+        return 409, str(exc)
+    if isinstance(exc, ConfigurationError):
+        return 400, str(exc)
+    if isinstance(exc, DatabaseUnavailableError | SchemaNotReadyError):
+        return 503, _db.redact(str(exc))
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return 403, "the dashboard's database role lacks the privilege for this"
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+        return 503, "the queue's schema is missing or not migrated: run `orchestra migrate`"
+    if isinstance(exc, psycopg.OperationalError):
+        return 503, "the database is unavailable; try again shortly"
+    return 500, "internal error; see the dashboard's log"
+
+
+class Dashboard:
+    """The request handlers of one app, bound to its Config and settings."""
+
+    def __init__(self, config: Config, *, allow_actions: bool, secret: bytes) -> None:
+        self.config = config
+        self.allow_actions = allow_actions
+        self.secret = secret
+        self.env = _environment()
+
+    # -- shared plumbing ----------------------------------------------------------------
+
+    @staticmethod
+    def _url(request: Request, name: str, /, **params: Any) -> str:
+        return request.url_for(name, **params).path
+
+    def _href(self, request: Request, name: str, /, **query: Any) -> str:
+        """The path of route ``name`` (no path parameters) with a query string."""
+        path = self._url(request, name)
+        kept = {key: value for key, value in query.items() if value not in (None, "")}
+        return f"{path}?{urllib.parse.urlencode(kept, doseq=True)}" if kept else path
+
+    def page(
+        self, request: Request, template: str, *, status_code: int = 200, **context: Any
+    ) -> HTMLResponse:
+        """Render ``template`` with the context every page has."""
+        html = self.env.get_template(template).render(
+            url=functools.partial(self._url, request),
+            href=functools.partial(self._href, request),
+            schema=self.config.schema,
+            version=__version__,
+            allow_actions=self.allow_actions,
+            statuses=STATUSES,
+            nav=context.pop("nav", ""),
+            **context,
+        )
+        return HTMLResponse(html, status_code)
+
+    async def on_error(self, request: Request, exc: Exception) -> Response:
+        """Answer an error as JSON under /api, as a page elsewhere."""
+        status, message = _error_status(exc)
+        if status >= 500:
+            logger.error(
+                "dashboard: %s %s failed: %s",
+                request.method,
+                request.url.path,
+                _db.redact(str(exc)),
+            )
+        headers = exc.headers if isinstance(exc, HTTPException) else None
+        if is_api_path(request.scope):
+            return _JSON({"error": message, "status": status}, status, headers=headers)
+        headings = {400: "Bad request", 403: "Not allowed", 404: "Not found", 409: "Refused"}
+        response = self.page(
+            request,
+            "error.html",
+            status_code=status,
+            title=headings.get(status, "Error"),
+            heading=headings.get(status, f"Error {status}"),
+            message=message,
+        )
+        response.headers.update(headers or {})
+        return response
+
+    @staticmethod
+    async def _body(request: Request) -> bytes:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > BODY_BYTES_MAX:
+                raise HTTPException(413, "request body too large")
+        return body
+
+    @staticmethod
+    def _job_id(request: Request) -> int:
+        job_id: int = request.path_params["job_id"]
+        return job_id
+
+    def _require_actions(self) -> None:
+        if not self.allow_actions:
+            raise HTTPException(
+                403, "actions are disabled: start the dashboard with --allow-actions"
+            )
+
+    async def _act(self, action: str, job_id: int) -> Job | None:
+        jobs = self.config.jobs_async
+        if action == "retry":
+            return await jobs.retry(job_id)
+        if action == "cancel":
+            return await jobs.cancel(job_id)
+        await jobs.delete(job_id)
+        return None
+
+    def _filters(self, request: Request, *, api: bool) -> dict[str, Any]:
+        """Status, definition, channel, limit, offset and order from the query string."""
+        query = request.query_params
+        statuses = [s for s in query.getlist("status") if s]
+        for value in statuses:
+            if value not in STATUSES:
+                raise HTTPException(
+                    400, f"unknown status {value!r}: use one of {', '.join(STATUSES)}"
+                )
+        if not api and len(statuses) > 1:
+            statuses = statuses[:1]
+        order = query.get("order") or "desc"
+        if order not in ("asc", "desc"):
+            raise HTTPException(400, "order must be 'asc' or 'desc'")
+        high = API_LIMIT_MAX if api else max(PAGE_SIZES)
+        return {
+            "statuses": statuses,
+            "definition": query.get("definition") or None,
+            "channel": query.get("channel") or None,
+            "limit": _int_param(query.get("limit"), "limit", PAGE_SIZE_DEFAULT, 1, high),
+            "offset": _int_param(query.get("offset"), "offset", 0, 0, 2**62),
+            "order": order,
+        }
+
+    async def _page_of_jobs(self, filters: Mapping[str, Any]) -> tuple[list[Job], int]:
+        jobs = self.config.jobs_async
+        selection = {
+            "status": filters["statuses"] or None,
+            "definition": filters["definition"],
+            "channel": filters["channel"],
+        }
+        found = await jobs.list(
+            **selection, limit=filters["limit"], offset=filters["offset"], order=filters["order"]
+        )
+        return found, await jobs.count(**selection)
+
+    # -- HTML pages ---------------------------------------------------------------------
+
+    async def overview_page(self, request: Request) -> Response:
+        """Counts by status and channel, the last hour's throughput, daemons and leader."""
+        data = await _data.overview(self.config)
+        return self.page(
+            request,
+            "overview.html",
+            title="Overview",
+            nav="overview",
+            data=data,
+            chart=_data.chart(data["throughput"]["buckets"]),
+        )
+
+    async def jobs_page(self, request: Request) -> Response:
+        """A page of jobs, filtered by status, definition and channel."""
+        filters = self._filters(request, api=False)
+        found, total = await self._page_of_jobs(filters)
+        infos = await self.config.jobs_async.definitions()
+        names = sorted({info.name for info in infos} | {filters["definition"]} - {None})
+        channels = sorted({info.channel for info in infos} | {filters["channel"]} - {None})
+        status = filters["statuses"][0] if filters["statuses"] else None
+        base = {
+            "status": status,
+            "definition": filters["definition"],
+            "channel": filters["channel"],
+            "order": filters["order"] if filters["order"] != "desc" else None,
+            "limit": filters["limit"] if filters["limit"] != PAGE_SIZE_DEFAULT else None,
+        }
+        offset, limit = filters["offset"], filters["limit"]
+        previous_href = (
+            self._href(request, "jobs", **base, offset=max(0, offset - limit) or None)
+            if offset > 0
+            else None
+        )
+        next_href = (
+            self._href(request, "jobs", **base, offset=offset + limit)
+            if offset + limit < total
+            else None
+        )
+        deleted = request.query_params.get("deleted", "")
+        flash = f"Job {int(deleted)} was deleted." if deleted.isdigit() else None
+        return self.page(
+            request,
+            "jobs.html",
+            title="Jobs",
+            nav="jobs",
+            jobs=found,
+            total=total,
+            filters={**filters, "status": status},
+            definition_names=names,
+            channels=channels,
+            page_sizes=PAGE_SIZES,
+            previous_href=previous_href,
+            next_href=next_href,
+            flash=flash,
+        )
+
+    async def job_page(self, request: Request) -> Response:
+        """One job: payload, result, attempts with errors and tracebacks, dependencies."""
+        job_id = self._job_id(request)
+        job = await self.config.jobs_async.get(job_id, with_attempts=True)
+        links = await _data.job_links(self.config, job_id)
+        done = request.query_params.get("done", "")
+        flash = None
+        if done in _DONE:
+            flash = f"Job {job.id} was {_DONE[done]}; it is now {job.status}."
+        return self.page(
+            request,
+            "job.html",
+            title=f"Job {job.id}",
+            nav="jobs",
+            job=job,
+            links=links,
+            actions=allowed_actions(job),
+            tracebacks=[a for a in reversed(job.attempts or ()) if a.traceback],
+            now=dt.datetime.now(dt.UTC),
+            flash=flash,
+        )
+
+    async def definitions_page(self, request: Request) -> Response:
+        """Every definition: settings, next tick, rate limit, heartbeat, job counts."""
+        now = dt.datetime.now(dt.UTC)
+        loaded = self.config.definitions
+        rows = []
+        for info in await self.config.jobs_async.definitions():
+            local = loaded.get(info.name)
+            tick, computed = _data.next_tick(info, now, local.cron_timezone if local else None)
+            if info.cron is not None and local is None:
+                basis_short = "computed in UTC"
+                basis = (
+                    "No orchestrator stored the next tick, and this dashboard does not load the "
+                    "definition (--app), so its cron time zone is unknown: read in UTC."
+                )
+            else:
+                basis_short = "computed"
+                basis = "No orchestrator stored the next tick: computed from the schedule."
+            rows.append(
+                {
+                    "info": info,
+                    "next_tick": tick,
+                    "computed": computed,
+                    "basis": basis,
+                    "basis_short": basis_short,
+                }
+            )
+        return self.page(
+            request,
+            "definitions.html",
+            title="Definitions",
+            nav="definitions",
+            definitions=rows,
+            now=now,
+        )
+
+    def _confirm_page(
+        self,
+        request: Request,
+        action: str,
+        job: Job,
+        *,
+        session: str,
+        error: str | None = None,
+        status_code: int = 200,
+        blocked: bool = False,
+    ) -> HTMLResponse:
+        return self.page(
+            request,
+            "confirm.html",
+            status_code=status_code,
+            title=f"{action.capitalize()} job {job.id}",
+            nav="jobs",
+            action=action,
+            job=job,
+            explanation=_EXPLANATIONS[action],
+            csrf=csrf_token(self.secret, session),
+            error=error,
+            blocked=blocked,
+        )
+
+    async def confirm_page(self, request: Request) -> Response:
+        """GET: the confirmation step of an action. POST: take the action."""
+        self._require_actions()
+        action = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        if action not in ACTIONS:  # pragma: no cover (the routes name them)
+            raise HTTPException(404, "no such action")
+        job_id = self._job_id(request)
+        session = request.cookies.get(SESSION_COOKIE) or ""
+        if request.method == "POST":
+            return await self._confirmed(request, action, job_id, session)
+        job = await self.config.jobs_async.get(job_id, with_attempts=False)
+        fresh = len(session) < 20 or len(session) > 100
+        if fresh:
+            session = new_session()
+        if action in allowed_actions(job):
+            response = self._confirm_page(request, action, job, session=session)
+        else:
+            response = self._confirm_page(
+                request,
+                action,
+                job,
+                session=session,
+                error=f"A {job.status}{' (archived)' if job.archived else ''} job "
+                f"cannot be {_DONE[action]}.",
+                status_code=409,
+                blocked=True,
+            )
+        if fresh:
+            response.set_cookie(
+                SESSION_COOKIE,
+                session,
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+                path=self._url(request, "overview"),
+            )
+        return response
+
+    async def _confirmed(
+        self, request: Request, action: str, job_id: int, session: str
+    ) -> Response:
+        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise HTTPException(415, "expected a form (application/x-www-form-urlencoded)")
+        try:
+            fields = urllib.parse.parse_qs(
+                (await self._body(request)).decode("utf-8", "replace"),
+                keep_blank_values=True,
+                max_num_fields=10,
+            )
+        except ValueError:
+            raise HTTPException(400, "malformed form") from None
+        form = {key: values[0] for key, values in fields.items()}
+        if not csrf_valid(self.secret, session, form.get("csrf")):
+            raise HTTPException(
+                403,
+                "this form expired or was not sent from this dashboard: "
+                "go back to the job, reload it and try again",
+            )
+        if form.get("confirm") != "yes":
+            job = await self.config.jobs_async.get(job_id, with_attempts=False)
+            return self._confirm_page(
+                request,
+                action,
+                job,
+                session=session,
+                error="Tick the box to confirm.",
+                status_code=400,
+            )
+        try:
+            await self._act(action, job_id)
+        except JobStateError as exc:
+            job = await self.config.jobs_async.get(job_id, with_attempts=False)
+            return self._confirm_page(
+                request, action, job, session=session, error=str(exc), status_code=409
+            )
+        logger.info("dashboard: %s job %d", action, job_id)
+        if action == "delete":
+            target = self._href(request, "jobs", deleted=job_id)
+        else:
+            target = self._url(request, "job", job_id=job_id) + f"?done={action}"
+        return RedirectResponse(target, status_code=303)
+
+    # -- JSON API -----------------------------------------------------------------------
+
+    async def api_overview(self, request: Request) -> Response:
+        """GET /api/overview."""
+        data = await _data.overview(self.config)
+        return _JSON({**data, "allow_actions": self.allow_actions})
+
+    async def api_jobs(self, request: Request) -> Response:
+        """GET /api/jobs."""
+        filters = self._filters(request, api=True)
+        found, total = await self._page_of_jobs(filters)
+        return _JSON(
+            {
+                "total": total,
+                "limit": filters["limit"],
+                "offset": filters["offset"],
+                "order": filters["order"],
+                "jobs": [_data.plain(job) for job in found],
+            }
+        )
+
+    async def api_job(self, request: Request) -> Response:
+        """GET /api/jobs/{job_id}."""
+        job_id = self._job_id(request)
+        job = await self.config.jobs_async.get(job_id, with_attempts=True)
+        links = await _data.job_links(self.config, job_id)
+        return _JSON(
+            {
+                **_data.plain(job),
+                "dependencies": links["requires"],
+                "dependents": links["required_by"],
+            }
+        )
+
+    async def api_definitions(self, request: Request) -> Response:
+        """GET /api/definitions."""
+        now = dt.datetime.now(dt.UTC)
+        loaded = self.config.definitions
+        documents = []
+        for info in await self.config.jobs_async.definitions():
+            local = loaded.get(info.name)
+            documents.append(
+                _data.definition_document(info, now, local.cron_timezone if local else None)
+            )
+        return _JSON({"definitions": documents})
+
+    async def api_action(self, request: Request) -> Response:
+        """POST /api/jobs/{job_id}/retry|cancel|delete."""
+        self._require_actions()
+        action = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        job_id = self._job_id(request)
+        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise HTTPException(415, "send a JSON body ({}) with Content-Type: application/json")
+        body = await self._body(request)
+        try:
+            document = json.loads(body) if body.strip() else {}
+        except ValueError:
+            raise HTTPException(400, "the body is not valid JSON") from None
+        if not isinstance(document, dict):
+            raise HTTPException(400, "the body must be a JSON object")
+        job = await self._act(action, job_id)
+        logger.info("dashboard API: %s job %d", action, job_id)
+        if job is None:
+            return _JSON({"deleted": job_id})
+        return _JSON({"job": _data.plain(job)})
+
+    async def api_openapi(self, request: Request) -> Response:
+        """GET /api/openapi.json."""
+        return _JSON(_openapi.document())
+
+
+def _int_param(value: str | None, name: str, default: int, low: int, high: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise HTTPException(400, f"{name} must be an integer, got {value!r}") from None
+    if not low <= number <= high:
+        raise HTTPException(400, f"{name} must be between {low} and {high}, got {number}")
+    return number
+
+
+def _routes(handlers: Dashboard) -> list[BaseRoute]:
+    routes: list[BaseRoute] = [
+        Route("/", handlers.overview_page, methods=["GET"], name="overview"),
+        Route("/jobs", handlers.jobs_page, methods=["GET"], name="jobs"),
+        Route("/jobs/{job_id:int}", handlers.job_page, methods=["GET"], name="job"),
+    ]
+    routes += [
+        Route(
+            f"/jobs/{{job_id:int}}/{action}",
+            handlers.confirm_page,
+            methods=["GET", "POST"],
+            name=f"confirm_{action}",
+        )
+        for action in ACTIONS
+    ]
+    routes += [
+        Route("/definitions", handlers.definitions_page, methods=["GET"], name="definitions"),
+        Route("/api/overview", handlers.api_overview, methods=["GET"], name="api_overview"),
+        Route("/api/jobs", handlers.api_jobs, methods=["GET"], name="api_jobs"),
+        Route("/api/jobs/{job_id:int}", handlers.api_job, methods=["GET"], name="api_job"),
+    ]
+    routes += [
+        Route(
+            f"/api/jobs/{{job_id:int}}/{action}",
+            handlers.api_action,
+            methods=["POST"],
+            name=f"api_{action}",
+        )
+        for action in ACTIONS
+    ]
+    routes += [
+        Route(
+            "/api/definitions", handlers.api_definitions, methods=["GET"], name="api_definitions"
+        ),
+        Route("/api/openapi.json", handlers.api_openapi, methods=["GET"], name="api_openapi"),
+        Mount(
+            "/static", app=StaticFiles(packages=[("orchestra.dashboard", "static")]), name="static"
+        ),
+    ]
+    return routes
+
+
+def create_app(
+    config: Config,
+    *,
+    allow_actions: bool = False,
+    auth: DashboardAuth | None = None,
+    secret: bytes | None = None,
+) -> Starlette:
+    """The dashboard of ``config``'s queue as an ASGI app (serve it with uvicorn).
+
+    Args:
+        config: the queue to show; its schema must be migrated.
+        allow_actions: let people retry, cancel and delete jobs (after a
+            confirmation); otherwise the buttons are hidden and POSTs get 403.
+        auth: the credentials to require; None reads them from
+            ``ORCHESTRA_DASHBOARD_USER``/``_PASSWORD`` (basic auth) and
+            ``ORCHESTRA_DASHBOARD_TOKEN`` (bearer token); none set means no
+            authentication. ``DashboardAuth()`` turns it off explicitly.
+        secret: the key of the forms' CSRF tokens (random per app by default,
+            so forms served before a restart are refused after it).
+
+    The app closes the Config's async pool of its event loop on shutdown.
+    """
+    if auth is None:
+        auth = DashboardAuth.from_env()
+    handlers = Dashboard(
+        config, allow_actions=allow_actions, secret=secret or secrets.token_bytes(32)
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await config.close_async()
+
+    handle = handlers.on_error
+    return Starlette(
+        routes=_routes(handlers),
+        middleware=[Middleware(Guard, auth=auth)],
+        exception_handlers={
+            HTTPException: handle,
+            OrchestraError: handle,
+            psycopg.Error: handle,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,355 @@
+"""The OpenAPI 3.1 document of the dashboard's JSON API (served at ``/api/openapi.json``).
+
+Written by hand, next to the handlers it describes; a test checks that it
+lists exactly the ``/api`` routes of the app, with their methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestra import __version__
+from orchestra._jobs import STATUSES
+
+_TIMESTAMP = {"type": "string", "format": "date-time"}
+_NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_STATUS = {"type": "string", "enum": list(STATUSES)}
+_COUNTS = {
+    "type": "object",
+    "properties": {status: {"type": "integer"} for status in STATUSES},
+    "required": list(STATUSES),
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _json(_ref("Error"), "A bad parameter."),
+    "401": _json(_ref("Error"), "Credentials are required (basic auth or a bearer token)."),
+}
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+    "description": "The job's id.",
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": _object(
+        {
+            "error": {"type": "string", "description": "What went wrong, for people."},
+            "status": {"type": "integer", "description": "The HTTP status code."},
+        }
+    ),
+    "Attempt": _object(
+        {
+            "attempt": {"type": "integer"},
+            "worker_id": _NULLABLE_INT,
+            "worker_name": _NULLABLE_STRING,
+            "started_at": _TIMESTAMP,
+            "finished_at": _TIMESTAMP,
+            "outcome": {
+                "type": "string",
+                "enum": ["succeeded", "failed", "lost", "interrupted", "timed_out"],
+            },
+            "error": _NULLABLE_STRING,
+            "traceback": _NULLABLE_STRING,
+        }
+    ),
+    "Job": _object(
+        {
+            "id": {"type": "integer"},
+            "definition": {"type": "string"},
+            "channel": {"type": "string"},
+            "status": _STATUS,
+            "priority": {"type": "integer"},
+            "payload": {"description": "The payload as stored (any JSON value)."},
+            "result": {"description": "What the job function returned, once it succeeded."},
+            "attempt": {"type": "integer", "description": "Attempts used so far."},
+            "max_attempts": {"type": "integer"},
+            "run_at": _TIMESTAMP,
+            "created_at": _TIMESTAMP,
+            "started_at": _NULLABLE_TIMESTAMP,
+            "finalized_at": _NULLABLE_TIMESTAMP,
+            "last_error": _NULLABLE_STRING,
+            "unique_key": _NULLABLE_STRING,
+            "resource_key": _NULLABLE_STRING,
+            "locked_by": _NULLABLE_INT,
+            "depends_on": {"type": "array", "items": {"type": "integer"}},
+            "attempts": {
+                "type": ["array", "null"],
+                "items": _ref("Attempt"),
+                "description": "The attempt log, oldest first (null in lists).",
+            },
+            "archived": {"type": "boolean"},
+        }
+    ),
+    "JobLink": _object(
+        {"id": {"type": "integer"}, "definition": {"type": "string"}, "status": _STATUS}
+    ),
+    "JobDetail": {
+        "allOf": [
+            _ref("Job"),
+            _object(
+                {
+                    "dependencies": {"type": "array", "items": _ref("JobLink")},
+                    "dependents": {"type": "array", "items": _ref("JobLink")},
+                }
+            ),
+        ]
+    },
+    "JobPage": _object(
+        {
+            "total": {"type": "integer", "description": "Jobs matching the filters."},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "order": {"type": "string", "enum": ["asc", "desc"]},
+            "jobs": {"type": "array", "items": _ref("Job")},
+        }
+    ),
+    "Definition": _object(
+        {
+            "name": {"type": "string"},
+            "channel": {"type": "string"},
+            "num_attempts": {"type": "integer"},
+            "backoff": {"type": "string"},
+            "priority": {"type": "integer"},
+            "repeat_interval_ms": _NULLABLE_INT,
+            "cron": _NULLABLE_STRING,
+            "release_interval_ms": {"type": "integer", "description": "0: no rate limit."},
+            "max_concurrency": _NULLABLE_INT,
+            "lock_interval_ms": {"type": "integer"},
+            "timeout_interval_ms": {"type": "integer"},
+            "last_repeated_at": _NULLABLE_TIMESTAMP,
+            "next_tick_at": _NULLABLE_TIMESTAMP,
+            "last_released_at": _NULLABLE_TIMESTAMP,
+            "last_heartbeat_at": _TIMESTAMP,
+            "paused": {"type": "boolean"},
+            "counts": _COUNTS,
+            "expected_next_tick_at": {
+                **_NULLABLE_TIMESTAMP,
+                "description": "next_tick_at, or computed from the schedule when missing or "
+                "past (a cron expression is read in the definition's time zone when the "
+                "dashboard loads it with --app, else in UTC).",
+            },
+            "expected_next_tick_computed": {"type": "boolean"},
+        }
+    ),
+    "Worker": _object(
+        {
+            "id": {"type": "integer"},
+            "name": {"type": "string"},
+            "role": {"type": "string", "enum": ["worker", "orchestrator"]},
+            "host": {"type": "string"},
+            "pid": {"type": "integer"},
+            "channel": _NULLABLE_STRING,
+            "concurrency": _NULLABLE_INT,
+            "running": {"type": "integer", "description": "Jobs it runs now."},
+            "started_at": _TIMESTAMP,
+            "heartbeat_at": _TIMESTAMP,
+            "heartbeat_age_ms": {"type": "integer"},
+            "live": {"type": "boolean", "description": "Heartbeat younger than 60 s."},
+            "leader": {"type": "boolean", "description": "Holds the orchestrator lease."},
+        }
+    ),
+    "Overview": _object(
+        {
+            "now": _TIMESTAMP,
+            "allow_actions": {"type": "boolean"},
+            "counts": _object(
+                {
+                    "total": {"type": "integer"},
+                    "by_status": _COUNTS,
+                    "by_channel": {"type": "object", "additionalProperties": _COUNTS},
+                }
+            ),
+            "throughput": _object(
+                {
+                    "bucket_seconds": {"type": "integer"},
+                    "buckets": {
+                        "type": "array",
+                        "description": "Jobs finalized per minute, the last 60 minutes.",
+                        "items": _object(
+                            {
+                                "minute": _TIMESTAMP,
+                                "succeeded": {"type": "integer"},
+                                "failed": {"type": "integer"},
+                                "cancelled": {"type": "integer"},
+                            }
+                        ),
+                    },
+                }
+            ),
+            "workers": {"type": "array", "items": _ref("Worker")},
+            "leader": {
+                "oneOf": [
+                    {"type": "null"},
+                    _object(
+                        {
+                            "holder": {"type": "string"},
+                            "elected_at": _TIMESTAMP,
+                            "expires_at": _TIMESTAMP,
+                            "live": {"type": "boolean"},
+                        }
+                    ),
+                ]
+            },
+        }
+    ),
+}
+
+
+def _action(verb: str, summary: str, ok: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "operationId": f"{verb}_job",
+            "parameters": [_JOB_ID],
+            "requestBody": {
+                "required": True,
+                "description": "An empty JSON object. The JSON content type is required: a "
+                "cross-site HTML form cannot send it, which protects basic-auth users.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "responses": {
+                "200": ok,
+                **_ERRORS,
+                "403": _json(_ref("Error"), "Actions are disabled (no --allow-actions)."),
+                "404": _json(_ref("Error"), "No job with this id."),
+                "409": _json(_ref("Error"), "The job's state does not allow it."),
+                "415": _json(_ref("Error"), "The request body is not JSON."),
+            },
+        }
+    }
+
+
+_PATHS: dict[str, Any] = {
+    "/api/overview": {
+        "get": {
+            "summary": "Counts by status and channel, the last hour's throughput, daemons, leader",
+            "operationId": "overview",
+            "responses": {"200": _json(_ref("Overview"), "The overview."), **_ERRORS},
+        }
+    },
+    "/api/jobs": {
+        "get": {
+            "summary": "A page of jobs, filtered by status, definition and channel",
+            "operationId": "list_jobs",
+            "parameters": [
+                {
+                    "name": "status",
+                    "in": "query",
+                    "schema": {"type": "array", "items": _STATUS},
+                    "style": "form",
+                    "explode": True,
+                    "description": "Repeat for several statuses; none: every status.",
+                },
+                {"name": "definition", "in": "query", "schema": {"type": "string"}},
+                {"name": "channel", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+                },
+                {
+                    "name": "offset",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "default": 0},
+                },
+                {
+                    "name": "order",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
+                    "description": "By id: desc newest first.",
+                },
+            ],
+            "responses": {"200": _json(_ref("JobPage"), "The page of jobs."), **_ERRORS},
+        }
+    },
+    "/api/jobs/{job_id}": {
+        "get": {
+            "summary": "One job with its attempt log, dependencies and dependents",
+            "operationId": "get_job",
+            "parameters": [_JOB_ID],
+            "responses": {
+                "200": _json(_ref("JobDetail"), "The job (also when archived)."),
+                **_ERRORS,
+                "404": _json(_ref("Error"), "No job with this id."),
+            },
+        }
+    },
+    "/api/jobs/{job_id}/retry": _action(
+        "retry",
+        "Run a finalized job again with a fresh attempt budget (or a backing-off one now)",
+        _json(_object({"job": _ref("Job")}), "The job right after."),
+    ),
+    "/api/jobs/{job_id}/cancel": _action(
+        "cancel",
+        "Cancel a waiting, available or running job",
+        _json(_object({"job": _ref("Job")}), "The job right after."),
+    ),
+    "/api/jobs/{job_id}/delete": _action(
+        "delete",
+        "Delete a job that is not running and that no unfinished job depends on",
+        _json(_object({"deleted": {"type": "integer"}}), "The id of the deleted job."),
+    ),
+    "/api/definitions": {
+        "get": {
+            "summary": "Every definition with its settings, heartbeat, next tick and job counts",
+            "operationId": "list_definitions",
+            "responses": {
+                "200": _json(
+                    _object({"definitions": {"type": "array", "items": _ref("Definition")}}),
+                    "The definitions, by name.",
+                ),
+                **_ERRORS,
+            },
+        }
+    },
+    "/api/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "operationId": "openapi",
+            "responses": {"200": _json({"type": "object"}, "The OpenAPI document."), **_ERRORS},
+        }
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "orchestra dashboard API",
+            "version": __version__,
+            "description": "Read the queue, and retry, cancel or delete jobs when the dashboard "
+            "runs with --allow-actions. Errors are JSON objects with `error` and `status`.",
+        },
+        "paths": _PATHS,
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
+        "security": [{}, {"basic": []}, {"bearer": []}],
+    }

@@ -1,0 +1,181 @@
+"""The files under ``deploy/``: well-formed, and consistent with each other and the code.
+
+The timing rules matter most: whatever stops a worker (systemd, Kubernetes,
+docker compose) must wait longer than the worker's ``--shutdown-grace-ms``, or
+running jobs are killed instead of finishing or being handed back.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+SYSTEMD = DEPLOY / "systemd"
+KUBERNETES = DEPLOY / "kubernetes"
+YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+_GRACE_RE = re.compile(r"--shutdown-grace-ms[\s\"'\\-]*(\d+)")
+
+
+def unit_entries(path: Path) -> list[tuple[str, str, str]]:
+    """A systemd unit as (section, key, value) entries, continuation lines joined."""
+    entries: list[tuple[str, str, str]] = []
+    section = ""
+    logical = ""
+    for raw in path.read_text("utf-8").splitlines():
+        line = raw.strip()
+        if not logical and (not line or line.startswith(("#", ";"))):
+            continue
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        line, logical = logical + line, ""
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not a key=value line: {line!r}"
+        entries.append((section, key.strip(), value.strip()))
+    return entries
+
+
+def unit_value(path: Path, key: str, section: str = "Service") -> str:
+    """The last value of ``key`` in ``section`` (systemd's rule for single-valued keys)."""
+    values = [v for s, k, v in unit_entries(path) if s == section and k == key]
+    assert values, f"{path.name}: no {key}= in [{section}]"
+    return values[-1]
+
+
+def seconds(value: str) -> float:
+    """A systemd or compose time span ("45s", "45", "1min", "15min") in seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m)?", value.strip())
+    assert match, f"unsupported time span {value!r}"
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    return number * {"ms": 0.001, "s": 1, "sec": 1, "min": 60, "m": 60}[unit]
+
+
+def grace_s(text: str) -> float:
+    """The ``--shutdown-grace-ms`` a file passes to the worker, in seconds."""
+    found = _GRACE_RE.findall(text)
+    assert len(found) == 1, found
+    return int(found[0]) / 1000
+
+
+@pytest.mark.parametrize("name", ["orchestra-worker", "orchestra-orchestrator"])
+def test_systemd_daemon_units_stop_gracefully_restart_and_are_hardened(name: str) -> None:
+    """Both daemon units: SIGTERM to the main process, restart on failure, a non-root user."""
+    unit = SYSTEMD / f"{name}.service"
+    assert unit_value(unit, "KillMode") == "mixed"
+    assert unit_value(unit, "Restart") == "on-failure"
+    assert seconds(unit_value(unit, "RestartSec")) >= 1
+    assert unit_value(unit, "RestartPreventExitStatus") == "2"
+    assert unit_value(unit, "User") not in ("", "root", "0")
+    for key, expected in (
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("PrivateTmp", "yes"),
+        ("ProtectHome", "yes"),
+    ):
+        assert unit_value(unit, key) == expected, key
+    exec_start = unit_value(unit, "ExecStart")
+    assert " daemon --role " + name.removeprefix("orchestra-") in exec_start
+    assert unit_value(unit, "EnvironmentFile").startswith("-/etc/orchestra/")
+    assert not [k for _, k, _ in unit_entries(unit) if k == "ExecStartPre"]  # see migrate unit
+
+
+def test_the_worker_unit_waits_longer_than_the_grace_period() -> None:
+    """TimeoutStopSec > --shutdown-grace-ms, with room for the flush after it."""
+    unit = SYSTEMD / "orchestra-worker.service"
+    grace = grace_s(unit_value(unit, "ExecStart"))
+    assert grace == 30
+    assert seconds(unit_value(unit, "TimeoutStopSec")) >= grace + 10
+
+
+def test_migrations_run_in_their_own_oneshot_unit_pulled_in_by_the_orchestrator() -> None:
+    """orchestra-migrate.service migrates once; the orchestrator wants it, workers do not."""
+    migrate = SYSTEMD / "orchestra-migrate.service"
+    assert unit_value(migrate, "Type") == "oneshot"
+    assert " migrate " in unit_value(migrate, "ExecStart") + " "
+    orchestrator = SYSTEMD / "orchestra-orchestrator.service"
+    assert "orchestra-migrate.service" in unit_value(orchestrator, "Wants", "Unit")
+    assert "orchestra-migrate.service" in unit_value(orchestrator, "After", "Unit")
+    worker = SYSTEMD / "orchestra-worker.service"
+    assert not [
+        v for s, k, v in unit_entries(worker) if k in ("Wants", "Requires") and "migrate" in v
+    ]
+    env = (SYSTEMD / "orchestra.env.example").read_text("utf-8")
+    assert re.search(r"^ORCHESTRA_DSN=postgresql://", env, re.MULTILINE)
+
+
+def test_kubernetes_workers_get_more_time_than_the_grace_period() -> None:
+    """terminationGracePeriodSeconds of the workers > their --shutdown-grace-ms."""
+    text = (KUBERNETES / "worker-deployment.yaml").read_text("utf-8")
+    period = re.findall(r"terminationGracePeriodSeconds:\s*(\d+)", text)
+    assert len(period) == 1
+    assert int(period[0]) >= grace_s(text) + 10
+
+
+def test_compose_workers_get_more_time_than_the_grace_period() -> None:
+    """docker compose's stop_grace_period of the worker > its --shutdown-grace-ms."""
+    text = (DEPLOY / "docker-compose.yml").read_text("utf-8")
+    worker = text.split("\n  worker:\n", 1)[1].split("\n  orchestrator:\n", 1)[0]
+    period = re.findall(r"stop_grace_period:\s*(\S+)", worker)
+    assert len(period) == 1
+    assert seconds(period[0]) >= grace_s(worker) + 10
+    assert "image: postgres:15" in text
+    assert "dockerfile: deploy/Dockerfile" in text
+    assert (DEPLOY / "Dockerfile").read_text("utf-8").startswith("# syntax=docker/dockerfile:1")
+
+
+def test_roles_sql_knows_every_table_of_the_migrations() -> None:
+    """A migration that adds a table must teach deploy/sql/roles.sql who may use it."""
+    created = set()
+    for migration in sorted((REPO / "schemas").glob("*.sql")):
+        created |= set(
+            re.findall(
+                r"CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\{schema\}\.(\w+)",
+                migration.read_text("utf-8"),
+            )
+        )
+    created.add("schema_version")  # created by the migrator itself
+    roles = (DEPLOY / "sql" / "roles.sql").read_text("utf-8")
+    granted = set(re.findall(r':"schema"\.(\w+)', roles))
+    assert created == granted
+    guard = re.search(r"tablename IN \(([^)]*)\)", roles)
+    assert guard is not None
+    assert set(re.findall(r"'(\w+)'", guard.group(1))) == created
+    assert f"count(*) = {len(created)} AS migrated" in roles
+
+
+def test_every_yaml_file_under_deploy_parses() -> None:
+    """Each YAML file is valid; Kubernetes manifests name an apiVersion and a kind."""
+    yaml = pytest.importorskip(
+        "yaml", reason="PyYAML is not installed in this environment (not a dependency of orchestra)"
+    )
+    assert YAML_FILES
+    for path in YAML_FILES:
+        documents = [d for d in yaml.safe_load_all(path.read_text("utf-8")) if d is not None]
+        assert documents, path
+        if path.parent == KUBERNETES:
+            for document in documents:
+                assert {"apiVersion", "kind", "metadata"} <= document.keys(), path
+
+
+@pytest.mark.parametrize(
+    ("manifest", "role"),
+    [("worker-deployment.yaml", "worker"), ("orchestrator-deployment.yaml", "orchestrator")],
+)
+def test_kubernetes_probes_use_orchestra_health(manifest: str, role: str) -> None:
+    """Liveness checks the pod's own daemon (--role), readiness only the database."""
+    text = (KUBERNETES / manifest).read_text("utf-8")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert f"{probe}:" in text
+    liveness = text.split("livenessProbe:", 1)[1]
+    assert "- health" in liveness and f"- {role}" in liveness
+    readiness = text.split("readinessProbe:", 1)[1].split("livenessProbe:", 1)[0]
+    assert '"health"' in readiness and "--role" not in readiness
+    if role == "orchestrator":
+        assert re.search(r"^  replicas: 2$", text, re.MULTILINE)

@@ -1,0 +1,375 @@
+"""Unit tests of orchestra.metrics: PrometheusHandler fed with real event classes.
+
+Every test uses a fresh CollectorRegistry and reads the samples back with
+``registry.get_sample_value``, the way Prometheus would see them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import logging
+import sys
+import urllib.request
+from typing import Any, TypeVar
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from orchestra import ConfigurationError, events
+from orchestra.handlers import JsonFormatter, LoggingHandler
+from orchestra.metrics import DURATION_BUCKETS_S, PrometheusHandler, serve_metrics
+
+E = TypeVar("E", bound=events.Event)
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+ALLOWED_LABELS = {"definition", "channel", "status", "role", "reason", "operation", "service", "le"}
+
+
+def make(cls: type[E], role: events.Role = "worker", **fields: Any) -> E:
+    """An event of ``cls`` with the envelope filled in."""
+    return cls(timestamp=NOW, daemon_id=1, daemon_name=f"t-{role}", role=role, **fields)
+
+
+def claimed(definition: str = "send", queue_wait_ms: int = 3, job_id: int = 1) -> events.Event:
+    """A WorkerJobClaimed."""
+    return make(
+        events.WorkerJobClaimed,
+        job_id=job_id,
+        definition=definition,
+        attempt=1,
+        max_attempts=3,
+        queue_wait_ms=queue_wait_ms,
+    )
+
+
+def failed(
+    definition: str = "send",
+    *,
+    will_retry: bool,
+    duration_ms: int = 20,
+    cls: type[events.WorkerJobFailed] = events.WorkerJobFailed,
+) -> events.Event:
+    """A WorkerJobFailed (or a subclass)."""
+    return make(
+        cls,
+        job_id=1,
+        definition=definition,
+        attempt=1,
+        max_attempts=3,
+        error="RuntimeError: boom",
+        will_retry=will_retry,
+        retry_at=NOW if will_retry else None,
+        duration_ms=duration_ms,
+    )
+
+
+def gauges(
+    depth: tuple[tuple[str, str, int], ...], workers: dict[str, int] | None = None
+) -> events.OrchestratorQueueGauges:
+    """An OrchestratorQueueGauges."""
+    return make(
+        events.OrchestratorQueueGauges,
+        role="orchestrator",
+        depth=depth,
+        workers=workers if workers is not None else {"worker": 0, "orchestrator": 1},
+    )
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    """A registry of the test's own."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def handler(registry: CollectorRegistry) -> PrometheusHandler:
+    """A PrometheusHandler on the test's registry."""
+    return PrometheusHandler(registry)
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    """The sample ``name{labels}``, or None when absent."""
+    return registry.get_sample_value(name, labels)
+
+
+class TestJobCounters:
+    def test_claims_count_and_observe_queue_wait(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """Each claim counts per definition and its queue wait lands in the right bucket, in seconds."""
+        handler(claimed("send", queue_wait_ms=3, job_id=1))
+        handler(claimed("send", queue_wait_ms=1_500, job_id=2))
+        handler(claimed("report", queue_wait_ms=0, job_id=3))
+        assert value(registry, "orchestra_jobs_claimed_total", definition="send") == 2
+        assert value(registry, "orchestra_jobs_claimed_total", definition="report") == 1
+        wait = "orchestra_job_queue_wait_seconds"
+        assert value(registry, f"{wait}_count", definition="send") == 2
+        assert value(registry, f"{wait}_sum", definition="send") == pytest.approx(1.503)
+        assert value(registry, f"{wait}_bucket", definition="send", le="0.001") == 0
+        assert value(registry, f"{wait}_bucket", definition="send", le="0.005") == 1
+        assert value(registry, f"{wait}_bucket", definition="send", le="2.5") == 2
+        assert value(registry, f"{wait}_bucket", definition="report", le="0.001") == 1
+
+    def test_success_counts_and_observes_duration(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """A success counts per definition and its run time is observed in seconds."""
+        handler(
+            make(events.WorkerJobSucceeded, job_id=1, definition="send", attempt=1, duration_ms=250)
+        )
+        assert value(registry, "orchestra_jobs_succeeded_total", definition="send") == 1
+        assert value(registry, "orchestra_job_duration_seconds_count", definition="send") == 1
+        assert value(registry, "orchestra_job_duration_seconds_sum", definition="send") == 0.25
+        assert (
+            value(registry, "orchestra_job_duration_seconds_bucket", definition="send", le="0.1")
+            == 0
+        )
+        assert (
+            value(registry, "orchestra_job_duration_seconds_bucket", definition="send", le="0.25")
+            == 1
+        )
+
+    def test_failures_split_into_retried_and_failed(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """A failure that will retry is ``retried``; a final one (payload invalid too) is ``failed``; both have a duration."""
+        handler(failed(will_retry=True))
+        handler(failed(will_retry=True))
+        handler(failed(will_retry=False))
+        handler(failed(will_retry=False, cls=events.WorkerJobPayloadInvalid, duration_ms=0))
+        assert value(registry, "orchestra_jobs_retried_total", definition="send") == 2
+        assert value(registry, "orchestra_jobs_failed_total", definition="send") == 2
+        assert value(registry, "orchestra_job_duration_seconds_count", definition="send") == 4
+        assert value(registry, "orchestra_jobs_succeeded_total", definition="send") is None
+
+    def test_orchestrator_and_fence_counters(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """Rescues, fences, orchestrator finalizations (by reason) and repeat ticks each count per definition."""
+        job: dict[str, Any] = {"job_id": 9, "definition": "sync", "attempt": 2}
+        handler(make(events.WorkerJobFenced, outcome="succeeded", **job))
+        handler(
+            make(
+                events.OrchestratorJobRescued,
+                "orchestrator",
+                reason="worker_lost",
+                locked_by=4,
+                **job,
+            )
+        )
+        handler(make(events.OrchestratorJobFinalized, "orchestrator", reason="timeout", **job))
+        handler(make(events.OrchestratorJobFinalized, "orchestrator", reason="timeout", **job))
+        handler(
+            make(
+                events.OrchestratorJobFinalized, "orchestrator", reason="unmet_dependencies", **job
+            )
+        )
+        handler(
+            make(
+                events.OrchestratorJobScheduled,
+                "orchestrator",
+                job_id=10,
+                definition="tick",
+                tick_at=NOW,
+            )
+        )
+        assert value(registry, "orchestra_jobs_fenced_total", definition="sync") == 1
+        assert value(registry, "orchestra_jobs_rescued_total", definition="sync") == 1
+        finalized = "orchestra_jobs_finalized_total"
+        assert value(registry, finalized, definition="sync", reason="timeout") == 2
+        assert value(registry, finalized, definition="sync", reason="unmet_dependencies") == 1
+        assert value(registry, "orchestra_jobs_scheduled_total", definition="tick") == 1
+
+    def test_database_errors_and_service_failures(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """Database errors count per operation, failed maintenance passes per service."""
+        for operation in ("claim", "claim", "heartbeat"):
+            handler(
+                make(events.DaemonDatabaseError, operation=operation, error="x", retry_in_ms=10)
+            )
+        handler(
+            make(events.OrchestratorServiceFailed, "orchestrator", service="rescuer", error="x")
+        )
+        errors = "orchestra_daemon_database_errors_total"
+        assert value(registry, errors, operation="claim") == 2
+        assert value(registry, errors, operation="heartbeat") == 1
+        assert (
+            value(registry, "orchestra_orchestrator_service_failures_total", service="rescuer") == 1
+        )
+
+    def test_other_events_change_nothing(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """Lifecycle and heartbeat events are not metrics: the exposition stays the same."""
+        before = generate_latest(registry)
+        handler(make(events.DaemonStarted, host="h", pid=1))
+        handler(make(events.WorkerListenRestored))
+        handler(make(events.OrchestratorDefinitionHeartbeat, "orchestrator", definition="send"))
+        handler(make(events.DaemonStopped, error=None, handed_back=0))
+        assert generate_latest(registry) == before
+
+    def test_labels_are_bounded(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """No sample carries a job id or any label outside the documented set."""
+        for job_id in range(50):
+            handler(claimed(job_id=job_id))
+        handler(failed(will_retry=False))
+        handler(gauges((("available", "mail", 2),)))
+        handler(make(events.DaemonDatabaseError, operation="finish", error="x", retry_in_ms=1))
+        labels = {
+            name
+            for metric in registry.collect()
+            for sample in metric.samples
+            for name in sample.labels
+        }
+        assert labels <= ALLOWED_LABELS
+        assert value(registry, "orchestra_jobs_claimed_total", definition="send") == 50
+
+
+class TestGauges:
+    def test_depth_and_workers_are_set(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """Queue depth per status and channel and live daemons per role come from OrchestratorQueueGauges."""
+        handler(
+            gauges(
+                (("available", "mail", 7), ("running", "mail", 2), ("waiting", "mail", 0)),
+                {"worker": 3, "orchestrator": 2},
+            )
+        )
+        assert value(registry, "orchestra_jobs", status="available", channel="mail") == 7
+        assert value(registry, "orchestra_jobs", status="running", channel="mail") == 2
+        assert value(registry, "orchestra_jobs", status="waiting", channel="mail") == 0
+        assert value(registry, "orchestra_workers", role="worker") == 3
+        assert value(registry, "orchestra_workers", role="orchestrator") == 2
+
+    def test_a_later_snapshot_replaces_the_last(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """Values are replaced, not added, and a channel missing from the next snapshot disappears."""
+        handler(gauges((("available", "mail", 7), ("available", "old", 1))))
+        handler(gauges((("available", "mail", 4),), {"worker": 1, "orchestrator": 1}))
+        assert value(registry, "orchestra_jobs", status="available", channel="mail") == 4
+        assert value(registry, "orchestra_jobs", status="available", channel="old") is None
+        assert value(registry, "orchestra_workers", role="worker") == 1
+
+    def test_leader_gauge_and_losing_the_lease_drops_queue_gauges(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """orchestra_leader follows the lease; a process that loses it stops exporting the queue gauges."""
+        assert value(registry, "orchestra_leader") == 0
+        handler(make(events.OrchestratorLeadershipAcquired, "orchestrator", lease_ms=15_000))
+        assert value(registry, "orchestra_leader") == 1
+        handler(gauges((("available", "mail", 7),), {"worker": 1, "orchestrator": 1}))
+        handler(make(events.OrchestratorLeadershipLost, "orchestrator", reason="taken"))
+        assert value(registry, "orchestra_leader") == 0
+        assert value(registry, "orchestra_jobs", status="available", channel="mail") is None
+        assert value(registry, "orchestra_workers", role="worker") is None
+        handler(gauges((("available", "mail", 1),)))  # leading again later: exported again
+        assert value(registry, "orchestra_jobs", status="available", channel="mail") == 1
+
+
+class TestHandlerSetup:
+    def test_namespace_prefixes_every_name(self, registry: CollectorRegistry) -> None:
+        """``namespace=`` replaces the ``orchestra`` prefix."""
+        handler = PrometheusHandler(registry, namespace="billing_queue")
+        handler(claimed())
+        assert value(registry, "billing_queue_jobs_claimed_total", definition="send") == 1
+        assert value(registry, "orchestra_jobs_claimed_total", definition="send") is None
+
+    @pytest.mark.parametrize("namespace", ["", "1abc", "a-b", "a b"])
+    def test_bad_namespace(self, registry: CollectorRegistry, namespace: str) -> None:
+        """A namespace that cannot prefix a metric name raises ConfigurationError."""
+        with pytest.raises(ConfigurationError) as info:
+            PrometheusHandler(registry, namespace=namespace)
+        assert info.value.argument == "namespace"
+
+    def test_second_handler_on_one_registry_is_refused_cleanly(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """A second handler on the same registry raises ConfigurationError and leaves the first intact."""
+        with pytest.raises(ConfigurationError, match="one PrometheusHandler per registry") as info:
+            PrometheusHandler(registry)
+        assert info.value.argument == "registry"
+        handler(claimed())
+        assert value(registry, "orchestra_jobs_claimed_total", definition="send") == 1
+        PrometheusHandler(registry, namespace="other")  # a different namespace coexists
+
+    def test_buckets_span_a_millisecond_to_an_hour(self) -> None:
+        """Histogram buckets go from 1 ms to 1 h, increasing."""
+        assert DURATION_BUCKETS_S[0] == 0.001
+        assert DURATION_BUCKETS_S[-1] == 3600.0
+        assert list(DURATION_BUCKETS_S) == sorted(set(DURATION_BUCKETS_S))
+
+    def test_works_as_a_daemon_event_handler(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """The handler is accepted by normalize_handlers and driven by dispatch like any other."""
+        received: list[events.Event] = []
+        handlers = events.normalize_handlers([received.append, handler])
+        events.dispatch(handlers, claimed())
+        assert len(received) == 1
+        assert value(registry, "orchestra_jobs_claimed_total", definition="send") == 1
+
+    def test_missing_prometheus_client_names_the_extra(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without prometheus-client, importing orchestra.metrics says which extra to install."""
+        monkeypatch.setitem(sys.modules, "prometheus_client", None)
+        monkeypatch.delitem(sys.modules, "orchestra.metrics")
+        with pytest.raises(ImportError, match=r"orchestra-queue\[metrics\]"):
+            importlib.import_module("orchestra.metrics")
+
+    def test_cli_reports_the_missing_extra_as_a_usage_error(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``--metrics-port`` without the extra is a ConfigurationError (exit 2), not a traceback."""
+        from orchestra import cli
+
+        monkeypatch.setitem(sys.modules, "prometheus_client", None)
+        monkeypatch.delitem(sys.modules, "orchestra.metrics")
+        with pytest.raises(ConfigurationError, match=r"metrics") as info:
+            cli._serve_metrics(9)
+        assert info.value.argument == "--metrics-port"
+
+
+def test_serve_metrics_serves_the_registry(
+    registry: CollectorRegistry, handler: PrometheusHandler
+) -> None:
+    """serve_metrics answers GET /metrics with the registry's exposition."""
+    handler(claimed("served"))
+    server = serve_metrics(0, "127.0.0.1", registry)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 'orchestra_jobs_claimed_total{definition="served"} 1.0' in body
+
+
+class TestLogging:
+    def test_gauges_and_heartbeats_are_debug(self) -> None:
+        """What an idle orchestrator emits on every pass is logged at DEBUG, so INFO stays quiet."""
+        logging_handler = LoggingHandler()
+        assert logging_handler.level_of(gauges((("available", "mail", 1),))) == logging.DEBUG
+        heartbeat = make(events.OrchestratorDefinitionHeartbeat, "orchestrator", definition="d")
+        assert logging_handler.level_of(heartbeat) == logging.DEBUG
+
+    def test_gauges_event_serializes_as_json(self, caplog: pytest.LogCaptureFixture) -> None:
+        """With the JSON formatter the snapshot becomes a list of [status, channel, count] and an object."""
+        event = gauges(
+            (("available", "mail", 7), ("running", "mail", 1)), {"worker": 2, "orchestrator": 1}
+        )
+        with caplog.at_level(logging.DEBUG, logger="orchestra.events"):
+            LoggingHandler()(event)
+        (record,) = [r for r in caplog.records if r.name == "orchestra.events"]
+        document = json.loads(JsonFormatter().format(record))
+        assert document["event"] == "OrchestratorQueueGauges"
+        assert document["level"] == "debug"
+        assert document["depth"] == [["available", "mail", 7], ["running", "mail", 1]]
+        assert document["workers"] == {"worker": 2, "orchestrator": 1}
