@@ -601,8 +601,9 @@ class JobDefinition(Generic[P]):
     ) -> JobHandle:
         """Insert, or find the holder of the unique key; see :meth:`defer`."""
         queries = self.config.queries
+        query = queries["job_insert" if params["depends_on"] else "job_insert_simple"]
         for _ in range(UNIQUE_RETRIES):
-            row = self._insert(conn, queries["job_insert"], params, own=own)
+            row = self._insert(conn, query, params, own=own)
             if row is not None:
                 if own and row[1] == "waiting":
                     # Committed: close the race with a finishing dependency.
@@ -622,8 +623,9 @@ class JobDefinition(Generic[P]):
         self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any], *, own: bool
     ) -> JobHandle:
         queries = self.config.queries
+        query = queries["job_insert" if params["depends_on"] else "job_insert_simple"]
         for _ in range(UNIQUE_RETRIES):
-            row = await self._insert_async(conn, queries["job_insert"], params, own=own)
+            row = await self._insert_async(conn, query, params, own=own)
             if row is not None:
                 if own and row[1] == "waiting":
                     await conn.execute(queries["job_recheck_waiting"], self._recheck_params(row))
