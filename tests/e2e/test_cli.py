@@ -1,6 +1,6 @@
 """The ``orchestra`` command as users run it: help, migrate, daemon errors, logs, demo.
 
-Exit codes (``orchestra/cli.py``): 0 success, 1 runtime error, 2 usage error.
+Exit codes (``orchestra/cli/``): 0 success, 1 runtime error, 2 usage error.
 Errors must be readable, without a traceback and without the password.
 Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3.
 """

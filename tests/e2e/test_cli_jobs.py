@@ -3,7 +3,7 @@
 Behaviours (``shared/reference/seed-analysis.md`` §3): I8 (failed jobs listed,
 retried with a fresh budget, deleted in bulk) and I9 (find by id, list by
 status with limit, offset and order, no hidden time window). Exit codes
-(``orchestra/cli.py``): 0 success, 1 unknown id or wrong state, 2 usage error;
+(``orchestra/cli/``): 0 success, 1 unknown id or wrong state, 2 usage error;
 errors are one line on stderr, without a traceback.
 """
 

@@ -327,7 +327,7 @@ class TestHandlerSetup:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """``--metrics-port`` without the extra is a ConfigurationError (exit 2), not a traceback."""
-        from orchestra import cli
+        from orchestra.cli import _daemons as cli
 
         monkeypatch.setitem(sys.modules, "prometheus_client", None)
         monkeypatch.delitem(sys.modules, "orchestra.metrics")

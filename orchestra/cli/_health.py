@@ -1,0 +1,218 @@
+"""`orchestra health`: for probes (Kubernetes, systemd, monitoring)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import psycopg
+
+from orchestra import _db
+from orchestra._config import DSN_ENV, Config
+from orchestra.cli._app import (
+    _dsn_option,
+    _dsn_source,
+    _fail,
+    _print_json,
+    _schema_option,
+    _warn_password_on_argv,
+    handle_errors,
+    load_app,
+    main,
+)
+
+# -- orchestra health: for probes (Kubernetes, systemd, monitoring) -------------------------
+#
+# Exit 0 when healthy, else 1 with one line saying why (2: usage error). One
+# connection attempt bounded by --timeout-s, so a probe never hangs or retries.
+
+HEALTH_TIMEOUT_S_DEFAULT = 5.0
+
+
+class _UnhealthyError(Exception):
+    """Why `orchestra health` fails, as one readable line."""
+
+
+def _health_report(
+    config: Config,
+    *,
+    role: str | None,
+    host: str | None,
+    name: str | None,
+    max_age_s: float,
+    timeout_s: float,
+    report: dict[str, Any],
+) -> str:
+    """Check the database, the schema version and heartbeats; fill ``report``.
+
+    Returns the summary line; raises _UnhealthyError with the reason otherwise.
+    """
+    from orchestra import _migrate  # noqa: PLC0415
+    from orchestra.errors import DatabaseUnavailableError, SchemaNotReadyError  # noqa: PLC0415
+
+    try:
+        conn = _db.connect(config.dsn, attempts=1, timeout_s=timeout_s)
+    except DatabaseUnavailableError as exc:
+        raise _UnhealthyError(str(exc)) from None
+    try:
+        with conn:
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)", [f"{round(timeout_s * 1000)}"]
+            )
+            version = _migrate.current_version(conn, config.schema)
+            required = _migrate.required_version()
+            report.update(schema_version=version, required_version=required)
+            if version < required:
+                raise _UnhealthyError(str(SchemaNotReadyError(config.schema, version, required)))
+            summary = (
+                f"PostgreSQL answered, schema {config.schema!r} is at version {version} "
+                f"(needs {required})"
+            )
+            if role is None:
+                return summary
+            row = conn.execute(
+                config.queries["health_heartbeats"],
+                {"role": role, "host": host, "name": name, "max_age_ms": max_age_s * 1000},
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise _UnhealthyError(f"database error: {' '.join(str(exc).split())}") from None
+    assert row is not None
+    fresh, registered, latest_age_s = int(row[0]), int(row[1]), row[2]
+    report.update(
+        fresh_daemons=fresh,
+        registered_daemons=registered,
+        latest_heartbeat_age_s=None if latest_age_s is None else round(latest_age_s, 3),
+    )
+    where = "".join(
+        f" {label} {value!r}" for label, value in (("named", name), ("on host", host)) if value
+    )
+    if not fresh:
+        seen = (
+            "none is registered"
+            if not registered
+            else f"{registered} registered, latest heartbeat {latest_age_s:.1f} s ago"
+        )
+        raise _UnhealthyError(
+            f"no {role} daemon{where} heartbeated within {max_age_s:g} s ({seen})"
+        )
+    return (
+        f"{summary}, {fresh} {role} daemon(s){where} heartbeated within {max_age_s:g} s "
+        f"(latest {latest_age_s:.1f} s ago)"
+    )
+
+
+@main.command()
+@click.option(
+    "--app",
+    "app_ref",
+    default=None,
+    metavar="MODULE:CONFIG",
+    help="Where your Config lives (its DSN and schema are used). Without it: --dsn and --schema.",
+)
+@_dsn_option
+@_schema_option
+@click.option(
+    "--role",
+    type=click.Choice(["worker", "orchestrator"]),
+    default=None,
+    help="Also require a daemon of this role with a fresh heartbeat in the worker table "
+    "(on this host, see --host and --name). Without it: database and schema only.",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="With --role: only daemons started with this --name (then on any host, unless "
+    "--host is given).",
+)
+@click.option(
+    "--host",
+    default=None,
+    help="With --role: only daemons on this host.  [default: this host's name, unless --name]",
+)
+@click.option(
+    "--max-heartbeat-age-s",
+    type=click.FloatRange(0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="With --role: a heartbeat older than this is not fresh.",
+)
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(1, 300),
+    default=HEALTH_TIMEOUT_S_DEFAULT,
+    show_default=True,
+    help="Bound of the connection and of each statement (one attempt, no retry).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.pass_context
+@handle_errors
+def health(
+    ctx: click.Context,
+    app_ref: str | None,
+    dsn: str | None,
+    schema: str,
+    role: str | None,
+    name: str | None,
+    host: str | None,
+    max_heartbeat_age_s: float,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Exit 0 if the database answers, the schema is migrated and (--role) a daemon is alive.
+
+    Otherwise exit 1 with one line saying why. For Kubernetes probes: readiness
+    `orchestra health`, liveness `orchestra health --role worker` (the pod's own
+    daemon: the host name is the pod name).
+    """
+    import socket  # noqa: PLC0415
+
+    explicit = click.core.ParameterSource.COMMANDLINE
+    if app_ref is not None and explicit in (
+        ctx.get_parameter_source("dsn"),
+        ctx.get_parameter_source("schema"),
+    ):
+        raise click.UsageError("give --app, or --dsn/--schema, not both")
+    if app_ref is not None:
+        config = load_app(app_ref)
+    elif not dsn:
+        # Never start the embedded PostgreSQL just to find it healthy.
+        raise click.UsageError(f"no database to check: give --dsn, set ${DSN_ENV}, or --app")
+    else:
+        _warn_password_on_argv(dsn, _dsn_source(ctx))
+        config = Config(dsn, schema=schema)
+    if role is not None and host is None and name is None:
+        host = socket.gethostname()
+    report: dict[str, Any] = {
+        "healthy": False,
+        "error": None,
+        "schema": config.schema,
+        "schema_version": None,
+        "required_version": None,
+        "role": role,
+        "host": host,
+        "name": name,
+        "fresh_daemons": None,
+        "registered_daemons": None,
+        "latest_heartbeat_age_s": None,
+    }
+    try:
+        summary = _health_report(
+            config,
+            role=role,
+            host=host,
+            name=name,
+            max_age_s=max_heartbeat_age_s,
+            timeout_s=timeout_s,
+            report=report,
+        )
+    except _UnhealthyError as exc:
+        report["error"] = _db.redact(str(exc))
+        if as_json:
+            _print_json(report)
+        _fail(f"unhealthy: {exc}", 1)
+        return
+    report["healthy"] = True
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(f"healthy: {summary}")

@@ -1,0 +1,482 @@
+"""`orchestra jobs ...` and `orchestra definitions ...`: job management (I8, I9)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import attrs
+import click
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from orchestra import _db
+from orchestra._config import Config
+from orchestra._jobs import STATUSES, DefinitionInfo, Job, Jobs
+from orchestra.cli._app import (
+    _dsn_option,
+    _dsn_source,
+    _fail,
+    _print_json,
+    _schema_option,
+    _table,
+    _warn_password_on_argv,
+    err_console,
+    handle_errors,
+    main,
+    out_console,
+)
+from orchestra.errors import (
+    JobStateError,
+    UnknownJobError,
+)
+
+# -- job management: `orchestra jobs ...` and `orchestra definitions ...` (I8, I9) ----------
+#
+# Thin wrappers over Config.jobs (orchestra/_jobs.py): every rule lives there.
+# Tables for people on stdout, or one JSON document with --json for programs;
+# errors on stderr, one line each. For several ids, each id is tried and
+# reported on its own, and the exit code is 1 if any of them failed.
+
+LIST_LIMIT_DEFAULT = 50
+_STATUS_STYLES = {
+    "waiting": "magenta",
+    "available": "blue",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "bold red",
+    "cancelled": "yellow",
+}
+
+
+def _error(message: str) -> None:
+    """Print one error line (as _fail does) without exiting."""
+    err_console.print(f"[bold red]error:[/] {escape(_db.redact(message))}")
+
+
+@contextlib.contextmanager
+def _job_manager(ctx: click.Context, dsn: str | None, schema: str) -> Iterator[Jobs]:
+    """Config.jobs for the command's --dsn and --schema, on a schema known to be migrated."""
+    _warn_password_on_argv(dsn, _dsn_source(ctx))
+    with Config(dsn, schema=schema) as config:
+        config.check_schema()  # SchemaNotReadyError says to run `orchestra migrate`
+        yield config.jobs
+
+
+def _json_value(_instance: Any, _field: Any, value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
+def _plain(value: Job | DefinitionInfo) -> dict[str, Any]:
+    """A Job or DefinitionInfo as JSON-able data (datetimes in ISO 8601)."""
+    return attrs.asdict(value, value_serializer=_json_value)
+
+
+def _when(value: dt.datetime | None) -> str:
+    """A timestamp for people, in UTC to the second (--json has the full precision)."""
+    return "" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(start: dt.datetime, end: dt.datetime) -> str:
+    seconds = max(0.0, (end - start).total_seconds())
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLES.get(status, ""))
+
+
+def _one_line(text: str | None, limit: int = 80) -> str:
+    """The first line of ``text``, cut at ``limit`` characters (tables stay one row per item)."""
+    if not text:
+        return ""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def _jobs_table(found: Sequence[Job], caption: str) -> Table:
+    # Short columns never wrap; names fold; the error is cut to what is left of
+    # the width (at least a few words), so that 80 columns (a pipe) stay legible.
+    # A column that never wraps and holds long text would squeeze the others to
+    # nothing (rich), so the error column wraps rather than clips.
+    table = _table(caption=caption, caption_justify="left")
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("definition", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("attempt", justify="right", no_wrap=True)
+    table.add_column("run at (UTC)", no_wrap=True)
+    table.add_column("last error", overflow="ellipsis")
+    # Width left for the error: the console's minus the other columns' widest
+    # cells (definitions counted up to 30, beyond that they fold) and the 3
+    # characters of padding between columns.
+    widths = [
+        max(len("id"), *(len(str(job.id)) for job in found)),
+        min(30, max(len("definition"), *(len(job.definition) for job in found))),
+        len("available"),
+        max(len("attempt"), *(len(f"{job.attempt}/{job.max_attempts}") for job in found)),
+        len("2000-01-01 00:00:00"),
+    ]
+    error_chars = max(16, out_console.width - sum(widths) - 3 * len(widths) - 2)
+    for job in found:
+        table.add_row(
+            str(job.id),
+            Text(job.definition),
+            _status(job.status),
+            f"{job.attempt}/{job.max_attempts}",
+            _when(job.run_at),
+            Text(_one_line(job.last_error, error_chars)),
+        )
+    return table
+
+
+@main.group("jobs")
+def jobs_group() -> None:
+    """List, show, retry, cancel and delete jobs (also failed ones in bulk)."""
+
+
+@jobs_group.command("list")
+@click.option(
+    "--status",
+    "statuses",
+    type=click.Choice(STATUSES),
+    multiple=True,
+    help="Only jobs with this status; repeat for several. Default: every status.",
+)
+@click.option("--definition", metavar="NAME", help="Only jobs of this definition.")
+@click.option("--channel", metavar="NAME", help="Only jobs of this channel.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=LIST_LIMIT_DEFAULT,
+    show_default=True,
+    help="Most jobs shown.",
+)
+@click.option(
+    "--offset", type=click.IntRange(0), default=0, show_default=True, help="Jobs skipped first."
+)
+@click.option(
+    "--order",
+    type=click.Choice(["asc", "desc"]),
+    default="desc",
+    show_default=True,
+    help="By id: asc oldest first, desc newest first.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
+@_dsn_option
+@_schema_option
+@click.pass_context
+@handle_errors
+def jobs_list(
+    ctx: click.Context,
+    statuses: tuple[str, ...],
+    definition: str | None,
+    channel: str | None,
+    limit: int,
+    offset: int,
+    order: str,
+    as_json: bool,
+    dsn: str | None,
+    schema: str,
+) -> None:
+    """List jobs by id, with no hidden time window: every job still in the queue."""
+    status = list(statuses) or None
+    with _job_manager(ctx, dsn, schema) as manager:
+        found = manager.list(
+            status=status,
+            definition=definition,
+            channel=channel,
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+        total = (
+            None
+            if as_json
+            else manager.count(status=status, definition=definition, channel=channel)
+        )
+    if as_json:
+        _print_json([_plain(job) for job in found])
+        return
+    if not found:
+        out_console.print(f"no jobs (of {total} matching)" if total else "no jobs match")
+        return
+    first = offset + 1
+    direction = "newest first" if order == "desc" else "oldest first"
+    caption = f"{first}-{offset + len(found)} of {total} matching, {direction}"
+    out_console.print(_jobs_table(found, caption))
+
+
+def _show_job(job: Job) -> None:
+    """Print one job for people: its fields, attempt log and last traceback."""
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(style="bold", no_wrap=True)
+    fields.add_column(overflow="fold")
+    rows: list[tuple[str, Text | str]] = [
+        ("status", _status(job.status + (" (archived)" if job.archived else ""))),
+        ("definition", Text(job.definition)),
+        ("channel", Text(job.channel)),
+        ("priority", str(job.priority)),
+        ("attempt", f"{job.attempt} of {job.max_attempts}"),
+        ("created at", _when(job.created_at) + " UTC"),
+        ("run at", _when(job.run_at) + " UTC"),
+    ]
+    if job.started_at is not None:
+        rows.append(("started at", _when(job.started_at) + " UTC"))
+    if job.finalized_at is not None:
+        rows.append(("finalized at", _when(job.finalized_at) + " UTC"))
+    optional: list[tuple[str, object]] = [
+        ("unique key", job.unique_key),
+        ("resource key", job.resource_key),
+        ("locked by worker", job.locked_by),
+        ("depends on", ", ".join(str(i) for i in job.depends_on)),
+    ]
+    rows += [(name, Text(str(value))) for name, value in optional if value not in (None, "")]
+    rows.append(("payload", Text(json.dumps(job.payload, ensure_ascii=False))))
+    if job.result is not None:
+        rows.append(("result", Text(json.dumps(job.result, ensure_ascii=False))))
+    if job.last_error:
+        rows.append(("last error", Text(job.last_error)))
+    for name, value in rows:
+        fields.add_row(name, value)
+    out_console.print(Text(f"job {job.id}", style="bold"))
+    out_console.print(fields)
+
+    attempts = job.attempts or ()
+    if not attempts:
+        out_console.print("no attempt ended yet")
+        return
+    table = _table(title="attempts", title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("worker", overflow="fold")
+    table.add_column("finished at (UTC)", no_wrap=True)
+    table.add_column("took", justify="right", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for attempt in attempts:
+        worker = attempt.worker_name or (str(attempt.worker_id) if attempt.worker_id else "")
+        table.add_row(
+            str(attempt.attempt),
+            _status(attempt.outcome),
+            Text(worker),
+            _when(attempt.finished_at),
+            _duration(attempt.started_at, attempt.finished_at),
+            Text(attempt.error or ""),
+        )
+    out_console.print(table)
+    # The last traceback is the one people want; --json has every one.
+    last = next((a for a in reversed(attempts) if a.traceback), None)
+    if last is not None and last.traceback:
+        out_console.print(Text(f"traceback of attempt {last.attempt}:", style="bold"))
+        out_console.print(Text(last.traceback.rstrip()))
+
+
+@jobs_group.command("show")
+@click.argument("job_id", type=click.IntRange(1), metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
+@_dsn_option
+@_schema_option
+@click.pass_context
+@handle_errors
+def jobs_show(ctx: click.Context, job_id: int, as_json: bool, dsn: str | None, schema: str) -> None:
+    """Show one job (archived ones too) with its attempts, errors and traceback."""
+    with _job_manager(ctx, dsn, schema) as manager:
+        job = manager.get(job_id, with_attempts=True)
+    if as_json:
+        _print_json(_plain(job))
+    else:
+        _show_job(job)
+
+
+def _each(job_ids: Sequence[int], action: Callable[[int], str]) -> None:
+    """Apply ``action`` to every id, one line per id; exit 1 if any was refused."""
+    refused = 0
+    for job_id in job_ids:
+        try:
+            click.echo(action(job_id))
+        except (UnknownJobError, JobStateError) as exc:
+            refused += 1
+            _error(str(exc))
+    if refused:
+        sys.exit(1)
+
+
+def _check_bulk(job_ids: Sequence[int], all_failed: bool, definition: str | None) -> None:
+    if all_failed and job_ids:
+        raise click.UsageError("give job ids or --failed, not both")
+    if not all_failed and not job_ids:
+        raise click.UsageError("give one or more job ids, or --failed")
+    if definition is not None and not all_failed:
+        raise click.UsageError("--definition only goes with --failed")
+
+
+def _of(definition: str | None) -> str:
+    return "" if definition is None else f" of {definition!r}"
+
+
+@jobs_group.command("retry")
+@click.argument("job_ids", nargs=-1, type=click.IntRange(1), metavar="[ID]...")
+@click.option(
+    "--failed", "all_failed", is_flag=True, help="Retry every failed job (of --definition)."
+)
+@click.option("--definition", metavar="NAME", help="With --failed: only this definition's jobs.")
+@_dsn_option
+@_schema_option
+@click.pass_context
+@handle_errors
+def jobs_retry(
+    ctx: click.Context,
+    job_ids: tuple[int, ...],
+    all_failed: bool,
+    definition: str | None,
+    dsn: str | None,
+    schema: str,
+) -> None:
+    """Run jobs again with a fresh attempt budget (finalized ones), or now (backing off ones).
+
+    Running and waiting jobs are refused.
+    """
+    _check_bulk(job_ids, all_failed, definition)
+    with _job_manager(ctx, dsn, schema) as manager:
+        if all_failed:
+            count = manager.retry_failed(definition=definition)
+            click.echo(f"retried {count} failed job(s){_of(definition)}")
+            return
+
+        def retry(job_id: int) -> str:
+            return f"retried job {job_id}: now {manager.retry(job_id).status}"
+
+        _each(job_ids, retry)
+
+
+@jobs_group.command("cancel")
+@click.argument("job_ids", nargs=-1, required=True, type=click.IntRange(1), metavar="ID...")
+@_dsn_option
+@_schema_option
+@click.pass_context
+@handle_errors
+def jobs_cancel(ctx: click.Context, job_ids: tuple[int, ...], dsn: str | None, schema: str) -> None:
+    """Cancel waiting, available or running jobs.
+
+    A running job's function is not stopped: the attempt runs on, but its
+    result is refused when it finishes, and the job stays cancelled.
+    """
+    with _job_manager(ctx, dsn, schema) as manager:
+
+        def cancel(job_id: int) -> str:
+            manager.cancel(job_id)
+            return f"cancelled job {job_id}"
+
+        _each(job_ids, cancel)
+
+
+@jobs_group.command("delete")
+@click.argument("job_ids", nargs=-1, type=click.IntRange(1), metavar="[ID]...")
+@click.option(
+    "--failed", "all_failed", is_flag=True, help="Delete every failed job (of --definition)."
+)
+@click.option("--definition", metavar="NAME", help="With --failed: only this definition's jobs.")
+@click.option("--yes", "-y", is_flag=True, help="With --failed: do not ask for confirmation.")
+@_dsn_option
+@_schema_option
+@click.pass_context
+@handle_errors
+def jobs_delete(
+    ctx: click.Context,
+    job_ids: tuple[int, ...],
+    all_failed: bool,
+    definition: str | None,
+    yes: bool,
+    dsn: str | None,
+    schema: str,
+) -> None:
+    """Delete jobs with their attempt log.
+
+    Running jobs, and jobs that an unfinished job depends on, are refused
+    (with --failed: kept).
+    """
+    _check_bulk(job_ids, all_failed, definition)
+    with _job_manager(ctx, dsn, schema) as manager:
+        if all_failed:
+            failed = manager.count(status="failed", definition=definition)
+            if not failed:
+                click.echo(f"no failed jobs{_of(definition)}")
+                return
+            if not yes:
+                try:
+                    confirmed = click.confirm(
+                        f"delete {failed} failed job(s){_of(definition)}?", err=True
+                    )
+                except click.Abort:  # no answer (end of input, Ctrl-C)
+                    err_console.print()  # end the prompt's line
+                    confirmed = False
+                if not confirmed:
+                    _fail("nothing deleted: not confirmed (pass --yes to skip the question)", 1)
+            count = manager.delete_failed(definition=definition)
+            kept = manager.count(status="failed", definition=definition)
+            note = f"; {kept} kept (unfinished jobs depend on them, or busy)" if kept else ""
+            click.echo(f"deleted {count} failed job(s){_of(definition)}{note}")
+            return
+
+        def delete(job_id: int) -> str:
+            manager.delete(job_id)
+            return f"deleted job {job_id}"
+
+        _each(job_ids, delete)
+
+
+@main.group("definitions")
+def definitions_group() -> None:
+    """Inspect job definitions as stored in the database."""
+
+
+def _settings(info: DefinitionInfo) -> str:
+    """The settings that differ between definitions, one per line."""
+    lines = [f"{info.num_attempts} attempt(s), {info.backoff} backoff"]
+    if info.cron is not None:
+        lines.append(f"cron {info.cron}")
+    if info.repeat_interval_ms is not None:
+        lines.append(f"every {info.repeat_interval_ms} ms")
+    if info.release_interval_ms:
+        lines.append(f"1 start per {info.release_interval_ms} ms")
+    if info.max_concurrency is not None:
+        lines.append(f"at most {info.max_concurrency} running")
+    return "\n".join(lines)
+
+
+@definitions_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
+@_dsn_option
+@_schema_option
+@click.pass_context
+@handle_errors
+def definitions_list(ctx: click.Context, as_json: bool, dsn: str | None, schema: str) -> None:
+    """List the definitions stored in the database, with their jobs per status."""
+    with _job_manager(ctx, dsn, schema) as manager:
+        infos = manager.definitions()
+    if as_json:
+        _print_json([_plain(info) for info in infos])
+        return
+    if not infos:
+        out_console.print("no definitions (a daemon or a defer writes them)")
+        return
+    table = _table()
+    table.add_column("name", overflow="fold")
+    table.add_column("channel", overflow="fold")
+    table.add_column("settings", overflow="fold")
+    table.add_column("heartbeat (UTC)", no_wrap=True)
+    table.add_column("jobs", overflow="fold")
+    for info in infos:
+        counts = "\n".join(f"{n} {status}" for status, n in info.counts.items() if n)
+        table.add_row(
+            Text(info.name + (" (paused)" if info.paused else "")),
+            Text(info.channel),
+            Text(_settings(info)),
+            _when(info.last_heartbeat_at),
+            counts or "none",
+        )
+    out_console.print(table)
