@@ -47,6 +47,8 @@ from orchestra._definition import JobDefinition
 CHANNEL = "bench"
 NOOP = "bench-noop"
 LATENCY = "bench-latency"
+#: The definition of the finalized rows of ``--finalized-rows`` (never run).
+FILLER = "bench-finalized"
 #: Jobs per defer_many call: what an application would batch.
 DEFER_MANY_BATCH = 1_000
 RAW_BATCH = 100
@@ -103,6 +105,8 @@ class Settings:
     latency_rate: float = 20.0
     idle_seconds: float = 5.0
     process_interval_ms: int = 1_000
+    #: Finalized jobs left in the table for a second processing run (0: none).
+    finalized_rows: int = 0
 
 
 class Bench:
@@ -115,6 +119,7 @@ class Bench:
         self.schema = f"orchestra_bench_{uuid.uuid4().hex[:8]}"
         self.config = Config(dsn, schema=self.schema)
         self.noop, self.latency = define(self.config)
+        self.filler = JobDefinition(self.config, name=FILLER, job_function=noop, channel=CHANNEL)
         self.queries = self.config.queries
 
     # -- plumbing -----------------------------------------------------------
@@ -149,7 +154,7 @@ class Bench:
         self.config.prepare_schema()
         try:
             with self._conn() as conn:
-                for definition in (self.noop, self.latency):
+                for definition in (self.noop, self.latency, self.filler):
                     definition.upsert(conn)
             figures = [*self.enqueue(), *self.processing(), *self.latency_run(), *self.idle()]
         finally:
@@ -210,15 +215,9 @@ class Bench:
         raw_total, raw_steady = self._raw_loop(s.jobs)
         self._reset()
 
-        self._copy(NOOP, s.jobs)
-        workers = self._start_workers(s.processes, s.concurrency)
-        try:
-            total_s, steady_s = self._wait_drained(s.jobs, started=time.perf_counter())
-        finally:
-            self._stop_workers(workers)
-        self._reset()
+        total_s, steady_s, rss = self._orchestra_run()
         steady_jobs = s.jobs * 0.8
-        return [
+        figures = [
             Figure(
                 "processing, steady (10-90 %)",
                 "jobs/s",
@@ -232,7 +231,49 @@ class Bench:
                 s.jobs / total_s,
                 s.jobs / raw_total,
             ),
+            Figure("worker RSS growth, 10 % to done", "%", rss, None, higher_is_better=False),
         ]
+        if s.finalized_rows:
+            self.log(f"processing again with {s.finalized_rows:,} finalized jobs in the table")
+            self._copy_finalized(s.finalized_rows)
+            _, crowded_s, _ = self._orchestra_run()
+            figures.append(
+                Figure(
+                    f"steady with {s.finalized_rows:,} finalized rows (vs empty table)",
+                    "jobs/s",
+                    steady_jobs / crowded_s,
+                    steady_jobs / steady_s,
+                    target=0.8,
+                )
+            )
+        return figures
+
+    def _orchestra_run(self) -> tuple[float, float, float]:
+        """Load the jobs, drain them with worker processes: total s, steady s, RSS growth %."""
+        s = self.settings
+        self._copy(NOOP, s.jobs)
+        workers = self._start_workers(s.processes, s.concurrency)
+        try:
+            total_s, steady_s, rss = self._wait_drained(
+                s.jobs, started=time.perf_counter(), pids=[w.pid for w in workers]
+            )
+        finally:
+            self._stop_workers(workers)
+        self._reset()
+        return total_s, steady_s, rss
+
+    def _copy_finalized(self, count: int) -> None:
+        """Rows as the sweeper would find them: succeeded, finalized, not yet swept."""
+        row = (FILLER, CHANNEL, "{}", 1, "succeeded", 1, "now")
+        with (
+            self._conn() as conn,
+            conn.cursor() as cursor,
+            cursor.copy(self.queries["bench_copy_finalized"]) as copy,
+        ):
+            for _ in range(count):
+                copy.write_row(row)
+        with self._conn() as conn:
+            conn.execute(self.queries["bench_analyze"])
 
     def _raw_loop(self, total: int) -> tuple[float, float]:
         """The baseline: one connection, claim 100, finish 100, until drained."""
@@ -279,17 +320,27 @@ class Bench:
                 process.kill()
                 process.wait()
 
-    def _wait_drained(self, total: int, *, started: float) -> tuple[float, float]:
-        """Poll the succeeded count until every job is done; (total, 10 %-90 %) seconds."""
+    def _wait_drained(
+        self, total: int, *, started: float, pids: list[int]
+    ) -> tuple[float, float, float]:
+        """Poll the succeeded count until every job is done.
+
+        Returns the total and the 10 %-90 % seconds, and how much the workers'
+        resident memory grew from the 10 % mark to the end, in percent.
+        """
         marks: dict[str, float] = {}
+        rss_at_10: int | None = None
         deadline = started + max(120.0, total / 200)
         with self._conn() as conn:
             while True:
                 done = self._succeeded(conn, NOOP)
                 now = time.perf_counter()
                 _mark(marks, done, total, now)
+                if rss_at_10 is None and "10" in marks:
+                    rss_at_10 = _rss(pids)
                 if done >= total:
-                    return now - started, marks["90"] - marks["10"]
+                    growth = 100 * (_rss(pids) - rss_at_10) / rss_at_10 if rss_at_10 else 0.0
+                    return now - started, marks["90"] - marks["10"], growth
                 if now > deadline:
                     raise RuntimeError(f"workers finished only {done} of {total} jobs in time")
                 time.sleep(POLL_S)
@@ -442,6 +493,17 @@ def _mark(marks: dict[str, float], done: int, total: int, now: float) -> None:
         marks["10"] = now
     if "90" not in marks and done >= total * 0.9:
         marks["90"] = now
+
+
+def _rss(pids: list[int]) -> int:
+    """Resident memory of these processes in kB (Linux /proc; 0 where unreadable)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def _percentile(values: list[float], q: int) -> float:

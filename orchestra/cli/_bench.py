@@ -74,6 +74,13 @@ from orchestra.cli._app import (
     show_default=True,
     help="How long the idle worker is watched.",
 )
+@click.option(
+    "--finalized-rows",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Also process the jobs again with this many finalized rows left in the table.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_context
 @handle_errors
@@ -87,6 +94,7 @@ def bench(
     latency_jobs: int,
     latency_rate: float,
     idle_seconds: float,
+    finalized_rows: int,
     as_json: bool,
 ) -> None:
     """Measure enqueue, processing, latency and idle cost next to a raw-SQL baseline.
@@ -106,6 +114,7 @@ def bench(
         latency_jobs=latency_jobs,
         latency_rate=latency_rate,
         idle_seconds=idle_seconds,
+        finalized_rows=finalized_rows,
     )
     resolved = Config(dsn).dsn
     runner = _bench.Bench(resolved, settings, log=lambda line: err_console.print(escape(line)))

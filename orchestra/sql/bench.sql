@@ -19,6 +19,15 @@ SELECT pg_notify(%(notify_channel)s, '') FROM inserted;
 -- Baseline of defer_many, and how the processing runs are loaded.
 COPY {schema}.job (definition, channel, payload, max_attempts) FROM STDIN;
 
+-- name: bench_copy_finalized
+-- Finalized jobs not yet swept: how the hot table looks when work grows.
+COPY {schema}.job (definition, channel, payload, max_attempts, status, attempt, finalized_at)
+FROM STDIN;
+
+-- name: bench_analyze
+-- Fresh statistics after a bulk load, as autovacuum would soon give them.
+ANALYZE {schema}.job;
+
 -- name: bench_claim_raw
 -- The practical ceiling: claim up to %(limit)s jobs with SKIP LOCKED ...
 WITH claimable AS MATERIALIZED (
