@@ -14,6 +14,7 @@ import time
 import unicodedata
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
@@ -28,6 +29,19 @@ from orchestra.errors import ConfigurationError, OrchestraError, UnknownJobError
 if TYPE_CHECKING:
     from orchestra._config import Config
     from orchestra._jobs import Job
+
+# OpenTelemetry is optional (extra ``otel``). Imported once here: when it is not
+# installed, defer pays one ``is None`` test and stores no trace context.
+# ``_otel_trace`` and ``_otel_propagate`` are the API modules, or None.
+_otel_trace: ModuleType | None
+_otel_propagate: ModuleType | None
+try:
+    import opentelemetry.propagate
+    import opentelemetry.trace
+except ImportError:  # pragma: no cover - the unit tests monkeypatch the None case
+    _otel_trace = _otel_propagate = None
+else:
+    _otel_trace, _otel_propagate = opentelemetry.trace, opentelemetry.propagate
 
 # The payload type; Any when a definition declares none (plain JSON).
 P = TypeVar("P", default=Any)
@@ -499,6 +513,7 @@ class JobDefinition(Generic[P]):
             if resource_key is None
             else _check_key(resource_key, "resource_key"),
             "notify_channel": self.config.notify_channel,
+            "trace_context": current_trace_context(),
         }
 
     def _insert_params(
@@ -776,6 +791,27 @@ class JobDefinition(Generic[P]):
         if self._arity == 1:
             return self.job_function(payload)
         return self.job_function()
+
+
+def current_trace_context() -> str | None:
+    """The current OpenTelemetry context as stored with a deferred job, or None.
+
+    None unless opentelemetry is installed and the caller is inside a valid
+    span. Otherwise the globally configured propagator (W3C trace context by
+    default) injects its carrier, stored as compact JSON text such as
+    ``{"traceparent":"00-...-...-01"}`` (plus ``tracestate`` and whatever else
+    the propagator writes). :mod:`orchestra.otel` extracts it on the worker.
+    """
+    if _otel_trace is None or _otel_propagate is None:
+        return None
+    span: opentelemetry.trace.Span = _otel_trace.get_current_span()
+    if not span.get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    _otel_propagate.inject(carrier)
+    if not carrier:
+        return None  # a no-op propagator (OTEL_PROPAGATORS=none)
+    return json.dumps(carrier, separators=(",", ":"), sort_keys=True)
 
 
 def dedup_key(payload_json: str) -> str:

@@ -180,10 +180,16 @@ class WorkerJobClaimed(_JobEvent):
     Attributes:
         max_attempts: the job's attempt budget.
         queue_wait_ms: claim time minus the time the job became runnable.
+        trace_context: the OpenTelemetry context of the span that deferred the
+            job, as stored with it (the propagator's carrier as JSON text, e.g.
+            ``{"traceparent":"00-...-01"}``), or None when the producer had no
+            span or no opentelemetry. :class:`orchestra.otel.OpenTelemetryHandler`
+            uses it.
     """
 
     max_attempts: int
     queue_wait_ms: int
+    trace_context: str | None = None
 
 
 @attrs.frozen(kw_only=True)

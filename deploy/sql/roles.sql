@@ -211,7 +211,7 @@ GRANT INSERT (name, channel, num_attempts, backoff, backoff_base_ms, backoff_max
               lock_interval_ms, timeout_interval_ms, last_heartbeat_at, updated_at)
 ON :"schema".job_definition TO :"producer_role";
 GRANT INSERT (definition, channel, status, priority, payload, max_attempts, run_at,
-              unique_key, resource_key, limited),
+              unique_key, resource_key, limited, trace_context),
       UPDATE (status, limited)
 ON :"schema".job TO :"producer_role";
 GRANT INSERT (job_id, required_job_id) ON :"schema".job_dependency TO :"producer_role";

@@ -91,6 +91,7 @@ class _Claimed:
     started_at: dt.datetime
     run_at: dt.datetime
     priority: int
+    trace_context: str | None
 
 
 class Worker(Daemon):
@@ -451,6 +452,7 @@ class Worker(Daemon):
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             queue_wait_ms=max(0, round((job.started_at - job.run_at).total_seconds() * 1000)),
+            trace_context=job.trace_context,
         )
         task = asyncio.create_task(self._run_job(job), name=f"orchestra-job-{job.id}")
         self._running[job.id] = (job, task)

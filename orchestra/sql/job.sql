@@ -17,7 +17,7 @@ WITH deps AS MATERIALIZED (
     FOR KEY SHARE
 ), inserted AS (
     INSERT INTO {schema}.job (definition, channel, status, priority, payload, max_attempts, run_at,
-                              unique_key, resource_key, limited)
+                              unique_key, resource_key, limited, trace_context)
     SELECT %(definition)s, %(channel)s,
            CASE WHEN bool_and(deps.status = 'succeeded') IS NOT FALSE
                 THEN 'available' ELSE 'waiting' END::{schema}.job_status,
@@ -26,7 +26,8 @@ WITH deps AS MATERIALIZED (
            %(unique_key)s, %(resource_key)s,
            %(resource_key)s::text IS NOT NULL
            OR coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
-                        FROM {schema}.job_definition WHERE name = %(definition)s), false)
+                        FROM {schema}.job_definition WHERE name = %(definition)s), false),
+           %(trace_context)s::text
     FROM deps
     HAVING count(*) = cardinality(%(depends_on)s::bigint[])
     ON CONFLICT (definition, unique_key) WHERE unique_key IS NOT NULL AND finalized_at IS NULL
@@ -43,13 +44,14 @@ SELECT inserted.id, inserted.status::text, pg_notify(%(notify_channel)s, %(chann
 -- INSERT (no CTEs, no aggregate over dependencies), about 1.5x as fast on
 -- the bench. Same columns, same unique-key rule, same wake-up.
 INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at,
-                          unique_key, resource_key, limited)
+                          unique_key, resource_key, limited, trace_context)
 VALUES (%(definition)s, %(channel)s, %(priority)s, %(payload)s::jsonb, %(max_attempts)s,
         coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond'),
         %(unique_key)s, %(resource_key)s,
         %(resource_key)s::text IS NOT NULL
         OR coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
-                     FROM {schema}.job_definition WHERE name = %(definition)s), false))
+                     FROM {schema}.job_definition WHERE name = %(definition)s), false),
+        %(trace_context)s::text)
 ON CONFLICT (definition, unique_key) WHERE unique_key IS NOT NULL AND finalized_at IS NULL
 DO NOTHING
 RETURNING id, status::text, pg_notify(%(notify_channel)s, %(channel)s);
@@ -63,15 +65,17 @@ WHERE definition = %(definition)s AND unique_key = %(unique_key)s AND finalized_
 
 -- name: job_insert_many
 -- Defer many jobs of one definition in one statement, in the order given.
+-- One trace_context for the whole batch (the producer's current span).
 WITH inserted AS (
     INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at,
-                              resource_key, limited)
+                              resource_key, limited, trace_context)
     SELECT %(definition)s, %(channel)s, %(priority)s, p.payload::jsonb, %(max_attempts)s,
            coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond'),
            %(resource_key)s,
            %(resource_key)s::text IS NOT NULL
            OR coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
-                        FROM {schema}.job_definition WHERE name = %(definition)s), false)
+                        FROM {schema}.job_definition WHERE name = %(definition)s), false),
+           %(trace_context)s::text
     FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n)
     ORDER BY p.n
     RETURNING id
@@ -137,7 +141,7 @@ SET status = 'running',
 FROM claimable c, {schema}.job_definition d
 WHERE j.id = c.id AND d.name = j.definition
 RETURNING j.id, j.definition, j.payload, j.attempt, j.max_attempts, j.lock_token,
-          j.started_at, j.run_at, j.priority;
+          j.started_at, j.run_at, j.priority, j.trace_context;
 
 -- name: definition_lock_limited
 -- First statement of the guarded claim: lock the limited definitions this
@@ -208,7 +212,7 @@ SET status = 'running',
 FROM picked p, {schema}.job_definition d
 WHERE j.id = p.id AND d.name = j.definition
 RETURNING j.id, j.definition, j.payload, j.attempt, j.max_attempts, j.lock_token,
-          j.started_at, j.run_at, j.priority;
+          j.started_at, j.run_at, j.priority, j.trace_context;
 
 -- name: job_finish_many
 -- Record the end of many attempts in one statement. Each row is fenced by

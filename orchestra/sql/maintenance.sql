@@ -200,12 +200,13 @@ WITH old AS MATERIALIZED (
     INSERT INTO {schema}.job_archive (
         id, definition, channel, status, priority, payload, result, attempt, max_attempts,
         run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
-        last_error, attempts)
+        last_error, attempts, trace_context)
     SELECT j.id, j.definition, j.channel, j.status, j.priority, j.payload, j.result, j.attempt,
            j.max_attempts, j.run_at, j.unique_key, j.resource_key, j.tick_at, j.created_at,
            j.started_at, j.finalized_at, j.last_error,
            coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
-                     FROM {schema}.job_attempt a WHERE a.job_id = j.id), '[]'::jsonb)
+                     FROM {schema}.job_attempt a WHERE a.job_id = j.id), '[]'::jsonb),
+           j.trace_context
     FROM {schema}.job j JOIN old ON old.id = j.id
     WHERE %(archive)s
     ON CONFLICT (id) DO NOTHING

@@ -29,6 +29,7 @@ SAMPLE_FIELDS: dict[str, Any] = {
     "attempt": 1,
     "max_attempts": 3,
     "queue_wait_ms": 5,
+    "trace_context": None,
     "duration_ms": 7,
     "will_retry": True,
     "retry_at": None,
