@@ -39,7 +39,13 @@ from orchestra import _converter, _db, _migrate, events
 from orchestra._backoff import milliseconds
 from orchestra._config import Config
 from orchestra._daemon import Daemon
-from orchestra._definition import CHANNEL_RE, JobContext, JobDefinition, _check_name
+from orchestra._definition import (
+    CHANNEL_RE,
+    JobContext,
+    JobDefinition,
+    _check_int,
+    _check_name,
+)
 from orchestra._jobs import job_from_row
 from orchestra._worker._acker import Acker, Finish, Outcome
 from orchestra._worker._children import ChildPool, ChildRequest
@@ -141,24 +147,11 @@ class Worker(Daemon):
             )
         self.config = config
         self.channel = _check_name(channel, "channel", pattern=CHANNEL_RE)
-        if processes is not None and (
-            isinstance(processes, bool)
-            or not isinstance(processes, int)
-            or not 1 <= processes <= 256
-        ):
-            raise ConfigurationError(
-                "processes", f"must be an int from 1 to 256, got {processes!r}"
-            )
+        if processes is not None:
+            _check_int(processes, "processes", 1, 256)
         if concurrency is None:
             concurrency = processes or 1
-        if (
-            isinstance(concurrency, bool)
-            or not isinstance(concurrency, int)
-            or not 1 <= concurrency <= 10_000
-        ):
-            raise ConfigurationError(
-                "concurrency", f"must be an int from 1 to 10000, got {concurrency!r}"
-            )
+        _check_int(concurrency, "concurrency", 1, 10_000)
         if processes is not None and concurrency != processes:
             # A claimed job waiting for a busy child would hold its lease and
             # delay other workers for nothing.
@@ -599,14 +592,7 @@ class Worker(Daemon):
                     # Shielded: a timeout must not forget the thread (see below).
                     value = await (thread if cut is None else asyncio.shield(thread))
             result = _converter.dumps(value, what="the return value", owner=definition.name)
-            if len(result) > self.config.max_payload_bytes:  # chars <= bytes: cheap pre-check
-                size = len(result.encode("utf-8"))
-                if size > self.config.max_payload_bytes:
-                    raise PayloadError(
-                        definition.name,
-                        f"the return value is {size} bytes, over the limit of "
-                        f"{self.config.max_payload_bytes} bytes",
-                    )
+            self._check_result_size(result, definition)
         except (Exception, SystemExit) as exc:
             if deadline.expired():
                 if thread is not None and cut is not None:
@@ -649,28 +635,33 @@ class Worker(Daemon):
             return self._timed_out(job, definition, started)
         if reply.ok:
             assert reply.result is not None
-            size = len(reply.result.encode("utf-8"))
-            if size <= self.config.max_payload_bytes:
-                return self._finish(
-                    job, "succeeded", result=reply.result, duration_ms=_elapsed_ms(started)
-                )
-            error = (
-                f"PayloadError: payload for {definition.name!r}: the return value is {size} "
-                f"bytes, over the limit of {self.config.max_payload_bytes} bytes"
+            try:
+                self._check_result_size(reply.result, definition)
+            except PayloadError as exc:
+                return self._failed(job, definition, started, _describe(exc), None)
+            return self._finish(
+                job, "succeeded", result=reply.result, duration_ms=_elapsed_ms(started)
             )
-        else:
-            error = reply.error or "the child process failed without a message"
-        return self._finish(
+        return self._failed(
             job,
-            "failed",
-            error=_storable(error, ERROR_MAX_CHARS),
-            traceback=None
-            if reply.traceback is None
-            else _storable(reply.traceback, TRACEBACK_MAX_CHARS),
+            definition,
+            started,
+            reply.error or "the child process failed without a message",
+            reply.traceback,
             payload_invalid=reply.payload_invalid,
-            retry_delay_ms=definition.backoff.delay_ms(job.attempt),
-            duration_ms=_elapsed_ms(started),
         )
+
+    def _check_result_size(self, result: str, definition: JobDefinition[Any]) -> None:
+        """Raise PayloadError if a return value's JSON is over the payload size cap."""
+        if len(result) <= self.config.max_payload_bytes:  # chars <= bytes: cheap pre-check
+            return
+        size = len(result.encode("utf-8"))
+        if size > self.config.max_payload_bytes:
+            raise PayloadError(
+                definition.name,
+                f"the return value is {size} bytes, over the limit of "
+                f"{self.config.max_payload_bytes} bytes",
+            )
 
     def _timed_out(self, job: _Claimed, definition: JobDefinition[Any], started: float) -> Finish:
         return self._finish(
@@ -700,6 +691,19 @@ class Worker(Daemon):
         else:
             error = _describe(exc)
             trace = "".join(traceback.format_exception(exc))
+        return self._failed(job, definition, started, error, trace, payload_invalid=payload_invalid)
+
+    def _failed(
+        self,
+        job: _Claimed,
+        definition: JobDefinition[Any],
+        started: float,
+        error: str,
+        trace: str | None,
+        *,
+        payload_invalid: bool = False,
+    ) -> Finish:
+        """A failed attempt, its error and traceback bounded, retried after the backoff."""
         return self._finish(
             job,
             "failed",
