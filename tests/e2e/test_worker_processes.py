@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from orchestra import Config, JobDefinition
 from orchestra.testing import wait_until
+from tests._worker_sql import finish_params
 from tests.e2e._support import DaemonFactory, Queue, elapsed_since, stays_true
 from tests.e2e.apps._jobs import LIMITED_RELEASE_INTERVAL_MS
 
@@ -242,21 +243,17 @@ def test_c4_sigkilled_worker_job_is_rescued_after_its_lease_and_its_late_finish_
     with config.connection() as conn:
         late = conn.execute(
             config.queries["job_finish_many"],
-            {
-                "ids": [job_id],
-                "attempts": [1],
-                "tokens": [held["lock_token"]],
-                "outcomes": ["succeeded"],
-                "results": [Jsonb({"late": True})],
-                "errors": [None],
-                "tracebacks": [None],
-                "retry_delays_ms": [0],
-                "started_ats": [held["started_at"]],
-                "worker_id": a_worker_id,
-                "worker_name": "a-worker",
-                "notify_channel": config.notify_channel,
-                "finished_channel": config.finished_channel,
-            },
+            finish_params(
+                config,
+                job_id=job_id,
+                attempt=1,
+                token=held["lock_token"],
+                started_at=held["started_at"],
+                outcome="succeeded",
+                result=Jsonb({"late": True}),
+                worker_id=a_worker_id,
+                worker_name="a-worker",
+            ),
         ).fetchall()
     assert late == []
     assert queue.job(job_id) == done

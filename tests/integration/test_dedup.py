@@ -22,6 +22,7 @@ from psycopg import sql
 from orchestra import Config, ConfigurationError, JobDefinition, JobHandle, UnknownJobError
 from orchestra._definition import KEY_MAX_LENGTH
 from orchestra.testing import wait_until
+from tests._worker_sql import claim, finish
 
 
 @attrs.frozen
@@ -65,34 +66,9 @@ def finalize(db: psycopg.Connection[Any], config: Config, job_id: int, status: s
     )
 
 
-def claim(db: psycopg.Connection[Any], config: Config) -> list[tuple[Any, ...]]:
-    """Claim every available job of the default channel as a worker would."""
-    return db.execute(
-        config.queries["job_claim"],
-        {"channel": "_default", "now": None, "limit": 100, "worker_id": 1},
-    ).fetchall()
-
-
 def finish_failed(db: psycopg.Connection[Any], config: Config, claimed: tuple[Any, ...]) -> str:
     """Record a failed attempt through the worker's fenced statement; the new status."""
-    rows = db.execute(
-        config.queries["job_finish_many"],
-        {
-            "ids": [claimed[0]],
-            "attempts": [claimed[3]],
-            "tokens": [claimed[5]],
-            "outcomes": ["failed"],
-            "results": [None],
-            "errors": ["boom"],
-            "tracebacks": [None],
-            "retry_delays_ms": [0],
-            "started_ats": [claimed[6]],
-            "worker_id": 1,
-            "worker_name": "t",
-            "notify_channel": config.notify_channel,
-            "finished_channel": config.finished_channel,
-        },
-    ).fetchall()
+    rows = finish(db, config, claimed, "failed")
     assert len(rows) == 1
     return str(rows[0][1])
 

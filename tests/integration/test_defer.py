@@ -28,6 +28,7 @@ from orchestra import (
     UnknownJobError,
     _converter,
 )
+from tests._worker_sql import claim as claim_rows
 
 SENTINEL = "test-sentinel"
 
@@ -118,10 +119,7 @@ def claim(
     channel: str = "_default",
 ) -> list[int]:
     """Run the job_claim query as a worker would; return the claimed ids."""
-    rows = db.execute(
-        config.queries["job_claim"],
-        {"channel": channel, "now": now, "limit": 10, "worker_id": 1},
-    ).fetchall()
+    rows = claim_rows(db, config, channel=channel, now=now, limit=10)
     return sorted(int(r[0]) for r in rows)
 
 

@@ -22,6 +22,7 @@ from orchestra._orchestrator._scheduler import RepeatScheduler, cron_ticks, inte
 from orchestra._orchestrator._service import RunResult
 from orchestra._orchestrator._sweeper import Sweeper
 from orchestra.testing import EventRecorder, wait_until
+from tests._worker_sql import claim, finish
 
 T0 = dt.datetime(2030, 1, 7, 12, 0, 0, tzinfo=dt.UTC)  # a Monday, on a whole minute
 
@@ -40,43 +41,6 @@ def rows(
 
 def noop(payload: Any = None) -> None:
     """A job function that does nothing."""
-
-
-def claim(db: psycopg.Connection[Any], config: Config, worker_id: int = 1) -> list[tuple[Any, ...]]:
-    """Claim every available job of the default channel as worker ``worker_id``."""
-    return db.execute(
-        config.queries["job_claim"],
-        {
-            "channel": "_default",
-            "now": None,
-            "limit": 100,
-            "worker_id": worker_id,
-        },
-    ).fetchall()
-
-
-def finish(
-    db: psycopg.Connection[Any], config: Config, claimed: tuple[Any, ...], outcome: str
-) -> list[tuple[Any, ...]]:
-    """Record the end of a claimed attempt through the worker's fenced statement."""
-    return db.execute(
-        config.queries["job_finish_many"],
-        {
-            "ids": [claimed[0]],
-            "attempts": [claimed[3]],
-            "tokens": [claimed[5]],
-            "outcomes": [outcome],
-            "results": [None],
-            "errors": ["boom" if outcome == "failed" else None],
-            "tracebacks": [None],
-            "retry_delays_ms": [0],
-            "started_ats": [claimed[6]],
-            "worker_id": 1,
-            "worker_name": "t",
-            "notify_channel": config.notify_channel,
-            "finished_channel": config.finished_channel,
-        },
-    ).fetchall()
 
 
 class TestTicks:

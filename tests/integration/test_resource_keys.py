@@ -26,6 +26,8 @@ import pytest
 from orchestra import Config, ConfigurationError, JobDefinition, JobHandle, Worker, events
 from orchestra._definition import KEY_MAX_LENGTH
 from orchestra.testing import EventRecorder, wait_until
+from tests._worker_sql import claim as claim_rows
+from tests._worker_sql import finish
 
 
 @contextlib.contextmanager
@@ -117,34 +119,14 @@ def claim(
     conn: psycopg.Connection[Any], config: Config, channel: str, worker_id: int = 1
 ) -> list[tuple[Any, ...]]:
     """Run the worker's claim statement for ``channel``."""
-    return conn.execute(
-        config.queries["job_claim"],
-        {"channel": channel, "now": None, "limit": 10, "worker_id": worker_id},
-    ).fetchall()
+    return claim_rows(conn, config, channel=channel, limit=10, worker_id=worker_id)
 
 
 def finish_succeeded(
     conn: psycopg.Connection[Any], config: Config, claimed: tuple[Any, ...]
 ) -> list[tuple[Any, ...]]:
     """Record the success of a claimed attempt through the worker's fenced statement."""
-    return conn.execute(
-        config.queries["job_finish_many"],
-        {
-            "ids": [claimed[0]],
-            "attempts": [claimed[3]],
-            "tokens": [claimed[5]],
-            "outcomes": ["succeeded"],
-            "results": ["null"],
-            "errors": [None],
-            "tracebacks": [None],
-            "retry_delays_ms": [0],
-            "started_ats": [claimed[6]],
-            "worker_id": 1,
-            "worker_name": "t",
-            "notify_channel": config.notify_channel,
-            "finished_channel": config.finished_channel,
-        },
-    ).fetchall()
+    return finish(conn, config, claimed, "succeeded", "null")
 
 
 class TestExclusion:

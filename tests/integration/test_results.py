@@ -35,6 +35,7 @@ from orchestra._orchestrator._rescuer import Rescuer
 from orchestra._orchestrator._sweeper import Sweeper
 from orchestra.errors import JobFailed, ResultTimeoutError
 from orchestra.testing import EventRecorder, wait_until
+from tests._worker_sql import claim, finish
 
 #: A poll interval so long that only a notification can end a wait in time.
 NO_POLLING_S = 120.0
@@ -89,42 +90,6 @@ def wait_listening(db: psycopg.Connection[Any], config: Config, readers: int = 2
         lambda: outcome_readers(db, config) >= readers,
         message="the result waiter never started listening",
     )
-
-
-def claim(db: psycopg.Connection[Any], config: Config) -> list[tuple[Any, ...]]:
-    """Claim every available job of the default channel as a worker would."""
-    return db.execute(
-        config.queries["job_claim"],
-        {"channel": "_default", "now": None, "limit": 100, "worker_id": 1},
-    ).fetchall()
-
-
-def finish(
-    db: psycopg.Connection[Any],
-    config: Config,
-    claimed: tuple[Any, ...],
-    outcome: str,
-    result: str | None = None,
-) -> list[tuple[Any, ...]]:
-    """Record the end of a claimed attempt through the worker's fenced statement."""
-    return db.execute(
-        config.queries["job_finish_many"],
-        {
-            "ids": [claimed[0]],
-            "attempts": [claimed[3]],
-            "tokens": [claimed[5]],
-            "outcomes": [outcome],
-            "results": [result],
-            "errors": ["RuntimeError: boom" if outcome == "failed" else None],
-            "tracebacks": [None],
-            "retry_delays_ms": [0],
-            "started_ats": [claimed[6]],
-            "worker_id": 1,
-            "worker_name": "t",
-            "notify_channel": config.notify_channel,
-            "finished_channel": config.finished_channel,
-        },
-    ).fetchall()
 
 
 def cancel(db: psycopg.Connection[Any], config: Config, job_id: int, *, notify: bool) -> None:
