@@ -43,6 +43,7 @@ from psycopg import sql
 from orchestra import _db
 from orchestra._config import Config
 from orchestra._definition import JobDefinition
+from orchestra.testing import wait_until
 
 CHANNEL = "bench"
 NOOP = "bench-noop"
@@ -356,11 +357,12 @@ class Bench:
             self._wait_ready(1)
             self._paced(s.latency_jobs, lambda: self.latency.defer({"t0": time.time()}))
             with self._conn() as conn:
-                deadline = time.monotonic() + 60
-                while self._succeeded(conn, LATENCY) < s.latency_jobs:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("latency jobs did not finish within 60 s")
-                    time.sleep(POLL_S)
+                wait_until(
+                    lambda: self._succeeded(conn, LATENCY) >= s.latency_jobs,
+                    timeout=60,
+                    interval=POLL_S,
+                    message="latency jobs did not finish within 60 s",
+                )
                 values = [
                     float(r[0])
                     for r in conn.execute(
@@ -387,15 +389,17 @@ class Bench:
         return figures
 
     def _wait_ready(self, count: int) -> None:
-        deadline = time.monotonic() + 60
+        def registered() -> bool:
+            row = conn.execute(self.queries["bench_worker_ready"]).fetchone()
+            return bool(row and row[0] >= count)
+
         with self._conn() as conn:
-            while True:
-                row = conn.execute(self.queries["bench_worker_ready"]).fetchone()
-                if row and row[0] >= count:
-                    return
-                if time.monotonic() > deadline:
-                    raise RuntimeError("bench workers did not start within 60 s")
-                time.sleep(POLL_S)
+            wait_until(
+                registered,
+                timeout=60,
+                interval=POLL_S,
+                message="bench workers did not start within 60 s",
+            )
 
     def _paced(self, count: int, action: Callable[[], object]) -> None:
         interval = 1 / self.settings.latency_rate
