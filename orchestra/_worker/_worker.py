@@ -2,13 +2,18 @@
 
 Loop, in short:
 
-* claim up to the free slots in one statement (never more), start a task per job;
-* a full batch means there may be more: claim again as soon as a slot frees;
-  a short batch means the channel is drained: sleep until a NOTIFY, a freed
-  slot after a full batch, or ``process_interval_ms`` (the polling fallback);
-* job tasks run ``async def`` functions on the loop and ``def`` functions in a
-  bounded thread pool, then hand the outcome to the :class:`Acker`; a slot is
-  free again once its finish is committed;
+* the slots are split in two lanes (:mod:`._lanes`); a lane claims up to its
+  free slots in one statement (never more), and writes the finishes of its
+  jobs together with the claim of as many new jobs as they free, in one
+  transaction;
+* a full claim means there may be more: the lane claims again with its next
+  finishes; a short one means the channel is drained: claim nothing more
+  until a NOTIFY, a freed slot of a limited definition, or
+  ``process_interval_ms`` (the polling fallback);
+* ``def`` functions run start to end on job threads (:class:`ThreadRunner`),
+  ``async def`` functions (and child-process attempts) in a task each; either
+  way the outcome, a :class:`Finish`, goes to the job's lane, and its slot is
+  free again once the finish is committed (and the job's callbacks ran);
 * a heartbeat task refreshes the worker row and extends the leases of the jobs
   still running, in one statement;
 * stop: claim nothing more, let in-flight jobs finish within the grace period,
@@ -18,15 +23,13 @@ Loop, in short:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import datetime as dt
+import functools
 import inspect
 import logging
 import threading
 import time
-import traceback
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,9 +50,12 @@ from orchestra._definition import (
     _check_name,
 )
 from orchestra._jobs import job_from_row
-from orchestra._worker._acker import Acker, Finish, Outcome
+from orchestra._worker import _attempts, _lanes
+from orchestra._worker._attempts import Claimed
 from orchestra._worker._children import ChildPool, ChildRequest
+from orchestra._worker._lanes import MAX_BATCH, Finish, Lane
 from orchestra._worker._listener import Listener
+from orchestra._worker._threads import ThreadRunner
 from orchestra.errors import ConfigurationError, PayloadError
 
 logger = logging.getLogger("orchestra.worker")
@@ -60,12 +66,11 @@ HEARTBEAT_INTERVAL_MS_DEFAULT = 10_000
 UNKNOWN_DEFINITION_DELAY_MS_DEFAULT = 5_000
 ERROR_BACKOFF_MIN_S = 0.2
 ERROR_BACKOFF_MAX_S = 15.0
-#: Errors and tracebacks are stored bounded: a job must not be able to bloat
-#: the attempt log (or exceed a NOTIFY or log line) with a megabyte message.
-ERROR_MAX_CHARS = 4_000
 #: How often a worker refreshes last_heartbeat_at of the definitions it carries.
 DEFINITION_HEARTBEAT_S = 60.0
-TRACEBACK_MAX_CHARS = 32_000
+#: How long a stopping worker tries to record its last finishes, and then
+#: waits for their callbacks.
+FLUSH_GRACE_S = 10.0
 #: Claims refused in a row by the running-resource-key index before the
 #: worker backs off as for a database error (each retry normally succeeds).
 KEY_CONFLICT_RETRIES = 3
@@ -86,18 +91,22 @@ class WorkerStats:
     max_running: int = 0
 
 
-@attrs.frozen
-class _Claimed:
-    id: int
-    definition: str
-    payload: Any
-    attempt: int
-    max_attempts: int
-    token: uuid.UUID
-    started_at: dt.datetime
-    run_at: dt.datetime
-    priority: int
-    trace_context: str | None
+@attrs.define(eq=False)
+class _Running:
+    """A claimed job, from its claim until its finish is committed and its callbacks ran."""
+
+    job: Claimed
+    lane: Lane
+    #: time.monotonic() when the attempt started.
+    started: float
+    #: The task of an ``async def`` or child-process attempt; None on a job thread.
+    task: asyncio.Task[None] | None = None
+    #: Set when a job-thread attempt runs past attempt_timeout_ms (ctx.should_stop).
+    cut: threading.Event | None = None
+    timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
+    #: Its Finish is with the acker: the job only waits for the commit.
+    submitted: bool = False
 
 
 class Worker(Daemon):
@@ -177,12 +186,22 @@ class Worker(Daemon):
         )
         self.stats = WorkerStats()
         self.worker_id: int | None = None
-        self._running: dict[int, tuple[_Claimed, asyncio.Task[None]]] = {}
+        self._running: dict[int, _Running] = {}
+        self._lanes = _lanes.split(concurrency)
+        #: Statements of the lanes in flight, and the callbacks of committed finishes.
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Set whenever a lane's statement ends (the stop waits on it).
+        self._lane_done = asyncio.Event()
+        #: A lane is claiming with no finish to write: one at a time, so an idle
+        #: worker's poll or wake-up costs one statement, not one per lane.
+        self._lone_claim = False
+        self._kick_scheduled = False
         self._maybe_more = True
+        #: The rate-limited backlog's next release, when sooner than the poll.
+        self._release_wait_s: float | None = None
         self._pool: AsyncConnectionPool[Any] | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._threads: ThreadRunner[Finish] | None = None
         self._children: ChildPool | None = None
-        self._acker: Acker | None = None
         self._listener: Listener | None = None
         self._error_streak = 0
         self._key_conflicts = 0
@@ -209,31 +228,26 @@ class Worker(Daemon):
 
         self._pool = AsyncConnectionPool(
             dsn,
-            min_size=2,
-            max_size=3,
+            # A statement per lane, the heartbeat, the callbacks' reads.
+            min_size=len(self._lanes),
+            max_size=len(self._lanes) + 2,
             kwargs=dict(_db.CONNECT_KWARGS),
             open=False,
             name=f"orchestra-{self.daemon_name}",
         )
         await self._pool.open(wait=True, timeout=30)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.concurrency, thread_name_prefix=f"orchestra-{self.name}"
+        self._threads = ThreadRunner(
+            self.concurrency,
+            loop=asyncio.get_running_loop(),
+            on_done=self._threads_done,
+            name=f"orchestra-{self.name}",
         )
         if self.processes is not None:
             self._children = ChildPool(self.processes, name=f"orchestra-{self.name}")
             # Started before claiming: a child takes a fraction of a second to
             # import the app, which must not count against the first jobs.
             await asyncio.to_thread(self._children.start)
-        self._acker = Acker(
-            self._write_finishes,
-            worker_id=lambda: self.worker_id or 0,
-            worker_name=self.daemon_name,
-            notify_channel=self.config.notify_channel,
-            finished_channel=self.config.finished_channel,
-            on_error=lambda exc: self._database_error("finish", exc),
-        )
         side_tasks = [
-            asyncio.create_task(self._acker.run(), name="orchestra-acker"),
             asyncio.create_task(self._heartbeat_loop(), name="orchestra-heartbeat"),
         ]
         if self.listen_notify:
@@ -251,7 +265,7 @@ class Worker(Daemon):
         handed_back = 0
         error: str | None = None
         try:
-            await self._claim_loop()
+            await self._wake_loop()
             handed_back = await self._drain()
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -296,7 +310,12 @@ class Worker(Daemon):
             self.worker_id = int(row[0])
 
     async def _drain(self) -> int:
-        """Wait for running jobs within the grace period; interrupt the rest."""
+        """Wait for running jobs within the grace period; interrupt the rest.
+
+        An interrupted attempt counts and its job is retried. The thread of an
+        interrupted ``def`` attempt runs on until the function returns; what
+        it returns then is discarded.
+        """
         if self._children is not None:
             self._children.request_stop()  # ctx.should_stop in the children
         deadline = time.monotonic() + self.shutdown_grace_ms / 1000
@@ -305,26 +324,43 @@ class Worker(Daemon):
             if remaining <= 0:
                 break
             await self._sleep_or_wake(min(remaining, 0.1))
-        leftovers = [task for _, task in self._running.values()]
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
-            await asyncio.gather(*leftovers, return_exceptions=True)
+        leftovers = [r for r in self._running.values() if not r.submitted]
+        tasks = []
+        for running in leftovers:
+            if running.task is not None:
+                running.task.cancel()  # the task records the interruption
+                tasks.append(running.task)
+            else:
+                if running.timer is not None:
+                    running.timer.cancel()
+                self._submit(running, _attempts.interrupted(running.job, running.started))
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         return len(leftovers)
 
     async def _shutdown(self, side_tasks: list[asyncio.Task[None]]) -> None:
-        acker_task = side_tasks[0]
-        if self._acker is not None:
-            self._acker.close()
-            try:
-                await asyncio.wait_for(asyncio.shield(acker_task), timeout=10)
-            except (TimeoutError, Exception):
-                logger.warning(
-                    "%s: could not record %d finished attempt(s) before stopping; "
-                    "their leases will expire and the jobs will be rescued",
-                    self.daemon_name,
-                    self._acker.backlog,
-                )
+        deadline = time.monotonic() + FLUSH_GRACE_S
+        while any(lane.busy for lane in self._lanes):
+            self._lane_done.clear()
+            self._kick_all()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lane_done.wait(), remaining)
+        backlog = sum(len(lane.pending) for lane in self._lanes if lane.busy)
+        if any(lane.busy for lane in self._lanes):
+            logger.warning(
+                "%s: could not record %d finished attempt(s) before stopping; "
+                "their leases will expire and the jobs will be rescued",
+                self.daemon_name,
+                backlog + sum(1 for r in self._running.values() if r.submitted),
+            )
+        if self._tasks:
+            # Statements still retrying are given up; callbacks may finish.
+            await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
+            for task in self._tasks:
+                task.cancel()
         for task in side_tasks:
             task.cancel()
         await asyncio.gather(*side_tasks, return_exceptions=True)
@@ -342,10 +378,10 @@ class Worker(Daemon):
             await self._pool.close()
         if self._children is not None:
             await self._children.close()
-        if self._executor is not None:
+        if self._threads is not None:
             # Threads of sync jobs that ignored the stop keep running until they
             # return; their jobs were already recorded as interrupted.
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._threads.close()
 
     # -- claiming ---------------------------------------------------------------
 
@@ -365,78 +401,222 @@ class Worker(Daemon):
         intervals = [d.release_interval_ms for d in limited if d.release_interval_ms > 0]
         return [d.name for d in limited], (min(intervals) / 1000 if intervals else 0.0)
 
-    async def _claim_loop(self) -> None:
+    async def _wake_loop(self) -> None:
+        """Until the stop: let the lanes claim on a NOTIFY, and poll every interval.
+
+        Under load the lanes claim with their finishes and need no wake-up;
+        this loop only starts claims of idle lanes.
+        """
         interval_s = self.process_interval_ms / 1000
-        limited, release_s = self._limited_definitions()
         while not self.stopping:
-            free = self.concurrency - len(self._running)
+            if self._maybe_more:
+                self._kick_all()
             sleep_s = interval_s
-            if free > 0 and self._maybe_more:
-                try:
-                    claimed = await self._claim("job_claim", free)
-                    guarded = []
-                    if limited and len(claimed) < free:
-                        guarded = await self._claim_limited(free - len(claimed), limited)
-                except psycopg.errors.UniqueViolation as exc:
-                    # Another worker started a job of the same resource key
-                    # between our snapshot and our UPDATE: the index refused
-                    # ours (I7). Claim again: the new snapshot sees the winner.
-                    self._key_conflicts += 1
-                    if self._key_conflicts > KEY_CONFLICT_RETRIES:
-                        await self._database_error("claim", exc)
-                    self._maybe_more = True
-                    continue
-                except Exception as exc:
-                    await self._database_error("claim", exc)
-                    continue
-                self._error_streak = 0
-                self._key_conflicts = 0
-                self._maybe_more = len(claimed) + len(guarded) == free
-                for job in [*claimed, *guarded]:
-                    self._start_job(job)
-                if self._maybe_more:
-                    continue
-                if guarded and release_s:
-                    # A rate-limited backlog: the next release is due one interval on.
-                    sleep_s = min(interval_s, release_s)
+            if self._release_wait_s is not None:
+                sleep_s, self._release_wait_s = min(interval_s, self._release_wait_s), None
             if not await self._sleep_or_wake(sleep_s):
                 self._maybe_more = True  # nothing woke us: the polling fallback looks again
 
-    async def _claim_limited(self, limit: int, definitions: list[str]) -> list[_Claimed]:
-        """The guarded claim: lock the limited definitions, then claim in a fresh snapshot."""
+    def _kick_all(self) -> None:
+        self._kick_scheduled = False
+        for lane in self._lanes:
+            self._kick(lane)
+
+    def _schedule_kick(self) -> None:
+        """Kick the lanes once the loop has run what is ready: finishes that
+        arrive in the same loop iteration go out in one statement."""
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick_all)
+
+    def _kick(self, lane: Lane) -> None:
+        """Start the lane's next statement if it has finishes to write or slots to fill."""
+        if lane.writing:
+            return
+        batch = lane.pending[:MAX_BATCH]
+        claim = 0
+        if self._maybe_more and not self.stopping:
+            # The batch's jobs hold their slots until the commit, where the
+            # claim takes them over; except a job with callbacks, which keeps
+            # its slot until they return.
+            claim = lane.free + sum(1 for f in batch if not self._has_callbacks(f.definition))
+        if not batch:
+            if claim <= 0 or self._lone_claim:
+                return
+            self._lone_claim = True
+        del lane.pending[: len(batch)]
+        lane.writing = True
+        task = asyncio.create_task(
+            self._lane_write(lane, batch, claim), name=f"orchestra-lane-{lane.index}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _has_callbacks(self, name: str) -> bool:
+        definition = self.config.definitions.get(name)
+        return definition is not None and definition.has_callbacks
+
+    async def _lane_write(self, lane: Lane, batch: list[Finish], claim: int) -> None:
+        """A lane statement: record ``batch``, claim up to ``claim`` jobs; retried on errors."""
+        lone = not batch
+        claimed: list[Claimed] = []
+        try:
+            while True:
+                if self.stopping:
+                    claim = 0
+                if not batch and not claim:
+                    break
+                try:
+                    rows, claimed = await self._lane_statement(batch, claim)
+                except psycopg.errors.UniqueViolation as exc:
+                    # Another worker started a job of the same resource key
+                    # between our snapshot and our UPDATE: the index refused
+                    # our claim (I7), and the finishes with it. Write again:
+                    # the new snapshot sees the winner.
+                    self._key_conflicts += 1
+                    if self._key_conflicts > KEY_CONFLICT_RETRIES:
+                        await self._database_error("claim", exc)
+                    continue
+                except psycopg.DataError as exc:
+                    if not batch:
+                        raise
+                    # The data of some row is refused (not the connection):
+                    # write the rows one by one so that one bad row cannot
+                    # block the rest; claim with the next statement.
+                    rows, claim = await self._write_one_by_one(batch, exc), 0
+                except Exception as exc:  # connection lost, server restarting ...
+                    await self._database_error("finish" if batch else "claim", exc)
+                    if not batch:
+                        break  # the next kick claims again
+                    continue  # the batch is retried: fenced, so at worst refused
+                self._error_streak = 0
+                self._key_conflicts = 0
+                _lanes.apply_committed(batch, rows)
+                break
+            self._committed(batch)
+            guarded: list[Claimed] = []
+            if claim and len(claimed) < claim and not self.stopping:
+                guarded = await self._claim_limited(claim - len(claimed))
+            for job in [*claimed, *guarded]:
+                self._start_job(job, lane)
+            if claim:
+                self._maybe_more = len(claimed) + len(guarded) >= claim
+        finally:
+            lane.writing = False
+            if lone:
+                self._lone_claim = False
+            self._lane_done.set()
+        if self._maybe_more or lane.pending:
+            self._kick_all()
+
+    async def _lane_statement(
+        self, batch: list[Finish], claim: int
+    ) -> tuple[list[tuple[Any, ...]], list[Claimed]]:
+        """Finish ``batch``, release dependents and claim ``claim`` jobs: one round trip.
+
+        One transaction (decision 0015): the worker never holds more claims
+        than its concurrency, and the release, a statement of its own, takes
+        its snapshot after the finish locked the finished rows (decision 0007).
+        """
+        assert self._pool is not None
+        queries = self.config.queries
+        succeeded = [f.job_id for f in batch if f.outcome == "succeeded"]
+        async with self._pool.connection() as conn, conn.pipeline():
+            async with conn.transaction():
+                finished = claimed = None
+                if batch:
+                    finished = await conn.execute(
+                        queries["job_finish_many"],
+                        _lanes.finish_params(
+                            batch,
+                            worker_id=self.worker_id or 0,
+                            worker_name=self.daemon_name,
+                            notify_channel=self.config.notify_channel,
+                            finished_channel=self.config.finished_channel,
+                        ),
+                    )
+                else:
+                    # A claim alone need not wait for the WAL flush: lost in
+                    # a server crash, the claim never happened and the job
+                    # is claimed again (decision 0015).
+                    await conn.execute(queries["transaction_async_commit"])
+                if succeeded:
+                    await conn.execute(
+                        queries["job_release_dependents"],
+                        {"ids": succeeded, "notify_channel": self.config.notify_channel},
+                    )
+                if claim:
+                    self.stats.claim_queries += 1
+                    claimed = await conn.execute(
+                        queries["job_claim"],
+                        {
+                            "channel": self.channel,
+                            "now": None,
+                            "limit": claim,
+                            "worker_id": self.worker_id,
+                        },
+                    )
+            rows = [] if finished is None else await finished.fetchall()
+            jobs = [] if claimed is None else [Claimed(*row) for row in await claimed.fetchall()]
+        return rows, jobs
+
+    async def _write_one_by_one(
+        self, batch: list[Finish], first_error: BaseException
+    ) -> list[tuple[Any, ...]]:
+        if len(batch) == 1:
+            finish = batch[0]
+            finish.dropped = True
+            logger.error(
+                "job %d attempt %d: its finish was refused by the database (%s); the lease "
+                "will expire and the job will be rescued",
+                finish.job_id,
+                finish.attempt,
+                first_error,
+            )
+            return []
+        rows: list[tuple[Any, ...]] = []
+        for finish in batch:
+            try:
+                rows.extend((await self._lane_statement([finish], 0))[0])
+            except psycopg.DataError as exc:
+                rows.extend(await self._write_one_by_one([finish], exc))
+        return rows
+
+    async def _claim_limited(self, limit: int) -> list[Claimed]:
+        """The guarded claim of rate- or concurrency-limited definitions (decision 0009).
+
+        Lock the limited definitions, then claim in a fresh snapshot. Errors
+        are reported and the claim given up: the next statement tries again.
+        """
+        definitions, release_s = self._limited_definitions()
+        if not definitions:
+            return []
         assert self._pool is not None
         self.stats.claim_queries += 1
-        async with self._pool.connection() as conn, conn.transaction():
-            cursor = await conn.execute(
-                self.config.queries["definition_lock_limited"], {"definitions": definitions}
-            )
-            locked = [row[0] for row in await cursor.fetchall()]
-            if not locked:
-                return []
-            cursor = await conn.execute(
-                self.config.queries["job_claim_limited"],
-                {"definitions": locked, "limit": limit, "worker_id": self.worker_id},
-            )
-            rows = await cursor.fetchall()
-        return [_Claimed(*row) for row in rows]
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                cursor = await conn.execute(
+                    self.config.queries["definition_lock_limited"], {"definitions": definitions}
+                )
+                locked = [row[0] for row in await cursor.fetchall()]
+                if not locked:
+                    return []
+                cursor = await conn.execute(
+                    self.config.queries["job_claim_limited"],
+                    {"definitions": locked, "limit": limit, "worker_id": self.worker_id},
+                )
+                rows = await cursor.fetchall()
+        except Exception as exc:
+            await self._database_error("claim", exc)
+            return []
+        if rows and release_s:
+            # A rate-limited backlog: the next release is due one interval on.
+            self._release_wait_s = release_s
+            if self._wakeup is not None:
+                self._wakeup.set()
+        return [Claimed(*row) for row in rows]
 
-    async def _claim(self, query: str, limit: int) -> list[_Claimed]:
-        assert self._pool is not None
-        self.stats.claim_queries += 1
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(
-                self.config.queries[query],
-                {
-                    "channel": self.channel,
-                    "now": None,
-                    "limit": limit,
-                    "worker_id": self.worker_id,
-                },
-            )
-            rows = await cursor.fetchall()
-        return [_Claimed(*row) for row in rows]
-
-    def _start_job(self, job: _Claimed) -> None:
+    def _start_job(self, job: Claimed, lane: Lane) -> None:
         self.stats.claimed += 1
         self._emit(
             events.WorkerJobClaimed,
@@ -447,37 +627,196 @@ class Worker(Daemon):
             queue_wait_ms=max(0, round((job.started_at - job.run_at).total_seconds() * 1000)),
             trace_context=job.trace_context,
         )
-        task = asyncio.create_task(self._run_job(job), name=f"orchestra-job-{job.id}")
-        self._running[job.id] = (job, task)
+        running = _Running(job, lane, time.monotonic())
+        self._running[job.id] = running
+        lane.running += 1
         self.stats.max_running = max(self.stats.max_running, len(self._running))
+        definition = self.config.definitions.get(job.definition)
+        if definition is None:
+            # Another worker (a newer deployment) may know it: hand it back
+            # unharmed rather than destroying it (seed bug 8).
+            self._submit(
+                running,
+                _attempts.finish(job, "released", retry_delay_ms=self.unknown_definition_delay_ms),
+            )
+        elif self._children is not None or definition.is_async:
+            running.task = asyncio.create_task(
+                self._run_task(running, definition), name=f"orchestra-job-{job.id}"
+            )
+        else:
+            self._run_in_thread(running, definition)
 
     # -- running a job ------------------------------------------------------------
 
-    async def _run_job(self, job: _Claimed) -> None:
-        started = time.monotonic()
-        try:
-            finish = await self._execute(job)
-        except asyncio.CancelledError:
-            finish = self._finish(
-                job,
-                "interrupted",
-                error="interrupted: the worker stopped before the job finished",
-                duration_ms=_elapsed_ms(started),
+    def _run_in_thread(self, running: _Running, definition: JobDefinition[Any]) -> None:
+        """Hand a ``def`` attempt to a job thread; its Finish comes back in _threads_done."""
+        limit_ms = definition.attempt_timeout_ms
+        if limit_ms is not None:
+            running.cut = threading.Event()
+            running.timer = asyncio.get_running_loop().call_later(
+                limit_ms / 1000, self._cut, running
             )
-        assert self._acker is not None
-        self._acker.submit(finish)
+        assert self._threads is not None
+        self._threads.submit(
+            functools.partial(
+                _attempts.run_sync,
+                running.job,
+                definition,
+                stop=self._stop_event,
+                cut=running.cut,
+                max_payload_bytes=self.config.max_payload_bytes,
+            )
+        )
+
+    def _cut(self, running: _Running) -> None:
+        """A job-thread attempt ran past its attempt_timeout_ms.
+
+        A thread cannot be killed: tell the function to wrap up
+        (``ctx.should_stop``), and keep the job running (lease, slot, resource
+        key) until it has returned, so that no other attempt of it, nor of its
+        resource key, overlaps this one (I7). What it returns is discarded:
+        the attempt timed out.
+        """
+        if running.submitted:
+            return
+        running.timed_out = True
+        assert running.cut is not None
+        running.cut.set()
+
+    def _threads_done(self, finishes: list[Finish]) -> None:
+        """Attempts returned by job threads: hand their finishes to the acker."""
+        for finish in finishes:
+            running = self._running.get(finish.job_id)
+            if running is None or running.submitted or running.job.token != finish.token:
+                continue  # interrupted by the stop: recorded already
+            if running.timer is not None:
+                running.timer.cancel()
+            if running.timed_out:
+                definition = self.config.definitions[running.job.definition]
+                finish = _attempts.timed_out(running.job, definition, running.started)
+            self._submit(running, finish)
+
+    async def _run_task(self, running: _Running, definition: JobDefinition[Any]) -> None:
+        """An ``async def`` or child-process attempt; the stop's cancellation interrupts it."""
         try:
-            await asyncio.shield(finish.done)
+            if self._children is not None:
+                finish = await self._execute_in_child(running, definition, self._children)
+            else:
+                finish = await self._execute_async(running, definition)
         except asyncio.CancelledError:
-            await finish.done
-        self._report(finish)
-        definition = self.config.definitions.get(job.definition)
-        if definition is not None and definition.has_callbacks:
-            # Before the slot is freed: slow callbacks slow this worker's
-            # claiming rather than pile up without bound.
+            finish = _attempts.interrupted(running.job, running.started)
+        self._submit(running, finish)
+
+    async def _execute_async(self, running: _Running, definition: JobDefinition[Any]) -> Finish:
+        job, started = running.job, running.started
+        try:
+            payload = _converter.decode_payload(job.payload, definition.payload_type)
+        except Exception as exc:
+            return _attempts.failure(job, definition, started, exc, payload_invalid=True)
+        ctx = JobContext(
+            job_id=job.id,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            definition=definition,
+            stop=self._stop_event,
+        )
+        limit_ms = definition.attempt_timeout_ms
+        deadline = asyncio.timeout(None if limit_ms is None else limit_ms / 1000)
+        try:
+            async with deadline:
+                value = await definition.call(payload, ctx)
+            return _attempts.succeeded(
+                job, definition, value, started, self.config.max_payload_bytes
+            )
+        except (Exception, SystemExit) as exc:
+            if deadline.expired():
+                return _attempts.timed_out(job, definition, started)
+            return _attempts.failure(job, definition, started, exc)
+
+    async def _execute_in_child(
+        self, running: _Running, definition: JobDefinition[Any], pool: ChildPool
+    ) -> Finish:
+        """Run the attempt in a child process; a crash of the child fails only this attempt."""
+        job, started = running.job, running.started
+        limit_ms = definition.attempt_timeout_ms
+        reply = await pool.run(
+            ChildRequest(
+                function=definition.job_function,
+                payload_type=definition.payload_type,
+                payload=job.payload,
+                arity=definition.arity,
+                job_id=job.id,
+                attempt=job.attempt,
+                max_attempts=job.max_attempts,
+                definition_name=definition.name,
+            ),
+            timeout_s=None if limit_ms is None else limit_ms / 1000,
+        )
+        if reply.timed_out:
+            return _attempts.timed_out(job, definition, started)
+        if reply.ok:
+            assert reply.result is not None
+            try:
+                _attempts.check_result_size(reply.result, definition, self.config.max_payload_bytes)
+            except PayloadError as exc:
+                return _attempts.failed(job, definition, started, _attempts.describe(exc), None)
+            return _attempts.finish(
+                job,
+                "succeeded",
+                result=reply.result,
+                duration_ms=_attempts.elapsed_ms(started),
+            )
+        return _attempts.failed(
+            job,
+            definition,
+            started,
+            reply.error or "the child process failed without a message",
+            reply.traceback,
+            payload_invalid=reply.payload_invalid,
+        )
+
+    def _submit(self, running: _Running, finish: Finish) -> None:
+        running.submitted = True
+        running.lane.pending.append(finish)
+        self._schedule_kick()
+
+    # -- after the commit -----------------------------------------------------------
+
+    def _committed(self, batch: list[Finish]) -> None:
+        """Finishes committed (or fenced, or dropped): report them, free their slots."""
+        for finish in batch:
+            self._report(finish)
+            running = self._running.get(finish.job_id)
+            if running is None or running.job.token != finish.token:
+                continue
+            definition = self.config.definitions.get(finish.definition)
+            if definition is not None and definition.has_callbacks:
+                # The slot stays taken until the callbacks return: slow
+                # callbacks slow this worker's claiming rather than pile up.
+                task = asyncio.create_task(self._callbacks_then_free(running, finish, definition))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                self._free(running, definition)
+
+    async def _callbacks_then_free(
+        self, running: _Running, finish: Finish, definition: JobDefinition[Any]
+    ) -> None:
+        try:
             await self._run_callbacks(finish, definition)
-        del self._running[job.id]
-        self._slot_freed(job)
+        finally:
+            self._free(running, definition)
+
+    def _free(self, running: _Running, definition: JobDefinition[Any] | None) -> None:
+        del self._running[running.job.id]
+        running.lane.running -= 1
+        # Only a full last batch suggests more work; otherwise the next NOTIFY
+        # or poll will find it, and an idle worker issues no extra query. A
+        # finished job of a limited definition may free a max_concurrency slot.
+        if definition is not None and definition.max_concurrency is not None:
+            self._maybe_more = True
+        if self._maybe_more and self._wakeup is not None:
+            self._wakeup.set()
 
     async def _run_callbacks(self, finish: Finish, definition: JobDefinition[Any]) -> None:
         """Call on_attempt, then on_success or on_failure, once each, with the updated job (I5).
@@ -513,19 +852,18 @@ class Worker(Daemon):
             logger.warning(
                 "job %d: could not read the job back for its callbacks, skipped: %s",
                 finish.job_id,
-                _db.redact(_describe(exc)),
+                _db.redact(_attempts.describe(exc)),
             )
             return
         if row is None:  # deleted in the meantime
             return
         job = job_from_row(row)
-        loop = asyncio.get_running_loop()
         for callback in todo:
             try:
                 if inspect.iscoroutinefunction(callback):
                     await callback(job)
                 else:
-                    await loop.run_in_executor(self._executor, callback, job)
+                    await asyncio.to_thread(callback, job)
             except Exception:
                 logger.exception(
                     "job %d: callback %s of %r raised; the job is not affected",
@@ -533,207 +871,6 @@ class Worker(Daemon):
                     getattr(callback, "__qualname__", repr(callback)),
                     definition.name,
                 )
-
-    def _slot_freed(self, job: _Claimed) -> None:
-        # Only a full last batch suggests more work; otherwise the next NOTIFY
-        # or poll will find it, and an idle worker issues no extra query. A
-        # finished job of a limited definition may free a max_concurrency slot.
-        definition = self.config.definitions.get(job.definition)
-        if definition is not None and definition.max_concurrency is not None:
-            self._maybe_more = True
-        if self._maybe_more and self._wakeup is not None:
-            self._wakeup.set()
-
-    def _finish(self, job: _Claimed, outcome: Outcome, **fields: Any) -> Finish:
-        return Finish(
-            job_id=job.id,
-            definition=job.definition,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            token=job.token,
-            started_at=job.started_at,
-            outcome=outcome,
-            **fields,
-        )
-
-    async def _execute(self, job: _Claimed) -> Finish:
-        definition = self.config.definitions.get(job.definition)
-        if definition is None:
-            # Another worker (a newer deployment) may know it: hand it back
-            # unharmed rather than destroying it (seed bug 8).
-            return self._finish(job, "released", retry_delay_ms=self.unknown_definition_delay_ms)
-        started = time.monotonic()
-        if self._children is not None:
-            return await self._execute_in_child(job, definition, self._children, started)
-        try:
-            payload = _converter.decode_payload(job.payload, definition.payload_type)
-        except Exception as exc:
-            return self._failure(job, definition, started, exc, payload_invalid=True)
-        limit_ms = definition.attempt_timeout_ms
-        # Only an attempt that can time out needs an event of its own.
-        cut = None if limit_ms is None else threading.Event()
-        ctx = JobContext(
-            job_id=job.id,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            definition=definition,
-            stop=self._stop_event,
-            cut=cut,
-        )
-        deadline = asyncio.timeout(None if limit_ms is None else limit_ms / 1000)
-        thread: asyncio.Future[Any] | None = None
-        try:
-            async with deadline:
-                if definition.is_async:
-                    value = await definition.call(payload, ctx)
-                else:
-                    loop = asyncio.get_running_loop()
-                    thread = loop.run_in_executor(self._executor, definition.call, payload, ctx)
-                    # Shielded: a timeout must not forget the thread (see below).
-                    value = await (thread if cut is None else asyncio.shield(thread))
-            result = _converter.dumps(value, what="the return value", owner=definition.name)
-            self._check_result_size(result, definition)
-        except (Exception, SystemExit) as exc:
-            if deadline.expired():
-                if thread is not None and cut is not None:
-                    # A thread cannot be killed: tell the function to wrap up,
-                    # and keep the job running (lease, slot, resource key)
-                    # until it has returned, so that no other attempt of it,
-                    # nor of its resource key, overlaps this one (I7). What
-                    # it returns is discarded: the attempt timed out.
-                    cut.set()
-                    with contextlib.suppress(Exception, SystemExit):
-                        await thread
-                return self._timed_out(job, definition, started)
-            return self._failure(job, definition, started, exc)
-        return self._finish(
-            job,
-            "succeeded",
-            result=result,
-            duration_ms=_elapsed_ms(started),
-        )
-
-    async def _execute_in_child(
-        self, job: _Claimed, definition: JobDefinition[Any], pool: ChildPool, started: float
-    ) -> Finish:
-        """Run the attempt in a child process; a crash of the child fails only this attempt."""
-        limit_ms = definition.attempt_timeout_ms
-        reply = await pool.run(
-            ChildRequest(
-                function=definition.job_function,
-                payload_type=definition.payload_type,
-                payload=job.payload,
-                arity=definition.arity,
-                job_id=job.id,
-                attempt=job.attempt,
-                max_attempts=job.max_attempts,
-                definition_name=definition.name,
-            ),
-            timeout_s=None if limit_ms is None else limit_ms / 1000,
-        )
-        if reply.timed_out:
-            return self._timed_out(job, definition, started)
-        if reply.ok:
-            assert reply.result is not None
-            try:
-                self._check_result_size(reply.result, definition)
-            except PayloadError as exc:
-                return self._failed(job, definition, started, _describe(exc), None)
-            return self._finish(
-                job, "succeeded", result=reply.result, duration_ms=_elapsed_ms(started)
-            )
-        return self._failed(
-            job,
-            definition,
-            started,
-            reply.error or "the child process failed without a message",
-            reply.traceback,
-            payload_invalid=reply.payload_invalid,
-        )
-
-    def _check_result_size(self, result: str, definition: JobDefinition[Any]) -> None:
-        """Raise PayloadError if a return value's JSON is over the payload size cap."""
-        if len(result) <= self.config.max_payload_bytes:  # chars <= bytes: cheap pre-check
-            return
-        size = len(result.encode("utf-8"))
-        if size > self.config.max_payload_bytes:
-            raise PayloadError(
-                definition.name,
-                f"the return value is {size} bytes, over the limit of "
-                f"{self.config.max_payload_bytes} bytes",
-            )
-
-    def _timed_out(self, job: _Claimed, definition: JobDefinition[Any], started: float) -> Finish:
-        return self._finish(
-            job,
-            "timed_out",
-            error=f"AttemptTimeout: the attempt ran longer than attempt_timeout_ms "
-            f"({definition.attempt_timeout_ms} ms) and was cut",
-            retry_delay_ms=definition.backoff.delay_ms(job.attempt),
-            duration_ms=_elapsed_ms(started),
-        )
-
-    def _failure(
-        self,
-        job: _Claimed,
-        definition: JobDefinition[Any],
-        started: float,
-        exc: BaseException,
-        *,
-        payload_invalid: bool = False,
-    ) -> Finish:
-        if payload_invalid:
-            error = (
-                f"PayloadError: stored payload does not fit {definition.payload_type!r}: "
-                f"{_converter.describe_structure_error(exc)}"
-            )
-            trace = None
-        else:
-            error = _describe(exc)
-            trace = "".join(traceback.format_exception(exc))
-        return self._failed(job, definition, started, error, trace, payload_invalid=payload_invalid)
-
-    def _failed(
-        self,
-        job: _Claimed,
-        definition: JobDefinition[Any],
-        started: float,
-        error: str,
-        trace: str | None,
-        *,
-        payload_invalid: bool = False,
-    ) -> Finish:
-        """A failed attempt, its error and traceback bounded, retried after the backoff."""
-        return self._finish(
-            job,
-            "failed",
-            error=_storable(error, ERROR_MAX_CHARS),
-            traceback=None if trace is None else _storable(trace, TRACEBACK_MAX_CHARS),
-            payload_invalid=payload_invalid,
-            retry_delay_ms=definition.backoff.delay_ms(job.attempt),
-            duration_ms=_elapsed_ms(started),
-        )
-
-    async def _write_finishes(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        assert self._pool is not None
-        succeeded = [
-            job_id
-            for job_id, outcome in zip(params["ids"], params["outcomes"], strict=True)
-            if outcome == "succeeded"
-        ]
-        async with self._pool.connection() as conn, conn.pipeline():
-            # One round trip for both statements, each its own transaction
-            # (autocommit). The release must be a second statement, whose
-            # snapshot is taken after the finish committed (decision 0007).
-            cursor = await conn.execute(self.config.queries["job_finish_many"], params)
-            if succeeded:
-                await conn.execute(
-                    self.config.queries["job_release_dependents"],
-                    {"ids": succeeded, "notify_channel": self.config.notify_channel},
-                )
-            rows: list[tuple[Any, ...]] = await cursor.fetchall()
-        self._error_streak = 0
-        return rows
 
     def _report(self, finish: Finish) -> None:
         """Emit the event of a committed (or fenced) finish."""
@@ -786,7 +923,7 @@ class Worker(Daemon):
         definitions_due = time.monotonic() + DEFINITION_HEARTBEAT_S
         while True:
             await asyncio.sleep(self.heartbeat_interval_ms / 1000)
-            held = list(self._running.values())
+            held = [running.job for running in self._running.values()]
             try:
                 assert self._pool is not None
                 async with self._pool.connection() as conn:
@@ -804,8 +941,8 @@ class Worker(Daemon):
                         self.config.queries["worker_heartbeat"],
                         {
                             "worker_id": self.worker_id,
-                            "ids": [job.id for job, _ in held],
-                            "tokens": [job.token for job, _ in held],
+                            "ids": [job.id for job in held],
+                            "tokens": [job.token for job in held],
                         },
                     )
                     row = await cursor.fetchone()
@@ -820,17 +957,19 @@ class Worker(Daemon):
                 self._emit(
                     events.DaemonDatabaseError,
                     operation="heartbeat",
-                    error=_db.redact(_describe(exc)),
+                    error=_db.redact(_attempts.describe(exc)),
                     retry_in_ms=self.heartbeat_interval_ms,
                 )
                 logger.warning(
-                    "%s: heartbeat failed: %s", self.daemon_name, _db.redact(_describe(exc))
+                    "%s: heartbeat failed: %s",
+                    self.daemon_name,
+                    _db.redact(_attempts.describe(exc)),
                 )
 
     async def _database_error(self, operation: str, exc: BaseException) -> None:
         self._error_streak += 1
         delay = min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_MIN_S * 2 ** (self._error_streak - 1))
-        message = _db.redact(_describe(exc))
+        message = _db.redact(_attempts.describe(exc))
         if (
             isinstance(exc, psycopg.OperationalError | PayloadError)
             or "pool" in type(exc).__module__
@@ -852,26 +991,6 @@ class Worker(Daemon):
             error=message,
             retry_in_ms=round(delay * 1000),
         )
+        await asyncio.sleep(delay)
         if operation == "claim":
-            await self._sleep_or_wake(delay)
             self._maybe_more = True
-        else:
-            await asyncio.sleep(delay)
-
-
-def _storable(text: str, limit: int) -> str:
-    """Text a PostgreSQL text column accepts (no NUL) and bounded in size, keeping both ends."""
-    text = text.replace("\x00", "\\x00")
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
-
-
-def _elapsed_ms(started: float) -> int:
-    return round((time.monotonic() - started) * 1000)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -255,8 +255,11 @@ WITH input AS (
         END,
         locked_by = NULL, lock_token = NULL, locked_until = NULL
     FROM input i
+    -- A lock token is set exactly while the job runs (a CHECK says so), so
+    -- the token match is the status check. Spelling out status = 'running'
+    -- made the planner scan the running jobs' index, dead entries included,
+    -- instead of looking the ids up: 3x slower on a busy table.
     WHERE j.id = i.id AND j.attempt = i.attempt AND j.lock_token = i.token
-      AND j.status = 'running'
     RETURNING j.id, j.status, j.run_at, j.channel, j.resource_key
 ), logged AS (
     INSERT INTO {schema}.job_attempt

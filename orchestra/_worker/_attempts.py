@@ -1,0 +1,196 @@
+"""One attempt of a claimed job: how it runs, and the Finish that records how it ended.
+
+Everything here is a plain function of the claimed row and the definition, so
+that a sync attempt can run whole in a job thread (decode the payload, call the
+function, encode the return value) and hand the event loop a finished record
+instead of waking it per step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import traceback
+import uuid
+from typing import Any
+
+import attrs
+
+from orchestra import _converter
+from orchestra._definition import JobContext, JobDefinition
+from orchestra._worker._lanes import Finish, Outcome
+from orchestra.errors import PayloadError
+
+#: Errors and tracebacks are stored bounded: a job must not be able to bloat
+#: the attempt log (or exceed a NOTIFY or log line) with a megabyte message.
+ERROR_MAX_CHARS = 4_000
+TRACEBACK_MAX_CHARS = 32_000
+
+
+@attrs.frozen
+class Claimed:
+    """A job as ``job_claim`` returned it: one live attempt, fenced by its token."""
+
+    id: int
+    definition: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    token: uuid.UUID
+    started_at: dt.datetime
+    run_at: dt.datetime
+    priority: int
+    trace_context: str | None
+
+
+def finish(job: Claimed, outcome: Outcome, **fields: Any) -> Finish:
+    """The Finish of ``job``'s attempt with ``outcome``."""
+    return Finish(
+        job_id=job.id,
+        definition=job.definition,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        token=job.token,
+        started_at=job.started_at,
+        outcome=outcome,
+        **fields,
+    )
+
+
+def run_sync(
+    job: Claimed,
+    definition: JobDefinition[Any],
+    *,
+    stop: threading.Event,
+    cut: threading.Event | None,
+    max_payload_bytes: int,
+) -> Finish:
+    """Run a ``def`` job function start to end (in a job thread); never raises."""
+    started = time.monotonic()
+    try:
+        payload = _converter.decode_payload(job.payload, definition.payload_type)
+    except Exception as exc:
+        return failure(job, definition, started, exc, payload_invalid=True)
+    ctx = JobContext(
+        job_id=job.id,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        definition=definition,
+        stop=stop,
+        cut=cut,
+    )
+    try:
+        value = definition.call(payload, ctx)
+        return succeeded(job, definition, value, started, max_payload_bytes)
+    except BaseException as exc:  # KeyboardInterrupt or SystemExit raised by the job too
+        return failure(job, definition, started, exc)
+
+
+def succeeded(
+    job: Claimed,
+    definition: JobDefinition[Any],
+    value: Any,
+    started: float,
+    max_payload_bytes: int,
+) -> Finish:
+    """The success of an attempt that returned ``value``; raises if it cannot be stored."""
+    result = _converter.dumps(value, what="the return value", owner=definition.name)
+    check_result_size(result, definition, max_payload_bytes)
+    return finish(job, "succeeded", result=result, duration_ms=elapsed_ms(started))
+
+
+def check_result_size(result: str, definition: JobDefinition[Any], max_payload_bytes: int) -> None:
+    """Raise PayloadError if a return value's JSON is over the payload size cap."""
+    if len(result) <= max_payload_bytes:  # chars <= bytes: a cheap pre-check
+        return
+    size = len(result.encode("utf-8"))
+    if size > max_payload_bytes:
+        raise PayloadError(
+            definition.name,
+            f"the return value is {size} bytes, over the limit of {max_payload_bytes} bytes",
+        )
+
+
+def failure(
+    job: Claimed,
+    definition: JobDefinition[Any],
+    started: float,
+    exc: BaseException,
+    *,
+    payload_invalid: bool = False,
+) -> Finish:
+    """The failure of an attempt that raised ``exc`` (or whose payload did not structure)."""
+    if payload_invalid:
+        error = (
+            f"PayloadError: stored payload does not fit {definition.payload_type!r}: "
+            f"{_converter.describe_structure_error(exc)}"
+        )
+        trace = None
+    else:
+        error = describe(exc)
+        trace = "".join(traceback.format_exception(exc))
+    return failed(job, definition, started, error, trace, payload_invalid=payload_invalid)
+
+
+def failed(
+    job: Claimed,
+    definition: JobDefinition[Any],
+    started: float,
+    error: str,
+    trace: str | None,
+    *,
+    payload_invalid: bool = False,
+) -> Finish:
+    """A failed attempt, its error and traceback bounded, retried after the backoff."""
+    return finish(
+        job,
+        "failed",
+        error=storable(error, ERROR_MAX_CHARS),
+        traceback=None if trace is None else storable(trace, TRACEBACK_MAX_CHARS),
+        payload_invalid=payload_invalid,
+        retry_delay_ms=definition.backoff.delay_ms(job.attempt),
+        duration_ms=elapsed_ms(started),
+    )
+
+
+def timed_out(job: Claimed, definition: JobDefinition[Any], started: float) -> Finish:
+    """An attempt cut by ``attempt_timeout_ms``: failed, retried after the backoff."""
+    return finish(
+        job,
+        "timed_out",
+        error=f"AttemptTimeout: the attempt ran longer than attempt_timeout_ms "
+        f"({definition.attempt_timeout_ms} ms) and was cut",
+        retry_delay_ms=definition.backoff.delay_ms(job.attempt),
+        duration_ms=elapsed_ms(started),
+    )
+
+
+def interrupted(job: Claimed, started: float) -> Finish:
+    """An attempt the worker's stop gave up on: it counts, the job is retried."""
+    return finish(
+        job,
+        "interrupted",
+        error="interrupted: the worker stopped before the job finished",
+        duration_ms=elapsed_ms(started),
+    )
+
+
+def storable(text: str, limit: int) -> str:
+    """Text a PostgreSQL text column accepts (no NUL) and bounded in size, keeping both ends."""
+    text = text.replace("\x00", "\\x00")
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
+
+
+def elapsed_ms(started: float) -> int:
+    """Milliseconds since the ``time.monotonic()`` reading ``started``."""
+    return round((time.monotonic() - started) * 1000)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, or the type alone when the message is empty."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,126 @@
+"""Lanes: the worker's slots in two groups, each acknowledging and claiming in one transaction.
+
+A lane owns part of the worker's concurrency. The finishes of its jobs are
+collected while its last statement runs, then written together with the claim
+of as many jobs as the write frees, in one transaction: record the attempts
+(fenced by id, attempt and lock token), release dependents, claim. So
+
+* a batch of jobs costs one round trip and one commit, not one each for the
+  acknowledgement and the next claim;
+* the worker never holds more claims than its concurrency: the finished jobs
+  give their slots to the claimed ones at the commit, not before;
+* while one lane's statement runs in the database, the other lane's jobs run
+  in Python, which keeps both busy (a single serial loop leaves each idle
+  while the other works).
+
+Every row is fenced in SQL, so a batch retried after a connection error can
+never overwrite a newer state: at worst it is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+import attrs
+
+Outcome = Literal["succeeded", "failed", "interrupted", "timed_out", "released"]
+
+#: Most finishes per statement; a larger backlog takes several statements.
+MAX_BATCH = 1000
+#: Lanes per worker. Two keep the database and the worker's Python busy at
+#: once; more only split the batches smaller (measured in docs/BENCHMARKS.md).
+LANES = 2
+
+
+@attrs.define
+class Finish:
+    """The end of one attempt, waiting to be committed."""
+
+    job_id: int
+    definition: str
+    attempt: int
+    max_attempts: int
+    token: uuid.UUID
+    started_at: dt.datetime
+    outcome: Outcome
+    result: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    retry_delay_ms: int = 0
+    duration_ms: int = 0
+    payload_invalid: bool = False
+    #: The database refused to record it (bad data); nothing was written.
+    dropped: bool = False
+    # Filled in from the statement's result:
+    committed_status: str | None = None
+    committed_run_at: dt.datetime | None = None
+
+
+@attrs.define(eq=False)
+class Lane:
+    """A share of the worker's slots and the finishes of its jobs not yet written."""
+
+    index: int
+    size: int
+    #: Jobs claimed through this lane whose finish is not committed yet.
+    running: int = 0
+    pending: list[Finish] = attrs.Factory(list)
+    #: A statement of this lane is in flight (one at a time per lane).
+    writing: bool = False
+
+    @property
+    def free(self) -> int:
+        """Slots of this lane that no job holds."""
+        return self.size - self.running
+
+    @property
+    def busy(self) -> bool:
+        """Something of this lane is still to be written or being written."""
+        return self.writing or bool(self.pending)
+
+
+def split(concurrency: int, lanes: int = LANES) -> list[Lane]:
+    """``concurrency`` slots in at most ``lanes`` lanes of near-equal size."""
+    count = max(1, min(lanes, concurrency))
+    return [
+        Lane(index, concurrency // count + (1 if index < concurrency % count else 0))
+        for index in range(count)
+    ]
+
+
+def finish_params(
+    batch: list[Finish],
+    *,
+    worker_id: int,
+    worker_name: str,
+    notify_channel: str,
+    finished_channel: str,
+) -> dict[str, Any]:
+    """The parameters of ``job_finish_many`` for ``batch``."""
+    return {
+        "ids": [f.job_id for f in batch],
+        "attempts": [f.attempt for f in batch],
+        "tokens": [f.token for f in batch],
+        "outcomes": [f.outcome for f in batch],
+        "results": [f.result for f in batch],
+        "errors": [f.error for f in batch],
+        "tracebacks": [f.traceback for f in batch],
+        "retry_delays_ms": [f.retry_delay_ms for f in batch],
+        "started_ats": [f.started_at for f in batch],
+        "worker_id": worker_id,
+        "worker_name": worker_name,
+        "notify_channel": notify_channel,
+        "finished_channel": finished_channel,
+    }
+
+
+def apply_committed(batch: list[Finish], rows: list[tuple[Any, ...]]) -> None:
+    """Fill in what ``job_finish_many`` returned; a finish it did not return was fenced."""
+    committed = {row[0]: row for row in rows}
+    for finish in batch:
+        row = committed.get(finish.job_id)
+        if row is not None:
+            finish.committed_status = row[1]
+            finish.committed_run_at = row[2]
