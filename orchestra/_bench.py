@@ -253,13 +253,16 @@ class Bench:
         """Load the jobs, drain them with worker processes: total s, steady s, RSS growth %."""
         s = self.settings
         self._copy(NOOP, s.jobs)
-        workers = self._start_workers(s.processes, s.concurrency)
+        started = time.perf_counter()
+        workers, counts = self._start_workers(s.processes, s.concurrency)
         try:
-            total_s, steady_s, rss = self._wait_drained(
-                s.jobs, started=time.perf_counter(), pids=[w.pid for w in workers]
-            )
+            total_s, steady_s, rss = self._wait_drained(s.jobs, workers, counts, started=started)
         finally:
             self._stop_workers(workers)
+        with self._conn() as conn:
+            done = self._succeeded(conn, NOOP)
+        if done != s.jobs:
+            raise RuntimeError(f"the workers reported {s.jobs} jobs done, the table {done}")
         self._reset()
         return total_s, steady_s, rss
 
@@ -295,7 +298,10 @@ class Bench:
             elapsed = time.perf_counter() - started
         return elapsed, marks["90"] - marks["10"]
 
-    def _start_workers(self, processes: int, concurrency: int) -> list[subprocess.Popen[bytes]]:
+    def _start_workers(
+        self, processes: int, concurrency: int
+    ) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+        """Start bench worker processes; the list their reported counts of jobs done go to."""
         argv = [
             sys.executable,
             "-m",
@@ -309,7 +315,14 @@ class Bench:
             str(self.settings.process_interval_ms),
         ]
         env = {**os.environ, "ORCHESTRA_DSN": self.dsn}
-        return [subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL) for _ in range(processes)]
+        workers = [
+            subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+            for _ in range(processes)
+        ]
+        counts = [0] * processes
+        for index, worker in enumerate(workers):
+            threading.Thread(target=_follow, args=(worker, counts, index), daemon=True).start()
+        return workers, counts
 
     def _stop_workers(self, workers: list[subprocess.Popen[bytes]]) -> None:
         for process in workers:
@@ -322,29 +335,36 @@ class Bench:
                 process.wait()
 
     def _wait_drained(
-        self, total: int, *, started: float, pids: list[int]
+        self,
+        total: int,
+        workers: list[subprocess.Popen[bytes]],
+        counts: list[int],
+        *,
+        started: float,
     ) -> tuple[float, float, float]:
-        """Poll the succeeded count until every job is done.
+        """Follow the jobs done that the workers report until every job is done.
 
+        The workers print their count of succeeded jobs every POLL_S: counting
+        rows in the table instead would load the database being measured.
         Returns the total and the 10 %-90 % seconds, and how much the workers'
         resident memory grew from the 10 % mark to the end, in percent.
         """
+        pids = [worker.pid for worker in workers]
         marks: dict[str, float] = {}
         rss_at_10: int | None = None
         deadline = started + max(120.0, total / 200)
-        with self._conn() as conn:
-            while True:
-                done = self._succeeded(conn, NOOP)
-                now = time.perf_counter()
-                _mark(marks, done, total, now)
-                if rss_at_10 is None and "10" in marks:
-                    rss_at_10 = _rss(pids)
-                if done >= total:
-                    growth = 100 * (_rss(pids) - rss_at_10) / rss_at_10 if rss_at_10 else 0.0
-                    return now - started, marks["90"] - marks["10"], growth
-                if now > deadline:
-                    raise RuntimeError(f"workers finished only {done} of {total} jobs in time")
-                time.sleep(POLL_S)
+        while True:
+            done = sum(counts)
+            now = time.perf_counter()
+            _mark(marks, done, total, now)
+            if rss_at_10 is None and "10" in marks:
+                rss_at_10 = _rss(pids)
+            if done >= total:
+                growth = 100 * (_rss(pids) - rss_at_10) / rss_at_10 if rss_at_10 else 0.0
+                return now - started, marks["90"] - marks["10"], growth
+            if now > deadline or not any(worker.poll() is None for worker in workers):
+                raise RuntimeError(f"workers finished only {done} of {total} jobs")
+            time.sleep(POLL_S)
 
     # -- latency ------------------------------------------------------------------
 
@@ -352,7 +372,7 @@ class Bench:
         """Deferring at a low fixed rate to an idle worker: enqueue call to job start."""
         s = self.settings
         self.log(f"latency: {s.latency_jobs} jobs at {s.latency_rate:g}/s, then the baseline")
-        workers = self._start_workers(1, s.concurrency)
+        workers, _ = self._start_workers(1, s.concurrency)
         try:
             self._wait_ready(1)
             self._paced(s.latency_jobs, lambda: self.latency.defer({"t0": time.time()}))
@@ -499,6 +519,14 @@ def _mark(marks: dict[str, float], done: int, total: int, now: float) -> None:
         marks["90"] = now
 
 
+def _follow(worker: subprocess.Popen[bytes], counts: list[int], index: int) -> None:
+    """Keep ``counts[index]`` at the last count a bench worker printed."""
+    assert worker.stdout is not None
+    for line in worker.stdout:
+        with contextlib.suppress(ValueError):
+            counts[index] = int(line)
+
+
 def _rss(pids: list[int]) -> int:
     """Resident memory of these processes in kB (Linux /proc; 0 where unreadable)."""
     total = 0
@@ -549,13 +577,23 @@ def _worker_main(argv: list[str]) -> None:
     options = parser.parse_args(argv)
     config = Config(schema=options.schema)
     define(config)
-    Worker(
+    worker = Worker(
         config,
         channel=CHANNEL,
         concurrency=options.concurrency,
         process_interval_ms=options.process_interval_ms,
         name="bench",
-    ).run()
+    )
+
+    def report() -> None:
+        # The bench follows progress here rather than by counting rows.
+        while True:
+            sys.stdout.write(f"{worker.stats.succeeded}\n")
+            sys.stdout.flush()
+            time.sleep(POLL_S)
+
+    threading.Thread(target=report, name="bench-report", daemon=True).start()
+    worker.run()
 
 
 if __name__ == "__main__":

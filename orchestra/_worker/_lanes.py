@@ -19,6 +19,7 @@ never overwrite a newer state: at worst it is refused.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any, Literal
@@ -32,6 +33,10 @@ MAX_BATCH = 1000
 #: Lanes per worker. Two keep the database and the worker's Python busy at
 #: once; more only split the batches smaller (measured in docs/BENCHMARKS.md).
 LANES = 2
+#: How long a lane holds a finish back while others of its jobs still run: a
+#: batch claimed together mostly finishes together, and one statement for all
+#: of it beats a statement for the first job and another for the rest.
+FLUSH_WINDOW_S = 0.002
 
 
 @attrs.define
@@ -66,7 +71,13 @@ class Lane:
     size: int
     #: Jobs claimed through this lane whose finish is not committed yet.
     running: int = 0
+    #: Of these, the jobs still running (no Finish yet).
+    unfinished: int = 0
     pending: list[Finish] = attrs.Factory(list)
+    #: time.monotonic() when the oldest pending finish arrived.
+    pending_since: float = 0.0
+    #: Wakes the lane when the flush window of its pending finishes ends.
+    flush_timer: asyncio.TimerHandle | None = None
     #: A statement of this lane is in flight (one at a time per lane).
     writing: bool = False
 
@@ -74,6 +85,16 @@ class Lane:
     def free(self) -> int:
         """Slots of this lane that no job holds."""
         return self.size - self.running
+
+    def hold_back(self, now: float) -> float:
+        """Seconds to wait before writing the pending finishes (0: write now).
+
+        Writing waits for the lane's other jobs still running, for at most
+        FLUSH_WINDOW_S after the oldest pending finish arrived.
+        """
+        if not self.pending or not self.unfinished:
+            return 0.0
+        return max(0.0, self.pending_since + FLUSH_WINDOW_S - now)
 
     @property
     def busy(self) -> bool:
@@ -114,6 +135,60 @@ def finish_params(
         "notify_channel": notify_channel,
         "finished_channel": finished_channel,
     }
+
+
+Statement = tuple[str, dict[str, Any] | None]
+
+
+def lane_statements(
+    batch: list[Finish],
+    claim: int,
+    *,
+    channel: str,
+    worker_id: int,
+    worker_name: str,
+    notify_channel: str,
+    finished_channel: str,
+) -> list[Statement]:
+    """The statements of one lane write, by query name, run in this order.
+
+    With a batch they run in one transaction: ``job_finish_many`` (fenced),
+    ``job_release_dependents`` for the successes (a statement of its own,
+    whose snapshot follows the finish's row locks: decision 0007), then
+    ``job_claim``. ``job_claim`` turns the commit's wait for the WAL flush
+    off, which a claim alone does not need; ``transaction_sync_commit``, last,
+    turns it back on, so that recorded finishes are durable at the commit.
+    Without a batch, the claim is the only statement.
+    """
+    statements: list[Statement] = []
+    if batch:
+        statements.append(
+            (
+                "job_finish_many",
+                finish_params(
+                    batch,
+                    worker_id=worker_id,
+                    worker_name=worker_name,
+                    notify_channel=notify_channel,
+                    finished_channel=finished_channel,
+                ),
+            )
+        )
+        succeeded = [f.job_id for f in batch if f.outcome == "succeeded"]
+        if succeeded:
+            statements.append(
+                ("job_release_dependents", {"ids": succeeded, "notify_channel": notify_channel})
+            )
+    if claim:
+        statements.append(
+            (
+                "job_claim",
+                {"channel": channel, "now": None, "limit": claim, "worker_id": worker_id},
+            )
+        )
+    if batch and claim:
+        statements.append(("transaction_sync_commit", None))
+    return statements
 
 
 def apply_committed(batch: list[Finish], rows: list[tuple[Any, ...]]) -> None:

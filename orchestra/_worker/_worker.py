@@ -105,7 +105,7 @@ class _Running:
     cut: threading.Event | None = None
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
-    #: Its Finish is with the acker: the job only waits for the commit.
+    #: Its Finish is with its lane: the job only waits for the commit.
     submitted: bool = False
 
 
@@ -387,6 +387,10 @@ class Worker(Daemon):
 
     def _on_notify(self) -> None:
         self._maybe_more = True
+        # Claim right here, on the listener's turn of the loop, rather than a
+        # turn later in the wake loop: this is the idle worker's latency path.
+        # The wake-up still resets the polling timer.
+        self._kick_all()
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -433,6 +437,16 @@ class Worker(Daemon):
         """Start the lane's next statement if it has finishes to write or slots to fill."""
         if lane.writing:
             return
+        wait = 0.0 if self.stopping else lane.hold_back(time.monotonic())
+        if wait:
+            if lane.flush_timer is None:
+                lane.flush_timer = asyncio.get_running_loop().call_later(
+                    wait, self._flush_due, lane
+                )
+            return
+        if lane.flush_timer is not None:
+            lane.flush_timer.cancel()
+            lane.flush_timer = None
         batch = lane.pending[:MAX_BATCH]
         claim = 0
         if self._maybe_more and not self.stopping:
@@ -451,6 +465,10 @@ class Worker(Daemon):
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _flush_due(self, lane: Lane) -> None:
+        lane.flush_timer = None
+        self._kick(lane)
 
     def _has_callbacks(self, name: str) -> bool:
         definition = self.config.definitions.get(name)
@@ -514,48 +532,34 @@ class Worker(Daemon):
     ) -> tuple[list[tuple[Any, ...]], list[Claimed]]:
         """Finish ``batch``, release dependents and claim ``claim`` jobs: one round trip.
 
-        One transaction (decision 0015): the worker never holds more claims
-        than its concurrency, and the release, a statement of its own, takes
-        its snapshot after the finish locked the finished rows (decision 0007).
+        One transaction (decision 0015): the finished jobs hand their slots to
+        the claimed ones at the commit, so the worker never holds more claims
+        than its concurrency. A claim alone is a single autocommit statement.
         """
         assert self._pool is not None
         queries = self.config.queries
-        succeeded = [f.job_id for f in batch if f.outcome == "succeeded"]
-        async with self._pool.connection() as conn, conn.pipeline():
-            async with conn.transaction():
-                finished = claimed = None
-                if batch:
-                    finished = await conn.execute(
-                        queries["job_finish_many"],
-                        _lanes.finish_params(
-                            batch,
-                            worker_id=self.worker_id or 0,
-                            worker_name=self.daemon_name,
-                            notify_channel=self.config.notify_channel,
-                            finished_channel=self.config.finished_channel,
-                        ),
-                    )
-                else:
-                    # A claim alone need not wait for the WAL flush: lost in
-                    # a server crash, the claim never happened and the job
-                    # is claimed again (decision 0015).
-                    await conn.execute(queries["transaction_async_commit"])
-                if succeeded:
-                    await conn.execute(
-                        queries["job_release_dependents"],
-                        {"ids": succeeded, "notify_channel": self.config.notify_channel},
-                    )
-                if claim:
-                    self.stats.claim_queries += 1
-                    claimed = await conn.execute(
-                        queries["job_claim"],
-                        {
-                            "channel": self.channel,
-                            "now": None,
-                            "limit": claim,
-                            "worker_id": self.worker_id,
-                        },
-                    )
+        statements = _lanes.lane_statements(
+            batch,
+            claim,
+            channel=self.channel,
+            worker_id=self.worker_id or 0,
+            worker_name=self.daemon_name,
+            notify_channel=self.config.notify_channel,
+            finished_channel=self.config.finished_channel,
+        )
+        if claim:
+            self.stats.claim_queries += 1
+        cursors: dict[str, psycopg.AsyncCursor[Any]] = {}
+        async with self._pool.connection() as conn:
+            if len(statements) == 1:
+                name, params = statements[0]
+                cursors[name] = await conn.execute(queries[name], params)
+            else:
+                async with conn.pipeline(), conn.transaction():
+                    for name, params in statements:
+                        cursors[name] = await conn.execute(queries[name], params)
+            finished = cursors.get("job_finish_many")
+            claimed = cursors.get("job_claim")
             rows = [] if finished is None else await finished.fetchall()
             jobs = [] if claimed is None else [Claimed(*row) for row in await claimed.fetchall()]
         return rows, jobs
@@ -630,6 +634,7 @@ class Worker(Daemon):
         running = _Running(job, lane, time.monotonic())
         self._running[job.id] = running
         lane.running += 1
+        lane.unfinished += 1
         self.stats.max_running = max(self.stats.max_running, len(self._running))
         definition = self.config.definitions.get(job.definition)
         if definition is None:
@@ -684,7 +689,7 @@ class Worker(Daemon):
         running.cut.set()
 
     def _threads_done(self, finishes: list[Finish]) -> None:
-        """Attempts returned by job threads: hand their finishes to the acker."""
+        """Attempts returned by job threads: hand their finishes to their lanes."""
         for finish in finishes:
             running = self._running.get(finish.job_id)
             if running is None or running.submitted or running.job.token != finish.token:
@@ -777,7 +782,11 @@ class Worker(Daemon):
 
     def _submit(self, running: _Running, finish: Finish) -> None:
         running.submitted = True
-        running.lane.pending.append(finish)
+        lane = running.lane
+        lane.unfinished -= 1
+        if not lane.pending:
+            lane.pending_since = time.monotonic()
+        lane.pending.append(finish)
         self._schedule_kick()
 
     # -- after the commit -----------------------------------------------------------
@@ -880,7 +889,7 @@ class Worker(Daemon):
             "attempt": finish.attempt,
         }
         if finish.dropped:
-            return  # logged by the acker; the lease will expire and the job be rescued
+            return  # logged when dropped; the lease will expire and the job be rescued
         if finish.committed_status is None:
             self.stats.fenced += 1
             logger.warning(

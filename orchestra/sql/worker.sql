@@ -31,10 +31,3 @@ SELECT (SELECT count(*) FROM alive) > 0 AS alive, (SELECT count(*) FROM extended
 -- name: worker_touch
 -- Refresh a daemon's heartbeat; no row back means its row was removed.
 UPDATE {schema}.worker SET heartbeat_at = clock_timestamp() WHERE id = %(worker_id)s RETURNING id;
-
--- name: transaction_async_commit
--- First statement of a worker transaction that only claims: its commit need
--- not wait for the WAL flush. If the server crashes before the flush, the
--- claim is lost and the job simply runs again (at least once, as after any
--- crash); a finish, whose commit waits, flushes the claim before it.
-SET LOCAL synchronous_commit = off;
