@@ -352,7 +352,8 @@ class Bench:
         pids = [worker.pid for worker in workers]
         marks: dict[str, float] = {}
         rss_at_10: int | None = None
-        deadline = started + max(120.0, total / 200)
+        # Generous: a slow configuration (concurrency 1) is a figure, not an error.
+        deadline = started + max(300.0, total / 50)
         while True:
             done = sum(counts)
             now = time.perf_counter()

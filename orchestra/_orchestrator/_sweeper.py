@@ -25,7 +25,13 @@ import psycopg
 
 from orchestra import events
 from orchestra._config import Config
-from orchestra._orchestrator._service import BATCH_SIZE_DEFAULT, Emission, RunResult, Service
+from orchestra._orchestrator._service import (
+    BATCH_SIZE_DEFAULT,
+    MAX_BATCHES_PER_PASS,
+    Emission,
+    RunResult,
+    Service,
+)
 
 
 class Sweeper(Service):
@@ -50,15 +56,7 @@ class Sweeper(Service):
 
     def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:
         """Sweep finalized jobs, then stale definitions (which may only now have no jobs)."""
-        swept = self._batches(
-            conn,
-            "job_sweep_finalized",
-            {
-                "now": now,
-                "threshold_ms": self.finalized_job_threshold_ms,
-                "archive": self.archive,
-            },
-        )
+        swept = self._sweep_jobs(conn, now)
         stale = self._batches(
             conn,
             "definition_sweep_stale",
@@ -84,3 +82,25 @@ class Sweeper(Service):
         return RunResult(
             self.name, {"jobs_swept": len(swept), "definitions_swept": len(stale)}, tuple(emissions)
         )
+
+    def _sweep_jobs(
+        self, conn: psycopg.Connection[Any], now: dt.datetime | None
+    ) -> list[tuple[Any, ...]]:
+        """Old finalized jobs in batches: lock, then re-check and delete (two statements)."""
+        params = {"now": now, "threshold_ms": self.finalized_job_threshold_ms}
+        swept: list[tuple[Any, ...]] = []
+        for _ in range(MAX_BATCHES_PER_PASS):
+            with conn.transaction():
+                locked = conn.execute(
+                    self.config.queries["job_lock_sweepable"], {**params, "limit": self.batch_size}
+                ).fetchall()
+                if locked:
+                    swept.extend(
+                        conn.execute(
+                            self.config.queries["job_sweep_finalized"],
+                            {"ids": [row[0] for row in locked], "archive": self.archive},
+                        ).fetchall()
+                    )
+            if len(locked) < self.batch_size:
+                break
+        return swept

@@ -2,10 +2,10 @@
 
 Loop, in short:
 
-* the slots are split in two lanes (:mod:`._lanes`); a lane claims up to its
-  free slots in one statement (never more), and writes the finishes of its
-  jobs together with the claim of as many new jobs as they free, in one
-  transaction;
+* the slots form one lane, or two from concurrency 100 (:mod:`._lanes`); a
+  lane claims up to its free slots in one statement (never more), and writes
+  the finishes of its jobs together with the claim of as many new jobs as
+  they free, in one transaction;
 * a full claim means there may be more: the lane claims again with its next
   finishes; a short one means the channel is drained: claim nothing more
   until a NOTIFY, a freed slot of a limited definition, or
@@ -555,9 +555,20 @@ class Worker(Daemon):
                 name, params = statements[0]
                 cursors[name] = await conn.execute(queries[name], params)
             else:
-                async with conn.pipeline(), conn.transaction():
-                    for name, params in statements:
-                        cursors[name] = await conn.execute(queries[name], params)
+                # BEGIN and COMMIT as pipelined statements, not conn.transaction(),
+                # which waits for the COMMIT in a second round trip (1 ms here).
+                try:
+                    async with conn.pipeline():
+                        await conn.execute(queries["transaction_begin"])
+                        for name, params in statements:
+                            cursors[name] = await conn.execute(queries[name], params)
+                        await conn.execute(queries["transaction_commit"])
+                except BaseException:
+                    # A refused statement left the transaction aborted: end it
+                    # before the connection goes back to the pool.
+                    with contextlib.suppress(Exception):
+                        await conn.rollback()
+                    raise
             finished = cursors.get("job_finish_many")
             claimed = cursors.get("job_claim")
             rows = [] if finished is None else await finished.fetchall()

@@ -181,21 +181,38 @@ WITH ready AS MATERIALIZED (
 )
 SELECT id, definition, (SELECT n FROM woken) AS woken FROM released;
 
+-- name: job_lock_sweepable
+-- First statement of a sweep batch (E5, G4), in the transaction of
+-- job_sweep_finalized: lock up to %(limit)s jobs finalized before the
+-- threshold that no unfinished job depends on, oldest first. Locked rows
+-- are skipped (a defer that names one as a dependency holds it KEY SHARE).
+SELECT j.id FROM {schema}.job j
+WHERE j.finalized_at < coalesce(%(now)s::timestamptz, clock_timestamp())
+                       - %(threshold_ms)s * interval '1 millisecond'
+  AND NOT EXISTS (
+      SELECT 1 FROM {schema}.job_dependency d
+      JOIN {schema}.job w ON w.id = d.job_id
+      WHERE d.required_job_id = j.id AND w.finalized_at IS NULL)
+ORDER BY j.finalized_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
 -- name: job_sweep_finalized
--- Delete (or archive, then delete) up to %(limit)s jobs finalized before the
--- threshold that no unfinished job still depends on (E5, G4). Their attempt
--- log rows and dependency edges go with them.
+-- Second statement: delete (or archive, then delete) the locked jobs that
+-- still no unfinished job depends on. A statement of its own so that its
+-- snapshot follows the locks: a dependent deferred between the first
+-- statement's snapshot and its lock committed before this one's snapshot and
+-- is seen here, and a later one waits for the lock and then finds the job
+-- gone (its defer fails, naming the missing dependency). Checked in one
+-- statement, such a dependent's edge could go with the cascade and leave it
+-- waiting for ever. Attempt-log rows and dependency edges go with the job.
 WITH old AS MATERIALIZED (
     SELECT j.id FROM {schema}.job j
-    WHERE j.finalized_at < coalesce(%(now)s::timestamptz, clock_timestamp())
-                           - %(threshold_ms)s * interval '1 millisecond'
+    WHERE j.id = ANY(%(ids)s::bigint[])
       AND NOT EXISTS (
           SELECT 1 FROM {schema}.job_dependency d
           JOIN {schema}.job w ON w.id = d.job_id
           WHERE d.required_job_id = j.id AND w.finalized_at IS NULL)
-    ORDER BY j.finalized_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), archived AS (
     INSERT INTO {schema}.job_archive (
         id, definition, channel, status, priority, payload, result, attempt, max_attempts,

@@ -31,3 +31,11 @@ SELECT (SELECT count(*) FROM alive) > 0 AS alive, (SELECT count(*) FROM extended
 -- name: worker_touch
 -- Refresh a daemon's heartbeat; no row back means its row was removed.
 UPDATE {schema}.worker SET heartbeat_at = clock_timestamp() WHERE id = %(worker_id)s RETURNING id;
+
+-- name: transaction_begin
+-- A lane's transaction, opened and committed as statements of its pipeline:
+-- the whole lane write is one round trip (decision 0015).
+BEGIN;
+
+-- name: transaction_commit
+COMMIT;

@@ -7,6 +7,7 @@ milliseconds. Behaviour ids refer to ``shared/reference/seed-analysis.md`` §3.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Any
 
 import attrs
@@ -21,6 +22,7 @@ from orchestra._orchestrator._rescuer import Rescuer
 from orchestra._orchestrator._scheduler import RepeatScheduler, cron_ticks, interval_ticks
 from orchestra._orchestrator._service import RunResult
 from orchestra._orchestrator._sweeper import Sweeper
+from orchestra.errors import UnknownJobError
 from orchestra.testing import EventRecorder, wait_until
 from tests._worker_sql import claim, finish
 
@@ -37,6 +39,16 @@ def rows(
 ) -> list[tuple[Any, ...]]:
     """Run ``sql`` with ``{s}`` replaced by the quoted test schema."""
     return db.execute(sql.replace("{s}", f'"{config.schema}"'), list(params)).fetchall()
+
+
+def lock_waiters(db: psycopg.Connection[Any]) -> int:
+    """Backends of this database waiting for a lock."""
+    row = db.execute(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def noop(payload: Any = None) -> None:
@@ -412,6 +424,69 @@ class TestSweeper:
         later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
         assert kinds(self.sweeper(config).run_once(db, later)) == []
         assert a.status() == "succeeded"
+
+    def test_e5_dependent_committed_after_the_lock_snapshot_keeps_its_dependency(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """The delete re-checks dependents in a snapshot taken after the lock (E5).
+
+        As if job_lock_sweepable had picked A in a snapshot from just before a
+        dependent B committed: job_sweep_finalized, the second statement, sees
+        B and keeps A (a single statement used to delete A, and with it B's edge).
+        """
+        a = JobDefinition(config, name="a", job_function=noop).defer({})
+        rows(
+            db,
+            config,
+            "UPDATE {s}.job SET status = 'failed', finalized_at = now() - interval '2 days' "
+            "WHERE id = %s RETURNING id",
+            a.id,
+        )
+        b = JobDefinition(config, name="b", job_function=noop).defer({}, depends_on=[a])
+        assert b.status() == "waiting"
+        with db.transaction():
+            db.execute(f'SELECT id FROM "{config.schema}".job WHERE id = %s FOR UPDATE', [a.id])
+            swept = db.execute(
+                config.queries["job_sweep_finalized"], {"ids": [a.id], "archive": False}
+            ).fetchall()
+        assert swept == []
+        assert rows(db, config, "SELECT required_job_id FROM {s}.job_dependency") == [(a.id,)]
+
+    def test_e5_defer_on_a_job_being_swept_waits_and_names_it_missing(
+        self, config: Config, db: psycopg.Connection[Any], test_dsn: str
+    ) -> None:
+        """A defer naming a job the sweep has locked waits for the sweep and then fails cleanly (E5)."""
+        a = JobDefinition(config, name="a", job_function=noop).defer({})
+        b = JobDefinition(config, name="b", job_function=noop)
+        rows(
+            db,
+            config,
+            "UPDATE {s}.job SET status = 'succeeded', finalized_at = now() - interval '2 days' "
+            "WHERE id = %s RETURNING id",
+            a.id,
+        )
+        outcome: list[BaseException | None] = []
+        with psycopg.connect(test_dsn, autocommit=True) as sweeping, sweeping.transaction():
+            params = {"now": None, "threshold_ms": 3_600_000, "limit": 10}
+            locked = sweeping.execute(config.queries["job_lock_sweepable"], params).fetchall()
+            assert locked == [(a.id,)]
+
+            def defer() -> None:
+                try:
+                    b.defer({}, depends_on=[a])
+                    outcome.append(None)
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=defer)
+            thread.start()
+            wait_until(lambda: lock_waiters(db) > 0, timeout=10)  # blocked on A's lock
+            sweeping.execute(
+                config.queries["job_sweep_finalized"], {"ids": [a.id], "archive": False}
+            )
+        thread.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], UnknownJobError)
+        assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
 
     def test_archive_keeps_the_job_and_its_attempts(
         self, config: Config, db: psycopg.Connection[Any]

@@ -46,9 +46,9 @@ def statements(batch: list[Finish], claim: int) -> list[str]:
 class TestSplit:
     @pytest.mark.parametrize(
         ("concurrency", "sizes"),
-        [(1, [1]), (2, [1, 1]), (3, [2, 1]), (100, [50, 50]), (25, [13, 12])],
+        [(1, [1]), (2, [2]), (25, [25]), (99, [99]), (100, [50, 50]), (101, [51, 50])],
     )
-    def test_slots_are_split_in_at_most_two_near_equal_lanes(
+    def test_slots_are_split_in_at_most_two_lanes_of_fifty_or_more(
         self, concurrency: int, sizes: list[int]
     ) -> None:
         lanes = _lanes.split(concurrency)
