@@ -9,12 +9,12 @@ import inspect
 import json
 import logging
 import re
+import sys
 import threading
 import time
 import unicodedata
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
@@ -27,21 +27,16 @@ from orchestra._backoff import Backoff, milliseconds
 from orchestra.errors import ConfigurationError, OrchestraError, UnknownJobError
 
 if TYPE_CHECKING:
+    import opentelemetry.trace
+
     from orchestra._config import Config
     from orchestra._jobs import Job
 
-# OpenTelemetry is optional (extra ``otel``). Imported once here: when it is not
-# installed, defer pays one ``is None`` test and stores no trace context.
-# ``_otel_trace`` and ``_otel_propagate`` are the API modules, or None.
-_otel_trace: ModuleType | None
-_otel_propagate: ModuleType | None
-try:
-    import opentelemetry.propagate
-    import opentelemetry.trace
-except ImportError:  # pragma: no cover - the unit tests monkeypatch the None case
-    _otel_trace = _otel_propagate = None
-else:
-    _otel_trace, _otel_propagate = opentelemetry.trace, opentelemetry.propagate
+# OpenTelemetry is optional (extra ``otel``) and never imported by orchestra
+# itself at import time: a span can only be current if the application has
+# imported opentelemetry already, so current_trace_context looks it up in
+# sys.modules and pays one dict lookup when it is absent.
+_OTEL_TRACE = "opentelemetry.trace"
 
 # The payload type; Any when a definition declares none (plain JSON).
 P = TypeVar("P", default=Any)
@@ -802,13 +797,16 @@ def current_trace_context() -> str | None:
     ``{"traceparent":"00-...-...-01"}`` (plus ``tracestate`` and whatever else
     the propagator writes). :mod:`orchestra.otel` extracts it on the worker.
     """
-    if _otel_trace is None or _otel_propagate is None:
-        return None
-    span: opentelemetry.trace.Span = _otel_trace.get_current_span()
+    trace = sys.modules.get(_OTEL_TRACE)
+    if trace is None:
+        return None  # not imported by anyone: no span can be current
+    span: opentelemetry.trace.Span = trace.get_current_span()
     if not span.get_span_context().is_valid:
         return None
+    import opentelemetry.propagate  # noqa: PLC0415 (optional; cached after the first defer)
+
     carrier: dict[str, str] = {}
-    _otel_propagate.inject(carrier)
+    opentelemetry.propagate.inject(carrier)
     if not carrier:
         return None  # a no-op propagator (OTEL_PROPAGATORS=none)
     return json.dumps(carrier, separators=(",", ":"), sort_keys=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any, TypeVar
@@ -150,14 +151,21 @@ class TestProducerContext:
         )
         assert " " not in stored
 
-    def test_none_when_opentelemetry_is_not_installed(
+    def test_none_when_opentelemetry_is_not_imported(
         self, provider: TracerProvider, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """With the module-level API set to None (no extra), nothing is stored, even in a span."""
-        monkeypatch.setattr(_definition, "_otel_trace", None)
-        monkeypatch.setattr(_definition, "_otel_propagate", None)
+        """Without opentelemetry.trace in sys.modules (not installed, or never imported), nothing is stored."""
         with provider.get_tracer("producer").start_as_current_span("deferring"):
+            monkeypatch.delitem(sys.modules, "opentelemetry.trace")
             assert _definition.current_trace_context() is None
+
+    def test_import_orchestra_does_not_import_opentelemetry(self) -> None:
+        """A producer that does not trace pays no OpenTelemetry import."""
+        code = "import sys, orchestra; print('opentelemetry' in sys.modules)"
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert result.stdout.strip() == "False"
 
     def test_the_insert_parameters_carry_it(self, cfg: Any, provider: TracerProvider) -> None:
         """defer and defer_many pass it as %(trace_context)s; NULL outside a span."""
