@@ -83,7 +83,9 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
     applied_now: list[Migration] = []
     with conn.transaction():
         conn.execute(queries["migrate_lock"], {"lock_name": f"orchestra.migrate.{schema}"})
-        conn.execute(queries["schema_create"])
+        exists = conn.execute(queries["schema_exists"], {"schema": schema}).fetchone()
+        if not (exists and exists[0]):
+            conn.execute(queries["schema_create"])
         conn.execute(queries["schema_version_create"])
         done = {row[0] for row in conn.execute(queries["schema_version_list"])}
         for migration in migrations():

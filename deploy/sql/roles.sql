@@ -106,18 +106,15 @@ $$;
 -- worker may do whatever a producer may.
 GRANT :"producer_role" TO :"worker_role";
 
--- 2. The migrator owns the schema and everything in it. `orchestra migrate`
--- starts with CREATE SCHEMA IF NOT EXISTS, which PostgreSQL checks against
--- CREATE on the database even when the schema exists.
-SELECT current_database() AS dbname,
-       count(*) = 8 AS migrated
+-- 2. The migrator owns the schema and everything in it; it needs no CREATE
+-- on the database (`orchestra migrate` creates the schema only if missing).
+SELECT count(*) = 8 AS migrated
 FROM pg_catalog.pg_tables
 WHERE schemaname = :'schema'
   AND tablename IN ('schema_version', 'job_definition', 'job', 'job_attempt',
                     'job_dependency', 'worker', 'leader', 'job_archive')
 \gset orchestra_
 
-GRANT CREATE ON DATABASE :"orchestra_dbname" TO :"migrator_role";
 CREATE SCHEMA IF NOT EXISTS :"schema" AUTHORIZATION :"migrator_role";
 ALTER SCHEMA :"schema" OWNER TO :"migrator_role";
 

@@ -4,6 +4,12 @@
 -- Serialize migrators of one schema until the end of the transaction.
 SELECT pg_advisory_xact_lock(hashtextextended(%(lock_name)s, 0));
 
+-- name: schema_exists
+-- Asked before schema_create: PostgreSQL checks CREATE SCHEMA IF NOT EXISTS
+-- against CREATE on the database even when the schema exists, and a
+-- least-privilege migrator (deploy/sql/roles.sql) owns the schema only.
+SELECT to_regnamespace(%(schema)s) IS NOT NULL;
+
 -- name: schema_create
 CREATE SCHEMA IF NOT EXISTS {schema};
 

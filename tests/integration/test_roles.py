@@ -179,9 +179,9 @@ def apply_psql_script(
 def serialized(admin: psycopg.Connection[Any]) -> Iterator[None]:
     """Hold a cluster-wide lock while roles.sql is applied or its roles dropped.
 
-    Every test grants (and DROP OWNED revokes) CREATE on the same database, and
-    two sessions changing one database's ACL at once fail with "tuple
-    concurrently updated" (PostgreSQL does not lock catalog rows for GRANT).
+    Two sessions changing the same catalog rows at once (grants on the
+    database's shared objects, DROP OWNED) can fail with "tuple concurrently
+    updated": PostgreSQL does not lock catalog rows for GRANT.
     """
     admin.execute("SELECT pg_advisory_lock(hashtext('orchestra tests: roles.sql'))")
     try:
@@ -356,6 +356,8 @@ def test_the_migrator_owns_the_schema_and_migrates_it(roles: Roles) -> None:
             [roles.schema],
         ).fetchall()
         assert owners == [(roles.group["migrator"],)]
+        row = conn.execute("SELECT has_database_privilege(current_database(), 'CREATE')").fetchone()
+        assert row == (False,)  # least privilege: migrate needs only the schema it owns
     with roles.config("migrator") as migrator:
         assert migrator.prepare_schema() == []  # advisory lock, version table: allowed
         migrator.check_schema()
