@@ -197,6 +197,9 @@ class Worker(Daemon):
         self._lone_claim = False
         self._kick_scheduled = False
         self._maybe_more = True
+        #: Notifications received: a claim that came back short while one
+        #: arrived may have missed its job, and must not clear _maybe_more.
+        self._notifications = 0
         #: The rate-limited backlog's next release, when sooner than the poll.
         self._release_wait_s: float | None = None
         self._pool: AsyncConnectionPool[Any] | None = None
@@ -387,6 +390,7 @@ class Worker(Daemon):
 
     def _on_notify(self) -> None:
         self._maybe_more = True
+        self._notifications += 1
         # Claim right here, on the listener's turn of the loop, rather than a
         # turn later in the wake loop: this is the idle worker's latency path.
         # The wake-up still resets the polling timer.
@@ -478,6 +482,7 @@ class Worker(Daemon):
         """A lane statement: record ``batch``, claim up to ``claim`` jobs; retried on errors."""
         lone = not batch
         claimed: list[Claimed] = []
+        notifications = self._notifications
         try:
             while True:
                 if self.stopping:
@@ -497,7 +502,9 @@ class Worker(Daemon):
                     continue
                 except psycopg.DataError as exc:
                     if not batch:
-                        raise
+                        await self._database_error("claim", exc)
+                        claim = 0  # given up: the next kick claims again
+                        break
                     # The data of some row is refused (not the connection):
                     # write the rows one by one so that one bad row cannot
                     # block the rest; claim with the next statement.
@@ -505,7 +512,8 @@ class Worker(Daemon):
                 except Exception as exc:  # connection lost, server restarting ...
                     await self._database_error("finish" if batch else "claim", exc)
                     if not batch:
-                        break  # the next kick claims again
+                        claim = 0  # given up: the next kick claims again
+                        break
                     continue  # the batch is retried: fenced, so at worst refused
                 self._error_streak = 0
                 self._key_conflicts = 0
@@ -518,7 +526,9 @@ class Worker(Daemon):
             for job in [*claimed, *guarded]:
                 self._start_job(job, lane)
             if claim:
-                self._maybe_more = len(claimed) + len(guarded) >= claim
+                self._maybe_more = (
+                    len(claimed) + len(guarded) >= claim or self._notifications != notifications
+                )
         finally:
             lane.writing = False
             if lone:
