@@ -813,11 +813,21 @@ def current_trace_context() -> str | None:
 
 
 def dedup_key(payload_json: str) -> str:
-    """The unique key ``dedup=True`` derives from a payload: key order does not matter (I6)."""
-    canonical = json.dumps(
-        json.loads(payload_json), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    """The unique key ``dedup=True`` derives from a payload (I6).
+
+    Equal JSON values give one key: object key order does not matter, and a
+    number is a number however it is written (``1``, ``1.0`` and ``1e0`` are
+    equal, as in a jsonb comparison). Payloads without integral floats hash
+    exactly as before this rule, so existing keys stay valid.
+    """
+    value = json.loads(payload_json, parse_float=_integral_as_int)
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _integral_as_int(text: str) -> float | int:
+    number = float(text)
+    return int(number) if number.is_integer() else number
 
 
 def _check_key(value: object, argument: str) -> str:

@@ -176,8 +176,20 @@ class TestDedupPayload:
 
     @pytest.mark.parametrize(
         ("one", "other"),
+        [({"n": 1}, {"n": 1.0}), ({"n": [100, -0.0]}, {"n": [1e2, 0]})],
+    )
+    def test_i6_dedup_compares_numbers_by_value(self, config: Config, one: Any, other: Any) -> None:
+        """I6: 1 and 1.0 are the same JSON number (and equal as jsonb): one job."""
+        definition = plain(config)
+        first = definition.defer(one, dedup=True)
+        second = definition.defer(other, dedup=True)
+        assert (second.id, second.deduplicated) == (first.id, True)
+
+    @pytest.mark.parametrize(
+        ("one", "other"),
         [
             ({"a": 1}, {"a": 2}),
+            ({"a": 1.5}, {"a": 1}),
             ({"a": [1, 2]}, {"a": [2, 1]}),
             ({"a": 1}, {"a": 1, "b": None}),
             ({"a": "1"}, {"a": 1}),
