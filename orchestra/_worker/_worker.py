@@ -362,8 +362,10 @@ class Worker(Daemon):
         if self._tasks:
             # Statements still retrying are given up; callbacks may finish.
             await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
-            for task in self._tasks:
+            left = list(self._tasks)
+            for task in left:
                 task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
         for task in side_tasks:
             task.cancel()
         await asyncio.gather(*side_tasks, return_exceptions=True)

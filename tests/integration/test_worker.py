@@ -694,3 +694,29 @@ class TestDependencyRace:
         with running(Worker(config, concurrency=4, event_handler=recorder)):
             recorder.wait_for(events.WorkerJobSucceeded, count=4)
         assert order[0] == "a" and order[-1] == "d" and sorted(order[1:3]) == ["b", "c"]
+
+
+class TestConnectionLoss:
+    def test_finishes_are_retried_after_the_worker_loses_its_connections(
+        self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
+    ) -> None:
+        """Connections killed while jobs run: the lane's write fails, is retried, and
+        every job is recorded once, on its first attempt (fenced finish, decision 0015)."""
+        release = threading.Event()
+        blocked = make(config, "blocked", lambda p: release.wait(30))
+        handles = [blocked.defer({}) for _ in range(4)]
+        worker = Worker(config, concurrency=4, event_handler=recorder, listen_notify=False)
+        with running(worker):
+            recorder.wait_for(events.WorkerJobClaimed, count=4)
+            assert worker._pool is not None
+            pids = [conn.info.backend_pid for conn in worker._pool._pool]  # idle in the pool
+            assert pids
+            db.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
+            release.set()
+            recorder.wait_for(events.WorkerJobSucceeded, count=4, timeout=30)
+        errors = recorder.of_type(events.DaemonDatabaseError)
+        assert [e.operation for e in errors][:1] == ["finish"]
+        rows = db.execute(
+            f'SELECT job_id, attempt, outcome FROM "{config.schema}".job_attempt ORDER BY job_id'
+        ).fetchall()
+        assert rows == [(h.id, 1, "succeeded") for h in handles]
