@@ -35,6 +35,7 @@ def embedded_dsn(*, announce: bool = True) -> str:
         server = _servers.get(data_dir)
         if server is None:
             try:
+                import fasteners  # type: ignore[import-untyped]  # noqa: PLC0415  (pgserver's)
                 import pgserver  # noqa: PLC0415  (optional extra, imported on demand)
             except ImportError as exc:
                 raise EmbeddedServerError(
@@ -42,8 +43,13 @@ def embedded_dsn(*, announce: bool = True) -> str:
                     "not installed: pip install 'orchestra-queue[embedded]', or set ORCHESTRA_DSN"
                 ) from exc
             data_dir.mkdir(parents=True, exist_ok=True)
+            # Processes starting at once (pytest-xdist workers, a worker and
+            # the CLI) must not both run initdb on a new directory: the second
+            # fails once the first has handed it to the server's user.
+            startup = fasteners.InterProcessLock(str(data_dir.parent / "pgdata.startup.lock"))
             try:
-                server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+                with startup:
+                    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
             except Exception as exc:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL in {data_dir} did not start: {exc}"
