@@ -13,19 +13,45 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 from orchestra import _converter
 from orchestra._definition import JobContext, JobDefinition
-from orchestra._worker._lanes import Finish, Outcome
 from orchestra.errors import PayloadError
 
 #: Errors and tracebacks are stored bounded: a job must not be able to bloat
 #: the attempt log (or exceed a NOTIFY or log line) with a megabyte message.
 ERROR_MAX_CHARS = 4_000
 TRACEBACK_MAX_CHARS = 32_000
+
+
+Outcome = Literal["succeeded", "failed", "interrupted", "timed_out", "released"]
+
+
+@attrs.define
+class Finish:
+    """The end of one attempt, waiting to be committed."""
+
+    job_id: int
+    definition: str
+    attempt: int
+    max_attempts: int
+    token: uuid.UUID
+    started_at: dt.datetime
+    outcome: Outcome
+    result: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    retry_delay_ms: int = 0
+    duration_ms: int = 0
+    payload_invalid: bool = False
+    #: The database refused to record it (bad data); nothing was written.
+    dropped: bool = False
+    # Filled in from the statement's result:
+    committed_status: str | None = None
+    committed_run_at: dt.datetime | None = None
 
 
 @attrs.frozen

@@ -20,13 +20,15 @@ never overwrite a newer state: at worst it is refused.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import uuid
-from typing import Any, Literal
+import contextlib
+from typing import Any
 
 import attrs
+import psycopg
+from psycopg_pool import AsyncConnectionPool
 
-Outcome = Literal["succeeded", "failed", "interrupted", "timed_out", "released"]
+from orchestra._sql import Queries
+from orchestra._worker._attempts import Claimed, Finish
 
 #: Most finishes per statement; a larger backlog takes several statements.
 MAX_BATCH = 1000
@@ -41,30 +43,6 @@ MIN_LANE_SLOTS = 50
 #: batch claimed together mostly finishes together, and one statement for all
 #: of it beats a statement for the first job and another for the rest.
 FLUSH_WINDOW_S = 0.002
-
-
-@attrs.define
-class Finish:
-    """The end of one attempt, waiting to be committed."""
-
-    job_id: int
-    definition: str
-    attempt: int
-    max_attempts: int
-    token: uuid.UUID
-    started_at: dt.datetime
-    outcome: Outcome
-    result: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    retry_delay_ms: int = 0
-    duration_ms: int = 0
-    payload_invalid: bool = False
-    #: The database refused to record it (bad data); nothing was written.
-    dropped: bool = False
-    # Filled in from the statement's result:
-    committed_status: str | None = None
-    committed_run_at: dt.datetime | None = None
 
 
 @attrs.define(eq=False)
@@ -204,3 +182,38 @@ def apply_committed(batch: list[Finish], rows: list[tuple[Any, ...]]) -> None:
         if row is not None:
             finish.committed_status = row[1]
             finish.committed_run_at = row[2]
+
+
+async def execute(
+    pool: AsyncConnectionPool[Any], queries: Queries, statements: list[Statement]
+) -> tuple[list[tuple[Any, ...]], list[Claimed]]:
+    """Run a lane's statements (:func:`lane_statements`) in one round trip.
+
+    Returns the rows ``job_finish_many`` returned and the jobs claimed. Several
+    statements run in one transaction, its ``BEGIN`` and ``COMMIT`` sent as
+    statements of the pipeline: ``conn.transaction()`` would wait for the
+    ``COMMIT`` in a second round trip (1 ms here).
+    """
+    cursors: dict[str, psycopg.AsyncCursor[Any]] = {}
+    async with pool.connection() as conn:
+        if len(statements) == 1:
+            name, params = statements[0]
+            cursors[name] = await conn.execute(queries[name], params)
+        else:
+            try:
+                async with conn.pipeline():
+                    await conn.execute(queries["transaction_begin"])
+                    for name, params in statements:
+                        cursors[name] = await conn.execute(queries[name], params)
+                    await conn.execute(queries["transaction_commit"])
+            except BaseException:
+                # A refused statement left the transaction aborted: end it
+                # before the connection goes back to the pool.
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                raise
+        finished = cursors.get("job_finish_many")
+        claimed = cursors.get("job_claim")
+        rows = [] if finished is None else await finished.fetchall()
+        jobs = [] if claimed is None else [Claimed(*row) for row in await claimed.fetchall()]
+    return rows, jobs

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
-import inspect
 import logging
 import threading
 import time
@@ -35,7 +34,6 @@ from typing import Any
 
 import attrs
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from orchestra import _converter, _db, _migrate, events
@@ -49,11 +47,11 @@ from orchestra._definition import (
     _check_int,
     _check_name,
 )
-from orchestra._jobs import job_from_row
 from orchestra._worker import _attempts, _lanes
-from orchestra._worker._attempts import Claimed
+from orchestra._worker._attempts import Claimed, Finish
+from orchestra._worker._callbacks import run_callbacks
 from orchestra._worker._children import ChildPool, ChildRequest
-from orchestra._worker._lanes import MAX_BATCH, Finish, Lane
+from orchestra._worker._lanes import MAX_BATCH, Lane
 from orchestra._worker._listener import Listener
 from orchestra._worker._threads import ThreadRunner
 from orchestra.errors import ConfigurationError, PayloadError
@@ -561,31 +559,7 @@ class Worker(Daemon):
         )
         if claim:
             self.stats.claim_queries += 1
-        cursors: dict[str, psycopg.AsyncCursor[Any]] = {}
-        async with self._pool.connection() as conn:
-            if len(statements) == 1:
-                name, params = statements[0]
-                cursors[name] = await conn.execute(queries[name], params)
-            else:
-                # BEGIN and COMMIT as pipelined statements, not conn.transaction(),
-                # which waits for the COMMIT in a second round trip (1 ms here).
-                try:
-                    async with conn.pipeline():
-                        await conn.execute(queries["transaction_begin"])
-                        for name, params in statements:
-                            cursors[name] = await conn.execute(queries[name], params)
-                        await conn.execute(queries["transaction_commit"])
-                except BaseException:
-                    # A refused statement left the transaction aborted: end it
-                    # before the connection goes back to the pool.
-                    with contextlib.suppress(Exception):
-                        await conn.rollback()
-                    raise
-            finished = cursors.get("job_finish_many")
-            claimed = cursors.get("job_claim")
-            rows = [] if finished is None else await finished.fetchall()
-            jobs = [] if claimed is None else [Claimed(*row) for row in await claimed.fetchall()]
-        return rows, jobs
+        return await _lanes.execute(self._pool, queries, statements)
 
     async def _write_one_by_one(
         self, batch: list[Finish], first_error: BaseException
@@ -835,7 +809,8 @@ class Worker(Daemon):
         self, running: _Running, finish: Finish, definition: JobDefinition[Any]
     ) -> None:
         try:
-            await self._run_callbacks(finish, definition)
+            assert self._pool is not None
+            await run_callbacks(self._pool, self.config.queries, finish, definition)
         finally:
             self._free(running, definition)
 
@@ -849,60 +824,6 @@ class Worker(Daemon):
             self._maybe_more = True
         if self._maybe_more and self._wakeup is not None:
             self._wakeup.set()
-
-    async def _run_callbacks(self, finish: Finish, definition: JobDefinition[Any]) -> None:
-        """Call on_attempt, then on_success or on_failure, once each, with the updated job (I5).
-
-        Only for an attempt whose end was committed: a fenced or handed-back
-        attempt did not happen as far as the queue is concerned. A callback
-        that raises is logged and changes nothing (the job's state is
-        committed already). If this process dies between the commit and the
-        call, the callbacks of that attempt are lost: they are at most once;
-        use events or a follow-up job for what must not be lost.
-        """
-        status = finish.committed_status
-        if finish.dropped or status is None or finish.outcome == "released":
-            return
-        callbacks = [definition.on_attempt]
-        if status == "succeeded":
-            callbacks.append(definition.on_success)
-        elif status == "failed":
-            callbacks.append(definition.on_failure)
-        todo = [c for c in callbacks if c is not None]
-        if not todo:
-            return
-        try:
-            assert self._pool is not None
-            async with self._pool.connection() as conn:
-                cursor = conn.cursor(row_factory=dict_row)
-                await cursor.execute(
-                    self.config.queries["manage_job_get"],
-                    {"id": finish.job_id, "with_attempts": True},
-                )
-                row = await cursor.fetchone()
-        except Exception as exc:
-            logger.warning(
-                "job %d: could not read the job back for its callbacks, skipped: %s",
-                finish.job_id,
-                _db.redact(_attempts.describe(exc)),
-            )
-            return
-        if row is None:  # deleted in the meantime
-            return
-        job = job_from_row(row)
-        for callback in todo:
-            try:
-                if inspect.iscoroutinefunction(callback):
-                    await callback(job)
-                else:
-                    await asyncio.to_thread(callback, job)
-            except Exception:
-                logger.exception(
-                    "job %d: callback %s of %r raised; the job is not affected",
-                    finish.job_id,
-                    getattr(callback, "__qualname__", repr(callback)),
-                    definition.name,
-                )
 
     def _report(self, finish: Finish) -> None:
         """Emit the event of a committed (or fenced) finish."""

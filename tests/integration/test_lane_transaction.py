@@ -8,8 +8,7 @@ import psycopg
 
 from orchestra import Config, JobDefinition
 from orchestra._worker import _lanes
-from orchestra._worker._attempts import Claimed
-from orchestra._worker._lanes import Finish
+from orchestra._worker._attempts import Claimed, Finish
 from tests._worker_sql import claim
 
 

@@ -10,13 +10,14 @@ import uuid
 import pytest
 
 from orchestra._worker import _lanes
-from orchestra._worker._lanes import FLUSH_WINDOW_S, Finish, Lane
+from orchestra._worker._attempts import Finish, Outcome
+from orchestra._worker._lanes import FLUSH_WINDOW_S, Lane
 from orchestra._worker._threads import ThreadRunner
 
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
 
 
-def make_finish(job_id: int, outcome: _lanes.Outcome = "succeeded") -> Finish:
+def make_finish(job_id: int, outcome: Outcome = "succeeded") -> Finish:
     return Finish(
         job_id=job_id,
         definition="d",
