@@ -239,6 +239,7 @@ ON :"schema".worker TO :"worker_role";
 --   job_rescue_expired, job_rescue_stale_workers, job_finalize_timed_out,
 --   job_finalize_unmet_dependencies, job_release_satisfied   update jobs, log lost/timed-out attempts
 --   job_sweep_finalized (archive: INSERT into job_archive), definition_sweep_stale
+--   job_archive_prune (archive_retention_ms: DELETE from job_archive)
 GRANT SELECT ON
     :"schema".schema_version, :"schema".job_definition, :"schema".job,
     :"schema".job_attempt, :"schema".job_dependency, :"schema".worker,
@@ -247,7 +248,8 @@ TO :"orchestrator_role";
 GRANT INSERT, UPDATE, DELETE ON
     :"schema".job_definition, :"schema".job, :"schema".worker, :"schema".leader
 TO :"orchestrator_role";
-GRANT INSERT ON :"schema".job_attempt, :"schema".job_archive TO :"orchestrator_role";
+GRANT INSERT ON :"schema".job_attempt TO :"orchestrator_role";
+GRANT INSERT, DELETE ON :"schema".job_archive TO :"orchestrator_role";
 
 -- Dashboard: reads every table (orchestra jobs list/show, orchestra
 -- definitions list, config.jobs.get/list/count/definitions, the web

@@ -72,6 +72,8 @@ class Orchestrator(Daemon):
         gauges_interval_ms: how often queue depth and live daemons are counted
             (OrchestratorQueueGauges, for metrics).
         archive: move swept jobs to ``job_archive`` instead of deleting them.
+        archive_retention_ms: delete archived jobs finalized longer ago than
+            this (None, the default: keep the archive for ever).
         batch_size: rows per maintenance statement.
     """
 
@@ -94,6 +96,7 @@ class Orchestrator(Daemon):
         leader_lease_ms: int | dt.timedelta = 15_000,
         gauges_interval_ms: int | dt.timedelta = 15_000,
         archive: bool = False,
+        archive_retention_ms: int | dt.timedelta | None = None,
         batch_size: int = BATCH_SIZE_DEFAULT,
     ) -> None:
         super().__init__(name=name, event_handler=event_handler)
@@ -140,6 +143,9 @@ class Orchestrator(Daemon):
                     stale_definition_threshold_ms, "stale_definition_threshold_ms", 0
                 ),
                 archive=bool(archive),
+                archive_retention_ms=None
+                if archive_retention_ms is None
+                else _interval(archive_retention_ms, "archive_retention_ms", 0),
                 batch_size=batch_size,
             ),
             QueueGauges(

@@ -8,11 +8,13 @@ What it does, in bounded batches:
   rows and dependency edges go with them;
 * definitions not heartbeated for ``stale_definition_threshold_ms`` and with
   no job at all are deleted (G2, G3), so a definition removed from the code
-  disappears once its last job is swept.
+  disappears once its last job is swept;
+* with ``archive_retention_ms``, archived jobs finalized longer ago than that
+  are deleted from ``job_archive`` (by default the archive is kept for ever).
 
 Options: ``clean_interval_ms`` (default 300 000),
 ``finalized_job_threshold_ms`` (43 200 000), ``stale_definition_threshold_ms``
-(3 600 000), ``archive`` (False).
+(3 600 000), ``archive`` (False), ``archive_retention_ms`` (None).
 Events: OrchestratorFinalizedJobSwept, OrchestratorStaleDefinitionSwept.
 """
 
@@ -47,12 +49,14 @@ class Sweeper(Service):
         finalized_job_threshold_ms: int,
         stale_definition_threshold_ms: int,
         archive: bool,
+        archive_retention_ms: int | None = None,
         batch_size: int = BATCH_SIZE_DEFAULT,
     ) -> None:
         super().__init__(config, interval_ms=interval_ms, batch_size=batch_size)
         self.finalized_job_threshold_ms = finalized_job_threshold_ms
         self.stale_definition_threshold_ms = stale_definition_threshold_ms
         self.archive = archive
+        self.archive_retention_ms = archive_retention_ms
 
     def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:
         """Sweep finalized jobs, then stale definitions (which may only now have no jobs)."""
@@ -65,6 +69,13 @@ class Sweeper(Service):
                 "threshold_ms": self.stale_definition_threshold_ms,
             },
         )
+        pruned: list[tuple[Any, ...]] = []
+        if self.archive_retention_ms is not None:
+            pruned = self._batches(
+                conn,
+                "job_archive_prune",
+                {"now": now, "retention_ms": self.archive_retention_ms},
+            )
         emissions = [
             Emission(
                 events.OrchestratorFinalizedJobSwept,
@@ -79,9 +90,12 @@ class Sweeper(Service):
             Emission(events.OrchestratorStaleDefinitionSwept, {"definition": name})
             for (name,) in stale
         ]
-        return RunResult(
-            self.name, {"jobs_swept": len(swept), "definitions_swept": len(stale)}, tuple(emissions)
-        )
+        counts = {
+            "jobs_swept": len(swept),
+            "definitions_swept": len(stale),
+            "archived_jobs_pruned": len(pruned),
+        }
+        return RunResult(self.name, counts, tuple(emissions))
 
     def _sweep_jobs(
         self, conn: psycopg.Connection[Any], now: dt.datetime | None

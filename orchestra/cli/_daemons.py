@@ -145,6 +145,14 @@ def migrate(ctx: click.Context, dsn: str | None, schema: str) -> None:
     help="Orchestrator: move swept jobs to the job_archive table instead of deleting them.",
 )
 @click.option(
+    "--archive-retention-ms",
+    type=click.IntRange(0),
+    default=None,
+    metavar="MS",
+    help="Orchestrator: delete archived jobs finalized longer ago than this "
+    "(default: keep the archive for ever).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -182,6 +190,7 @@ def daemon(
     finalize_interval_ms: int,
     clean_interval_ms: int,
     archive: bool,
+    archive_retention_ms: int | None,
     log_format: str,
     log_level: str,
     metrics_port: int | None,
@@ -230,6 +239,7 @@ def daemon(
                 finalize_interval_ms=finalize_interval_ms,
                 clean_interval_ms=clean_interval_ms,
                 archive=archive,
+                archive_retention_ms=archive_retention_ms,
             )
         )
     asyncio.run(run_together(daemons))

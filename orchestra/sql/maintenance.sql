@@ -231,6 +231,18 @@ WITH old AS MATERIALIZED (
 DELETE FROM {schema}.job j USING old WHERE j.id = old.id
 RETURNING j.id, j.definition;
 
+-- name: job_archive_prune
+-- Delete up to %(limit)s archived jobs finalized more than %(retention_ms)s
+-- ago, oldest first (the orchestrator's archive_retention_ms).
+DELETE FROM {schema}.job_archive a
+WHERE a.id IN (
+    SELECT id FROM {schema}.job_archive
+    WHERE finalized_at < coalesce(%(now)s::timestamptz, clock_timestamp())
+                         - %(retention_ms)s * interval '1 millisecond'
+    ORDER BY finalized_at
+    LIMIT %(limit)s)
+RETURNING a.id;
+
 -- name: definition_sweep_stale
 -- Delete up to %(limit)s definitions that no daemon heartbeated for the
 -- threshold and that have no job at all, finalized ones included (G2, G3).

@@ -505,6 +505,35 @@ class TestSweeper:
         assert [a["outcome"] for a in archived[0][3]] == ["succeeded"]
         assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
 
+    def test_archive_retention_prunes_only_old_archived_jobs(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """archive_retention_ms deletes archived jobs finalized longer ago; None keeps them all."""
+        definition = JobDefinition(config, name="job", job_function=noop)
+        old, recent = definition.defer({}), definition.defer({})
+        rows(
+            db,
+            config,
+            "UPDATE {s}.job SET status = 'succeeded', "
+            "finalized_at = CASE WHEN id = %s THEN now() - interval '10 days' "
+            "ELSE now() - interval '2 days' END RETURNING id",
+            old.id,
+        )
+        now = dt.datetime.now(dt.UTC)
+        self.sweeper(config, archive=True).run_once(db, now)  # both archived, none pruned
+        assert rows(db, config, "SELECT count(*) FROM {s}.job_archive") == [(2,)]
+        keeper = Sweeper(
+            config,
+            interval_ms=300_000,
+            finalized_job_threshold_ms=3_600_000,
+            stale_definition_threshold_ms=3_600_000,
+            archive=True,
+            archive_retention_ms=7 * 24 * 3_600_000,
+        )
+        result = keeper.run_once(db, now)
+        assert result.counts["archived_jobs_pruned"] == 1
+        assert rows(db, config, "SELECT id FROM {s}.job_archive") == [(recent.id,)]
+
     def test_g2_g3_stale_definitions_without_jobs_are_swept(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:

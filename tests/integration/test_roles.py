@@ -33,6 +33,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from orchestra import Config, JobContext, JobDefinition, Orchestrator, Worker, events
+from orchestra._orchestrator._sweeper import Sweeper
 from orchestra.testing import EventRecorder, wait_until
 
 ROLES_SQL = Path(__file__).resolve().parents[2] / "deploy" / "sql" / "roles.sql"
@@ -536,8 +537,14 @@ def test_the_orchestrator_runs_its_maintenance(
             assert count(conn, "SELECT count(*) FROM {s}.job_archive", s) >= 4
             assert count(conn, "SELECT count(*) FROM {s}.worker", s) == 0
             denied(conn, "DELETE FROM {s}.job_attempt", s)
-            denied(conn, "DELETE FROM {s}.job_archive", s)
             denied(conn, "DROP TABLE {s}.job_archive", s)
+            # archive_retention_ms: the sweep may prune the archive it fills.
+            sweeper = by_name["sweeper"]
+            assert isinstance(sweeper, Sweeper)
+            sweeper.archive_retention_ms = 24 * 3_600_000
+            pruned = sweeper.run_once(conn, now + dt.timedelta(days=5))
+            assert pruned.counts["archived_jobs_pruned"] >= 4
+            assert count(conn, "SELECT count(*) FROM {s}.job_archive", s) == 0
 
 
 def test_the_dashboard_reads_everything_and_writes_nothing(
