@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 
 from orchestra import Config, JobDefinition
-from orchestra._worker import _lanes
+from orchestra._worker import _attempts, _lanes
 from orchestra._worker._attempts import Claimed, Finish
 from tests._worker_sql import claim
 
@@ -40,17 +40,8 @@ def run_lane(
 
 
 def succeeded(row: tuple[Any, ...]) -> Finish:
-    job = Claimed(*row)
-    return Finish(
-        job_id=job.id,
-        definition=job.definition,
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        token=job.token,
-        started_at=job.started_at,
-        outcome="succeeded",
-        result="1",
-    )
+    """The success of a claimed row's attempt, as a job thread would report it."""
+    return _attempts.finish(Claimed(*row), "succeeded", result="1")
 
 
 class TestLaneTransaction:
