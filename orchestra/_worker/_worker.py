@@ -628,6 +628,15 @@ class Worker(Daemon):
             queue_wait_ms=max(0, round((job.started_at - job.run_at).total_seconds() * 1000)),
             trace_context=job.trace_context,
         )
+        stale = self._running.get(job.id)
+        if stale is not None:
+            # Our earlier attempt of this job lost its lease (heartbeats failed
+            # for a lease interval) and the job was rescued and claimed again:
+            # that attempt's finish will be fenced; stop counting it.
+            stale.lane.running -= 1
+            if not stale.submitted:
+                stale.lane.unfinished -= 1
+                stale.submitted = True
         running = _Running(job, lane, time.monotonic())
         self._running[job.id] = running
         lane.running += 1
