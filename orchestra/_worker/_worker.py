@@ -194,6 +194,8 @@ class Worker(Daemon):
         #: worker's poll or wake-up costs one statement, not one per lane.
         self._lone_claim = False
         self._kick_scheduled = False
+        #: Shutting down (after a stop, or after a failure): no more claims.
+        self._closing = False
         self._maybe_more = True
         #: Notifications received: a claim that came back short while one
         #: arrived may have missed its job, and must not clear _maybe_more.
@@ -340,6 +342,8 @@ class Worker(Daemon):
         return len(leftovers)
 
     async def _shutdown(self, side_tasks: list[asyncio.Task[None]]) -> None:
+        # Also reached when _main failed without a stop: claim nothing more.
+        self._closing = True
         deadline = time.monotonic() + FLUSH_GRACE_S
         while any(lane.busy for lane in self._lanes):
             self._lane_done.clear()
@@ -349,13 +353,12 @@ class Worker(Daemon):
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lane_done.wait(), remaining)
-        backlog = sum(len(lane.pending) for lane in self._lanes if lane.busy)
         if any(lane.busy for lane in self._lanes):
             logger.warning(
                 "%s: could not record %d finished attempt(s) before stopping; "
                 "their leases will expire and the jobs will be rescued",
                 self.daemon_name,
-                backlog + sum(1 for r in self._running.values() if r.submitted),
+                sum(1 for r in self._running.values() if r.submitted),
             )
         if self._tasks:
             # Statements still retrying are given up; callbacks may finish.
@@ -441,7 +444,7 @@ class Worker(Daemon):
         """Start the lane's next statement if it has finishes to write or slots to fill."""
         if lane.writing:
             return
-        wait = 0.0 if self.stopping else lane.hold_back(time.monotonic())
+        wait = 0.0 if self._no_more_claims else lane.hold_back(time.monotonic())
         if wait:
             if lane.flush_timer is None:
                 lane.flush_timer = asyncio.get_running_loop().call_later(
@@ -453,7 +456,7 @@ class Worker(Daemon):
             lane.flush_timer = None
         batch = lane.pending[:MAX_BATCH]
         claim = 0
-        if self._maybe_more and not self.stopping:
+        if self._maybe_more and not self._no_more_claims:
             # The batch's jobs hold their slots until the commit, where the
             # claim takes them over; except a job with callbacks, which keeps
             # its slot until they return.
@@ -470,6 +473,10 @@ class Worker(Daemon):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def _no_more_claims(self) -> bool:
+        return self.stopping or self._closing
+
     def _flush_due(self, lane: Lane) -> None:
         lane.flush_timer = None
         self._kick(lane)
@@ -485,7 +492,7 @@ class Worker(Daemon):
         notifications = self._notifications
         try:
             while True:
-                if self.stopping:
+                if self._no_more_claims:
                     claim = 0
                 if not batch and not claim:
                     break
@@ -521,7 +528,7 @@ class Worker(Daemon):
                 break
             self._committed(batch)
             guarded: list[Claimed] = []
-            if claim and len(claimed) < claim and not self.stopping:
+            if claim and len(claimed) < claim and not self._no_more_claims:
                 guarded = await self._claim_limited(claim - len(claimed))
             for job in [*claimed, *guarded]:
                 self._start_job(job, lane)
