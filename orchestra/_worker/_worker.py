@@ -202,6 +202,9 @@ class Worker(Daemon):
         self._notifications = 0
         #: The rate-limited backlog's next release, when sooner than the poll.
         self._release_wait_s: float | None = None
+        #: This channel's limited definitions and their shortest release
+        #: interval, read at the start (as the definitions are written then).
+        self._limited: tuple[list[str], float] = ([], 0.0)
         self._pool: AsyncConnectionPool[Any] | None = None
         self._threads: ThreadRunner[Finish] | None = None
         self._children: ChildPool | None = None
@@ -228,6 +231,7 @@ class Worker(Daemon):
     async def _main(self) -> None:
         dsn = self.config.dsn
         await asyncio.to_thread(self._start_up)
+        self._limited = self._limited_definitions()
 
         self._pool = AsyncConnectionPool(
             dsn,
@@ -596,7 +600,7 @@ class Worker(Daemon):
         Lock the limited definitions, then claim in a fresh snapshot. Errors
         are reported and the claim given up: the next statement tries again.
         """
-        definitions, release_s = self._limited_definitions()
+        definitions, release_s = self._limited
         if not definitions:
             return []
         assert self._pool is not None
@@ -704,8 +708,8 @@ class Worker(Daemon):
     def _threads_done(self, finishes: list[Finish]) -> None:
         """Attempts returned by job threads: hand their finishes to their lanes."""
         for finish in finishes:
-            running = self._running.get(finish.job_id)
-            if running is None or running.submitted or running.job.token != finish.token:
+            running = self._attempt_of(finish)
+            if running is None or running.submitted:
                 continue  # interrupted by the stop: recorded already
             if running.timer is not None:
                 running.timer.cancel()
@@ -793,6 +797,13 @@ class Worker(Daemon):
             payload_invalid=reply.payload_invalid,
         )
 
+    def _attempt_of(self, finish: Finish) -> _Running | None:
+        """The running entry of the attempt ``finish`` ends, if it is still ours."""
+        running = self._running.get(finish.job_id)
+        if running is None or running.job.token != finish.token:
+            return None  # a newer claim of the same job (this attempt lost its lease)
+        return running
+
     def _submit(self, running: _Running, finish: Finish) -> None:
         running.submitted = True
         lane = running.lane
@@ -808,11 +819,11 @@ class Worker(Daemon):
         """Finishes committed (or fenced, or dropped): report them, free their slots."""
         for finish in batch:
             self._report(finish)
-            running = self._running.get(finish.job_id)
-            if running is None or running.job.token != finish.token:
+            running = self._attempt_of(finish)
+            if running is None:
                 continue
             definition = self.config.definitions.get(finish.definition)
-            if definition is not None and definition.has_callbacks:
+            if definition is not None and definition.has_callbacks:  # as _has_callbacks
                 # The slot stays taken until the callbacks return: slow
                 # callbacks slow this worker's claiming rather than pile up.
                 task = asyncio.create_task(self._callbacks_then_free(running, finish, definition))
@@ -831,6 +842,8 @@ class Worker(Daemon):
             self._free(running, definition)
 
     def _free(self, running: _Running, definition: JobDefinition[Any] | None) -> None:
+        if self._running.get(running.job.id) is not running:
+            return  # superseded by a newer claim of the job, which uncounted it (_start_job)
         del self._running[running.job.id]
         running.lane.running -= 1
         # Only a full last batch suggests more work; otherwise the next NOTIFY
