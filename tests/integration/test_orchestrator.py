@@ -22,7 +22,7 @@ from orchestra._orchestrator._rescuer import Rescuer
 from orchestra._orchestrator._scheduler import RepeatScheduler, cron_ticks, interval_ticks
 from orchestra._orchestrator._service import RunResult
 from orchestra._orchestrator._sweeper import Sweeper
-from orchestra.errors import UnknownJobError
+from orchestra.errors import ConfigurationError, UnknownJobError
 from orchestra.testing import EventRecorder, wait_until
 from tests._worker_sql import claim, finish
 
@@ -533,6 +533,14 @@ class TestSweeper:
         result = keeper.run_once(db, now)
         assert result.counts["archived_jobs_pruned"] == 1
         assert rows(db, config, "SELECT id FROM {s}.job_archive") == [(recent.id,)]
+
+    @pytest.mark.parametrize("bad", [-1, "7 days", 1.5, True])
+    def test_archive_retention_rejects_what_is_not_a_duration(
+        self, config: Config, bad: Any
+    ) -> None:
+        """A bad archive_retention_ms is refused at construction, naming the argument."""
+        with pytest.raises(ConfigurationError, match="archive_retention_ms"):
+            Orchestrator(config, archive=True, archive_retention_ms=bad)
 
     def test_g2_g3_stale_definitions_without_jobs_are_swept(
         self, config: Config, db: psycopg.Connection[Any]
