@@ -7,26 +7,15 @@ terminates a stuck child.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 from orchestra import Config, ConfigurationError, JobDefinition, Worker
+from tests._running import running
 from tests.e2e.apps import seed_child_worker_jobs as jobs
-
-
-@contextlib.contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        worker.join(timeout=60)
 
 
 def attempts(db: psycopg.Connection[Any], config: Config, job_id: int) -> list[tuple[int, str]]:
@@ -44,7 +33,7 @@ def test_jobs_run_in_child_processes(config: Config) -> None:
     """Every job runs in one of the N children, never in the worker process."""
     who = JobDefinition(config, name="whoami", job_function=jobs.whoami)
     handles = [who.defer({"n": n}) for n in range(8)]
-    with running(Worker(config, processes=2, process_interval_ms=100)) as worker:
+    with running(Worker(config, processes=2, process_interval_ms=100), join_timeout=60) as worker:
         results = [h.result(timeout=60) for h in handles]
     assert [r["n"] for r in results] == list(range(8))
     pids = {r["pid"] for r in results}
@@ -65,7 +54,7 @@ def test_a_child_killed_by_sigkill_costs_one_attempt_and_the_job_completes(
         backoff="none",
     )
     handle = crash.defer({})
-    with running(Worker(config, processes=1, process_interval_ms=100)):
+    with running(Worker(config, processes=1, process_interval_ms=100), join_timeout=60):
         result = handle.result(timeout=60)
     assert result["attempt"] == 2
     log = attempts(db, config, handle.id)
@@ -92,7 +81,7 @@ def test_attempt_timeout_terminates_a_stuck_child(
     )
     after = JobDefinition(config, name="whoami", job_function=jobs.whoami)
     handle = stuck.defer({})
-    with running(Worker(config, processes=1, process_interval_ms=100)):
+    with running(Worker(config, processes=1, process_interval_ms=100), join_timeout=60):
         with pytest.raises(Exception, match="attempt_timeout_ms"):
             handle.result(timeout=60)
         # The pool replaced the child: the next job still runs.

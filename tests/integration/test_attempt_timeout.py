@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -23,17 +22,7 @@ import pytest
 from orchestra import Config, ConfigurationError, JobContext, JobDefinition, Worker, events
 from orchestra.errors import JobFailed
 from orchestra.testing import EventRecorder, wait_until
-
-
-@contextlib.contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    """Run ``worker`` in a thread for the duration of the block."""
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        worker.join(timeout=30)
+from tests._running import running
 
 
 def attempts(db: psycopg.Connection[Any], config: Config, job_id: int) -> list[tuple[int, str]]:

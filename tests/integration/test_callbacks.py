@@ -7,24 +7,13 @@ attempt's end is committed, with the updated job read back from the database.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from orchestra import Config, Job, JobContext, JobDefinition, JobFailed, Worker
-
-
-@contextlib.contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        worker.join(timeout=30)
+from tests._running import running
 
 
 class Calls:

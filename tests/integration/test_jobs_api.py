@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -42,6 +41,7 @@ from orchestra import (
 from orchestra._jobs import AsyncJobs
 from orchestra._orchestrator._sweeper import Sweeper
 from orchestra.testing import EventRecorder, run_until_empty, wait_until
+from tests._running import running
 
 # -- the API under test, sync or async ------------------------------------------
 
@@ -190,17 +190,6 @@ def listen(db: psycopg.Connection[Any], channel: str) -> None:
 def notifications(db: psycopg.Connection[Any], channel: str, count: int) -> list[str]:
     """The payloads of the next ``count`` notifications on ``channel`` (5 s at most)."""
     return [n.payload for n in db.notifies(timeout=5, stop_after=count) if n.channel == channel]
-
-
-@contextlib.contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    """Run ``worker`` in a thread for the duration of the block."""
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        worker.join(timeout=30)
 
 
 # -- get (I9) -----------------------------------------------------------------------

@@ -26,22 +26,9 @@ import pytest
 from orchestra import Config, ConfigurationError, JobDefinition, JobHandle, Worker, events
 from orchestra._definition import KEY_MAX_LENGTH
 from orchestra.testing import EventRecorder, wait_until
+from tests._running import running
 from tests._worker_sql import claim as claim_rows
 from tests._worker_sql import finish
-
-
-@contextlib.contextmanager
-def running(*workers: Worker) -> Iterator[None]:
-    """Run ``workers`` in threads for the duration of the block."""
-    for worker in workers:
-        worker.start()
-    try:
-        yield
-    finally:
-        for worker in workers:
-            worker.stop()
-        for worker in workers:
-            worker.join(timeout=30)
 
 
 class Tracker:

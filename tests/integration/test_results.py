@@ -35,6 +35,7 @@ from orchestra._orchestrator._rescuer import Rescuer
 from orchestra._orchestrator._sweeper import Sweeper
 from orchestra.errors import JobFailed, ResultTimeoutError
 from orchestra.testing import EventRecorder, wait_until
+from tests._running import running
 from tests._worker_sql import claim, finish
 
 #: A poll interval so long that only a notification can end a wait in time.
@@ -49,17 +50,6 @@ class Receipt:
 
     order: int
     total: str
-
-
-@contextlib.contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    """Run ``worker`` in a thread for the duration of the block."""
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        worker.join(timeout=30)
 
 
 @contextlib.contextmanager

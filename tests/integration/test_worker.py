@@ -6,11 +6,10 @@ Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -19,6 +18,7 @@ import pytest
 
 from orchestra import Backoff, Config, JobContext, JobDefinition, Worker, events
 from orchestra.testing import EventRecorder, wait_until
+from tests._running import running
 
 
 @attrs.frozen
@@ -26,17 +26,6 @@ class Item:
     """A typed payload."""
 
     n: int
-
-
-@contextlib.contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    """Run ``worker`` in a thread for the duration of the block."""
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        worker.join(timeout=30)
 
 
 def status_of(db: psycopg.Connection[Any], config: Config, job_id: int) -> str:
