@@ -226,7 +226,8 @@ GRANT UPDATE (last_released_at) ON :"schema".job_definition TO :"worker_role";
 GRANT UPDATE (status, attempt, run_at, locked_by, lock_token, locked_until, started_at,
               finalized_at, result, last_error, limited)
 ON :"schema".job TO :"worker_role";
-GRANT INSERT (job_id, attempt, worker_id, worker_name, started_at, outcome, error, traceback)
+GRANT INSERT (job_id, attempt, worker_id, worker_name, started_at, outcome, error, traceback,
+              lock_token)
 ON :"schema".job_attempt TO :"worker_role";
 GRANT INSERT (name, role, host, pid, channel, concurrency), UPDATE (heartbeat_at), DELETE
 ON :"schema".worker TO :"worker_role";

@@ -1,0 +1,11 @@
+-- 0005_attempt_token: the lock token of the attempt, kept in its log row.
+--
+-- A worker whose connection breaks while its finish is being committed cannot
+-- tell from the error whether the commit happened. The token is unique to one
+-- claim of one job, so after reconnecting the worker looks its finishes up by
+-- (job_id, attempt, lock_token): a row means the finish is recorded, and the
+-- worker reports it as such instead of writing it again (which the fence
+-- would refuse, and which would lose its success events and callbacks).
+-- NULL for rows written before this migration and for attempts that no
+-- worker finished (lost, timed out by the orchestrator, cancelled).
+ALTER TABLE {schema}.job_attempt ADD COLUMN lock_token uuid NULL;
