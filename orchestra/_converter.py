@@ -96,6 +96,33 @@ def decode_payload(value: Any, payload_type: Any) -> Any:
     return converter.structure(value, payload_type)
 
 
+class UnreadablePayloadError(ValueError):
+    """The stored JSON text of a payload cannot be decoded in Python."""
+
+
+def load_stored(text: str) -> Any:
+    """The JSON value of a payload as the database returned it (text).
+
+    PostgreSQL accepts JSON nested far deeper than Python's decoder, which
+    gives up with RecursionError at about a thousand levels: such a payload is
+    refused here, in the attempt of its own job, rather than when the claimed
+    rows are read (which would fail every job claimed with it).
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise UnreadablePayloadError(
+            "the stored JSON is nested too deeply for Python's JSON decoder"
+        ) from None
+    except ValueError as exc:
+        raise UnreadablePayloadError(f"the stored JSON cannot be decoded: {exc}") from None
+
+
+def decode_stored_payload(text: str, payload_type: Any) -> Any:
+    """Decode and structure a payload as the worker's claim returned it (JSON text)."""
+    return decode_payload(load_stored(text), payload_type)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, cattrs.BaseValidationError):
         return "; ".join(cattrs.transform_error(exc)) or str(exc)

@@ -31,7 +31,13 @@ def claim(
     """Run ``job_claim`` as worker ``worker_id``; the claimed rows."""
     return conn.execute(
         config.queries["job_claim"],
-        {"channel": channel, "now": now, "limit": limit, "worker_id": worker_id},
+        {
+            "channel": channel,
+            "now": now,
+            "limit": limit,
+            "worker_id": worker_id,
+            "claim_id": str(uuid.uuid4()),
+        },
     ).fetchall()
 
 

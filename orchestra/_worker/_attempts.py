@@ -60,7 +60,8 @@ class Claimed:
 
     id: int
     definition: str
-    payload: Any
+    #: The payload's JSON text, decoded in the attempt (load_stored).
+    payload: str
     attempt: int
     max_attempts: int
     token: uuid.UUID
@@ -95,22 +96,28 @@ def run_sync(
     """Run a ``def`` job function start to end (in a job thread); never raises."""
     started = time.monotonic()
     try:
-        payload = _converter.decode_payload(job.payload, definition.payload_type)
-    except Exception as exc:
-        return failure(job, definition, started, exc, payload_invalid=True)
-    ctx = JobContext(
-        job_id=job.id,
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        definition=definition,
-        stop=stop,
-        cut=cut,
-    )
-    try:
-        value = definition.call(payload, ctx)
-        return succeeded(job, definition, value, started, max_payload_bytes)
-    except BaseException as exc:  # KeyboardInterrupt or SystemExit raised by the job too
-        return failure(job, definition, started, exc)
+        try:
+            payload = _converter.decode_stored_payload(job.payload, definition.payload_type)
+        except Exception as exc:
+            return failure(job, definition, started, exc, payload_invalid=True)
+        ctx = JobContext(
+            job_id=job.id,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            definition=definition,
+            stop=stop,
+            cut=cut,
+        )
+        try:
+            value = definition.call(payload, ctx)
+            return succeeded(job, definition, value, started, max_payload_bytes)
+        except BaseException as exc:  # KeyboardInterrupt or SystemExit raised by the job too
+            return failure(job, definition, started, exc)
+    except BaseException as exc:
+        # Recording the failure failed (an exception whose rendering raises
+        # something exotic): the attempt still ends, or its job would stay
+        # running for as long as this worker heartbeats.
+        return unrecordable(job, definition, started, exc)
 
 
 def succeeded(
@@ -147,7 +154,10 @@ def failure(
     payload_invalid: bool = False,
 ) -> Finish:
     """The failure of an attempt that raised ``exc`` (or whose payload did not structure)."""
-    if payload_invalid:
+    if isinstance(exc, _converter.UnreadablePayloadError):
+        error = f"PayloadError: stored payload cannot be read: {exc}"
+        trace = None
+    elif payload_invalid:
         error = (
             f"PayloadError: stored payload does not fit {definition.payload_type!r}: "
             f"{_converter.describe_structure_error(exc)}"
@@ -155,8 +165,21 @@ def failure(
         trace = None
     else:
         error = describe(exc)
-        trace = "".join(traceback.format_exception(exc))
+        trace = format_traceback(exc)
     return failed(job, definition, started, error, trace, payload_invalid=payload_invalid)
+
+
+def unrecordable(
+    job: Claimed, definition: JobDefinition[Any], started: float, exc: BaseException
+) -> Finish:
+    """A failed attempt whose own error could not be described: the type name only."""
+    return failed(
+        job,
+        definition,
+        started,
+        f"{_type_name(exc)}: <the error of this attempt could not be rendered>",
+        None,
+    )
 
 
 def failed(
@@ -217,6 +240,33 @@ def elapsed_ms(started: float) -> int:
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: message``, or the type alone when the message is empty."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``Type: message``, or the type alone when the message is empty.
+
+    Never raises: an exception whose ``__str__`` raises is described by its
+    type and a note saying so.
+    """
+    name = _type_name(exc)
+    try:
+        text = str(exc).strip()
+    except BaseException:  # any __str__ of a job's exception, however broken
+        text = "<str() of the exception raised>"
+    return f"{name}: {text}" if text else name
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The formatted traceback of ``exc``; never raises."""
+    try:
+        return "".join(traceback.format_exception(exc))
+    except BaseException:
+        try:
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+        except BaseException:
+            frames = ""
+        return f"Traceback (most recent call last):\n{frames}{_type_name(exc)}: <unprintable>\n"
+
+
+def _type_name(exc: BaseException) -> str:
+    try:
+        return type(exc).__name__
+    except BaseException:
+        return "BaseException"

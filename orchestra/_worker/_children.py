@@ -83,8 +83,8 @@ class ChildRequest:
             function (or picklable callable) the child can import.
         payload_type: the definition's payload type, pickled by reference; None
             for plain JSON.
-        payload: the stored payload as decoded from the database's JSON; the
-            child structures it into ``payload_type``.
+        payload: the stored payload's JSON text, as the claim returned it; the
+            child decodes it and structures it into ``payload_type``.
         arity: how many of ``(payload, ctx)`` the function takes: 0, 1 or 2.
         job_id: the job's id.
         attempt: this attempt's number, from 1.
@@ -94,7 +94,7 @@ class ChildRequest:
 
     function: Callable[..., Any]
     payload_type: Any
-    payload: Any
+    payload: str
     arity: int = attrs.field(validator=attrs.validators.in_((0, 1, 2)))
     job_id: int
     attempt: int
@@ -242,14 +242,16 @@ def _serve(message: bytes, stop: multiprocessing.synchronize.Event) -> ChildRepl
             traceback=_format_traceback(exc),
         )
     try:
-        payload = _converter.decode_payload(call["payload"], payload_type)
+        payload = _converter.decode_stored_payload(call["payload"], payload_type)
     except Exception as exc:
         # Same wording as the worker's in-process path, so events read alike.
         return ChildReply(
             ok=False,
             payload_invalid=True,
             error=_cut(
-                f"PayloadError: stored payload does not fit {payload_type!r}: "
+                f"PayloadError: stored payload cannot be read: {exc}"
+                if isinstance(exc, _converter.UnreadablePayloadError)
+                else f"PayloadError: stored payload does not fit {payload_type!r}: "
                 f"{_converter.describe_structure_error(exc)}",
                 ERROR_MAX_CHARS,
             ),

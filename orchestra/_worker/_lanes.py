@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import uuid
 from typing import Any
 
 import attrs
@@ -132,6 +134,7 @@ def lane_statements(
     worker_name: str,
     notify_channel: str,
     finished_channel: str,
+    claim_id: str | None,
 ) -> list[Statement]:
     """The statements of one lane write, by query name, run in this order.
 
@@ -141,8 +144,14 @@ def lane_statements(
     ``job_claim``. ``job_claim`` turns the commit's wait for the WAL flush
     off, which a claim alone does not need; ``transaction_sync_commit``, last,
     turns it back on, so that recorded finishes are durable at the commit.
-    Without a batch, the claim is the only statement.
+    Without a batch, the claim is the only statement. ``claim_id`` (a new
+    UUID per statement) seeds the claimed jobs' lock tokens, so that
+    :func:`find_out` can tell what a statement whose reply was lost did.
     """
+    if claim and not claim_id:
+        # The tokens of its jobs derive from it: reusing one would give a job
+        # the same token in two claims, and fence nothing.
+        raise ValueError("a claim needs a claim_id of its own (new_claim_id())")
     statements: list[Statement] = []
     if batch:
         statements.append(
@@ -166,7 +175,13 @@ def lane_statements(
         statements.append(
             (
                 "job_claim",
-                {"channel": channel, "now": None, "limit": claim, "worker_id": worker_id},
+                {
+                    "channel": channel,
+                    "now": None,
+                    "limit": claim,
+                    "worker_id": worker_id,
+                    "claim_id": claim_id,
+                },
             )
         )
     if batch and claim:
@@ -217,3 +232,63 @@ async def execute(
         rows = [] if finished is None else await finished.fetchall()
         jobs = [] if claimed is None else [Claimed(*row) for row in await claimed.fetchall()]
     return rows, jobs
+
+
+def new_claim_id() -> str:
+    """A fresh seed for the lock tokens of one claim statement."""
+    return str(uuid.uuid4())
+
+
+async def find_out(
+    pool: AsyncConnectionPool[Any],
+    queries: Queries,
+    batch: list[Finish],
+    *,
+    claim_id: str | None,
+    worker_id: int,
+) -> tuple[list[tuple[Any, ...]], list[Claimed]]:
+    """What a lane statement whose reply was lost did (the connection broke).
+
+    An error after the statement was sent does not say whether its commit
+    happened. Returns the finishes of ``batch`` that are recorded (their
+    attempt row carries their lock token), as rows like those of
+    ``job_finish_many`` (:func:`apply_committed`), and the jobs the claim seeded
+    with ``claim_id`` took and still hold. Both are empty when nothing of it
+    committed. Raises as the pool does when the database is still unreachable.
+    """
+    recorded: dict[int, dt.datetime] = {}
+    recovered: list[Claimed] = []
+    async with pool.connection() as conn:
+        if batch:
+            cursor = await conn.execute(
+                queries["job_finish_recorded"],
+                {
+                    "ids": [f.job_id for f in batch],
+                    "attempts": [f.attempt for f in batch],
+                    "tokens": [f.token for f in batch],
+                    "outcomes": [f.outcome for f in batch],
+                },
+            )
+            recorded = {int(row[0]): row[1] for row in await cursor.fetchall()}
+        if claim_id is not None:
+            cursor = await conn.execute(
+                queries["job_claim_recover"], {"claim_id": claim_id, "worker_id": worker_id}
+            )
+            recovered = [Claimed(*row) for row in await cursor.fetchall()]
+    return [recorded_row(f, recorded[f.job_id]) for f in batch if f.job_id in recorded], recovered
+
+
+def recorded_row(finish: Finish, at: dt.datetime) -> tuple[Any, ...]:
+    """The ``(id, status, run_at)`` that ``job_finish_many`` returned for ``finish``,
+    rebuilt from the time it was recorded (``at``; a release: its run_at)."""
+    if finish.outcome == "succeeded":
+        return (finish.job_id, "succeeded", None)
+    if finish.outcome == "released":
+        return (finish.job_id, "available", at)
+    if finish.attempt < finish.max_attempts:
+        return (
+            finish.job_id,
+            "available",
+            at + dt.timedelta(milliseconds=finish.retry_delay_ms),
+        )
+    return (finish.job_id, "failed", None)

@@ -490,46 +490,66 @@ class Worker(Daemon):
         return definition is not None and definition.has_callbacks
 
     async def _lane_write(self, lane: Lane, batch: list[Finish], claim: int) -> None:
-        """A lane statement: record ``batch``, claim up to ``claim`` jobs; retried on errors."""
+        """A lane statement: record ``batch``, claim up to ``claim`` jobs; retried on errors.
+
+        After an error that leaves the outcome unknown (the connection broke
+        after the statement was sent), the worker finds out what committed
+        before acting: recorded finishes are reported as such, jobs the claim
+        took are run, and only what is not in the database is written again.
+        """
         lone = not batch
+        rows: list[tuple[Any, ...]] = []
         claimed: list[Claimed] = []
         notifications = self._notifications
+        to_write = batch
         try:
             while True:
                 if self._no_more_claims:
                     claim = 0
-                if not batch and not claim:
+                if not to_write and not claim:
                     break
+                claim_id = _lanes.new_claim_id() if claim else None
                 try:
-                    rows, claimed = await self._lane_statement(batch, claim)
+                    written, got = await self._lane_statement(to_write, claim, claim_id)
                 except psycopg.errors.UniqueViolation as exc:
                     # Another worker started a job of the same resource key
                     # between our snapshot and our UPDATE: the index refused
-                    # our claim (I7), and the finishes with it. Write again:
-                    # the new snapshot sees the winner.
+                    # our claim, and the finishes with it (nothing committed).
+                    # Write again: the new snapshot sees the winner.
                     self._key_conflicts += 1
                     if self._key_conflicts > KEY_CONFLICT_RETRIES:
                         await self._database_error("claim", exc)
                     continue
                 except psycopg.DataError as exc:
-                    if not batch:
+                    # Refused by the database: nothing committed.
+                    if not to_write:
                         await self._database_error("claim", exc)
-                        claim = 0  # given up: the next kick claims again
-                        break
+                        break  # given up: the next kick claims again
                     # The data of some row is refused (not the connection):
                     # write the rows one by one so that one bad row cannot
                     # block the rest; claim with the next statement.
-                    rows, claim = await self._write_one_by_one(batch, exc), 0
+                    written, to_write = await self._write_one_by_one(to_write, exc)
+                    rows.extend(written)
+                    claim = 0
+                    if to_write:  # the connection broke on the way: as below
+                        to_write = await self._settle(to_write, None, rows, claimed) or []
+                    continue
                 except Exception as exc:  # connection lost, server restarting ...
-                    await self._database_error("finish" if batch else "claim", exc)
-                    if not batch:
-                        claim = 0  # given up: the next kick claims again
-                        break
-                    continue  # the batch is retried: fenced, so at worst refused
+                    await self._database_error("finish" if to_write else "claim", exc)
+                    unsettled = await self._settle(to_write, claim_id, rows, claimed)
+                    if unsettled is None:
+                        break  # a stopping worker's claim alone: its jobs' leases will expire
+                    # The claim is not repeated here: if it committed, it took
+                    # what there was; the next kick claims again.
+                    to_write, claim = unsettled, 0
+                    self._maybe_more = True
+                    continue
                 self._error_streak = 0
                 self._key_conflicts = 0
-                _lanes.apply_committed(batch, rows)
+                rows.extend(written)
+                claimed.extend(got)
                 break
+            _lanes.apply_committed(batch, rows)
             self._committed(batch)
             guarded: list[Claimed] = []
             if claim and len(claimed) < claim and not self._no_more_claims:
@@ -548,8 +568,57 @@ class Worker(Daemon):
         if self._maybe_more or lane.pending:
             self._kick_all()
 
+    async def _settle(
+        self,
+        batch: list[Finish],
+        claim_id: str | None,
+        rows: list[tuple[Any, ...]],
+        claimed: list[Claimed],
+    ) -> list[Finish] | None:
+        """After a statement whose outcome is unknown: add what committed of it
+        to ``rows`` and ``claimed``; return the finishes still to write (fenced
+        when written again, so at worst refused), or None if we gave up."""
+        found = await self._find_out(batch, claim_id)
+        if found is None:
+            return None
+        recorded, recovered = found
+        rows.extend(recorded)
+        claimed.extend(recovered)
+        done = {row[0] for row in recorded}
+        return [f for f in batch if f.job_id not in done]
+
+    async def _find_out(
+        self, batch: list[Finish], claim_id: str | None
+    ) -> tuple[list[tuple[Any, ...]], list[Claimed]] | None:
+        """What committed of a statement whose reply was lost; None if we gave up.
+
+        Retried with the usual backoff until the database answers. A stopping
+        worker gives up on a claim alone (the lease of what it took expires and
+        the jobs are rescued); finishes are looked up until the stop's flush
+        deadline cancels the lane.
+        """
+        if not batch and claim_id is None:
+            return [], []
+        assert self._pool is not None
+        while True:
+            try:
+                found = await _lanes.find_out(
+                    self._pool,
+                    self.config.queries,
+                    batch,
+                    claim_id=claim_id,
+                    worker_id=self.worker_id or 0,
+                )
+            except Exception as exc:
+                if not batch and self._no_more_claims:
+                    return None
+                await self._database_error("finish" if batch else "claim", exc)
+            else:
+                self._error_streak = 0  # the database answers again
+                return found
+
     async def _lane_statement(
-        self, batch: list[Finish], claim: int
+        self, batch: list[Finish], claim: int, claim_id: str | None
     ) -> tuple[list[tuple[Any, ...]], list[Claimed]]:
         """Finish ``batch``, release dependents and claim ``claim`` jobs: one round trip.
 
@@ -567,6 +636,7 @@ class Worker(Daemon):
             worker_name=self.daemon_name,
             notify_channel=self.config.notify_channel,
             finished_channel=self.config.finished_channel,
+            claim_id=claim_id,
         )
         if claim:
             self.stats.claim_queries += 1
@@ -574,7 +644,13 @@ class Worker(Daemon):
 
     async def _write_one_by_one(
         self, batch: list[Finish], first_error: BaseException
-    ) -> list[tuple[Any, ...]]:
+    ) -> tuple[list[tuple[Any, ...]], list[Finish]]:
+        """Write ``batch`` a finish at a time after the database refused its data.
+
+        Returns the rows written and the finishes still to write: those after
+        an error that was not about the data (the connection broke), which the
+        caller handles as for any batch.
+        """
         if len(batch) == 1:
             finish = batch[0]
             finish.dropped = True
@@ -585,26 +661,32 @@ class Worker(Daemon):
                 finish.attempt,
                 first_error,
             )
-            return []
+            return [], []
         rows: list[tuple[Any, ...]] = []
-        for finish in batch:
+        for index, finish in enumerate(batch):
             try:
-                rows.extend((await self._lane_statement([finish], 0))[0])
+                rows.extend((await self._lane_statement([finish], 0, None))[0])
             except psycopg.DataError as exc:
-                rows.extend(await self._write_one_by_one([finish], exc))
-        return rows
+                rows.extend((await self._write_one_by_one([finish], exc))[0])
+            except Exception as exc:
+                await self._database_error("finish", exc)
+                return rows, batch[index:]
+        return rows, []
 
     async def _claim_limited(self, limit: int) -> list[Claimed]:
         """The guarded claim of rate- or concurrency-limited definitions (decision 0009).
 
         Lock the limited definitions, then claim in a fresh snapshot. Errors
         are reported and the claim given up: the next statement tries again.
+        A connection error after the claim was sent is looked up first, as in
+        :meth:`_lane_write`: what it took is run.
         """
         definitions, release_s = self._limited
         if not definitions:
             return []
         assert self._pool is not None
         self.stats.claim_queries += 1
+        claim_id = _lanes.new_claim_id()
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 cursor = await conn.execute(
@@ -615,9 +697,20 @@ class Worker(Daemon):
                     return []
                 cursor = await conn.execute(
                     self.config.queries["job_claim_limited"],
-                    {"definitions": locked, "limit": limit, "worker_id": self.worker_id},
+                    {
+                        "definitions": locked,
+                        "limit": limit,
+                        "worker_id": self.worker_id,
+                        "claim_id": claim_id,
+                    },
                 )
                 rows = await cursor.fetchall()
+        except psycopg.Error as exc:
+            await self._database_error("claim", exc)
+            if isinstance(exc, psycopg.DatabaseError) and exc.sqlstate is not None:
+                return []  # refused by the server: nothing committed
+            found = await self._find_out([], claim_id)
+            return [] if found is None else found[1]
         except Exception as exc:
             await self._database_error("claim", exc)
             return []
@@ -654,7 +747,12 @@ class Worker(Daemon):
         lane.unfinished += 1
         self.stats.max_running = max(self.stats.max_running, len(self._running))
         definition = self.config.definitions.get(job.definition)
-        if definition is None:
+        if self._no_more_claims:
+            # Found after the stop began (a claim whose reply was lost, looked
+            # up): hand it back unharmed, its attempt refunded, rather than
+            # start it only to interrupt it.
+            self._submit(running, _attempts.finish(job, "released"))
+        elif definition is None:
             # Another worker (a newer deployment) may know it: hand it back
             # unharmed rather than destroying it (seed bug 8).
             self._submit(
@@ -727,12 +825,21 @@ class Worker(Daemon):
                 finish = await self._execute_async(running, definition)
         except asyncio.CancelledError:
             finish = _attempts.interrupted(running.job, running.started)
+        except BaseException as exc:
+            # A defect of ours, not of the job: the attempt must still end, or
+            # the job would stay running for as long as this worker heartbeats.
+            logger.exception(
+                "job %d attempt %d: the worker failed to run it",
+                running.job.id,
+                running.job.attempt,
+            )
+            finish = _attempts.unrecordable(running.job, definition, running.started, exc)
         self._submit(running, finish)
 
     async def _execute_async(self, running: _Running, definition: JobDefinition[Any]) -> Finish:
         job, started = running.job, running.started
         try:
-            payload = _converter.decode_payload(job.payload, definition.payload_type)
+            payload = _converter.decode_stored_payload(job.payload, definition.payload_type)
         except Exception as exc:
             return _attempts.failure(job, definition, started, exc, payload_invalid=True)
         ctx = JobContext(
@@ -750,7 +857,17 @@ class Worker(Daemon):
             return _attempts.succeeded(
                 job, definition, value, started, self.config.max_payload_bytes
             )
-        except (Exception, SystemExit) as exc:
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the stop interrupts this attempt (_run_task records it)
+            # Raised by the job itself, nobody cancelled it: its failure.
+            return _attempts.failure(job, definition, started, exc)
+        except BaseException as exc:
+            # Any BaseException of the job's, KeyboardInterrupt and SystemExit
+            # included, fails this attempt only: it must neither leave the job
+            # running nor end the worker and its other jobs (the job thread
+            # and child paths record them alike).
             if deadline.expired():
                 return _attempts.timed_out(job, definition, started)
             return _attempts.failure(job, definition, started, exc)

@@ -101,6 +101,16 @@ FROM inserted;
 -- index job_resource_running_uniq then refuses the second UPDATE and the
 -- worker claims again (its new snapshot sees the winner running).
 --
+-- The payload comes back as text: the worker decodes it in the job's own
+-- attempt, so that a payload Python cannot decode (nested too deeply) fails
+-- that job alone, not the whole claimed batch.
+--
+-- Lock tokens are derived from %(claim_id)s, a UUID the worker makes for
+-- this statement, and the job id: if the connection breaks before the rows
+-- come back, the worker finds the jobs this claim took (job_claim_recover)
+-- instead of leaving them running until their lease expires. A token is a
+-- fence, not a secret.
+--
 -- A claim's commit does not wait for the WAL flush (no_flush_wait; decision
 -- 0015): if the server crashes first, the claim never happened and the job
 -- runs again, as after any crash. A worker transaction that also records
@@ -142,12 +152,12 @@ UPDATE {schema}.job j
 SET status = 'running',
     attempt = j.attempt + 1,
     locked_by = %(worker_id)s,
-    lock_token = gen_random_uuid(),
+    lock_token = md5(%(claim_id)s || j.id::text)::uuid,
     locked_until = clock_timestamp() + d.lock_interval_ms * interval '1 millisecond',
     started_at = clock_timestamp()
 FROM no_flush_wait, claimable c, {schema}.job_definition d
 WHERE j.id = c.id AND d.name = j.definition
-RETURNING j.id, j.definition, j.payload, j.attempt, j.max_attempts, j.lock_token,
+RETURNING j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock_token,
           j.started_at, j.run_at, j.priority, j.trace_context;
 
 -- name: transaction_sync_commit
@@ -219,12 +229,12 @@ UPDATE {schema}.job j
 SET status = 'running',
     attempt = j.attempt + 1,
     locked_by = %(worker_id)s,
-    lock_token = gen_random_uuid(),
+    lock_token = md5(%(claim_id)s || j.id::text)::uuid,
     locked_until = (SELECT ts FROM t) + d.lock_interval_ms * interval '1 millisecond',
     started_at = (SELECT ts FROM t)
 FROM picked p, {schema}.job_definition d
 WHERE j.id = p.id AND d.name = j.definition
-RETURNING j.id, j.definition, j.payload, j.attempt, j.max_attempts, j.lock_token,
+RETURNING j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock_token,
           j.started_at, j.run_at, j.priority, j.trace_context;
 
 -- name: job_finish_many
@@ -277,9 +287,10 @@ WITH input AS (
     RETURNING j.id, j.status, j.run_at, j.channel, j.resource_key
 ), logged AS (
     INSERT INTO {schema}.job_attempt
-        (job_id, attempt, worker_id, worker_name, started_at, outcome, error, traceback)
+        (job_id, attempt, worker_id, worker_name, started_at, outcome, error, traceback,
+         lock_token)
     SELECT i.id, i.attempt, %(worker_id)s, %(worker_name)s, i.started_at, i.outcome,
-           i.error, i.traceback
+           i.error, i.traceback, i.token
     FROM input i JOIN finished f ON f.id = i.id
     WHERE i.outcome <> 'released'
 ), woken AS (
@@ -304,6 +315,37 @@ WITH input AS (
 SELECT f.id, f.status::text AS status, f.run_at, (SELECT n FROM woken) AS woken,
        (SELECT n FROM done) AS done
 FROM finished f;
+
+-- name: job_claim_recover
+-- The jobs that a claim of this worker took, when its connection broke before
+-- the claimed rows came back (the commit may or may not have happened): the
+-- lock tokens derive from the claim's %(claim_id)s (see job_claim).
+SELECT j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock_token,
+       j.started_at, j.run_at, j.priority, j.trace_context
+FROM {schema}.job j
+WHERE j.status = 'running' AND j.locked_by = %(worker_id)s
+  AND j.lock_token = md5(%(claim_id)s || j.id::text)::uuid;
+
+-- name: job_finish_recorded
+-- Which of the given finishes are recorded, when the connection broke before
+-- job_finish_many's rows came back: an attempt row with the attempt's lock
+-- token exists exactly when its finish committed. Returns, per recorded
+-- finish, when it was recorded (the retry's run_at is counted from there). A
+-- released job writes no attempt row: its attempt was refunded and its token
+-- cleared, which its row shows until it is claimed again.
+SELECT i.id, a.finished_at
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(tokens)s::uuid[], %(outcomes)s::text[])
+     AS i(id, attempt, token, outcome)
+JOIN LATERAL (
+    SELECT a.finished_at FROM {schema}.job_attempt a
+    WHERE i.outcome <> 'released'
+      AND a.job_id = i.id AND a.attempt = i.attempt AND a.lock_token = i.token
+    UNION ALL
+    SELECT j.run_at FROM {schema}.job j
+    WHERE i.outcome = 'released'
+      AND j.id = i.id AND j.attempt = i.attempt - 1 AND j.status = 'available'
+    LIMIT 1
+) a ON true;
 
 -- name: job_release_dependents
 -- Make available the waiting dependents of the given (just succeeded) jobs

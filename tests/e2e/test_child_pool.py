@@ -55,7 +55,7 @@ def request(
     return ChildRequest(
         function=function,
         payload_type=payload_type,
-        payload=payload,
+        payload=json.dumps(payload),
         arity=arity,
         job_id=job_id,
         attempt=2,

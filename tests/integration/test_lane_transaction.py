@@ -33,6 +33,7 @@ def run_lane(
             worker_name="t",
             notify_channel=config.notify_channel,
             finished_channel=config.finished_channel,
+            claim_id=_lanes.new_claim_id(),
         ):
             cursors[name] = conn.execute(config.queries[name], params)
         in_force = setting(conn)

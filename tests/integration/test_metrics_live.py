@@ -121,7 +121,7 @@ class TestGaugesService:
         done = plain.defer({"n": 2})
         claimed = db.execute(
             config.queries["job_claim"],
-            {"channel": "mail", "now": None, "limit": 1, "worker_id": 1},
+            {"channel": "mail", "now": None, "limit": 1, "worker_id": 1, "claim_id": "seed"},
         ).fetchall()
         assert len(claimed) == 1
         db.execute(

@@ -40,6 +40,7 @@ def statements(batch: list[Finish], claim: int) -> list[str]:
             worker_name="w",
             notify_channel="n",
             finished_channel="f",
+            claim_id="seed",
         )
     ]
 
@@ -85,9 +86,16 @@ class TestStatements:
                 worker_name="w",
                 notify_channel="n",
                 finished_channel="f",
+                claim_id="seed",
             )
         )
-        assert params["job_claim"] == {"channel": "c", "now": None, "limit": 4, "worker_id": 9}
+        assert params["job_claim"] == {
+            "channel": "c",
+            "now": None,
+            "limit": 4,
+            "worker_id": 9,
+            "claim_id": "seed",
+        }
         finish = params["job_finish_many"]
         assert finish is not None
         assert finish["ids"] == [3, 1]
