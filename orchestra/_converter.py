@@ -118,6 +118,20 @@ def load_stored(text: str) -> Any:
         raise UnreadablePayloadError(f"the stored JSON cannot be decoded: {exc}") from None
 
 
+def load_readable(text: str | None) -> Any:
+    """A stored JSON value for reading (management API, dashboard, callbacks).
+
+    Never raises: JSON that Python cannot decode becomes a string saying so,
+    so that one such value does not fail a whole list of jobs.
+    """
+    if text is None:
+        return None
+    try:
+        return load_stored(text)
+    except UnreadablePayloadError as exc:
+        return f"<unreadable JSON of {len(text)} characters: {exc}>"
+
+
 def decode_stored_payload(text: str, payload_type: Any) -> Any:
     """Decode and structure a payload as the worker's claim returned it (JSON text)."""
     return decode_payload(load_stored(text), payload_type)

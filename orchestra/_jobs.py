@@ -34,6 +34,7 @@ import attrs
 import psycopg
 from psycopg.rows import dict_row
 
+from orchestra import _converter
 from orchestra._definition import JobHandle
 from orchestra.errors import ConfigurationError, JobStateError, UnknownJobError
 
@@ -224,8 +225,8 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         channel=row["channel"],
         status=row["status"],
         priority=row["priority"],
-        payload=row["payload"],
-        result=row["result"],
+        payload=_converter.load_readable(row["payload"]),
+        result=_converter.load_readable(row["result"]),
         attempt=row["attempt"],
         max_attempts=row["max_attempts"],
         run_at=row["run_at"],

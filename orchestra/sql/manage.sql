@@ -19,13 +19,15 @@
 -- one), and the finalized job ids on the result waiters' channel.
 
 -- name: manage_job_get
+-- Payloads and results come back as text, decoded row by row in Python: one
+-- value Python cannot decode (nested too deeply) must not fail a whole list.
 -- One job by id (I9): from the hot table, or from job_archive once the sweeper
 -- moved it there (archive=True), with its attempt log when asked. One
 -- statement, one snapshot: the sweeper moves a job in one statement too, so the
 -- job is seen in exactly one of the two tables. Live attempts are aggregated to
 -- JSON exactly as job_archive.attempts stores them (job_sweep_finalized), so one
 -- Python function reads both. An archived job keeps no dependency edges.
-SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.payload, j.result,
+SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.payload::text, j.result::text,
        j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finalized_at,
        j.last_error, j.unique_key, j.resource_key, j.locked_by,
        ARRAY(SELECT d.required_job_id FROM {schema}.job_dependency d
@@ -38,7 +40,7 @@ SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.pa
 FROM {schema}.job j
 WHERE j.id = %(id)s
 UNION ALL
-SELECT x.id, x.definition, x.channel, x.status::text, x.priority, x.payload, x.result,
+SELECT x.id, x.definition, x.channel, x.status::text, x.priority, x.payload::text, x.result::text,
        x.attempt, x.max_attempts, x.run_at, x.created_at, x.started_at, x.finalized_at,
        x.last_error, x.unique_key, x.resource_key, NULL::bigint,
        '{{}}'::bigint[],
@@ -53,7 +55,7 @@ WHERE x.id = %(id)s AND NOT EXISTS (SELECT 1 FROM {schema}.job WHERE id = %(id)s
 -- parameter, so that the planner can walk the primary key (or
 -- job_definition_idx) in order and stop at LIMIT instead of sorting every
 -- match. No time window: a job is listed as long as it exists.
-SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.payload, j.result,
+SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.payload::text, j.result::text,
        j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finalized_at,
        j.last_error, j.unique_key, j.resource_key, j.locked_by,
        ARRAY(SELECT d.required_job_id FROM {schema}.job_dependency d
@@ -69,7 +71,7 @@ LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: manage_job_list_desc
 -- manage_job_list_asc, newest first.
-SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.payload, j.result,
+SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.payload::text, j.result::text,
        j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finalized_at,
        j.last_error, j.unique_key, j.resource_key, j.locked_by,
        ARRAY(SELECT d.required_job_id FROM {schema}.job_dependency d

@@ -827,3 +827,22 @@ class TestDefinitions:
             "cancelled": 0,
         }
         assert cleanup.counts["available"] == 1
+
+
+def test_a_payload_python_cannot_decode_is_shown_as_unreadable_and_its_neighbours_listed(
+    config: Config, db: psycopg.Connection[Any]
+) -> None:
+    """Valid jsonb nested beyond Python's decoder fails neither get() nor list()."""
+    echo = JobDefinition(config, name="echo", job_function=lambda payload: payload)
+    deep, plain = echo.defer({"n": 1}), echo.defer({"n": 2})
+    db.execute(
+        f'UPDATE "{config.schema}".job SET payload = %s::jsonb WHERE id = %s',
+        ["[" * 5000 + "]" * 5000, deep.id],
+    )
+    listed = {job.id: job.payload for job in config.jobs.list()}
+    assert listed[plain.id] == {"n": 2}
+    assert listed[deep.id] == (
+        "<unreadable JSON of 10000 characters: "
+        "the stored JSON is nested too deeply for Python's JSON decoder>"
+    )
+    assert config.jobs.get(deep.id).payload == listed[deep.id]
