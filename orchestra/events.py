@@ -38,8 +38,9 @@ OrchestratorJobFinalized          failed by the orchestrator: timeout, no_attemp
 OrchestratorFinalizedJobSwept     a finalized job past the threshold was deleted (or archived)
 OrchestratorStaleDefinitionSwept  a definition nobody carries any more, without jobs, was
                                   deleted
-OrchestratorQueueGauges           unfinished jobs per status and channel, live daemons per role
-                                  (the leader, every ``gauges_interval_ms``)
+OrchestratorQueueGauges           unfinished jobs per status and channel, live daemons per role,
+                                  the oldest transaction and the job table's dead rows (the
+                                  leader, every ``gauges_interval_ms``)
 ================================  ==============================================================
 """
 
@@ -396,7 +397,7 @@ class OrchestratorStaleDefinitionSwept(Event):
 
 @attrs.frozen(kw_only=True)
 class OrchestratorQueueGauges(Event):
-    """A snapshot of the queue for gauges: unfinished jobs and live daemons.
+    """A snapshot of the queue for gauges: unfinished jobs, live daemons, vacuum.
 
     Emitted by the leader every ``gauges_interval_ms`` (and read by
     :class:`orchestra.metrics.PrometheusHandler`). Finalized jobs are not counted
@@ -408,10 +409,25 @@ class OrchestratorQueueGauges(Event):
             every channel that has a definition or an unfinished job, 0 included.
         workers: daemons whose heartbeat is newer than the stale threshold, by
             role (``worker``, ``orchestrator``), 0 included.
+        oldest_transaction_age_s: how long the transaction holding the oldest
+            snapshot on the queue's database (a session, a prepared transaction)
+            has been open; while it is, autovacuum cannot remove the job rows
+            that died after it began. 0.0 when nothing holds one; None when its
+            start is not known: a replication slot, or a session of another role
+            while the orchestrator's role lacks ``pg_monitor``.
+        oldest_transaction_xid_age: how many transaction ids ago that snapshot
+            was taken (visible without privileges); 0 when nothing holds one.
+        job_dead_tuples: dead rows in the job table, from ``pg_stat_user_tables``
+            (None when PostgreSQL has no statistics for it yet).
+        job_live_tuples: live rows in the job table, likewise.
     """
 
     depth: tuple[tuple[str, str, int], ...]
     workers: Mapping[str, int]
+    oldest_transaction_age_s: float | None = None
+    oldest_transaction_xid_age: int | None = None
+    job_dead_tuples: int | None = None
+    job_live_tuples: int | None = None
 
 
 EventHandler = Callable[[Event], None]

@@ -32,6 +32,10 @@ metric                                                      type       from
 ``orchestra_job_queue_wait_seconds{definition}``            histogram  claim time minus run_at
 ``orchestra_jobs{status,channel}``                          gauge      OrchestratorQueueGauges
 ``orchestra_workers{role}``                                 gauge      OrchestratorQueueGauges
+``orchestra_oldest_transaction_age_seconds``                gauge      OrchestratorQueueGauges
+``orchestra_oldest_transaction_age_xids``                   gauge      OrchestratorQueueGauges
+``orchestra_job_table_dead_tuples``                         gauge      OrchestratorQueueGauges
+``orchestra_job_table_live_tuples``                         gauge      OrchestratorQueueGauges
 ``orchestra_leader``                                        gauge      1 while this process leads
 ``orchestra_daemon_database_errors_total{operation}``       counter    DaemonDatabaseError
 ``orchestra_orchestrator_service_failures_total{service}``  counter    OrchestratorServiceFailed
@@ -43,10 +47,20 @@ rescue, unmet_dependencies). The gauges hold unfinished jobs only (``waiting``,
 ``available``, ``running``) and are refreshed by the leading orchestrator every
 ``gauges_interval_ms`` (15 s): only the leader's process exports them, so sums
 across processes do not double count; a process that loses the lease drops them.
+
+``oldest_transaction_age_seconds`` is how long the transaction holding the
+oldest snapshot on the queue's database has been open (0 when none): while it
+is, autovacuum cannot remove dead job rows, and ``job_table_dead_tuples`` grows.
+It is NaN when the orchestrator's role may not see that session's start (grant
+it ``pg_monitor``) or the holder is a replication slot;
+``oldest_transaction_age_xids`` (transaction ids since that snapshot) is always
+known. These four gauges have no labels, so a process that does not lead
+exports them as NaN.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from typing import TYPE_CHECKING, Any
@@ -195,6 +209,31 @@ class PrometheusHandler:
         self.leader = self._gauge(
             "leader", "1 while an orchestrator of this process holds the leader lease."
         )
+        self.oldest_transaction_age = self._gauge(
+            "oldest_transaction_age_seconds",
+            "Age of the transaction holding the oldest snapshot on the queue's database "
+            "(0: none; NaN: not visible to this role, grant pg_monitor) (leading orchestrator).",
+        )
+        self.oldest_transaction_xids = self._gauge(
+            "oldest_transaction_age_xids",
+            "Transaction ids consumed since the oldest snapshot on the queue's database was "
+            "taken (leading orchestrator).",
+        )
+        self.job_dead_tuples = self._gauge(
+            "job_table_dead_tuples",
+            "Dead rows of the job table not yet removed by vacuum (leading orchestrator).",
+        )
+        self.job_live_tuples = self._gauge(
+            "job_table_live_tuples", "Live rows of the job table (leading orchestrator)."
+        )
+        self._database_gauges = (
+            self.oldest_transaction_age,
+            self.oldest_transaction_xids,
+            self.job_dead_tuples,
+            self.job_live_tuples,
+        )
+        for gauge in self._database_gauges:
+            gauge.set(math.nan)  # unlabelled: NaN, not 0, until a leader measures them
         self.database_errors = self._counter(
             "daemon_database_errors_total",
             "Failed database operations of the daemons (retried).",
@@ -249,6 +288,14 @@ class PrometheusHandler:
             self._depth_labels = seen
             for role, count in event.workers.items():
                 self.workers.labels(role).set(count)
+            for gauge, value in (
+                (self.oldest_transaction_age, event.oldest_transaction_age_s),
+                (self.oldest_transaction_xids, event.oldest_transaction_xid_age),
+                (self.job_dead_tuples, event.job_dead_tuples),
+                (self.job_live_tuples, event.job_live_tuples),
+            ):
+                # NaN rather than a stale or invented figure when it is not known.
+                gauge.set(math.nan if value is None else value)
 
     def _drop_gauges(self) -> None:
         """Only the leader exports the queue gauges."""
@@ -256,6 +303,8 @@ class PrometheusHandler:
             self.jobs.clear()
             self.workers.clear()
             self._depth_labels = set()
+            for gauge in self._database_gauges:
+                gauge.set(math.nan)
 
 
 def serve_metrics(

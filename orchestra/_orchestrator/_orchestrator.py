@@ -69,7 +69,8 @@ class Orchestrator(Daemon):
         worker_stale_threshold_ms: a worker silent this long is considered dead.
         finalize_interval_ms: timeouts and the dependency cascade.
         leader_lease_ms: the leader lease; a dead leader is replaced after about this long.
-        gauges_interval_ms: how often queue depth and live daemons are counted
+        gauges_interval_ms: how often queue depth and live daemons are counted,
+            and the oldest transaction and the job table's dead rows read
             (OrchestratorQueueGauges, for metrics).
         archive: move swept jobs to ``job_archive`` instead of deleting them.
         archive_retention_ms: delete archived jobs finalized longer ago than

@@ -1,23 +1,32 @@
-"""Repeatable jobs: one job per tick, exactly once (F1-F8, DESIGN §4.6).
+"""Repeatable jobs: one job per tick, exactly once.
 
 What it does: for every repeatable definition registered in *this* process
-(a definition deleted from the code is therefore never scheduled again: G9,
-seed bug 9), it computes the latest tick at or before ``now`` and enqueues its
-job unless that tick was already handled:
+(a definition deleted from the code is therefore never scheduled again), it
+computes the latest tick at or before ``now`` and enqueues its job when that
+tick is due and was not already handled:
 
 * interval definitions tick on multiples of ``repeat_interval_ms`` since the
-  Unix epoch, so every orchestrator computes the same ticks; the first pass
-  enqueues at once (F1);
+  Unix epoch, so every orchestrator computes the same ticks;
 * cron definitions tick on their croniter schedule, read in ``cron_timezone``
-  (UTC by default; a sixth field gives seconds); a new cron definition waits
-  for its next tick rather than running the last one retroactively;
+  (UTC by default; a sixth field gives seconds);
+* a new definition's first tick is the first tick at or after the moment a
+  scheduler first sees it (on the database clock), never one before: an
+  hourly job deployed at 10:59:59 first runs at 11:00:00, then at 12:00:00.
+  That first tick is written to ``next_tick_at`` (``last_repeated_at`` stays
+  NULL until a tick is handled);
+* two ticks of an interval definition are at least one interval apart, also
+  when the interval changes: the first tick of the new interval is the first
+  one at or after both the moment the change is seen and one new interval
+  after the last tick (docs/decisions/0008);
 * ticks missed while no orchestrator ran coalesce into the latest one;
 * with ``overlap=False`` (the default) a tick whose previous tick's job is
   unfinished is skipped, with an event.
 
 Exactly once: the definition row is locked and ``last_repeated_at`` checked
 and set in the same statement, and the unique ``(definition, tick_at)`` index
-refuses a second job for a tick even from a second leader.
+refuses a second job for a tick even from a second leader. A planned first
+tick is written only if the row still holds what this pass read, so two
+schedulers that both see a new definition cannot plan past each other's tick.
 
 Options: ``repeat_interval_ms`` of the orchestrator (default 30 000) bounds the
 sleep; the service wakes at the earliest next tick when that is sooner.
@@ -68,6 +77,45 @@ def ticks(definition: JobDefinition[Any], now: dt.datetime) -> tuple[dt.datetime
     return interval_ticks(definition.repeat_interval_ms, now)
 
 
+def first_tick_at_or_after(definition: JobDefinition[Any], moment: dt.datetime) -> dt.datetime:
+    """The first tick of ``definition`` at or after ``moment``."""
+    tick, following = ticks(definition, moment)
+    return tick if tick == moment else following
+
+
+def planned_tick(
+    definition: JobDefinition[Any],
+    now: dt.datetime,
+    last: dt.datetime | None,
+    planned: dt.datetime | None,
+) -> dt.datetime | None:
+    """The first tick to plan when the stored plan does not fit; None when it does.
+
+    ``last`` and ``planned`` are the definition's ``last_repeated_at`` and
+    ``next_tick_at``. A definition no scheduler has seen yet gets the first
+    tick at or after ``now``. An interval definition also gets a new plan when
+    the stored one is not a tick of its interval, comes sooner than one
+    interval after ``last``, or later than needed: its interval changed (or it
+    was a cron definition), and its next tick must be at or after both ``now``
+    and one new interval after ``last``. A cron definition that already ran
+    keeps its stored state: its ticks after ``last`` are due.
+    """
+    period_ms = definition.repeat_interval_ms
+    if period_ms is None:
+        if last is not None or planned is not None:
+            return None
+        return first_tick_at_or_after(definition, now)
+    period = dt.timedelta(milliseconds=period_ms)
+    earliest = first_tick_at_or_after(definition, now if last is None else max(now, last + period))
+    fits = (
+        planned is not None
+        and (planned - EPOCH) % period == dt.timedelta(0)
+        and (last is None or planned >= last + period)
+        and planned <= earliest
+    )
+    return None if fits else earliest
+
+
 class RepeatScheduler(Service):
     """Enqueue the jobs of repeat and cron ticks."""
 
@@ -83,22 +131,31 @@ class RepeatScheduler(Service):
             assert row is not None
             now = row[0]
         assert now is not None
-        state = dict(
-            conn.execute(
+        state: dict[str, tuple[dt.datetime | None, dt.datetime | None]] = {
+            name: (last, planned)
+            for name, last, planned in conn.execute(
                 self.config.queries["definition_repeat_state"],
                 {"names": [d.name for d in repeatable]},
             ).fetchall()
-        )
+        }
         emissions: list[Emission] = []
         scheduled = skipped = 0
         soonest = now + dt.timedelta(milliseconds=self.interval_ms)
         for definition in repeatable:
             tick, following = ticks(definition, now)
             soonest = min(soonest, following)
-            params = {"definition": definition.name, "tick_at": tick, "next_tick_at": following}
-            if definition.cron is not None and state.get(definition.name) is None:
-                conn.execute(self.config.queries["definition_mark_tick"], params)
+            last, planned = state.get(definition.name, (None, None))
+            plan = planned_tick(definition, now, last, planned)
+            if plan is not None:
+                if not self._plan(conn, definition.name, plan, last, planned):
+                    continue  # another scheduler changed the row since it was read
+                planned = plan
+            # A planned tick gates interval definitions, and cron definitions
+            # until their first tick; after that a cron tick is due once it is
+            # later than last_repeated_at (checked by job_insert_tick).
+            if planned is not None and (last is None or definition.cron is None) and tick < planned:
                 continue
+            params = {"definition": definition.name, "tick_at": tick, "next_tick_at": following}
             row = conn.execute(
                 self.config.queries["job_insert_tick"],
                 {
@@ -139,3 +196,18 @@ class RepeatScheduler(Service):
         return RunResult(
             self.name, {"scheduled": scheduled, "skipped": skipped}, tuple(emissions), wait
         )
+
+    def _plan(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        tick: dt.datetime,
+        last: dt.datetime | None,
+        planned: dt.datetime | None,
+    ) -> bool:
+        """Store ``tick`` as the definition's next tick if its row still holds what was read."""
+        row = conn.execute(
+            self.config.queries["definition_plan_tick"],
+            {"definition": name, "next_tick_at": tick, "seen_last": last, "seen_next": planned},
+        ).fetchone()
+        return row is not None

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 from typing import Any
 
 import click
 import psycopg
+from rich.markup import escape
 
 from orchestra import _db
 from orchestra._config import DSN_ENV, Config
+from orchestra._orchestrator._gauges import (
+    MONITOR_HINT,
+    TRANSACTION_WARNING_S_DEFAULT,
+    read_vacuum_horizon,
+)
 from orchestra.cli._app import (
     _dsn_option,
     _dsn_source,
@@ -16,6 +24,7 @@ from orchestra.cli._app import (
     _print_json,
     _schema_option,
     _warn_password_on_argv,
+    err_console,
     handle_errors,
     load_app,
     main,
@@ -25,12 +34,27 @@ from orchestra.cli._app import (
 #
 # Exit 0 when healthy, else 1 with one line saying why (2: usage error). One
 # connection attempt bounded by --timeout-s, so a probe never hangs or retries.
+#
+# A transaction that holds back vacuum makes the status "degraded": a warning
+# line, and still exit 0 unless --fail-on-warning (exit 3). A probe that failed
+# for it would restart or unready every pod at once, which ends nothing: the
+# transaction belongs to someone else.
 
 HEALTH_TIMEOUT_S_DEFAULT = 5.0
+DEGRADED_EXIT_CODE = 3
 
 
 class _UnhealthyError(Exception):
     """Why `orchestra health` fails, as one readable line."""
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with every datetime in it as ISO 8601 text, for --json."""
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
 
 
 def _health_report(
@@ -40,12 +64,14 @@ def _health_report(
     host: str | None,
     name: str | None,
     max_age_s: float,
+    max_transaction_age_s: float,
     timeout_s: float,
     report: dict[str, Any],
 ) -> str:
-    """Check the database, the schema version and heartbeats; fill ``report``.
+    """Check the database, the schema version, vacuum's horizon and heartbeats; fill ``report``.
 
-    Returns the summary line; raises _UnhealthyError with the reason otherwise.
+    Returns the summary line (and appends to ``report["warnings"]`` what makes
+    the status degraded); raises _UnhealthyError with the reason otherwise.
     """
     from orchestra import _migrate  # noqa: PLC0415
     from orchestra.errors import DatabaseUnavailableError, SchemaNotReadyError  # noqa: PLC0415
@@ -68,6 +94,16 @@ def _health_report(
                 f"PostgreSQL answered, schema {config.schema!r} is at version {version} "
                 f"(needs {required})"
             )
+            horizon = read_vacuum_horizon(conn, config)
+            report.update(_jsonable(horizon.as_dict()))
+            warning = horizon.warning(max_transaction_age_s, config.schema)
+            if warning is not None:
+                report["warnings"].append(warning)
+            elif horizon.oldest is not None and horizon.oldest.hidden:
+                summary += (
+                    f"; the oldest transaction (pid {horizon.oldest.pid}) is another role's: "
+                    f"{MONITOR_HINT}"
+                )
             if role is None:
                 return summary
             row = conn.execute(
@@ -137,6 +173,21 @@ def _health_report(
     help="With --role: a heartbeat older than this is not fresh.",
 )
 @click.option(
+    "--max-transaction-age-s",
+    type=click.FloatRange(0),
+    default=TRANSACTION_WARNING_S_DEFAULT,
+    show_default=True,
+    help="Warn (status degraded) when the transaction holding the oldest snapshot on the "
+    "queue's database has been open this long: it keeps autovacuum from cleaning the job "
+    "table. 0 warns about any.",
+)
+@click.option(
+    "--fail-on-warning",
+    is_flag=True,
+    help=f"Exit {DEGRADED_EXIT_CODE} instead of 0 when the status is degraded (for monitoring "
+    "checks; keep it off in Kubernetes probes, which would restart or unready every pod).",
+)
+@click.option(
     "--timeout-s",
     type=click.FloatRange(1, 300),
     default=HEALTH_TIMEOUT_S_DEFAULT,
@@ -155,6 +206,8 @@ def health(
     name: str | None,
     host: str | None,
     max_heartbeat_age_s: float,
+    max_transaction_age_s: float,
+    fail_on_warning: bool,
     timeout_s: float,
     as_json: bool,
 ) -> None:
@@ -162,7 +215,10 @@ def health(
 
     Otherwise exit 1 with one line saying why. For Kubernetes probes: readiness
     `orchestra health`, liveness `orchestra health --role worker` (the pod's own
-    daemon: the host name is the pod name).
+    daemon: the host name is the pod name). A transaction open longer than
+    --max-transaction-age-s, which keeps autovacuum from cleaning the job
+    table, makes the status degraded: a warning line, exit 0 (3 with
+    --fail-on-warning).
     """
     import socket  # noqa: PLC0415
 
@@ -184,7 +240,9 @@ def health(
         host = socket.gethostname()
     report: dict[str, Any] = {
         "healthy": False,
+        "status": "unhealthy",
         "error": None,
+        "warnings": [],
         "schema": config.schema,
         "schema_version": None,
         "required_version": None,
@@ -194,6 +252,10 @@ def health(
         "fresh_daemons": None,
         "registered_daemons": None,
         "latest_heartbeat_age_s": None,
+        "max_transaction_age_s": max_transaction_age_s,
+        "oldest_transaction": None,
+        "holders": None,
+        "job_table": None,
     }
     try:
         summary = _health_report(
@@ -202,17 +264,26 @@ def health(
             host=host,
             name=name,
             max_age_s=max_heartbeat_age_s,
+            max_transaction_age_s=max_transaction_age_s,
             timeout_s=timeout_s,
             report=report,
         )
     except _UnhealthyError as exc:
         report["error"] = _db.redact(str(exc))
+        report["warnings"] = [_db.redact(w) for w in report["warnings"]]
         if as_json:
             _print_json(report)
         _fail(f"unhealthy: {exc}", 1)
         return
     report["healthy"] = True
+    warnings = [_db.redact(w) for w in report["warnings"]]
+    report["warnings"] = warnings
+    report["status"] = "degraded" if warnings else "healthy"
     if as_json:
         _print_json(report)
     else:
-        click.echo(f"healthy: {summary}")
+        click.echo(f"{report['status']}: {summary}")
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+    if warnings and fail_on_warning:
+        sys.exit(DEGRADED_EXIT_CODE)

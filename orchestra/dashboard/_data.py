@@ -2,7 +2,8 @@
 
 Jobs and definitions come from the management API (``config.jobs_async``);
 what it does not offer (counts by channel, throughput, workers, the leader,
-dependents) comes from the read-only queries of ``orchestra/sql/dashboard.sql``.
+dependents) comes from the read-only queries of ``orchestra/sql/dashboard.sql``,
+and what holds back vacuum from ``health_vacuum_horizon`` (``health.sql``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from croniter import croniter
 from psycopg.rows import dict_row
 
 from orchestra._jobs import STATUSES, Attempt, DefinitionInfo, Job
+from orchestra._orchestrator._gauges import (
+    MONITOR_HINT,
+    TRANSACTION_WARNING_S_DEFAULT,
+    VacuumHorizon,
+)
 from orchestra._orchestrator._leader import LEASE_NAME
 
 if TYPE_CHECKING:
@@ -29,6 +35,9 @@ if TYPE_CHECKING:
 WORKER_STALE_MS = 60_000
 #: Most dependencies and dependents listed on a job's page, each.
 LINKS_LIMIT = 200
+#: The overview warns (a banner) when the transaction holding the oldest
+#: snapshot is at least this old: the default of `orchestra health`.
+TRANSACTION_WARNING_S = TRANSACTION_WARNING_S_DEFAULT
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -75,14 +84,31 @@ async def _rows(
         return list(await cursor.fetchall())
 
 
+def database_health(horizon: VacuumHorizon, schema: str, threshold_s: float) -> dict[str, Any]:
+    """The overview's ``database`` section: what holds back vacuum, the job table's rows.
+
+    ``warning`` is the banner's text when the oldest transaction is at least
+    ``threshold_s`` old, else None; ``hint`` says to grant pg_monitor when that
+    transaction's age is hidden from the dashboard's role.
+    """
+    hidden = horizon.oldest is not None and horizon.oldest.hidden
+    return {
+        **horizon.as_dict(),
+        "transaction_warning_s": threshold_s,
+        "warning": horizon.warning(threshold_s, schema),
+        "hint": MONITOR_HINT if hidden else None,
+    }
+
+
 async def overview(config: Config) -> dict[str, Any]:
-    """Counts by status and channel, the last hour's throughput, the daemons and the leader."""
+    """Counts by status and channel, throughput, daemons, the leader and vacuum's horizon."""
     async with config.connection_async() as conn:
         now_rows = await _rows(conn, config, "clock_now", {})
         count_rows = await _rows(conn, config, "dashboard_job_counts", {})
         bucket_rows = await _rows(conn, config, "dashboard_throughput", {})
         worker_rows = await _rows(conn, config, "dashboard_workers", {})
         leader_rows = await _rows(conn, config, "leader_get", {"name": LEASE_NAME})
+        vacuum_rows = await _rows(conn, config, "health_vacuum_horizon", {"schema": config.schema})
     now: dt.datetime = now_rows[0]["clock_timestamp"]
 
     by_status = dict.fromkeys(STATUSES, 0)
@@ -148,6 +174,9 @@ async def overview(config: Config) -> dict[str, Any]:
             "expires_at": leader["expires_at"],
             "live": bool(leader["live"]),
         },
+        "database": database_health(
+            VacuumHorizon.from_row(vacuum_rows[0]), config.schema, TRANSACTION_WARNING_S
+        ),
     }
 
 

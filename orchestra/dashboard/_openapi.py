@@ -211,6 +211,61 @@ _SCHEMAS: dict[str, Any] = {
                     ),
                 ]
             },
+            "database": _object(
+                {
+                    "oldest_transaction": {
+                        "description": "What holds the oldest snapshot on the queue's database "
+                        "(autovacuum cannot remove job rows that died after it); null: nothing.",
+                        "oneOf": [
+                            {"type": "null"},
+                            _object(
+                                {
+                                    "kind": {
+                                        "type": "string",
+                                        "enum": ["session", "prepared", "replication_slot"],
+                                    },
+                                    "pid": _NULLABLE_INT,
+                                    "state": _NULLABLE_STRING,
+                                    "application_name": _NULLABLE_STRING,
+                                    "user": _NULLABLE_STRING,
+                                    "name": {
+                                        "type": ["string", "null"],
+                                        "description": "A prepared transaction's gid or a "
+                                        "replication slot's name.",
+                                    },
+                                    "age_s": {
+                                        "type": ["number", "null"],
+                                        "description": "Seconds since its transaction began; "
+                                        "null for a slot, or when hidden.",
+                                    },
+                                    "xid_age": {"type": "integer"},
+                                    "hidden": {
+                                        "type": "boolean",
+                                        "description": "The dashboard's role may not see this "
+                                        "session's details (grant it pg_monitor).",
+                                    },
+                                }
+                            ),
+                        ],
+                    },
+                    "holders": {"type": "integer"},
+                    "job_table": _object(
+                        {
+                            "live_tuples": _NULLABLE_INT,
+                            "dead_tuples": _NULLABLE_INT,
+                            "last_autovacuum": _NULLABLE_TIMESTAMP,
+                            "last_vacuum": _NULLABLE_TIMESTAMP,
+                        }
+                    ),
+                    "transaction_warning_s": {"type": "number"},
+                    "warning": {
+                        "type": ["string", "null"],
+                        "description": "Set when the oldest transaction is at least "
+                        "transaction_warning_s old.",
+                    },
+                    "hint": _NULLABLE_STRING,
+                }
+            ),
         }
     ),
 }

@@ -48,16 +48,25 @@ SELECT (SELECT id FROM inserted) AS job_id,
        (SELECT busy FROM busy) AS busy,
        (SELECT n FROM woken) AS woken;
 
--- name: definition_mark_tick
--- Record a tick without enqueueing (the first cron tick of a new definition
--- is not run retroactively).
+-- name: definition_plan_tick
+-- Plan the first tick of a new definition (or of a changed interval) without
+-- enqueueing anything: its job is enqueued once that tick is reached, so a
+-- tick from before the definition was seen is never run. Compare-and-set on
+-- the two columns the scheduler read: when another scheduler changed them in
+-- between, nothing is written (no row returned) and the next pass decides.
 UPDATE {schema}.job_definition
-SET last_repeated_at = %(tick_at)s::timestamptz, next_tick_at = %(next_tick_at)s::timestamptz
+SET next_tick_at = %(next_tick_at)s::timestamptz
 WHERE name = %(definition)s
-  AND (last_repeated_at IS NULL OR last_repeated_at < %(tick_at)s::timestamptz);
+  AND last_repeated_at IS NOT DISTINCT FROM %(seen_last)s::timestamptz
+  AND next_tick_at IS NOT DISTINCT FROM %(seen_next)s::timestamptz
+RETURNING name;
 
 -- name: definition_repeat_state
-SELECT name, last_repeated_at FROM {schema}.job_definition WHERE name = ANY(%(names)s::text[]);
+-- The last handled tick and the next planned one of the definitions a
+-- scheduler carries.
+SELECT name, last_repeated_at, next_tick_at
+FROM {schema}.job_definition
+WHERE name = ANY(%(names)s::text[]);
 
 -- name: job_rescue_stale_workers
 -- Take back the running jobs of workers whose heartbeat is older than the
@@ -217,13 +226,13 @@ WITH old AS MATERIALIZED (
     INSERT INTO {schema}.job_archive (
         id, definition, channel, status, priority, payload, result, attempt, max_attempts,
         run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
-        last_error, attempts, trace_context)
+        last_error, attempts, trace_context, created_by)
     SELECT j.id, j.definition, j.channel, j.status, j.priority, j.payload, j.result, j.attempt,
            j.max_attempts, j.run_at, j.unique_key, j.resource_key, j.tick_at, j.created_at,
            j.started_at, j.finalized_at, j.last_error,
            coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
                      FROM {schema}.job_attempt a WHERE a.job_id = j.id), '[]'::jsonb),
-           j.trace_context
+           j.trace_context, j.created_by
     FROM {schema}.job j JOIN old ON old.id = j.id
     WHERE %(archive)s
     ON CONFLICT (id) DO NOTHING

@@ -76,21 +76,22 @@ class TestTicks:
 
 
 class TestScheduler:
-    def test_f1_f3_first_pass_enqueues_an_empty_payload_job(
+    def test_first_tick_enqueues_an_empty_payload_job(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A repeat definition gets its first job at the first pass, payload {} and its num_attempts, with an OrchestratorJobScheduled event (F1, F3, F5)."""
+        """A new repeat definition waits for its first tick, then gets a job with payload {} and its num_attempts, and an OrchestratorJobScheduled event."""
         JobDefinition(
             config, name="tick", job_function=noop, repeat_interval_ms=60_000, num_attempts=4
         ).upsert(db)
-        result = RepeatScheduler(config, interval_ms=120_000).run_once(
-            db, T0 + dt.timedelta(seconds=5)
-        )
+        scheduler = RepeatScheduler(config, interval_ms=120_000)
+        first = scheduler.run_once(db, T0 + dt.timedelta(seconds=5))
+        assert kinds(first) == []
+        assert first.next_run_in_s == pytest.approx(55.0)  # wakes for the next tick
+        result = scheduler.run_once(db, T0 + dt.timedelta(seconds=60))
         assert kinds(result) == ["OrchestratorJobScheduled"]
         assert rows(
             db, config, "SELECT payload, max_attempts, tick_at, status::text FROM {s}.job"
-        ) == [({}, 4, T0, "available")]
-        assert result.next_run_in_s == pytest.approx(55.0)  # wakes for the next tick
+        ) == [({}, 4, T0 + dt.timedelta(minutes=1), "available")]
 
     def test_f2_one_job_per_tick(self, config: Config, db: psycopg.Connection[Any]) -> None:
         """Further passes within a tick enqueue nothing; the next tick enqueues one more (F2)."""
@@ -98,10 +99,10 @@ class TestScheduler:
             config, name="tick", job_function=noop, repeat_interval_ms=60_000, overlap=True
         ).upsert(db)
         scheduler = RepeatScheduler(config, interval_ms=30_000)
-        for seconds in (1, 20, 59, 60, 61, 119):
+        for seconds in (1, 20, 59, 60, 61, 119, 120, 121, 179):
             scheduler.run_once(db, T0 + dt.timedelta(seconds=seconds))
         ticks = [r[0] for r in rows(db, config, "SELECT tick_at FROM {s}.job ORDER BY tick_at")]
-        assert ticks == [T0, T0 + dt.timedelta(minutes=1)]
+        assert ticks == [T0 + dt.timedelta(minutes=1), T0 + dt.timedelta(minutes=2)]
 
     def test_f4_two_schedulers_enqueue_each_tick_once(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]

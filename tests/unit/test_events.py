@@ -43,6 +43,10 @@ SAMPLE_FIELDS: dict[str, Any] = {
     "archived": False,
     "depth": (("available", "_default", 3),),
     "workers": {"worker": 1, "orchestrator": 1},
+    "oldest_transaction_age_s": 1.5,
+    "oldest_transaction_xid_age": 12,
+    "job_dead_tuples": 40,
+    "job_live_tuples": 100,
 }
 
 EVENT_CLASSES: list[type[events.Event]] = [

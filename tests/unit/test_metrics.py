@@ -10,6 +10,7 @@ import datetime as dt
 import importlib
 import json
 import logging
+import math
 import sys
 import urllib.request
 from typing import Any, TypeVar
@@ -270,6 +271,55 @@ class TestGauges:
         assert value(registry, "orchestra_workers", role="worker") is None
         handler(gauges((("available", "mail", 1),)))  # leading again later: exported again
         assert value(registry, "orchestra_jobs", status="available", channel="mail") == 1
+
+    def test_oldest_transaction_and_job_table_rows_are_set(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """The snapshot's oldest transaction age and the job table's dead and live rows become gauges."""
+        handler(
+            make(
+                events.OrchestratorQueueGauges,
+                "orchestrator",
+                depth=(),
+                workers={},
+                oldest_transaction_age_s=312.5,
+                oldest_transaction_xid_age=4_000,
+                job_dead_tuples=120_000,
+                job_live_tuples=900,
+            )
+        )
+        assert value(registry, "orchestra_oldest_transaction_age_seconds") == 312.5
+        assert value(registry, "orchestra_oldest_transaction_age_xids") == 4_000
+        assert value(registry, "orchestra_job_table_dead_tuples") == 120_000
+        assert value(registry, "orchestra_job_table_live_tuples") == 900
+
+    def test_database_gauges_are_nan_when_unknown_or_not_leading(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """Before a snapshot, for an age the role may not see, and after losing the lease, the unlabelled database gauges read NaN rather than 0."""
+        names = (
+            "orchestra_oldest_transaction_age_seconds",
+            "orchestra_oldest_transaction_age_xids",
+            "orchestra_job_table_dead_tuples",
+            "orchestra_job_table_live_tuples",
+        )
+        assert all(math.isnan(value(registry, name) or 0.0) for name in names)
+        handler(gauges((), {}))  # a snapshot without the database figures
+        assert math.isnan(value(registry, "orchestra_oldest_transaction_age_seconds") or 0.0)
+        handler(
+            make(
+                events.OrchestratorQueueGauges,
+                "orchestrator",
+                depth=(),
+                workers={},
+                oldest_transaction_age_s=1.0,
+                oldest_transaction_xid_age=1,
+                job_dead_tuples=1,
+                job_live_tuples=1,
+            )
+        )
+        handler(make(events.OrchestratorLeadershipLost, "orchestrator", reason="stopped"))
+        assert all(math.isnan(value(registry, name) or 0.0) for name in names)
 
 
 class TestHandlerSetup:
