@@ -441,7 +441,7 @@ class JobDefinition(Generic[P]):
         }
 
     def upsert(self, conn: psycopg.Connection[Any]) -> None:
-        """Write this definition's row (last writer wins)."""
+        """Write this definition's row (last writer wins): what daemons do at start."""
         conn.execute(self.config.queries["definition_upsert"], self.row_params())
         self._ensured_at = time.monotonic()
 
@@ -450,23 +450,39 @@ class JobDefinition(Generic[P]):
         await conn.execute(self.config.queries["definition_upsert"], self.row_params())
         self._ensured_at = time.monotonic()
 
+    def ensure(self, conn: psycopg.Connection[Any]) -> None:
+        """Write this definition's row if it is missing, else refresh its heartbeat.
+
+        What ``defer`` does. The settings of an existing row are left to the
+        daemons that run the definition (:meth:`upsert`), so a producer with
+        an older copy of them cannot change a lease or a limit under running
+        jobs, and needs no write privilege on definitions (decision 0018).
+        """
+        conn.execute(self.config.queries["definition_ensure"], self.row_params())
+        self._ensured_at = time.monotonic()
+
+    async def ensure_async(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Async twin of :meth:`ensure`."""
+        await conn.execute(self.config.queries["definition_ensure"], self.row_params())
+        self._ensured_at = time.monotonic()
+
     def _needs_upsert(self) -> bool:
         return (
             self._ensured_at is None or time.monotonic() - self._ensured_at > DEFINITION_REFRESH_S
         )
 
     def _ensure(self) -> None:
-        # Upserted on its own pooled autocommit connection, never inside the
+        # Written on its own pooled autocommit connection, never inside the
         # caller's transaction: a rollback there must not undo it behind our cache.
         if self._needs_upsert():
             with self._ensure_lock, self.config.connection() as conn:
                 if self._needs_upsert():
-                    self.upsert(conn)
+                    self.ensure(conn)
 
     async def _ensure_async(self) -> None:
         if self._needs_upsert():
             async with self.config.connection_async() as conn:
-                await self.upsert_async(conn)
+                await self.ensure_async(conn)
 
     # -- defer --------------------------------------------------------------
 
@@ -726,13 +742,19 @@ class JobDefinition(Generic[P]):
     ) -> tuple[Any, ...] | None:
         try:
             return conn.execute(query, params).fetchone()
-        except psycopg.errors.ForeignKeyViolation:
+        except psycopg.errors.ForeignKeyViolation as exc:
+            if _dependency_swept(exc):
+                if not own:
+                    raise self._dependency_missing(params) from None
+                # Run again: the statement now sees the dependency gone and
+                # inserts nothing, and the caller names it (UnknownJobError).
+                return conn.execute(query, params).fetchone()
             # The definition row vanished while this process believed it present
-            # (swept as stale, or deleted by hand): write it again (seed bug 13).
+            # (swept as stale, or deleted by hand): write it again.
             self._ensured_at = None
             if not own:
                 raise self._definition_missing() from None
-            self.upsert(conn)
+            self.ensure(conn)
             return conn.execute(query, params).fetchone()
 
     async def _insert_async(
@@ -740,15 +762,25 @@ class JobDefinition(Generic[P]):
     ) -> tuple[Any, ...] | None:
         try:
             return await (await conn.execute(query, params)).fetchone()
-        except psycopg.errors.ForeignKeyViolation:
+        except psycopg.errors.ForeignKeyViolation as exc:
+            if _dependency_swept(exc):
+                if not own:
+                    raise self._dependency_missing(params) from None
+                return await (await conn.execute(query, params)).fetchone()
             self._ensured_at = None
             if not own:
                 raise self._definition_missing() from None
-            await self.upsert_async(conn)
+            await self.ensure_async(conn)
             return await (await conn.execute(query, params)).fetchone()
 
     def _recheck_params(self, row: tuple[Any, ...]) -> dict[str, Any]:
         return {"id": row[0], "notify_channel": self.config.notify_channel}
+
+    def _dependency_missing(self, params: dict[str, Any]) -> UnknownJobError:
+        return UnknownJobError(
+            tuple(params["depends_on"]),
+            "depends_on, deleted while the job was inserted; roll your transaction back",
+        )
 
     def _definition_missing(self) -> OrchestraError:
         return OrchestraError(
@@ -786,6 +818,16 @@ class JobDefinition(Generic[P]):
         if self._arity == 1:
             return self.job_function(payload)
         return self.job_function()
+
+
+def _dependency_swept(exc: psycopg.errors.ForeignKeyViolation) -> bool:
+    """True when the violated key is a dependency edge's, not the job's definition.
+
+    job_insert reads its dependencies without locking them; the foreign key
+    check of each new edge locks it, and fails if a sweep deleted it in
+    between.
+    """
+    return exc.diag.table_name == "job_dependency"
 
 
 def current_trace_context() -> str | None:

@@ -10,7 +10,7 @@
 --
 --   schema             _queue                   the queue schema (Config(schema=...))
 --   migrator_role      orchestra_migrator       owns the schema and its objects; runs `orchestra migrate`
---   producer_role      orchestra_producer       defers jobs, reads their status and result
+--   producer_role      orchestra_producer       defers jobs, reads the status and result of its own
 --   worker_role        orchestra_worker         a producer that also claims, runs and finishes jobs
 --   orchestrator_role  orchestra_orchestrator   maintenance: ticks, rescue, timeouts, sweeps, archive, leader lease
 --   dashboard_role     orchestra_dashboard      reads everything, writes nothing
@@ -32,16 +32,35 @@
 -- and the file narrows them to what each role needs.
 --
 -- The file is idempotent and convergent: it creates what is missing, revokes
--- every privilege of the four runtime roles on the tables it knows and grants
--- exactly the list below, all in one transaction (ON_ERROR_STOP: an error
--- changes nothing). Tables it does not know (added by a newer migration) are
--- left as the default privileges made them.
+-- every privilege of the four runtime roles (and of PUBLIC, on the functions)
+-- on the tables and functions it knows and grants exactly the list below,
+-- replaces its row-level security policies, all in one transaction
+-- (ON_ERROR_STOP: an error changes nothing). Tables it does not know (added by
+-- a newer migration) are left as the default privileges made them.
+--
+-- Privileges say which columns a role may write; row-level security policies
+-- (section 5) say which rows, and with them which moves of the job state
+-- machine: a producer only inserts jobs and reads its own (`created_by`), a
+-- worker changes only unclaimed jobs, waiting jobs whose dependencies all
+-- succeeded, and the running jobs of the daemons its own role registered;
+-- nobody but the orchestrator and the owner rewrites a finalized job. The
+-- moves a plain privilege cannot express go through SECURITY DEFINER
+-- functions owned by the migrator (schemas/0006_least_privilege.sql). The
+-- owner of the tables (the migrator, or whoever ran `orchestra migrate` when
+-- this file is not used) bypasses the policies: a single-user deployment pays
+-- nothing for them. docs/decisions/0018-least-privilege-rows-and-functions.md
+-- says why.
 --
 -- What the statements need (orchestra/sql/*.sql): identity columns need no
--- sequence grant; ON DELETE CASCADE runs as the table owner, so deleting a job
--- needs no DELETE on job_attempt or job_dependency; LISTEN and pg_notify need
--- no grant; SELECT ... FOR [KEY] SHARE / [NO KEY] UPDATE needs UPDATE on at
--- least one column of the table, which every role that locks rows has.
+-- sequence grant; ON DELETE CASCADE and foreign key checks run as the table
+-- owner, so deleting a job needs no DELETE on job_attempt or job_dependency
+-- and inserting an edge no SELECT on job; LISTEN and pg_notify need no grant;
+-- SELECT ... FOR [KEY] SHARE / [NO KEY] UPDATE needs UPDATE on at least one
+-- column of the table, and passes the UPDATE policies too.
+--
+-- Upgrading to schema version 6: apply this file once every process runs the
+-- version that ships it. Older producers upsert definitions and re-check
+-- waiting jobs with plain UPDATEs, which this file no longer grants them.
 
 \set ON_ERROR_STOP on
 
@@ -71,6 +90,10 @@
 \endif
 
 BEGIN;
+
+-- The DROP POLICY IF EXISTS of a first run and the GRANTs of a second one
+-- would each print a NOTICE; only warnings and errors are worth reading.
+SET LOCAL client_min_messages TO warning;
 
 -- Two runs at once would collide on the database's ACL ("tuple concurrently
 -- updated"): the second waits for the first to commit.
@@ -108,7 +131,15 @@ GRANT :"producer_role" TO :"worker_role";
 
 -- 2. The migrator owns the schema and everything in it; it needs no CREATE
 -- on the database (`orchestra migrate` creates the schema only if missing).
-SELECT count(*) = 8 AS migrated
+-- `migrated`: every table and function this file grants on exists (schema
+-- version 6 or later).
+SELECT count(*) = 8
+       AND (SELECT count(*) FROM pg_catalog.pg_proc p
+            JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = :'schema'
+              AND p.proname IN ('job_recheck_waiting', 'job_find_unique', 'definition_ensure',
+                                'job_dependencies_met', 'job_created_by_caller')) = 5
+       AS migrated
 FROM pg_catalog.pg_tables
 WHERE schemaname = :'schema'
   AND tablename IN ('schema_version', 'job_definition', 'job', 'job_attempt',
@@ -173,7 +204,7 @@ ALTER DEFAULT PRIVILEGES FOR ROLE :"migrator_role" IN SCHEMA :"schema"
 ALTER DEFAULT PRIVILEGES FOR ROLE :"migrator_role" IN SCHEMA :"schema"
     GRANT USAGE ON SEQUENCES TO :"producer_role", :"worker_role", :"orchestrator_role";
 
--- 4. The tables of schema version 3, role by role.
+-- 4. The tables and functions of schema version 6, role by role.
 \if :orchestra_migrated
 
 REVOKE ALL ON
@@ -182,47 +213,75 @@ REVOKE ALL ON
     :"schema".leader, :"schema".job_archive
 FROM :"producer_role", :"worker_role", :"orchestrator_role", :"dashboard_role";
 
+-- The migration leaves EXECUTE to PUBLIC (so that new code works before this
+-- file is applied again); here each function goes to the roles that call it.
+REVOKE ALL ON FUNCTION
+    :"schema".job_recheck_waiting(bigint, text),
+    :"schema".job_find_unique(text, text),
+    :"schema".definition_ensure(text, text, integer, text, bigint, bigint, smallint, bigint,
+                                text, bigint, integer, bigint, bigint),
+    :"schema".job_dependencies_met(bigint),
+    :"schema".job_created_by_caller(bigint)
+FROM PUBLIC, :"producer_role", :"worker_role", :"orchestrator_role", :"dashboard_role";
+
 -- Producer: JobDefinition.defer/defer_many (+ _async), JobHandle.status and
--- JobHandle.result.
---   definition_upsert       INSERT ... ON CONFLICT DO UPDATE of the settings; it also
---                           re-flags `limited` on the definition's unfinished jobs
---   job_insert              locks the dependencies FOR KEY SHARE, inserts the job and its edges
---   job_insert_many         inserts a batch
---   job_find_unique, job_ids_existing, job_status, job_outcome   reads (job_outcome: archive too)
---   job_recheck_waiting     after a defer that came back `waiting`: waiting -> available
--- UPDATE is limited to the columns `status` and `limited`. The CHECK
--- constraints of the job table tie `running` to a lock token and the final
--- statuses to finalized_at, neither of which a producer may write, so the
--- only moves open to it are waiting <-> available. It can neither delete a
--- job nor change its payload, result, attempts or lease. It cannot read the
--- attempt log (config.jobs.get needs the dashboard role) nor the daemons.
+-- JobHandle.result, of the jobs it created.
+--   definition_ensure       the definition's row if missing, else its heartbeat (a function:
+--                           the settings of an existing definition are the daemons')
+--   job_insert, job_insert_simple, job_insert_many   the job and its dependency edges
+--   job_find_unique         the id of the holder of a unique key (a function: the holder
+--                           may be another role's job)
+--   job_recheck_waiting     after a defer that came back `waiting`: waiting -> available if
+--                           every dependency succeeded (a function)
+--   job_ids_existing, job_status, job_outcome   reads of its own jobs (job_outcome: archive too)
+-- No UPDATE or DELETE on any table. The policies of section 5 let it read,
+-- and depend on, only the jobs it created (and jobs deferred before schema
+-- version 6, which have no recorded creator), hang dependency edges only on
+-- its own jobs, and insert a job only with the `limited` flag its definition
+-- implies. The CHECK constraints of the job table tie `running` to a lock
+-- token and the final statuses to finalized_at, neither of which it may
+-- insert. It cannot read the attempt log (config.jobs.get needs the
+-- dashboard role) nor the daemons.
 GRANT SELECT ON
-    :"schema".schema_version, :"schema".job_definition, :"schema".job,
-    :"schema".job_dependency, :"schema".job_archive
+    :"schema".schema_version, :"schema".job_definition, :"schema".job, :"schema".job_archive
 TO :"producer_role";
+GRANT INSERT (definition, channel, status, priority, payload, max_attempts, run_at,
+              unique_key, resource_key, limited, trace_context)
+ON :"schema".job TO :"producer_role";
+GRANT INSERT (job_id, required_job_id) ON :"schema".job_dependency TO :"producer_role";
+GRANT EXECUTE ON FUNCTION
+    :"schema".job_recheck_waiting(bigint, text),
+    :"schema".job_find_unique(text, text),
+    :"schema".definition_ensure(text, text, integer, text, bigint, bigint, smallint, bigint,
+                                text, bigint, integer, bigint, bigint),
+    :"schema".job_created_by_caller(bigint)
+TO :"producer_role";
+
+-- Worker: everything a producer may (membership above), plus
+--   definition_upsert                                   the settings of the definitions it carries
+--   worker_register, worker_heartbeat, worker_delete   the rows of its own role in `worker`
+--   job_claim, definition_lock_limited + job_claim_limited (sets last_released_at)
+--   job_finish_many, job_release_dependents             fenced finish, attempt log
+--   job_claim_recover, job_finish_recorded              after a connection broke mid-statement
+--   definition_heartbeat_many                           last_heartbeat_at
+--   manage_job_get                                      callbacks read the job and its attempts
+-- No DELETE on jobs; payload, definition, channel, priority, keys and
+-- created_at stay read-only. The policies of section 5 restrict its UPDATEs
+-- of jobs to available jobs (claim), waiting jobs whose dependencies all
+-- succeeded (release) and running jobs held by a daemon its role registered
+-- (heartbeat, finish); finalized jobs and other roles' running jobs are out
+-- of its reach, and so are the `worker` rows of other roles.
+GRANT SELECT ON
+    :"schema".job_attempt, :"schema".worker, :"schema".job_dependency
+TO :"worker_role";
 GRANT INSERT (name, channel, num_attempts, backoff, backoff_base_ms, backoff_max_ms, priority,
               repeat_interval_ms, cron, release_interval_ms, max_concurrency,
               lock_interval_ms, timeout_interval_ms),
       UPDATE (channel, num_attempts, backoff, backoff_base_ms, backoff_max_ms, priority,
               repeat_interval_ms, cron, release_interval_ms, max_concurrency,
-              lock_interval_ms, timeout_interval_ms, last_heartbeat_at, updated_at)
-ON :"schema".job_definition TO :"producer_role";
-GRANT INSERT (definition, channel, status, priority, payload, max_attempts, run_at,
-              unique_key, resource_key, limited, trace_context),
-      UPDATE (status, limited)
-ON :"schema".job TO :"producer_role";
-GRANT INSERT (job_id, required_job_id) ON :"schema".job_dependency TO :"producer_role";
-
--- Worker: everything a producer may (membership above), plus
---   worker_register, worker_heartbeat, worker_delete   its row in `worker`
---   job_claim, definition_lock_limited + job_claim_limited (sets last_released_at)
---   job_finish_many, job_release_dependents             fenced finish, attempt log
---   definition_heartbeat_many                           last_heartbeat_at (granted to producers)
---   manage_job_get                                      callbacks read the job and its attempts
--- No DELETE on jobs; payload, definition, channel, priority, keys and
--- created_at stay read-only.
-GRANT SELECT ON :"schema".job_attempt, :"schema".worker TO :"worker_role";
-GRANT UPDATE (last_released_at) ON :"schema".job_definition TO :"worker_role";
+              lock_interval_ms, timeout_interval_ms, last_heartbeat_at, updated_at,
+              last_released_at)
+ON :"schema".job_definition TO :"worker_role";
 GRANT UPDATE (status, attempt, run_at, locked_by, lock_token, locked_until, started_at,
               finalized_at, result, last_error, limited)
 ON :"schema".job TO :"worker_role";
@@ -231,16 +290,18 @@ GRANT INSERT (job_id, attempt, worker_id, worker_name, started_at, outcome, erro
 ON :"schema".job_attempt TO :"worker_role";
 GRANT INSERT (name, role, host, pid, channel, concurrency), UPDATE (heartbeat_at), DELETE
 ON :"schema".worker TO :"worker_role";
+GRANT EXECUTE ON FUNCTION :"schema".job_dependencies_met(bigint) TO :"worker_role";
 
 -- Orchestrator (orchestra/sql/maintenance.sql, leader.sql, worker.sql): the
--- maintenance role, table-level on what it maintains.
+-- maintenance role, table-level on what it maintains, every row.
 --   leader_attempt_elect, leader_resign          the lease row
 --   worker_register, worker_touch, worker_delete its own row; job_rescue_stale_workers deletes dead ones
---   definition_upsert, definition_heartbeat_many, job_insert_tick, definition_mark_tick
+--   definition_upsert, definition_heartbeat_many, job_insert_tick, definition_plan_tick
 --   job_rescue_expired, job_rescue_stale_workers, job_finalize_timed_out,
 --   job_finalize_unmet_dependencies, job_release_satisfied   update jobs, log lost/timed-out attempts
 --   job_sweep_finalized (archive: INSERT into job_archive), definition_sweep_stale
 --   job_archive_prune (archive_retention_ms: DELETE from job_archive)
+-- and the producer's functions, for an orchestrator process that defers.
 GRANT SELECT ON
     :"schema".schema_version, :"schema".job_definition, :"schema".job,
     :"schema".job_attempt, :"schema".job_dependency, :"schema".worker,
@@ -249,8 +310,14 @@ TO :"orchestrator_role";
 GRANT INSERT, UPDATE, DELETE ON
     :"schema".job_definition, :"schema".job, :"schema".worker, :"schema".leader
 TO :"orchestrator_role";
-GRANT INSERT ON :"schema".job_attempt TO :"orchestrator_role";
+GRANT INSERT ON :"schema".job_attempt, :"schema".job_dependency TO :"orchestrator_role";
 GRANT INSERT, DELETE ON :"schema".job_archive TO :"orchestrator_role";
+GRANT EXECUTE ON FUNCTION
+    :"schema".job_recheck_waiting(bigint, text),
+    :"schema".job_find_unique(text, text),
+    :"schema".definition_ensure(text, text, integer, text, bigint, bigint, smallint, bigint,
+                                text, bigint, integer, bigint, bigint)
+TO :"orchestrator_role";
 
 -- Dashboard: reads every table (orchestra jobs list/show, orchestra
 -- definitions list, config.jobs.get/list/count/definitions, the web
@@ -263,17 +330,122 @@ GRANT INSERT, DELETE ON :"schema".job_archive TO :"orchestrator_role";
 --
 --   GRANT orchestra_orchestrator TO ops_alice;
 --
--- or, narrower, a role of their own:
+-- or, narrower, a role of their own (the policy lets it write every job row;
+-- without it row-level security would hide them all from its UPDATE):
 --
 --   CREATE ROLE orchestra_operator NOLOGIN IN ROLE orchestra_dashboard;
 --   GRANT UPDATE (status, attempt, result, run_at, finalized_at, locked_by, lock_token,
 --                 locked_until, limited, last_error), DELETE ON _queue.job TO orchestra_operator;
 --   GRANT INSERT ON _queue.job_attempt TO orchestra_operator;
+--   CREATE POLICY operator_all ON _queue.job TO orchestra_operator USING (true) WITH CHECK (true);
 GRANT SELECT ON
     :"schema".schema_version, :"schema".job_definition, :"schema".job,
     :"schema".job_attempt, :"schema".job_dependency, :"schema".worker,
     :"schema".leader, :"schema".job_archive
 TO :"dashboard_role";
+
+-- 5. Row-level security on the tables whose rows belong to someone: jobs
+-- (and their archive and edges) to the role that created them, `worker` rows
+-- to the role that registered them. A role without a policy on such a table
+-- sees none of its rows; the owner and superusers bypass the policies.
+-- Policies are dropped and created again, so a second run converges.
+ALTER TABLE :"schema".job ENABLE ROW LEVEL SECURITY;
+ALTER TABLE :"schema".job_archive ENABLE ROW LEVEL SECURITY;
+ALTER TABLE :"schema".job_dependency ENABLE ROW LEVEL SECURITY;
+ALTER TABLE :"schema".worker ENABLE ROW LEVEL SECURITY;
+
+DROP POLICY IF EXISTS producer_select_own ON :"schema".job;
+DROP POLICY IF EXISTS producer_insert ON :"schema".job;
+DROP POLICY IF EXISTS worker_select ON :"schema".job;
+DROP POLICY IF EXISTS worker_update_unclaimed_or_held ON :"schema".job;
+DROP POLICY IF EXISTS orchestrator_all ON :"schema".job;
+DROP POLICY IF EXISTS dashboard_select ON :"schema".job;
+DROP POLICY IF EXISTS producer_select_own ON :"schema".job_archive;
+DROP POLICY IF EXISTS worker_select ON :"schema".job_archive;
+DROP POLICY IF EXISTS orchestrator_all ON :"schema".job_archive;
+DROP POLICY IF EXISTS dashboard_select ON :"schema".job_archive;
+DROP POLICY IF EXISTS producer_insert_on_own_jobs ON :"schema".job_dependency;
+DROP POLICY IF EXISTS worker_select ON :"schema".job_dependency;
+DROP POLICY IF EXISTS orchestrator_all ON :"schema".job_dependency;
+DROP POLICY IF EXISTS dashboard_select ON :"schema".job_dependency;
+DROP POLICY IF EXISTS worker_own_role ON :"schema".worker;
+DROP POLICY IF EXISTS orchestrator_all ON :"schema".worker;
+DROP POLICY IF EXISTS dashboard_select ON :"schema".worker;
+
+-- Jobs. A producer reads the jobs its role created; NULL is a job deferred
+-- before schema version 6, readable as before. It inserts a job only with the
+-- `limited` flag its definition and resource key imply (what job_insert
+-- computes), so that it cannot take a job out of its definition's rate limit.
+CREATE POLICY producer_select_own ON :"schema".job FOR SELECT TO :"producer_role"
+    USING (created_by = current_user OR created_by IS NULL);
+CREATE POLICY producer_insert ON :"schema".job FOR INSERT TO :"producer_role"
+    WITH CHECK (
+        created_by = current_user
+        AND limited = (resource_key IS NOT NULL OR coalesce(
+            (SELECT d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL
+             FROM :"schema".job_definition d WHERE d.name = job.definition), false)));
+-- A worker runs any job of the channels it serves, so it reads every job. It
+-- changes an available job (claim), a waiting job whose dependencies all
+-- succeeded (release; job_dependencies_met reads them as the owner: a policy
+-- cannot query the table it guards) and a running job held by a daemon its
+-- role registered (heartbeat, finish); never a finalized job, nor a job that
+-- another role's daemon runs. The rows outside the policy are skipped, not
+-- refused: an UPDATE aimed at them changes nothing. The new row may be
+-- anything the column grants and CHECK constraints allow except `cancelled`
+-- (an operator's action); the old row is what the policy guards, because a
+-- WITH CHECK that failed would abort a whole batch of claims and finishes.
+CREATE POLICY worker_select ON :"schema".job FOR SELECT TO :"worker_role"
+    USING (true);
+CREATE POLICY worker_update_unclaimed_or_held ON :"schema".job FOR UPDATE TO :"worker_role"
+    USING (
+        status = 'available'
+        OR (status = 'waiting' AND :"schema".job_dependencies_met(id))
+        OR (status = 'running' AND locked_by IN (
+            SELECT w.id FROM :"schema".worker w
+            WHERE w.registered_by = current_user OR w.registered_by IS NULL)))
+    WITH CHECK (status <> 'cancelled');
+CREATE POLICY orchestrator_all ON :"schema".job TO :"orchestrator_role"
+    USING (true) WITH CHECK (true);
+CREATE POLICY dashboard_select ON :"schema".job FOR SELECT TO :"dashboard_role"
+    USING (true);
+
+-- The archive: as the jobs it keeps (job_sweep_finalized carries created_by).
+CREATE POLICY producer_select_own ON :"schema".job_archive FOR SELECT TO :"producer_role"
+    USING (created_by = current_user OR created_by IS NULL);
+CREATE POLICY worker_select ON :"schema".job_archive FOR SELECT TO :"worker_role"
+    USING (true);
+CREATE POLICY orchestrator_all ON :"schema".job_archive TO :"orchestrator_role"
+    USING (true) WITH CHECK (true);
+CREATE POLICY dashboard_select ON :"schema".job_archive FOR SELECT TO :"dashboard_role"
+    USING (true);
+
+-- Dependency edges: a producer (and a worker deferring a follow-up) adds them
+-- only to jobs its role created. An edge on another role's waiting job would
+-- hold it back, or fail it with the new dependency. job_created_by_caller is
+-- VOLATILE so that it sees the job that job_insert inserts in the same
+-- statement, just before its edges.
+CREATE POLICY producer_insert_on_own_jobs ON :"schema".job_dependency
+    FOR INSERT TO :"producer_role"
+    WITH CHECK (:"schema".job_created_by_caller(job_id));
+CREATE POLICY worker_select ON :"schema".job_dependency FOR SELECT TO :"worker_role"
+    USING (true);
+CREATE POLICY orchestrator_all ON :"schema".job_dependency TO :"orchestrator_role"
+    USING (true) WITH CHECK (true);
+CREATE POLICY dashboard_select ON :"schema".job_dependency FOR SELECT TO :"dashboard_role"
+    USING (true);
+
+-- Daemons: a worker registers, heartbeats and deletes the rows of its own
+-- role only (NULL: a daemon registered before schema version 6). Workers that
+-- share a LOGIN role are one principal to the database; give each
+-- deployment that must not touch another's rows and jobs a LOGIN role of its
+-- own. The orchestrator reaps dead daemons of every role.
+CREATE POLICY worker_own_role ON :"schema".worker TO :"worker_role"
+    USING (registered_by = current_user OR registered_by IS NULL)
+    WITH CHECK (registered_by = current_user OR registered_by IS NULL);
+CREATE POLICY orchestrator_all ON :"schema".worker TO :"orchestrator_role"
+    USING (true) WITH CHECK (true);
+CREATE POLICY dashboard_select ON :"schema".worker FOR SELECT TO :"dashboard_role"
+    USING (true);
 
 \else
 \echo 'orchestra roles: schema' :"schema" 'is not migrated yet: roles, schema and default privileges are in place; run `orchestra migrate` as a member of' :"migrator_role" 'and apply this file again'
@@ -294,6 +466,11 @@ COMMIT;
 --   -- migration creates belong to the group role (and follow the default
 --   -- privileges above) rather than to app_migrate:
 --   ALTER ROLE app_migrate SET role = 'orchestra_migrator';
+--   -- Optional: let the orchestrator and the dashboard see how long other
+--   -- roles' transactions have been open (what holds back vacuum on the job
+--   -- table; docs/operations.md, "Long transactions"). pg_monitor reads
+--   -- statistics and settings, not the data in your tables:
+--   GRANT pg_monitor TO app_orchestrator, app_dashboard;
 --
 -- The LOGIN roles need CONNECT on the database (granted to PUBLIC unless you
 -- revoked it). With PgBouncer, every LOGIN role needs an entry in its

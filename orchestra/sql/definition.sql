@@ -47,3 +47,18 @@ SELECT num_attempts FROM upserted;
 
 -- name: definition_get
 SELECT * FROM {schema}.job_definition WHERE name = %(name)s;
+
+-- name: definition_ensure
+-- What defer writes (JobDefinition._ensure, and again when an insert finds
+-- the definition missing): the row when it is missing, otherwise a fresh
+-- heartbeat only. The settings of an existing definition belong to the
+-- daemons that carry its code (definition_upsert at their start), so that a
+-- producer, which may hold an older or a different copy of them, never
+-- changes a lease or a limit under running jobs. A SECURITY DEFINER function
+-- (schemas/0006_least_privilege.sql): producer roles need no write privilege
+-- on job_definition.
+SELECT {schema}.definition_ensure(
+    %(name)s::text, %(channel)s::text, %(num_attempts)s::integer, %(backoff)s::text,
+    %(backoff_base_ms)s::bigint, %(backoff_max_ms)s::bigint, %(priority)s::smallint,
+    %(repeat_interval_ms)s::bigint, %(cron)s::text, %(release_interval_ms)s::bigint,
+    %(max_concurrency)s::integer, %(lock_interval_ms)s::bigint, %(timeout_interval_ms)s::bigint);

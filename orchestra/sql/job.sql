@@ -4,9 +4,15 @@
 -- into one, so a transaction that defers many jobs wakes workers once.
 
 -- name: job_insert
--- Defer one job. Dependencies must all exist (they are locked FOR KEY SHARE so
--- that a sweep cannot delete them before commit); if any is missing nothing is
--- inserted and no row comes back. A job with an unfinished dependency waits.
+-- Defer one job. Dependencies must all exist and be visible to the caller (a
+-- producer role sees only the jobs it created, decision 0018); if any is
+-- missing nothing is inserted and no row comes back. A job with an unfinished
+-- dependency waits. The foreign key check of each new edge locks its
+-- dependency FOR KEY SHARE until commit, so that a sweep cannot delete it
+-- meanwhile (job_lock_sweepable skips it); a dependency swept between this
+-- statement's snapshot and that lock fails the statement with a foreign key
+-- violation on job_dependency. The dependencies are not locked here: a
+-- locking read needs UPDATE on the job table, which producers do not have.
 -- With a unique_key, the unique index decides, race-free: when an unfinished
 -- job of the definition holds the key, nothing is inserted and no row comes
 -- back either (the caller then looks the holder up: job_find_unique). A job
@@ -14,7 +20,6 @@
 WITH deps AS MATERIALIZED (
     SELECT id, status FROM {schema}.job
     WHERE id = ANY(%(depends_on)s::bigint[])
-    FOR KEY SHARE
 ), inserted AS (
     INSERT INTO {schema}.job (definition, channel, status, priority, payload, max_attempts, run_at,
                               unique_key, resource_key, limited, trace_context)
@@ -57,11 +62,11 @@ DO NOTHING
 RETURNING id, status::text, pg_notify(%(notify_channel)s, %(channel)s);
 
 -- name: job_find_unique
--- The unfinished job that holds a unique key (after job_insert inserted
--- nothing). A separate statement: its snapshot sees the holder that the
--- insert waited for and found committed.
-SELECT id, status::text FROM {schema}.job
-WHERE definition = %(definition)s AND unique_key = %(unique_key)s AND finalized_at IS NULL;
+-- The id of the unfinished job that holds a unique key (after job_insert
+-- inserted nothing). A separate statement: its snapshot sees the holder that
+-- the insert waited for and found committed. Through a function: the holder
+-- may belong to another producer role, whose rows this one cannot read.
+SELECT id FROM {schema}.job_find_unique(%(definition)s, %(unique_key)s) AS holder(id);
 
 -- name: job_insert_many
 -- Defer many jobs of one definition in one statement, in the order given.
@@ -375,18 +380,11 @@ SELECT id, (SELECT n FROM woken) FROM released;
 -- After a defer that came back waiting has committed: lock its dependencies
 -- FOR SHARE (which waits for a finish in flight on them, and makes a later
 -- finish wait for us) and release the job if they have all succeeded. Rows
--- returned by a locking read are their latest committed versions.
-WITH deps AS MATERIALIZED (
-    SELECT id, status FROM {schema}.job
-    WHERE id IN (SELECT required_job_id FROM {schema}.job_dependency WHERE job_id = %(id)s)
-    FOR SHARE
-), released AS (
-    UPDATE {schema}.job SET status = 'available'
-    WHERE id = %(id)s AND status = 'waiting'
-      AND NOT EXISTS (SELECT 1 FROM deps WHERE status <> 'succeeded')
-    RETURNING channel
-)
-SELECT count(pg_notify(%(notify_channel)s, channel)) FROM released;
+-- returned by a locking read are their latest committed versions. A SECURITY
+-- DEFINER function (schemas/0006_least_privilege.sql), so that producers need
+-- no UPDATE on jobs: the function releases the job only when every dependency
+-- succeeded, whoever calls it.
+SELECT {schema}.job_recheck_waiting(%(id)s, %(notify_channel)s);
 
 -- name: job_rescue_expired
 -- Take back up to %(limit)s running jobs whose lease expired: the worker died

@@ -3,263 +3,31 @@
 Each test applies the file to a schema of its own, with role names suffixed by
 the schema name (roles are cluster-wide, tests run in parallel), logs in as
 LOGIN roles that inherit the group roles, and shows what each may and may not
-do: a producer defers and reads but cannot delete or rewrite jobs, a worker
-runs jobs end to end with a real :class:`Worker`, an orchestrator runs its
-maintenance passes, the dashboard reads and cannot write, and the migrator
-owns the schema and migrates it.
+do: a producer only inserts jobs and reads its own, a worker runs jobs end to
+end with a real :class:`Worker` and touches only the jobs the state machine
+lets it, an orchestrator runs its maintenance passes, the dashboard reads and
+cannot write, and the migrator owns the schema and migrates it. Every refused
+probe is also shown to have changed nothing.
 
-The file is written for psql (``psql -v schema=... -f roles.sql``). So that
-the tests run where psql is not installed (the embedded server), it is
-applied by :func:`apply_psql_script`, which understands the few psql
-meta-commands the file uses and quotes every variable with psycopg.sql;
-:func:`test_psql_and_the_python_applier_grant_the_same` checks both agree
-whenever psql is on the PATH.
+How the file is applied and the roles dropped: ``tests/_roles.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import re
-import shutil
-import subprocess
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from orchestra import Config, JobContext, JobDefinition, Orchestrator, Worker, events
+from orchestra import Config, JobContext, JobDefinition, JobHandle, Orchestrator, Worker, events
 from orchestra._orchestrator._sweeper import Sweeper
+from orchestra.errors import UnknownJobError
 from orchestra.testing import EventRecorder, wait_until
-
-ROLES_SQL = Path(__file__).resolve().parents[2] / "deploy" / "sql" / "roles.sql"
-GROUPS = ("migrator", "producer", "worker", "orchestrator", "dashboard")
-PASSWORD = "roles-test-password"
-TABLES = (
-    "schema_version",
-    "job_definition",
-    "job",
-    "job_attempt",
-    "job_dependency",
-    "worker",
-    "leader",
-    "job_archive",
-)
-
-
-# -- a psql subset -------------------------------------------------------------------------
-
-_VARIABLE_RE = re.compile(r"(?<![:\w]):(['\"])([A-Za-z_][A-Za-z0-9_]*)\1")
-_DEFINED_RE = re.compile(r"^:\{\?([A-Za-z_][A-Za-z0-9_]*)\}$")
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
-
-def _psql_bool(text: str) -> bool:
-    """psql's reading of a boolean: a unique prefix of true/false/yes/no/on/off, or 1/0."""
-    value = text.strip().lower()
-    truthy = [word for word in _TRUE if word.startswith(value)] if value else []
-    falsy = [word for word in _FALSE if word.startswith(value)] if value else []
-    if truthy and not falsy:
-        return True
-    if falsy and not truthy:
-        return False
-    raise ValueError(f"not a psql boolean: {text!r}")
-
-
-def _as_psql_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    return "" if value is None else str(value)
-
-
-def apply_psql_script(
-    conn: psycopg.Connection[Any], script: str, variables: Mapping[str, str]
-) -> list[str]:
-    """Run a psql script on ``conn`` (autocommit) and return what it ``\\echo``-ed.
-
-    Supports what ``roles.sql`` uses: ``\\set``, ``\\if`` / ``\\else`` / ``\\endif``
-    (on ``:{?name}`` and ``:name``), ``\\gset [prefix]`` on a line of its own after
-    the query, ``\\echo``, ``--`` comment lines, statements ending a line with
-    ``;``, and ``$$`` bodies (never substituted, as in psql). ``:'name'`` becomes
-    a literal and ``:"name"`` an identifier, quoted by psycopg.sql. Like psql
-    with ON_ERROR_STOP, the first error stops the script (and rolls back an
-    open transaction).
-    """
-    values = dict(variables)
-    stack: list[list[bool]] = []  # [parent active, a branch was taken, this branch active]
-    buffer: list[str] = []
-    echoed: list[str] = []
-    in_body = False
-
-    def active() -> bool:
-        return all(entry[2] for entry in stack)
-
-    def substitute(line: str) -> str:
-        def replace(match: re.Match[str]) -> str:
-            quote, name = match.groups()
-            if name not in values:
-                raise KeyError(f"psql variable {name!r} is not set")
-            value = values[name]
-            composable = sql.Literal(value) if quote == "'" else sql.Identifier(value)
-            return composable.as_string(conn)
-
-        return _VARIABLE_RE.sub(replace, line)
-
-    def run(statement: list[str]) -> psycopg.Cursor[Any]:
-        return conn.execute("\n".join(statement).encode())
-
-    def condition(expression: str) -> bool:
-        defined = _DEFINED_RE.match(expression)
-        if defined:
-            return defined.group(1) in values
-        if expression.startswith(":") and expression[1:] in values:
-            return _psql_bool(values[expression[1:]])
-        raise ValueError(f"unsupported \\if expression: {expression!r}")
-
-    try:
-        for line in script.splitlines():
-            stripped = line.strip()
-            if not in_body and stripped.startswith("\\"):
-                command, _, argument = stripped[1:].partition(" ")
-                argument = argument.strip()
-                if command == "if":
-                    parent = active()
-                    taken = parent and condition(argument)
-                    stack.append([parent, taken, taken])
-                elif command == "else":
-                    parent, taken, _ = stack[-1]
-                    stack[-1] = [parent, True, parent and not taken]
-                elif command == "endif":
-                    stack.pop()
-                elif not active():
-                    continue
-                elif command == "set":
-                    name, _, value = argument.partition(" ")
-                    values[name] = value.strip()
-                elif command == "gset":
-                    cursor = run(buffer)
-                    buffer = []
-                    found = cursor.fetchall()
-                    assert cursor.description is not None and len(found) == 1, found
-                    for column, value in zip(cursor.description, found[0], strict=True):
-                        values[argument + column.name] = _as_psql_text(value)
-                elif command == "echo":
-                    echoed.append(_VARIABLE_RE.sub(lambda m: values[m.group(2)], argument))
-                else:
-                    raise ValueError(f"unsupported psql meta-command \\{command}")
-                continue
-            if not active():
-                continue
-            if not in_body and (not stripped or stripped.startswith("--")):
-                continue
-            opens_or_closes = line.count("$$") % 2 == 1
-            buffer.append(line if in_body or "$$" in line else substitute(line))
-            if opens_or_closes:
-                in_body = not in_body
-            if not in_body and stripped.endswith(";"):
-                run(buffer)
-                buffer = []
-        assert not stack, "unbalanced \\if"
-        assert not buffer, f"unterminated statement: {buffer}"
-    except BaseException:
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            conn.execute(b"ROLLBACK")
-        raise
-    return echoed
-
-
-# -- roles per test --------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def serialized(admin: psycopg.Connection[Any]) -> Iterator[None]:
-    """Hold a cluster-wide lock while roles.sql is applied or its roles dropped.
-
-    Two sessions changing the same catalog rows at once (grants on the
-    database's shared objects, DROP OWNED) can fail with "tuple concurrently
-    updated": PostgreSQL does not lock catalog rows for GRANT.
-    """
-    admin.execute("SELECT pg_advisory_lock(hashtext('orchestra tests: roles.sql'))")
-    try:
-        yield
-    finally:
-        admin.execute("SELECT pg_advisory_unlock(hashtext('orchestra tests: roles.sql'))")
-
-
-class Roles:
-    """The group roles of one test, their LOGIN roles, and how to connect as them."""
-
-    def __init__(self, test_dsn: str, schema: str) -> None:
-        self.test_dsn = test_dsn
-        self.schema = schema
-        self.group = {name: f"{schema}_{name}" for name in GROUPS}
-        self.login = {name: f"{schema}_{name}_login" for name in GROUPS}
-
-    @property
-    def variables(self) -> dict[str, str]:
-        """The psql variables of roles.sql for this test."""
-        return {"schema": self.schema, **{f"{n}_role": r for n, r in self.group.items()}}
-
-    def apply(self, admin: psycopg.Connection[Any]) -> list[str]:
-        """Apply roles.sql as ``admin`` (a superuser)."""
-        with serialized(admin):
-            return apply_psql_script(admin, ROLES_SQL.read_text("utf-8"), self.variables)
-
-    def create_logins(self, admin: psycopg.Connection[Any]) -> None:
-        """One LOGIN role per group role, as the example at the end of roles.sql."""
-        for name in GROUPS:
-            admin.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                    sql.Identifier(self.login[name]),
-                    sql.Literal(PASSWORD),
-                    sql.Identifier(self.group[name]),
-                )
-            )
-        admin.execute(
-            sql.SQL("ALTER ROLE {} SET role = {}").format(
-                sql.Identifier(self.login["migrator"]), sql.Literal(self.group["migrator"])
-            )
-        )
-
-    def dsn(self, name: str) -> str:
-        """The test DSN, logging in as the LOGIN role of group ``name``."""
-        return make_conninfo(self.test_dsn, user=self.login[name], password=PASSWORD)
-
-    def connect(self, name: str) -> psycopg.Connection[Any]:
-        """An autocommit connection as the LOGIN role of group ``name``."""
-        return psycopg.connect(self.dsn(name), autocommit=True)
-
-    def config(self, name: str) -> Config:
-        """A Config on the test schema, logging in as group ``name``."""
-        return Config(self.dsn(name), schema=self.schema)
-
-    def drop(self, admin: psycopg.Connection[Any]) -> None:
-        """Drop every object the roles own (the schema too) and the roles."""
-        names = [*self.login.values(), *self.group.values()]
-        existing = [
-            row[0]
-            for row in admin.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [names]
-            )
-        ]
-        if not existing:
-            return
-        with serialized(admin):
-            self._drop(admin, existing, names)
-
-    def _drop(self, admin: psycopg.Connection[Any], existing: list[str], names: list[str]) -> None:
-        # One role at a time, the migrator first: a single DROP OWNED BY naming
-        # both the owner of a default ACL and its grantees trips over the ACL
-        # it already removed ("could not find tuple for default ACL").
-        for name in sorted(existing, key=lambda n: n != self.group["migrator"]):
-            admin.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
-        for name in names:
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+from tests._roles import TABLES, Roles, count, denied
 
 
 @pytest.fixture
@@ -286,20 +54,6 @@ def roles(config: Config, unapplied_roles: Roles, admin: psycopg.Connection[Any]
     unapplied_roles.create_logins(admin)
     config.close()  # its pool must not hold the schema when the roles are dropped
     return unapplied_roles
-
-
-def denied(conn: psycopg.Connection[Any], statement: str, schema: str) -> None:
-    """Assert that ``statement`` ({s} is the schema) fails with permission denied."""
-    with pytest.raises(
-        psycopg.errors.InsufficientPrivilege, match=r"permission denied|must be owner"
-    ):
-        conn.execute(statement.replace("{s}", f'"{schema}"'))
-
-
-def count(conn: psycopg.Connection[Any], statement: str, schema: str) -> int:
-    row = conn.execute(statement.replace("{s}", f'"{schema}"')).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 # -- job functions ---------------------------------------------------------------------------
@@ -382,18 +136,61 @@ def test_the_migrator_owns_the_schema_and_migrates_it(roles: Roles) -> None:
             denied(conn, "CREATE TABLE {s}.intruder (id int)", roles.schema)
 
 
-def test_a_producer_defers_and_reads_but_cannot_delete_or_rewrite_jobs(roles: Roles) -> None:
-    """The producer role: defer, defer_many, dedup, dependencies, status; nothing else."""
-    with roles.config("producer") as producer:
+def snapshot(admin: psycopg.Connection[Any], schema: str) -> dict[str, list[Any]]:
+    """Every row of the tables a refused probe could have changed, as JSON."""
+    return {
+        table: [
+            row[0]
+            for row in admin.execute(
+                sql.SQL("SELECT to_jsonb(t) FROM {} t ORDER BY to_jsonb(t)::text").format(
+                    sql.Identifier(schema, table)
+                )
+            )
+        ]
+        for table in ("job", "job_definition", "job_dependency", "job_archive", "worker")
+    }
+
+
+def refused_by_policy(conn: psycopg.Connection[Any], statement: str, schema: str) -> None:
+    """Assert that ``statement`` ({s} is the schema) is refused by a row-level security policy."""
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+        conn.execute(statement.replace("{s}", f'"{schema}"'))
+
+
+def changed(conn: psycopg.Connection[Any], statement: str, schema: str) -> int:
+    """How many rows ``statement`` ({s} is the schema) changed."""
+    return conn.execute(statement.replace("{s}", f'"{schema}"')).rowcount
+
+
+def test_a_producer_defers_and_reads_only_its_own_jobs(
+    roles: Roles, admin: psycopg.Connection[Any]
+) -> None:
+    """defer, defer_many, dependencies, dedup, status: a producer's jobs; another's are unseen."""
+    roles.add_login(admin, "producer2", "producer")
+    with roles.config("producer") as producer, roles.config("producer2") as other:
         jobs = define(producer)
         first = jobs["echo"].defer({"n": 1})
-        waiting = jobs["echo"].defer({"n": 2}, depends_on=[first])  # re-check: status update
+        waiting = jobs["echo"].defer({"n": 2}, depends_on=[first])  # re-checked by a function
         keyed = jobs["limited"].defer({"n": 3}, unique_key="k", resource_key="printer")
-        assert jobs["limited"].defer({"n": 4}, unique_key="k").id == keyed.id  # dedup read
+        assert jobs["limited"].defer({"n": 4}, unique_key="k").id == keyed.id  # dedup
         many = jobs["flaky"].defer_many([{"n": 5}, {"n": 6}])
         assert len(many) == 2
         assert first.status() == "available"
         assert waiting.status() == "waiting"
+
+        others = define(other)
+        theirs = others["echo"].defer({"secret": 1})
+        # The unique key is shared by every producer, the rows are not: the
+        # holder's handle comes back, its status stays unreadable.
+        held = others["limited"].defer({"n": 7}, unique_key="k")
+        assert held.id == keyed.id and held.deduplicated
+        with pytest.raises(UnknownJobError):
+            held.status()
+        with pytest.raises(UnknownJobError, match=str(first.id)):
+            others["echo"].defer({"n": 8}, depends_on=[first])  # another's job: unknown
+        with pytest.raises(UnknownJobError):
+            JobHandle(theirs.id, producer).status()
+        assert theirs.status() == "available"
 
         # The management API is not the producer's.
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -401,27 +198,147 @@ def test_a_producer_defers_and_reads_but_cannot_delete_or_rewrite_jobs(roles: Ro
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             producer.jobs.cancel(first.id)
 
+    s = roles.schema
     with roles.connect("producer") as conn:
-        s = roles.schema
+        assert count(conn, "SELECT count(*) FROM {s}.job", s) == 5  # its own five
+        row = conn.execute(f'SELECT created_by FROM "{s}".job WHERE id = %s', [first.id])
+        assert row.fetchone() == (roles.login["producer"],)
+        assert (
+            conn.execute(f'SELECT payload FROM "{s}".job WHERE id = %s', [theirs.id]).fetchall()
+            == []
+        )
+
+
+def test_a_producer_can_neither_release_nor_rewrite_nor_reconfigure(
+    roles: Roles, admin: psycopg.Connection[Any]
+) -> None:
+    """Every write a producer could try beyond inserting its jobs is refused and changes nothing."""
+    roles.add_login(admin, "producer2", "producer")
+    with roles.config("producer") as producer, roles.config("producer2") as other:
+        jobs = define(producer)
+        first = jobs["echo"].defer({"n": 1})
+        waiting = jobs["echo"].defer({"n": 2}, depends_on=[first])
+        limited = jobs["limited"].defer({"n": 3})
+        theirs = define(other)["echo"].defer({"n": 4})
+    s = roles.schema
+    admin.execute(
+        f"""UPDATE "{s}".job SET status = 'succeeded', finalized_at = now(), result = '"ok"'"""
+        " WHERE id = %s",
+        [theirs.id],
+    )
+    before = snapshot(admin, s)
+    assert [row["limited"] for row in before["job"] if row["id"] == limited.id] == [True]
+
+    with roles.connect("producer") as conn:
+        # Jobs: no UPDATE, no DELETE, of any column or row.
+        denied(conn, f"UPDATE {{s}}.job SET status = 'available' WHERE id = {waiting.id}", s)
+        denied(conn, f"UPDATE {{s}}.job SET limited = false WHERE id = {limited.id}", s)
+        denied(conn, """UPDATE {s}.job SET result = '"forged"'""", s)
+        denied(conn, """UPDATE {s}.job SET payload = '{"n": 0}'""", s)
+        denied(conn, "UPDATE {s}.job SET attempt = 0, locked_until = now()", s)
+        denied(conn, "UPDATE {s}.job SET created_by = current_user", s)
+        denied(conn, "SELECT id FROM {s}.job FOR KEY SHARE", s)
         denied(conn, "DELETE FROM {s}.job", s)
         denied(conn, "TRUNCATE {s}.job", s)
-        denied(conn, """UPDATE {s}.job SET payload = '{"n": 0}'""", s)
-        denied(conn, """UPDATE {s}.job SET result = '"forged"'""", s)
-        denied(conn, "UPDATE {s}.job SET attempt = 0, max_attempts = 100", s)
-        denied(conn, "UPDATE {s}.job SET locked_until = now()", s)
-        denied(conn, "DELETE FROM {s}.job_definition", s)
+        # Nor out of its rate limit at insert time.
+        refused_by_policy(
+            conn,
+            "INSERT INTO {s}.job (definition, channel, payload, max_attempts, limited)"
+            " VALUES ('limited', '_default', '{}', 1, false)",
+            s,
+        )
+        # Another role's jobs are not there to read.
+        assert (
+            conn.execute(
+                f'SELECT payload, result FROM "{s}".job WHERE id = %s', [theirs.id]
+            ).fetchall()
+            == []
+        )
+        # Dependencies: not readable, and only on its own jobs.
+        denied(conn, "SELECT * FROM {s}.job_dependency", s)
+        refused_by_policy(
+            conn,
+            f"INSERT INTO {{s}}.job_dependency (job_id, required_job_id)"
+            f" VALUES ({theirs.id}, {first.id})",
+            s,
+        )
+        # The re-check releases a waiting job only once its dependencies succeeded.
+        row = conn.execute(
+            f'SELECT "{s}".job_recheck_waiting(%s, %s)', [waiting.id, "nobody"]
+        ).fetchone()
+        assert row == (0,)
+        denied(conn, f"SELECT {{s}}.job_dependencies_met({waiting.id})", s)
+        # Definitions: the settings of an existing one are out of reach.
+        denied(conn, "UPDATE {s}.job_definition SET lock_interval_ms = 0", s)
+        denied(
+            conn, "UPDATE {s}.job_definition SET max_concurrency = NULL, release_interval_ms = 0", s
+        )
         denied(conn, "UPDATE {s}.job_definition SET last_released_at = now()", s)
+        denied(conn, "DELETE FROM {s}.job_definition", s)
+        denied(
+            conn,
+            "INSERT INTO {s}.job_definition (name, channel, num_attempts, backoff, backoff_base_ms,"
+            " backoff_max_ms, priority, lock_interval_ms, timeout_interval_ms)"
+            " VALUES ('echo', '_default', 1, 'none', 0, 0, 0, 0, 0)"
+            " ON CONFLICT (name) DO UPDATE SET lock_interval_ms = 0",
+            s,
+        )
+        # What defer writes leaves an existing definition's settings alone.
+        params = jobs["limited"].row_params()
+        params.update(lock_interval_ms=0, max_concurrency=None, release_interval_ms=0)
+        conn.execute(producer.queries["definition_ensure"], params)
+        # The daemons' tables.
         denied(conn, "SELECT * FROM {s}.job_attempt", s)
         denied(conn, "SELECT * FROM {s}.worker", s)
         denied(conn, "SELECT * FROM {s}.leader", s)
         denied(conn, "INSERT INTO {s}.job_attempt (job_id, attempt, started_at, outcome)"
                " VALUES (1, 1, now(), 'succeeded')", s)  # fmt: skip
-        # `status` is writable (for the waiting -> available re-check), but the
-        # table's CHECK constraints keep a producer from finalizing or claiming.
-        with pytest.raises(psycopg.errors.CheckViolation):
-            conn.execute(f"UPDATE \"{s}\".job SET status = 'cancelled' WHERE id = %s", [first.id])
-        with pytest.raises(psycopg.errors.CheckViolation):
-            conn.execute(f"UPDATE \"{s}\".job SET status = 'running' WHERE id = %s", [first.id])
+
+    after = snapshot(admin, s)
+    # definition_ensure refreshed the heartbeat of `limited`, and nothing else.
+    for row in [*before["job_definition"], *after["job_definition"]]:
+        row.pop("last_heartbeat_at")
+    assert after == before
+
+    # Once its dependency succeeded, the re-check that defer runs releases the job.
+    admin.execute(
+        f"UPDATE \"{s}\".job SET status = 'succeeded', finalized_at = now() WHERE id = %s",
+        [first.id],
+    )
+    with roles.connect("producer") as conn:
+        row = conn.execute(
+            f'SELECT "{s}".job_recheck_waiting(%s, %s)', [waiting.id, "nobody"]
+        ).fetchone()
+        assert row == (1,)
+    assert count(admin, f"SELECT count(*) FROM {{s}}.job WHERE id = {waiting.id}"
+                        " AND status = 'available'", s) == 1  # fmt: skip
+
+
+def test_a_producer_reads_its_archived_result_and_no_one_elses(
+    roles: Roles, admin: psycopg.Connection[Any]
+) -> None:
+    """Once swept into job_archive (which keeps created_by), a job's result is still its producer's."""
+    roles.add_login(admin, "producer2", "producer")
+    s = roles.schema
+    with roles.config("producer") as producer, roles.config("producer2") as other:
+        mine = define(producer)["echo"].defer({"n": 1})
+        theirs = define(other)["echo"].defer({"n": 2})
+        admin.execute(
+            f"""UPDATE "{s}".job SET status = 'succeeded', attempt = 1,
+                    finalized_at = now() - interval '3 days', result = to_jsonb(id)"""
+        )
+        with roles.connect("orchestrator") as conn, conn.transaction():
+            params = {"now": None, "threshold_ms": 3_600_000, "limit": 10}
+            ids = [r[0] for r in conn.execute(producer.queries["job_lock_sweepable"], params)]
+            assert sorted(ids) == sorted([mine.id, theirs.id])
+            conn.execute(producer.queries["job_sweep_finalized"], {"ids": ids, "archive": True})
+        assert count(admin, "SELECT count(*) FROM {s}.job", s) == 0
+        assert mine.result(timeout=10) == mine.id
+        assert theirs.result(timeout=10) == theirs.id
+        with pytest.raises(UnknownJobError):
+            JobHandle(theirs.id, producer).result(timeout=10)
+    rows = admin.execute(f'SELECT id, created_by FROM "{s}".job_archive ORDER BY id').fetchall()
+    assert rows == [(mine.id, roles.login["producer"]), (theirs.id, roles.login["producer2"])]
 
 
 def test_a_worker_runs_jobs_end_to_end(roles: Roles) -> None:
@@ -471,6 +388,149 @@ def test_a_worker_runs_jobs_end_to_end(roles: Roles) -> None:
         )
 
 
+def token(rows: dict[str, list[Any]], job_id: int) -> str:
+    """The lock token of ``job_id`` in a :func:`snapshot`."""
+    (found,) = [row["lock_token"] for row in rows["job"] if row["id"] == job_id]
+    return str(found)
+
+
+def finish(
+    conn: psycopg.Connection[Any],
+    config: Config,
+    worker_id: int,
+    job_id: int,
+    lock_token: str,
+    result: str,
+) -> list[int]:
+    """Record the success of attempt 1 of ``job_id`` with job_finish_many; the ids it finished."""
+    rows = conn.execute(
+        config.queries["job_finish_many"],
+        {
+            "ids": [job_id], "attempts": [1], "tokens": [uuid.UUID(lock_token)],
+            "outcomes": ["succeeded"], "results": [result], "errors": [None],
+            "tracebacks": [None], "retry_delays_ms": [0],
+            "started_ats": [dt.datetime.now(dt.UTC)], "worker_id": worker_id,
+            "worker_name": "test", "notify_channel": "nobody", "finished_channel": "nobody",
+        },
+    ).fetchall()  # fmt: skip
+    return [int(r[0]) for r in rows]
+
+
+def register(conn: psycopg.Connection[Any], schema: str, name: str) -> int:
+    """Insert a `worker` row as the role of ``conn``; return its id."""
+    row = conn.execute(
+        f'INSERT INTO "{schema}".worker (name, role, host, pid) VALUES (%s, %s, %s, %s)'
+        " RETURNING id",
+        [name, "worker", "test-host", 1],
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
+    roles: Roles, admin: psycopg.Connection[Any]
+) -> None:
+    """A worker cannot rewrite a finalized job, touch another role's running job or worker row,
+    nor release a job before its dependencies; the state machine's own moves still work."""
+    roles.add_login(admin, "worker2", "worker")
+    s = roles.schema
+    with roles.config("producer") as producer:
+        jobs = define(producer)
+        done = jobs["echo"].defer({"n": 1})
+        theirs = jobs["echo"].defer({"n": 2})
+        mine = jobs["echo"].defer({"n": 3})
+        blocked = jobs["echo"].defer({"n": 4}, depends_on=[theirs])
+        ready = jobs["echo"].defer({"n": 5}, depends_on=[mine])
+        free = jobs["echo"].defer({"n": 6})
+    with roles.connect("worker") as conn, roles.connect("worker2") as conn2:
+        me = register(conn, s, "me")
+        rival = register(conn2, s, "rival")
+        # The states a worker finds, set up as the server's superuser.
+        admin.execute(
+            f"""UPDATE "{s}".job SET status = 'succeeded', attempt = 1, finalized_at = now(),
+                    result = '"real"' WHERE id = %s""",
+            [done.id],
+        )
+        admin.execute(
+            f"""UPDATE "{s}".job SET status = 'running', attempt = 1, started_at = now(),
+                    locked_until = now() + interval '1 hour',
+                    locked_by = CASE id WHEN %s THEN %s ELSE %s END,
+                    lock_token = md5(id::text)::uuid
+                WHERE id IN (%s, %s)""",
+            [theirs.id, rival, me, theirs.id, mine.id],
+        )
+        before = snapshot(admin, s)
+
+        # A finalized job: its result cannot be overwritten, nor the job revived.
+        assert (
+            changed(conn, f"""UPDATE {{s}}.job SET result = '"forged"' WHERE id = {done.id}""", s)
+            == 0
+        )
+        assert changed(conn, f"UPDATE {{s}}.job SET status = 'available', finalized_at = NULL"
+                             f" WHERE id = {done.id}", s) == 0  # fmt: skip
+        # Another role's running job: no lease, no finish, even with its token.
+        assert changed(conn, f"UPDATE {{s}}.job SET locked_until = now() + interval '1 day'"
+                             f" WHERE id = {theirs.id}", s) == 0  # fmt: skip
+        assert finish(conn, producer, me, theirs.id, token(before, theirs.id), '"forged"') == []
+        # A waiting job whose dependency has not succeeded stays waiting.
+        assert (
+            changed(conn, f"UPDATE {{s}}.job SET status = 'available' WHERE id = {blocked.id}", s)
+            == 0
+        )
+        # Cancelling is an operator's action.
+        refused_by_policy(conn, f"UPDATE {{s}}.job SET status = 'cancelled',"
+                                f" finalized_at = now() WHERE id = {free.id}", s)  # fmt: skip
+        # Dependencies only on its own jobs (these are the producer's).
+        refused_by_policy(
+            conn,
+            f"INSERT INTO {{s}}.job_dependency (job_id, required_job_id)"
+            f" VALUES ({free.id}, {theirs.id})",
+            s,
+        )
+        # Another role's daemon: neither deleted nor heartbeated, not even seen.
+        assert changed(conn, f"DELETE FROM {{s}}.worker WHERE id = {rival}", s) == 0
+        assert (
+            changed(conn, f"UPDATE {{s}}.worker SET heartbeat_at = now() WHERE id = {rival}", s)
+            == 0
+        )
+        assert changed(conn, "DELETE FROM {s}.worker WHERE id <> 0 AND name = 'rival'", s) == 0
+        assert count(conn, "SELECT count(*) FROM {s}.worker", s) == 1
+        denied(conn, "DELETE FROM {s}.job", s)
+        denied(conn, """UPDATE {s}.job SET payload = '{"n": 0}'""", s)
+        denied(conn, "UPDATE {s}.job SET created_by = current_user", s)
+        denied(conn, "UPDATE {s}.worker SET registered_by = current_user", s)
+        denied(conn, "DELETE FROM {s}.job_definition", s)
+        denied(conn, "DELETE FROM {s}.job_attempt", s)
+        assert snapshot(admin, s) == before
+
+        # The moves of the state machine: heartbeat and finish its own running
+        # job, release a ready dependent, claim an available job.
+        queries = producer.queries
+        row = conn.execute(
+            queries["worker_heartbeat"],
+            {"worker_id": me, "ids": [mine.id], "tokens": [token(before, mine.id)]},
+        ).fetchone()
+        assert row == (True, 1)
+        assert finish(conn, producer, me, mine.id, token(before, mine.id), "1") == [mine.id]
+        released = conn.execute(
+            queries["job_release_dependents"], {"ids": [mine.id], "notify_channel": "nobody"}
+        ).fetchall()
+        assert [r[0] for r in released] == [ready.id]
+        claimed = conn.execute(
+            queries["job_claim"],
+            {"channel": "_default", "now": None, "limit": 10, "worker_id": me,
+             "claim_id": "00000000-0000-0000-0000-000000000001"},
+        ).fetchall()  # fmt: skip
+        assert sorted(r[0] for r in claimed) == sorted([ready.id, free.id])
+        # Its own row, and only it, it may delete.
+        assert changed(conn, "DELETE FROM {s}.worker", s) == 1
+        assert count(admin, "SELECT count(*) FROM {s}.worker", s) == 1  # the rival's row
+    with roles.connect("producer") as conn:
+        assert conn.execute(
+            f'SELECT result FROM "{s}".job WHERE id = %s', [mine.id]
+        ).fetchone() == (1,)
+
+
 def test_the_orchestrator_runs_its_maintenance(
     roles: Roles, admin: psycopg.Connection[Any]
 ) -> None:
@@ -497,18 +557,22 @@ def test_the_orchestrator_runs_its_maintenance(
 
     recorder = EventRecorder()
     with roles.config("orchestrator") as config:
-        tick = JobDefinition(config, name="tick", job_function=echo, repeat_interval_ms=3_600_000)
+        # Every second: a new definition first runs at its first tick after it is seen.
+        tick = JobDefinition(config, name="tick", job_function=echo, repeat_interval_ms=1_000)
         define(config)
         orchestrator = Orchestrator(config, event_handler=recorder, archive=True)
         orchestrator.start()
         try:
             wait_until(
                 lambda: (
-                    all(n >= 1 for n in orchestrator.passes.values())
+                    (
+                        all(n >= 1 for n in orchestrator.passes.values())
+                        and recorder.of_type(events.OrchestratorJobScheduled)
+                    )
                     or recorder.of_type(events.OrchestratorServiceFailed)
                 ),
                 timeout=30,
-                message="the orchestrator did not run every service",
+                message="the orchestrator did not run every service and schedule a tick",
             )
         finally:
             orchestrator.stop()
@@ -519,9 +583,9 @@ def test_the_orchestrator_runs_its_maintenance(
             lost.id,
             orphan.id,
         }
-        assert [e.definition for e in recorder.of_type(events.OrchestratorJobScheduled)] == [
+        assert {e.definition for e in recorder.of_type(events.OrchestratorJobScheduled)} == {
             tick.name
-        ]
+        }
 
         # Time out everything a day later, then sweep (archive) two days after that.
         with roles.connect("orchestrator") as conn:
@@ -626,6 +690,22 @@ FROM pg_class c WHERE c.relnamespace = %(schema)s::regnamespace
 UNION ALL
 SELECT 'member', pg_get_userbyid(m.roleid), NULL, pg_get_userbyid(m.member), NULL
 FROM pg_auth_members m WHERE pg_get_userbyid(m.member) LIKE %(prefix)s
+UNION ALL
+SELECT 'function', p.proname, pg_get_userbyid(p.proowner),
+       coalesce(pg_get_userbyid(a.grantee), 'PUBLIC'), a.privilege_type
+FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+WHERE p.pronamespace = %(schema)s::regnamespace
+UNION ALL
+SELECT 'policy', c.relname || '.' || pol.polname, pol.polcmd::text,
+       array_to_string(ARRAY(SELECT pg_get_userbyid(r) FROM unnest(pol.polroles) r ORDER BY 1),
+                       ','),
+       coalesce(pg_get_expr(pol.polqual, pol.polrelid), '') || ' / '
+       || coalesce(pg_get_expr(pol.polwithcheck, pol.polrelid), '')
+FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid
+WHERE c.relnamespace = %(schema)s::regnamespace
+UNION ALL
+SELECT 'row security', c.relname, NULL, NULL, c.relrowsecurity::text
+FROM pg_class c WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind = 'r'
 """
 
 
@@ -639,11 +719,10 @@ def privileges(admin: psycopg.Connection[Any], roles: Roles) -> set[tuple[str, .
     }
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
 def test_psql_and_the_python_applier_grant_the_same(
     test_dsn: str, admin: psycopg.Connection[Any], schema: str
 ) -> None:
-    """psql -f roles.sql and apply_psql_script leave identical privileges and owners."""
+    """psql -f roles.sql and apply_psql_script leave identical privileges, owners and policies."""
     results = []
     for suffix, via_psql in (("a", False), ("b", True)):
         name = f"{schema}{suffix}"
@@ -651,15 +730,7 @@ def test_psql_and_the_python_applier_grant_the_same(
         roles = Roles(test_dsn, name)
         try:
             if via_psql:
-                variables = [f"--variable={k}={v}" for k, v in roles.variables.items()]
-                with serialized(admin):
-                    completed = subprocess.run(
-                        ["psql", "--no-psqlrc", "--quiet", "--dbname", test_dsn, *variables,
-                         "--file", str(ROLES_SQL)],
-                        capture_output=True, text=True, timeout=60, check=False,
-                    )  # fmt: skip
-                assert completed.returncode == 0, completed.stderr
-                assert "ERROR" not in completed.stderr, completed.stderr
+                assert roles.apply_with_psql(admin) == ""  # no notice, no warning
             else:
                 roles.apply(admin)
             results.append(privileges(admin, roles))
@@ -669,5 +740,19 @@ def test_psql_and_the_python_applier_grant_the_same(
     python_applied, psql_applied = results
     assert python_applied == psql_applied
     assert ("table", "job", "", "S_producer", "DELETE") not in python_applied
-    assert ("column", "job", "status", "S_producer", "UPDATE") in python_applied
+    assert not [p for p in python_applied if p[3] == "S_producer" and p[4] == "UPDATE"]
     assert ("table", "job", "", "S_orchestrator", "DELETE") in python_applied
+    assert ("row security", "job", "", "", "true") in python_applied
+    functions = {p[1] for p in python_applied if p[0] == "function"}
+    assert functions == {
+        "job_recheck_waiting",
+        "job_find_unique",
+        "definition_ensure",
+        "job_dependencies_met",
+        "job_created_by_caller",
+    }
+    for function in functions:  # owned by the migrator, not executable by PUBLIC
+        assert ("function", function, "S_migrator", "PUBLIC", "EXECUTE") not in python_applied
+    assert ("function", "job_recheck_waiting", "S_migrator", "S_producer", "EXECUTE") in (
+        python_applied
+    )

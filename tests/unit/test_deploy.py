@@ -142,12 +142,40 @@ def test_roles_sql_knows_every_table_of_the_migrations() -> None:
         )
     created.add("schema_version")  # created by the migrator itself
     roles = (DEPLOY / "sql" / "roles.sql").read_text("utf-8")
-    granted = set(re.findall(r':"schema"\.(\w+)', roles))
+    granted = set(re.findall(r':"schema"\.(\w+)(?!\w|\()', roles))  # not functions
     assert created == granted
     guard = re.search(r"tablename IN \(([^)]*)\)", roles)
     assert guard is not None
     assert set(re.findall(r"'(\w+)'", guard.group(1))) == created
-    assert f"count(*) = {len(created)} AS migrated" in roles
+    assert f"SELECT count(*) = {len(created)}\n" in roles
+
+
+def test_roles_sql_knows_every_function_of_the_migrations() -> None:
+    """Each function a migration creates is checked for, revoked from PUBLIC and granted by name.
+
+    The migrations leave EXECUTE to PUBLIC; the SECURITY DEFINER ones must be
+    given only to the roles that call them.
+    """
+    created: dict[str, str] = {}
+    for migration in sorted((REPO / "schemas").glob("*.sql")):
+        for name, arguments in re.findall(
+            r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+\{schema\}\.(\w+)\(([^)]*)\)",
+            migration.read_text("utf-8"),
+        ):
+            created[name] = ",".join(
+                a.split()[-1] for a in re.split(r",\s*", arguments.strip()) if a
+            )
+    assert created, "no function in the migrations"
+    roles = (DEPLOY / "sql" / "roles.sql").read_text("utf-8")
+    guard = re.search(r"p\.proname IN \(([^)]*)\)\) = (\d+)", roles)
+    assert guard is not None
+    assert set(re.findall(r"'(\w+)'", guard.group(1))) == set(created)
+    assert int(guard.group(2)) == len(created)
+    revoke = roles.split("REVOKE ALL ON FUNCTION", 1)[1].split(";", 1)[0]
+    assert "FROM PUBLIC" in revoke
+    for name, types in created.items():
+        signatures = re.findall(rf':"schema"\.{name}\(([^)]*)\)', revoke)
+        assert [re.sub(r"\s+", "", s) for s in signatures] == [types], name
 
 
 def test_every_yaml_file_under_deploy_parses() -> None:
