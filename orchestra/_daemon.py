@@ -15,6 +15,7 @@ import datetime as dt
 import itertools
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -46,6 +47,9 @@ class Daemon(abc.ABC):
         self.daemon_name = f"{name}-{self.role}"
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        #: Presented with this daemon's heartbeats and deregistration; only its
+        #: hash is in the database (no other process can act as this daemon).
+        self.secret = secrets.token_hex(16)
         self._handlers = events.normalize_handlers(event_handler)
         self._stop_event = threading.Event()  # read by JobContext.should_stop from any thread
         self._force_event = threading.Event()

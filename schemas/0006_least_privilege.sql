@@ -23,6 +23,13 @@ ALTER TABLE {schema}.job_archive ADD COLUMN created_by text NULL;
 -- rows hold.
 ALTER TABLE {schema}.worker ADD COLUMN registered_by text NULL;
 ALTER TABLE {schema}.worker ALTER COLUMN registered_by SET DEFAULT current_user;
+-- The SHA-256 of a secret each daemon makes when it registers and keeps in
+-- memory: its heartbeat and its deregistration (worker_touch,
+-- worker_deregister) present the secret, so that no other process, even one
+-- logged in as the same role, can keep a dead daemon alive or remove a live
+-- one. Only the hash is stored, so that reading the table reveals nothing.
+-- NULL for daemons registered before this migration.
+ALTER TABLE {schema}.worker ADD COLUMN secret_hash bytea NULL;
 
 -- The functions below are SECURITY DEFINER (they run as their owner, the
 -- migrator role once roles.sql has run) with an empty search_path and
@@ -136,4 +143,41 @@ AS $$
     SELECT EXISTS (
         SELECT 1 FROM {schema}.job j
         WHERE j.id = p_job_id AND j.created_by = current_user)
+$$;
+
+-- A daemon's heartbeat: refresh its row if the secret matches. False when
+-- the row is gone (reaped as stale: the daemon registers again) or the
+-- secret is not the row's. SECURITY DEFINER: the runtime roles have no
+-- UPDATE on `worker` (deploy/sql/roles.sql).
+CREATE FUNCTION {schema}.worker_touch(p_worker_id bigint, p_secret text)
+RETURNS boolean
+LANGUAGE sql
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog
+AS $$
+    WITH touched AS (
+        UPDATE {schema}.worker SET heartbeat_at = clock_timestamp()
+        WHERE id = p_worker_id AND secret_hash = sha256(convert_to(p_secret, 'UTF8'))
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM touched)
+$$;
+
+-- A daemon's deregistration at its stop: delete its row if the secret
+-- matches. The runtime roles have no DELETE on `worker`; the orchestrator
+-- reaps dead daemons through its own privileges.
+CREATE FUNCTION {schema}.worker_deregister(p_worker_id bigint, p_secret text)
+RETURNS boolean
+LANGUAGE sql
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog
+AS $$
+    WITH deleted AS (
+        DELETE FROM {schema}.worker
+        WHERE id = p_worker_id AND secret_hash = sha256(convert_to(p_secret, 'UTF8'))
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM deleted)
 $$;

@@ -138,7 +138,8 @@ SELECT count(*) = 8
             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
             WHERE n.nspname = :'schema'
               AND p.proname IN ('job_recheck_waiting', 'job_find_unique', 'definition_ensure',
-                                'job_dependencies_met', 'job_created_by_caller')) = 5
+                                'job_dependencies_met', 'job_created_by_caller',
+                                'worker_touch', 'worker_deregister')) = 7
        AS migrated
 FROM pg_catalog.pg_tables
 WHERE schemaname = :'schema'
@@ -221,7 +222,9 @@ REVOKE ALL ON FUNCTION
     :"schema".definition_ensure(text, text, integer, text, bigint, bigint, smallint, bigint,
                                 text, bigint, integer, bigint, bigint),
     :"schema".job_dependencies_met(bigint),
-    :"schema".job_created_by_caller(bigint)
+    :"schema".job_created_by_caller(bigint),
+    :"schema".worker_touch(bigint, text),
+    :"schema".worker_deregister(bigint, text)
 FROM PUBLIC, :"producer_role", :"worker_role", :"orchestrator_role", :"dashboard_role";
 
 -- Producer: JobDefinition.defer/defer_many (+ _async), JobHandle.status and
@@ -259,7 +262,10 @@ TO :"producer_role";
 
 -- Worker: everything a producer may (membership above), plus
 --   definition_upsert                                   the settings of the definitions it carries
---   worker_register, worker_heartbeat, worker_delete   the rows of its own role in `worker`
+--   worker_register                                     inserts its row, with the hash of its secret
+--   worker_heartbeat, worker_delete                     through worker_touch / worker_deregister
+--                                                       (functions that want the daemon's secret:
+--                                                       no UPDATE or DELETE on `worker`)
 --   job_claim, definition_lock_limited + job_claim_limited (sets last_released_at)
 --   job_finish_many, job_release_dependents             fenced finish, attempt log
 --   job_claim_recover, job_finish_recorded              after a connection broke mid-statement
@@ -288,9 +294,13 @@ ON :"schema".job TO :"worker_role";
 GRANT INSERT (job_id, attempt, worker_id, worker_name, started_at, outcome, error, traceback,
               lock_token)
 ON :"schema".job_attempt TO :"worker_role";
-GRANT INSERT (name, role, host, pid, channel, concurrency), UPDATE (heartbeat_at), DELETE
+GRANT INSERT (name, role, host, pid, channel, concurrency, secret_hash)
 ON :"schema".worker TO :"worker_role";
-GRANT EXECUTE ON FUNCTION :"schema".job_dependencies_met(bigint) TO :"worker_role";
+GRANT EXECUTE ON FUNCTION
+    :"schema".job_dependencies_met(bigint),
+    :"schema".worker_touch(bigint, text),
+    :"schema".worker_deregister(bigint, text)
+TO :"worker_role";
 
 -- Orchestrator (orchestra/sql/maintenance.sql, leader.sql, worker.sql): the
 -- maintenance role, table-level on what it maintains, every row.
@@ -316,7 +326,9 @@ GRANT EXECUTE ON FUNCTION
     :"schema".job_recheck_waiting(bigint, text),
     :"schema".job_find_unique(text, text),
     :"schema".definition_ensure(text, text, integer, text, bigint, bigint, smallint, bigint,
-                                text, bigint, integer, bigint, bigint)
+                                text, bigint, integer, bigint, bigint),
+    :"schema".worker_touch(bigint, text),
+    :"schema".worker_deregister(bigint, text)
 TO :"orchestrator_role";
 
 -- Dashboard: reads every table (orchestra jobs list/show, orchestra
@@ -434,11 +446,14 @@ CREATE POLICY orchestrator_all ON :"schema".job_dependency TO :"orchestrator_rol
 CREATE POLICY dashboard_select ON :"schema".job_dependency FOR SELECT TO :"dashboard_role"
     USING (true);
 
--- Daemons: a worker registers, heartbeats and deletes the rows of its own
--- role only (NULL: a daemon registered before schema version 6). Workers that
--- share a LOGIN role are one principal to the database; give each
--- deployment that must not touch another's rows and jobs a LOGIN role of its
--- own. The orchestrator reaps dead daemons of every role.
+-- Daemons: a worker registers and sees the rows of its own role only (NULL:
+-- a daemon registered before schema version 6); it heartbeats and deletes
+-- only its own row, through functions that want the secret the daemon made
+-- at registration (only its hash is stored), so that not even a process of
+-- the same LOGIN role can keep a dead daemon alive or remove a live one.
+-- Running jobs are guarded per role (the job policy above): give each
+-- deployment that must not touch another's jobs a LOGIN role of its own.
+-- The orchestrator reaps dead daemons of every role.
 CREATE POLICY worker_own_role ON :"schema".worker TO :"worker_role"
     USING (registered_by = current_user OR registered_by IS NULL)
     WITH CHECK (registered_by = current_user OR registered_by IS NULL);

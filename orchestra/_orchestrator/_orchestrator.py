@@ -216,6 +216,7 @@ class Orchestrator(Daemon):
                 "pid": self.pid,
                 "channel": None,
                 "concurrency": None,
+                "secret": self.secret,
             },
         ).fetchone()
         assert row is not None
@@ -231,7 +232,8 @@ class Orchestrator(Daemon):
                 self.elector.resign(conn)
                 if self.worker_id is not None:
                     conn.execute(
-                        self.config.queries["worker_delete"], {"worker_id": self.worker_id}
+                        self.config.queries["worker_delete"],
+                        {"worker_id": self.worker_id, "secret": self.secret},
                     )
         except Exception:
             logger.warning(
@@ -277,12 +279,11 @@ class Orchestrator(Daemon):
         try:
             with self._pool.connection() as conn:
                 held = self.elector.attempt(conn)
-                if (
-                    conn.execute(
-                        self.config.queries["worker_touch"], {"worker_id": self.worker_id}
-                    ).fetchone()
-                    is None
-                ):
+                touched = conn.execute(
+                    self.config.queries["worker_touch"],
+                    {"worker_id": self.worker_id, "secret": self.secret},
+                ).fetchone()
+                if touched is None or not touched[0]:
                     self.worker_id = self._register(conn)
         except Exception as exc:
             self.elector.forget()

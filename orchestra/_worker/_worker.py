@@ -290,6 +290,7 @@ class Worker(Daemon):
             "pid": self.pid,
             "channel": self.channel,
             "concurrency": self.concurrency,
+            "secret": self.secret,
         }
 
     async def _register(self, conn: psycopg.AsyncConnection[Any]) -> int:
@@ -379,7 +380,8 @@ class Worker(Daemon):
                 try:
                     async with self._pool.connection(timeout=5) as conn:
                         await conn.execute(
-                            self.config.queries["worker_delete"], {"worker_id": self.worker_id}
+                            self.config.queries["worker_delete"],
+                            {"worker_id": self.worker_id, "secret": self.secret},
                         )
                 except Exception:
                     logger.warning(
@@ -1040,6 +1042,7 @@ class Worker(Daemon):
                         self.config.queries["worker_heartbeat"],
                         {
                             "worker_id": self.worker_id,
+                            "secret": self.secret,
                             "ids": [job.id for job in held],
                             "tokens": [job.token for job in held],
                         },

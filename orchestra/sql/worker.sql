@@ -1,22 +1,23 @@
 -- Queries on the worker table (live daemons) and the worker's lease upkeep.
 
 -- name: worker_register
-INSERT INTO {schema}.worker (name, role, host, pid, channel, concurrency)
-VALUES (%(name)s, %(role)s, %(host)s, %(pid)s, %(channel)s, %(concurrency)s)
+-- %(secret)s is the daemon's own, kept in its memory: the row stores its
+-- SHA-256, and worker_touch / worker_deregister want the secret.
+INSERT INTO {schema}.worker (name, role, host, pid, channel, concurrency, secret_hash)
+VALUES (%(name)s, %(role)s, %(host)s, %(pid)s, %(channel)s, %(concurrency)s,
+        sha256(convert_to(%(secret)s, 'UTF8')))
 RETURNING id;
 
 -- name: worker_delete
-DELETE FROM {schema}.worker WHERE id = %(worker_id)s;
+SELECT {schema}.worker_deregister(%(worker_id)s, %(secret)s);
 
 -- name: worker_heartbeat
 -- Record that the worker is alive and extend the lease of the jobs it is
 -- still running, in one statement. The lock token fences the extension: a job
 -- that was rescued meanwhile is not taken back. Returns one row: whether the
 -- worker row still exists, and how many leases were extended.
-WITH alive AS (
-    UPDATE {schema}.worker SET heartbeat_at = clock_timestamp()
-    WHERE id = %(worker_id)s
-    RETURNING id
+WITH alive AS MATERIALIZED (
+    SELECT {schema}.worker_touch(%(worker_id)s, %(secret)s) AS alive
 ), extended AS (
     UPDATE {schema}.job j
     SET locked_until = clock_timestamp() + d.lock_interval_ms * interval '1 millisecond'
@@ -26,11 +27,11 @@ WITH alive AS (
       AND d.name = j.definition
     RETURNING j.id
 )
-SELECT (SELECT count(*) FROM alive) > 0 AS alive, (SELECT count(*) FROM extended) AS extended;
+SELECT (SELECT alive FROM alive) AS alive, (SELECT count(*) FROM extended) AS extended;
 
 -- name: worker_touch
--- Refresh a daemon's heartbeat; no row back means its row was removed.
-UPDATE {schema}.worker SET heartbeat_at = clock_timestamp() WHERE id = %(worker_id)s RETURNING id;
+-- Refresh a daemon's heartbeat; false means its row was removed (reaped).
+SELECT {schema}.worker_touch(%(worker_id)s, %(secret)s);
 
 -- name: transaction_begin
 -- A lane's transaction, opened and committed as statements of its pipeline:

@@ -171,7 +171,7 @@ class TestGaugesService:
     ) -> None:
         """A daemon is live while its heartbeat is newer than the stale threshold."""
         register = config.queries["worker_register"]
-        common = {"host": "h", "pid": 1, "channel": None, "concurrency": None}
+        common = {"host": "h", "pid": 1, "channel": None, "concurrency": None, "secret": "s"}
         for name, role in [("w1", "worker"), ("w2", "worker"), ("o1", "orchestrator")]:
             db.execute(register, {"name": name, "role": role, **common})
         db.execute(

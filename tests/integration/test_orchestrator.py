@@ -270,6 +270,7 @@ class TestRescuer:
                     "pid": 1,
                     "channel": "_default",
                     "concurrency": 1,
+                    "secret": n,
                 },
             ).fetchone()[0]  # type: ignore[index]
             for n in ("dead", "alive")

@@ -417,11 +417,11 @@ def finish(
 
 
 def register(conn: psycopg.Connection[Any], schema: str, name: str) -> int:
-    """Insert a `worker` row as the role of ``conn``; return its id."""
+    """Insert a `worker` row as the role of ``conn``, its secret being its name; return its id."""
     row = conn.execute(
-        f'INSERT INTO "{schema}".worker (name, role, host, pid) VALUES (%s, %s, %s, %s)'
-        " RETURNING id",
-        [name, "worker", "test-host", 1],
+        f'INSERT INTO "{schema}".worker (name, role, host, pid, secret_hash)'
+        " VALUES (%s, %s, %s, %s, sha256(convert_to(%s, 'UTF8'))) RETURNING id",
+        [name, "worker", "test-host", 1, name],
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -444,6 +444,7 @@ def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
         free = jobs["echo"].defer({"n": 6})
     with roles.connect("worker") as conn, roles.connect("worker2") as conn2:
         me = register(conn, s, "me")
+        sibling = register(conn, s, "sibling")
         rival = register(conn2, s, "rival")
         # The states a worker finds, set up as the server's superuser.
         admin.execute(
@@ -487,14 +488,18 @@ def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
             f" VALUES ({free.id}, {theirs.id})",
             s,
         )
-        # Another role's daemon: neither deleted nor heartbeated, not even seen.
-        assert changed(conn, f"DELETE FROM {{s}}.worker WHERE id = {rival}", s) == 0
-        assert (
-            changed(conn, f"UPDATE {{s}}.worker SET heartbeat_at = now() WHERE id = {rival}", s)
-            == 0
-        )
-        assert changed(conn, "DELETE FROM {s}.worker WHERE id <> 0 AND name = 'rival'", s) == 0
-        assert count(conn, "SELECT count(*) FROM {s}.worker", s) == 1
+        # Daemon rows: no UPDATE or DELETE at all; another role's are not even
+        # seen; a daemon's heartbeat and deregistration want its secret, so
+        # neither another role's daemon nor a sibling of the same role can be
+        # kept alive or removed.
+        denied(conn, f"DELETE FROM {{s}}.worker WHERE id = {rival}", s)
+        denied(conn, f"UPDATE {{s}}.worker SET heartbeat_at = now() WHERE id = {rival}", s)
+        assert count(conn, "SELECT count(*) FROM {s}.worker", s) == 2  # "me" and "sibling"
+        queries = producer.queries
+        for victim, guess in [(rival, "me"), (sibling, "me"), (sibling, "")]:
+            touch = {"worker_id": victim, "secret": guess}
+            assert conn.execute(queries["worker_touch"], touch).fetchone() == (False,)
+            assert conn.execute(queries["worker_delete"], touch).fetchone() == (False,)
         denied(conn, "DELETE FROM {s}.job", s)
         denied(conn, """UPDATE {s}.job SET payload = '{"n": 0}'""", s)
         denied(conn, "UPDATE {s}.job SET created_by = current_user", s)
@@ -505,10 +510,9 @@ def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
 
         # The moves of the state machine: heartbeat and finish its own running
         # job, release a ready dependent, claim an available job.
-        queries = producer.queries
         row = conn.execute(
             queries["worker_heartbeat"],
-            {"worker_id": me, "ids": [mine.id], "tokens": [token(before, mine.id)]},
+            {"worker_id": me, "secret": "me", "ids": [mine.id], "tokens": [token(before, mine.id)]},
         ).fetchone()
         assert row == (True, 1)
         assert finish(conn, producer, me, mine.id, token(before, mine.id), "1") == [mine.id]
@@ -522,9 +526,10 @@ def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
              "claim_id": "00000000-0000-0000-0000-000000000001"},
         ).fetchall()  # fmt: skip
         assert sorted(r[0] for r in claimed) == sorted([ready.id, free.id])
-        # Its own row, and only it, it may delete.
-        assert changed(conn, "DELETE FROM {s}.worker", s) == 1
-        assert count(admin, "SELECT count(*) FROM {s}.worker", s) == 1  # the rival's row
+        # Its own row, with its secret, it may delete.
+        deregister = {"worker_id": me, "secret": "me"}
+        assert conn.execute(queries["worker_delete"], deregister).fetchone() == (True,)
+        assert count(admin, "SELECT count(*) FROM {s}.worker", s) == 2  # sibling and rival
     with roles.connect("producer") as conn:
         assert conn.execute(
             f'SELECT result FROM "{s}".job WHERE id = %s', [mine.id]
@@ -750,7 +755,12 @@ def test_psql_and_the_python_applier_grant_the_same(
         "definition_ensure",
         "job_dependencies_met",
         "job_created_by_caller",
+        "worker_touch",
+        "worker_deregister",
     }
+    assert ("table", "worker", "", "S_worker", "DELETE") not in python_applied
+    assert not [p for p in python_applied if p[3] == "S_worker" and p[1:2] == ("worker",)
+                and p[4] == "UPDATE"]  # fmt: skip
     for function in functions:  # owned by the migrator, not executable by PUBLIC
         assert ("function", function, "S_migrator", "PUBLIC", "EXECUTE") not in python_applied
     assert ("function", "job_recheck_waiting", "S_migrator", "S_producer", "EXECUTE") in (
