@@ -141,10 +141,7 @@ def lane_statements(
     With a batch they run in one transaction: ``job_finish_many`` (fenced),
     ``job_release_dependents`` for the successes (a statement of its own,
     whose snapshot follows the finish's row locks: decision 0007), then
-    ``job_claim``. ``job_claim`` turns the commit's wait for the WAL flush
-    off, which a claim alone does not need; ``transaction_sync_commit``, last,
-    turns it back on, so that recorded finishes are durable at the commit.
-    Without a batch, the claim is the only statement. ``claim_id`` (a new
+    ``job_claim``. Without a batch, the claim is the only statement. ``claim_id`` (a new
     UUID per statement) seeds the claimed jobs' lock tokens, so that
     :func:`find_out` can tell what a statement whose reply was lost did.
     """
@@ -184,8 +181,6 @@ def lane_statements(
                 },
             )
         )
-    if batch and claim:
-        statements.append(("transaction_sync_commit", None))
     return statements
 
 

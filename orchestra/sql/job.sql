@@ -116,13 +116,11 @@ FROM inserted;
 -- instead of leaving them running until their lease expires. A token is a
 -- fence, not a secret.
 --
--- A claim's commit does not wait for the WAL flush (no_flush_wait; decision
--- 0015): if the server crashes first, the claim never happened and the job
--- runs again, as after any crash. A worker transaction that also records
--- finishes sets synchronous_commit back (transaction_sync_commit) after it.
-WITH no_flush_wait AS MATERIALIZED (
-    SELECT set_config('synchronous_commit', 'off', true)
-), plain AS MATERIALIZED (
+-- A claim's commit waits for the WAL flush, as every commit of the server's
+-- settings does: a claim that a crash could forget while its worker already
+-- runs the job would let a second worker run it at the same time (decision
+-- 0015, amended).
+WITH plain AS MATERIALIZED (
     SELECT id, priority FROM {schema}.job
     WHERE status = 'available' AND NOT limited AND channel = %(channel)s
       AND run_at <= coalesce(%(now)s::timestamptz, now())
@@ -160,16 +158,10 @@ SET status = 'running',
     lock_token = md5(%(claim_id)s || j.id::text)::uuid,
     locked_until = clock_timestamp() + d.lock_interval_ms * interval '1 millisecond',
     started_at = clock_timestamp()
-FROM no_flush_wait, claimable c, {schema}.job_definition d
+FROM claimable c, {schema}.job_definition d
 WHERE j.id = c.id AND d.name = j.definition
 RETURNING j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock_token,
           j.started_at, j.run_at, j.priority, j.trace_context;
-
--- name: transaction_sync_commit
--- Last statement of a worker transaction that records finishes and claims:
--- the commit waits for the WAL flush again, as configured for the server
--- (job_claim had switched that off for the transaction).
-SET LOCAL synchronous_commit TO DEFAULT;
 
 -- name: definition_lock_limited
 -- First statement of the guarded claim: lock the limited definitions this

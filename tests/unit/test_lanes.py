@@ -59,15 +59,9 @@ class TestSplit:
 
 
 class TestStatements:
-    def test_finishes_and_claim_share_one_transaction_that_ends_durable(self) -> None:
-        """The claim switches the flush wait off; a transaction with finishes switches it back last."""
+    def test_finishes_release_and_claim_share_one_transaction_in_this_order(self) -> None:
         names = statements([make_finish(1), make_finish(2, "failed")], 5)
-        assert names == [
-            "job_finish_many",
-            "job_release_dependents",
-            "job_claim",
-            "transaction_sync_commit",
-        ]
+        assert names == ["job_finish_many", "job_release_dependents", "job_claim"]
 
     def test_only_successes_release_dependents(self) -> None:
         assert statements([make_finish(1, "failed")], 0) == ["job_finish_many"]
