@@ -315,7 +315,12 @@ class Orchestrator(Daemon):
                 result = service.run_once(conn)
         except Exception as exc:
             message = _db.redact(f"{type(exc).__name__}: {exc}".strip())
-            logger.exception("%s: %s pass failed", self.daemon_name, service.name)
+            if isinstance(exc, psycopg.OperationalError) or "pool" in type(exc).__module__:
+                # The database is away (restarting, failing over): one line, no
+                # traceback; the pass is retried.
+                logger.warning("%s: %s pass failed: %s", self.daemon_name, service.name, message)
+            else:
+                logger.exception("%s: %s pass failed", self.daemon_name, service.name)
             self._emit(events.OrchestratorServiceFailed, service=service.name, error=message)
             return RunResult(
                 service.name, next_run_in_s=min(FAILED_PASS_RETRY_S, service.interval_ms / 1000)
