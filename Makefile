@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint typecheck unit integration e2e bench clean
+.PHONY: demo test lint typecheck unit integration e2e faults bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ e2e: $(STAMP)
 
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+
+# The fault battery at full size (thousands of jobs per case, many faults), one
+# case at a time; `make test` runs its short version with the rest of tests/.
+faults: $(STAMP)
+	ORCHESTRA_FAULTS=full $(BIN)/pytest tests/faults -q -n 0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

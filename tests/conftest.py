@@ -21,6 +21,10 @@ from orchestra.testing import EventRecorder
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The fault battery's report table: registered here, not in tests/faults/conftest.py,
+# so that the xdist controller (which imports only this conftest) prints it too.
+pytest_plugins = ("tests.faults._report",)
+
 
 @pytest.fixture(scope="session")
 def test_dsn() -> str:
