@@ -539,7 +539,8 @@ class TestRetry:
         """A job retried after its definition gained a rate limit is claimed on the guarded path."""
         handle = define(config, "unlimited").defer({})
         set_status(db, config, handle.id, "failed")
-        define(config, "unlimited", release_interval_ms=1_000).defer({})  # upserts the new limit
+        # A daemon carrying the new version of the definition writes its limit.
+        define(config, "unlimited", release_interval_ms=1_000).upsert(db)
         api.retry(handle.id)
         assert sql(db, config, "SELECT limited FROM {s}.job WHERE id = %s", handle.id) == [(True,)]
 
