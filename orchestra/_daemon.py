@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from orchestra import events
+from orchestra._names import check_printable
 from orchestra.errors import ConfigurationError, OrchestraError
 
 logger = logging.getLogger("orchestra")
@@ -42,7 +43,8 @@ class Daemon(abc.ABC):
     ) -> None:
         if not isinstance(name, str) or not name or len(name) > 128:
             raise ConfigurationError("name", "must be a non-empty string of at most 128 characters")
-        self.name = name
+        # The name starts every log line of the daemon: a line break in it would forge lines.
+        self.name = check_printable(name, "name")
         self.daemon_id = next(_daemon_ids)
         self.daemon_name = f"{name}-{self.role}"
         self.host = socket.gethostname()

@@ -12,7 +12,6 @@ import re
 import sys
 import threading
 import time
-import unicodedata
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic
@@ -24,6 +23,7 @@ from typing_extensions import TypeVar
 
 from orchestra import _converter, _results
 from orchestra._backoff import Backoff, milliseconds
+from orchestra._names import check_printable
 from orchestra.errors import ConfigurationError, OrchestraError, UnknownJobError
 
 if TYPE_CHECKING:
@@ -182,8 +182,9 @@ def _check_name(value: object, argument: str, *, pattern: re.Pattern[str] | None
         raise ConfigurationError(
             argument, f"must be at most {NAME_MAX_LENGTH} characters, got {len(value)}"
         )
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        raise ConfigurationError(argument, "must not contain control characters")
+    # Names and channels are printed in logs, terminals and pages: no line breaks,
+    # escape sequences or bidi overrides that could forge or disguise a line.
+    check_printable(value, argument)
     if pattern is not None and not pattern.fullmatch(value):
         raise ConfigurationError(argument, f"{value!r} may only use letters, digits and _ . : -")
     return value

@@ -90,7 +90,10 @@ class LoggingHandler:
 
 def _short(value: object) -> str:
     text = str(value)
-    if isinstance(value, str) and (" " in text or not text):
+    # Quoted (JSON-escaped) when it has spaces, is empty, or holds a line break
+    # or another unprintable character: a job's error text must not be able to
+    # start a forged log line.
+    if isinstance(value, str) and (" " in text or not text or not text.isprintable()):
         text = json.dumps(text if len(text) <= 300 else text[:297] + "...")
     return text
 

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from orchestra import __version__, _db
 from orchestra._config import DEFAULT_SCHEMA, DSN_ENV, Config
+from orchestra._names import check_printable
 from orchestra.errors import (
     AppImportError,
     ConfigurationError,
@@ -77,10 +78,31 @@ def _warn_password_on_argv(dsn: str | None, source: str) -> None:
         )
 
 
+def _remember_dsn(_ctx: click.Context, _param: click.Parameter, dsn: str | None) -> str | None:
+    # Known from the start, the password is hidden from every error this command prints.
+    _db.remember_dsn(dsn)
+    return dsn
+
+
 def _dsn_option(function: F) -> F:
-    return click.option("--dsn", envvar=DSN_ENV, default=None, metavar="DSN", help=DSN_HELP)(
-        function
-    )
+    return click.option(
+        "--dsn",
+        envvar=DSN_ENV,
+        default=None,
+        metavar="DSN",
+        help=DSN_HELP,
+        callback=_remember_dsn,
+    )(function)
+
+
+def check_text_options(**options: str | None) -> None:
+    """ConfigurationError (exit 2) if an option's text holds a control or format character.
+
+    Names never hold one, so such a value is a mistake, or an attempt to forge log lines.
+    """
+    for option, value in options.items():
+        if value is not None:
+            check_printable(value, "--" + option.replace("_", "-"))
 
 
 def _schema_option(function: F) -> F:

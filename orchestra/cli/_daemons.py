@@ -18,6 +18,7 @@ from orchestra.cli._app import (
     _dsn_source,
     _schema_option,
     _warn_password_on_argv,
+    check_text_options,
     configure_logging,
     err_console,
     handle_errors,
@@ -200,6 +201,8 @@ def daemon(
     The DSN and schema are those of the Config named by --app. --role all runs
     a worker and an orchestrator in one process (development, demos).
     """
+    # Before the app is imported or anything logged: a bad name starts nothing.
+    check_text_options(name=name, channel=channel)
     import asyncio  # noqa: PLC0415 (keeps `orchestra --help` fast)
 
     from orchestra._daemon import Daemon, run_together  # noqa: PLC0415

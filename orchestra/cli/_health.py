@@ -24,6 +24,7 @@ from orchestra.cli._app import (
     _print_json,
     _schema_option,
     _warn_password_on_argv,
+    check_text_options,
     err_console,
     handle_errors,
     load_app,
@@ -222,6 +223,7 @@ def health(
     """
     import socket  # noqa: PLC0415
 
+    check_text_options(name=name, host=host)
     explicit = click.core.ParameterSource.COMMANDLINE
     if app_ref is not None and explicit in (
         ctx.get_parameter_source("dsn"),

@@ -18,6 +18,7 @@ from rich.text import Text
 from orchestra import _db
 from orchestra._config import Config
 from orchestra._jobs import STATUSES, DefinitionInfo, Job, Jobs
+from orchestra._names import escape_unprintable
 from orchestra.cli._app import (
     _dsn_option,
     _dsn_source,
@@ -26,6 +27,7 @@ from orchestra.cli._app import (
     _schema_option,
     _table,
     _warn_password_on_argv,
+    check_text_options,
     err_console,
     handle_errors,
     main,
@@ -87,6 +89,15 @@ def _duration(start: dt.datetime, end: dt.datetime) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
+def _shown(text: str, keep: str = "") -> Text:
+    """``text`` for a terminal: control characters (but ``keep``) written as escapes.
+
+    Keys, errors and tracebacks come from applications and job functions: an
+    escape sequence in one must not drive the terminal of whoever reads it.
+    """
+    return Text(escape_unprintable(text, keep))
+
+
 def _status(status: str) -> Text:
     return Text(status, style=_STATUS_STYLES.get(status, ""))
 
@@ -125,11 +136,11 @@ def _jobs_table(found: Sequence[Job], caption: str) -> Table:
     for job in found:
         table.add_row(
             str(job.id),
-            Text(job.definition),
+            _shown(job.definition),
             _status(job.status),
             f"{job.attempt}/{job.max_attempts}",
             _when(job.run_at),
-            Text(_one_line(job.last_error, error_chars)),
+            _shown(_one_line(job.last_error, error_chars)),
         )
     return table
 
@@ -184,6 +195,7 @@ def jobs_list(
     schema: str,
 ) -> None:
     """List jobs by id, with no hidden time window: every job still in the queue."""
+    check_text_options(definition=definition, channel=channel)
     status = list(statuses) or None
     with _job_manager(ctx, dsn, schema) as manager:
         found = manager.list(
@@ -218,8 +230,8 @@ def _show_job(job: Job) -> None:
     fields.add_column(overflow="fold")
     rows: list[tuple[str, Text | str]] = [
         ("status", _status(job.status + (" (archived)" if job.archived else ""))),
-        ("definition", Text(job.definition)),
-        ("channel", Text(job.channel)),
+        ("definition", _shown(job.definition)),
+        ("channel", _shown(job.channel)),
         ("priority", str(job.priority)),
         ("attempt", f"{job.attempt} of {job.max_attempts}"),
         ("created at", _when(job.created_at) + " UTC"),
@@ -235,12 +247,12 @@ def _show_job(job: Job) -> None:
         ("locked by worker", job.locked_by),
         ("depends on", ", ".join(str(i) for i in job.depends_on)),
     ]
-    rows += [(name, Text(str(value))) for name, value in optional if value not in (None, "")]
-    rows.append(("payload", Text(json.dumps(job.payload, ensure_ascii=False))))
+    rows += [(name, _shown(str(value))) for name, value in optional if value not in (None, "")]
+    rows.append(("payload", _shown(json.dumps(job.payload, ensure_ascii=False))))
     if job.result is not None:
-        rows.append(("result", Text(json.dumps(job.result, ensure_ascii=False))))
+        rows.append(("result", _shown(json.dumps(job.result, ensure_ascii=False))))
     if job.last_error:
-        rows.append(("last error", Text(job.last_error)))
+        rows.append(("last error", _shown(job.last_error, "\n\t")))
     for name, value in rows:
         fields.add_row(name, value)
     out_console.print(Text(f"job {job.id}", style="bold"))
@@ -262,17 +274,17 @@ def _show_job(job: Job) -> None:
         table.add_row(
             str(attempt.attempt),
             _status(attempt.outcome),
-            Text(worker),
+            _shown(worker),
             _when(attempt.finished_at),
             _duration(attempt.started_at, attempt.finished_at),
-            Text(attempt.error or ""),
+            _shown(attempt.error or "", "\n\t"),
         )
     out_console.print(table)
     # The last traceback is the one people want; --json has every one.
     last = next((a for a in reversed(attempts) if a.traceback), None)
     if last is not None and last.traceback:
         out_console.print(Text(f"traceback of attempt {last.attempt}:", style="bold"))
-        out_console.print(Text(last.traceback.rstrip()))
+        out_console.print(_shown(last.traceback.rstrip(), "\n\t"))
 
 
 @jobs_group.command("show")
@@ -306,6 +318,7 @@ def _each(job_ids: Sequence[int], action: Callable[[int], str]) -> None:
 
 
 def _check_bulk(job_ids: Sequence[int], all_failed: bool, definition: str | None) -> None:
+    check_text_options(definition=definition)
     if all_failed and job_ids:
         raise click.UsageError("give job ids or --failed, not both")
     if not all_failed and not job_ids:
@@ -473,8 +486,8 @@ def definitions_list(ctx: click.Context, as_json: bool, dsn: str | None, schema:
     for info in infos:
         counts = "\n".join(f"{n} {status}" for status, n in info.counts.items() if n)
         table.add_row(
-            Text(info.name + (" (paused)" if info.paused else "")),
-            Text(info.channel),
+            _shown(info.name + (" (paused)" if info.paused else "")),
+            _shown(info.channel),
             Text(_settings(info)),
             _when(info.last_heartbeat_at),
             counts or "none",

@@ -16,6 +16,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import re
 import secrets
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -25,6 +26,7 @@ from typing import Any
 import jinja2
 import psycopg
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -35,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from orchestra import __version__, _db
 from orchestra._config import Config
 from orchestra._jobs import STATUSES, Job
+from orchestra._names import escape_unprintable, first_unprintable
 from orchestra.dashboard import _data, _openapi
 from orchestra.dashboard._auth import (
     SESSION_COOKIE,
@@ -62,6 +65,25 @@ PAGE_SIZE_DEFAULT = 50
 API_LIMIT_MAX = 1000
 #: Largest request body read (forms and JSON bodies are tiny).
 BODY_BYTES_MAX = 16_384
+#: The query parameters of the job lists (other parameters are ignored).
+FILTERS = ("status", "definition", "channel", "limit", "offset", "order")
+#: Most characters of a bad parameter quoted back in an error message.
+ECHO_CHARS_MAX = 40
+
+
+class _JobIdConvertor(Convertor[int]):
+    """A job id in a path. Bounded: a longer number is no job, and too long for int()."""
+
+    regex = "[0-9]{1,30}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("orchestra_job_id", _JobIdConvertor())
 
 _EXPLANATIONS = {
     "retry": "The job runs again with a fresh attempt budget: it becomes available now, or "
@@ -179,6 +201,7 @@ def _error_status(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, ConfigurationError):
         return 400, str(exc)
     if isinstance(exc, DatabaseUnavailableError | SchemaNotReadyError):
+        # redact knows the DSNs this process connected with: their passwords are hidden.
         return 503, _db.redact(str(exc))
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return 403, "the dashboard's database role lacks the privilege for this"
@@ -230,11 +253,12 @@ class Dashboard:
         """Answer an error as JSON under /api, as a page elsewhere."""
         status, message = _error_status(exc)
         if status >= 500:
+            # Escaped: a line break from the request or the error must not forge a log line.
             logger.error(
                 "dashboard: %s %s failed: %s",
                 request.method,
-                request.url.path,
-                _db.redact(str(exc)),
+                escape_unprintable(request.url.path),
+                escape_unprintable(_db.redact(str(exc))),
             )
         headers = exc.headers if isinstance(exc, HTTPException) else None
         if is_api_path(request.scope):
@@ -283,6 +307,9 @@ class Dashboard:
     def _filters(self, request: Request, *, api: bool) -> dict[str, Any]:
         """Status, definition, channel, limit, offset and order from the query string."""
         query = request.query_params
+        for name in FILTERS:
+            for value in query.getlist(name):
+                _check_text(name, value)
         statuses = [s for s in query.getlist("status") if s]
         for value in statuses:
             if value not in STATUSES:
@@ -357,7 +384,8 @@ class Dashboard:
             else None
         )
         deleted = request.query_params.get("deleted", "")
-        flash = f"Job {int(deleted)} was deleted." if deleted.isdigit() else None
+        # ASCII digits only: str.isdigit() also accepts characters int() refuses ("²").
+        flash = f"Job {int(deleted)} was deleted." if re.fullmatch("[0-9]{1,30}", deleted) else None
         return self.page(
             request,
             "jobs.html",
@@ -598,6 +626,8 @@ class Dashboard:
             document = json.loads(body) if body.strip() else {}
         except ValueError:
             raise HTTPException(400, "the body is not valid JSON") from None
+        except RecursionError:  # a few kilobytes of "[" nest deeper than the parser goes
+            raise HTTPException(400, "the body is nested too deeply") from None
         if not isinstance(document, dict):
             raise HTTPException(400, "the body must be a JSON object")
         job = await self._act(action, job_id)
@@ -617,21 +647,42 @@ def _int_param(value: str | None, name: str, default: int, low: int, high: int) 
     try:
         number = int(value)
     except ValueError:
-        raise HTTPException(400, f"{name} must be an integer, got {value!r}") from None
+        raise HTTPException(400, f"{name} must be an integer, got {_echo(value)}") from None
     if not low <= number <= high:
         raise HTTPException(400, f"{name} must be between {low} and {high}, got {number}")
     return number
+
+
+def _echo(value: str) -> str:
+    """``value`` quoted for an error message: escaped by repr, and cut short."""
+    shown = value if len(value) <= ECHO_CHARS_MAX else value[: ECHO_CHARS_MAX - 1] + "…"
+    return repr(shown)
+
+
+def _check_text(name: str, value: str) -> None:
+    """Refuse (400) a filter holding a control, format or line separator character.
+
+    No status, name, channel or number holds one: such a value is a mistake or a
+    probe, and a NUL would reach PostgreSQL, which refuses it with an internal error.
+    """
+    index = first_unprintable(value)
+    if index is not None:
+        raise HTTPException(
+            400,
+            f"{name}: control, format and line separator characters are not allowed "
+            f"(found {value[index]!r} at index {index})",
+        )
 
 
 def _routes(handlers: Dashboard) -> list[BaseRoute]:
     routes: list[BaseRoute] = [
         Route("/", handlers.overview_page, methods=["GET"], name="overview"),
         Route("/jobs", handlers.jobs_page, methods=["GET"], name="jobs"),
-        Route("/jobs/{job_id:int}", handlers.job_page, methods=["GET"], name="job"),
+        Route("/jobs/{job_id:orchestra_job_id}", handlers.job_page, methods=["GET"], name="job"),
     ]
     routes += [
         Route(
-            f"/jobs/{{job_id:int}}/{action}",
+            f"/jobs/{{job_id:orchestra_job_id}}/{action}",
             handlers.confirm_page,
             methods=["GET", "POST"],
             name=f"confirm_{action}",
@@ -642,11 +693,13 @@ def _routes(handlers: Dashboard) -> list[BaseRoute]:
         Route("/definitions", handlers.definitions_page, methods=["GET"], name="definitions"),
         Route("/api/overview", handlers.api_overview, methods=["GET"], name="api_overview"),
         Route("/api/jobs", handlers.api_jobs, methods=["GET"], name="api_jobs"),
-        Route("/api/jobs/{job_id:int}", handlers.api_job, methods=["GET"], name="api_job"),
+        Route(
+            "/api/jobs/{job_id:orchestra_job_id}", handlers.api_job, methods=["GET"], name="api_job"
+        ),
     ]
     routes += [
         Route(
-            f"/api/jobs/{{job_id:int}}/{action}",
+            f"/api/jobs/{{job_id:orchestra_job_id}}/{action}",
             handlers.api_action,
             methods=["POST"],
             name=f"api_{action}",
