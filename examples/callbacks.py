@@ -1,4 +1,4 @@
-"""Lifecycle callbacks: on_attempt, on_success, on_failure (seed steve, I5).
+"""Lifecycle callbacks: on_attempt, on_success, on_failure.
 
 Run: python examples/callbacks.py
 """

@@ -1,4 +1,4 @@
-"""CPU-bound jobs in child processes: Worker(processes=N) (seed redis-dist-job-queue).
+"""CPU-bound jobs in child processes: Worker(processes=N).
 
 Threads share the GIL, so CPU-bound job functions need processes. A child that
 crashes fails only the attempt it was running (the job is retried as any

@@ -1,4 +1,4 @@
-"""Deduplication: a second defer of pending work returns the first job (seed job-manager).
+"""Deduplication: a second defer of pending work returns the first job.
 
 Run: python examples/dedup.py
 """

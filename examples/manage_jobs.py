@@ -1,4 +1,4 @@
-"""Managing jobs: find, list, retry, cancel, delete (seeds steve and redis-dist-job-queue, I8, I9).
+"""Managing jobs: find, list, retry, cancel, delete.
 
 The same operations are on the command line: ``orchestra jobs list|show|retry|
 cancel|delete`` and ``orchestra definitions list``.

@@ -1,4 +1,4 @@
-"""Priorities: higher runs first, FIFO within a priority (seed pg-jobber, I2).
+"""Priorities: higher runs first, FIFO within a priority.
 
 Run: python examples/priorities.py
 """

@@ -1,4 +1,4 @@
-"""Request/response: wait for a job's result, from this process or any other (seed pg-jobber).
+"""Request/response: wait for a job's result, from this process or any other.
 
 Run: python examples/request_response.py
 """

@@ -1,4 +1,4 @@
-"""Resource keys: at most one running job per key, fleet-wide (seed redis-dist-job-queue).
+"""Resource keys: at most one running job per key, fleet-wide.
 
 Two printers, six print jobs, a worker with room for six at once: jobs of the
 same printer run one after the other, the two printers in parallel, and no job

@@ -18,7 +18,7 @@ EXPONENTIAL_BASE_MS_DEFAULT = 2_000
 FIXED_DELAY_MS_DEFAULT = 5_000
 BACKOFF_MAX_MS_DEFAULT = 3_600_000
 #: Jitter is added, never subtracted, so a retry never runs before its nominal
-#: delay (seed-analysis I3); it spreads retries of a burst of failures.
+#: delay; it spreads retries of a burst of failures.
 JITTER_FRACTION_DEFAULT = 0.1
 
 

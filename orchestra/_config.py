@@ -236,7 +236,7 @@ class Config:
 
     @functools.cached_property
     def jobs(self) -> Jobs:
-        """Find, list, retry, cancel and delete jobs; describe definitions (I8, I9)."""
+        """Find, list, retry, cancel and delete jobs; describe definitions."""
         from orchestra._jobs import Jobs  # noqa: PLC0415 (loaded on first use)
 
         return Jobs(self)

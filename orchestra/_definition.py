@@ -55,7 +55,8 @@ PRIORITY_MIN, PRIORITY_MAX = -100, 100
 LOCK_INTERVAL_MIN_MS = 500
 #: How often a process re-upserts a definition it defers to, so that a
 #: definition swept as stale while this process was idle comes back before the
-#: next insert needs it (seed bug 13). Far below the stale threshold (1 h).
+#: next insert needs it (a job row refers to its definition, so the insert
+#: would fail without it). Far below the stale threshold (1 h).
 DEFINITION_REFRESH_S = 600.0
 
 logger = logging.getLogger("orchestra")
@@ -82,7 +83,7 @@ class JobHandle:
         as_type: Any = None,
         poll_interval_s: float = _results.POLL_INTERVAL_S_DEFAULT,
     ) -> Any:
-        """Wait for the job to finish and return what its function returned (I1).
+        """Wait for the job to finish and return what its function returned.
 
         Args:
             timeout: seconds to wait; None waits as long as it takes.
@@ -286,16 +287,16 @@ class JobDefinition(Generic[P]):
             job is unfinished; True lets tick jobs pile up.
         dedup: the default of ``defer(dedup=...)``: derive a unique key from the
             payload, so that a second defer of an equal payload while the first
-            job is unfinished returns the first job (seed job-manager, I6).
+            job is unfinished returns the first job.
         attempt_timeout_ms: cut an attempt that runs longer (async: the task is
             cancelled; processes: the child is terminated; threads, which
             cannot be killed: ``ctx.should_stop`` turns true, and the attempt
             is recorded as timed out once the function returns, keeping its
             slot, lease and resource key until then). None: no limit.
         on_success: called once with the updated :class:`~orchestra.Job` after
-            a job succeeded, in the worker process (I5).
-        on_failure: called once after the final attempt failed (I5).
-        on_attempt: called once after every attempt, whatever its outcome (I5).
+            a job succeeded, in the worker process.
+        on_failure: called once after the final attempt failed.
+        on_attempt: called once after every attempt, whatever its outcome.
 
     Every interval accepts an int of milliseconds or a ``timedelta``. Bad values
     raise :class:`ConfigurationError` naming the argument.
@@ -489,7 +490,7 @@ class JobDefinition(Generic[P]):
 
     def _encode(self, payload: Any) -> str:
         if payload is None and self.is_repeatable:
-            # Repeatable definitions have an empty payload type (F7): build it.
+            # Repeatable definitions have an empty payload type: build it.
             payload = {} if self.payload_type is None else self.payload_type()
         return _converter.encode_payload(
             payload,
@@ -579,7 +580,7 @@ class JobDefinition(Generic[P]):
         open, the orchestrator's finalizer releases the job instead (within
         ``finalize_interval_ms``): orchestra cannot act after your commit.
 
-        Deduplication (I6): with ``unique_key``, or ``dedup=True`` (the key is
+        Deduplication: with ``unique_key``, or ``dedup=True`` (the key is
         a hash of the payload with object keys sorted), while an unfinished job
         of this definition holds the key, no job is inserted and that job's
         handle comes back with ``deduplicated=True`` (its own delay, priority
@@ -588,7 +589,7 @@ class JobDefinition(Generic[P]):
         free again.
 
         ``resource_key``: at most one job per key runs at a time, fleet-wide,
-        whatever its definition (I7). A job waiting for its key is not failed
+        whatever its definition. A job waiting for its key is not failed
         and spends no attempt.
         """
         params = self._insert_params(
@@ -856,7 +857,7 @@ def current_trace_context() -> str | None:
 
 
 def dedup_key(payload_json: str) -> str:
-    """The unique key ``dedup=True`` derives from a payload (I6).
+    """The unique key ``dedup=True`` derives from a payload.
 
     Equal JSON values give one key: object key order does not matter, and a
     number is a number however it is written (``1``, ``1.0`` and ``1e0`` are

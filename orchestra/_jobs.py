@@ -2,12 +2,12 @@
 
 Reached as ``config.jobs`` (:class:`Jobs`) and ``config.jobs_async``
 (:class:`AsyncJobs`), and used by the ``orchestra jobs`` and ``orchestra
-definitions`` commands. Behaviours (``shared/reference/seed-analysis.md``):
+definitions`` commands. What they promise:
 
-* I8: failed jobs can be listed, retried (back to available, with a fresh
+* failed jobs can be listed, retried (back to available, with a fresh
   attempt budget) or deleted, one by one or in bulk;
-* I9: find by id, list by status with limit, offset and order, and no hidden
-  time window (seed steve only listed the last 30 minutes).
+* find by id, list by status with limit, offset and order, and no hidden
+  time window: every job still in the queue is listed, however old.
 
 Every change is one SQL statement (``orchestra/sql/manage.sql``) that locks the
 job and re-checks its state, so it cannot race a worker claiming or finishing
@@ -76,7 +76,7 @@ _STATE_REASONS = {
 
 @attrs.frozen
 class Attempt:
-    """One ended attempt of a job, from its attempt log (seed steve, I4).
+    """One ended attempt of a job, from its attempt log.
 
     Attributes:
         attempt: the attempt's number, from 1. A retry gives the job a fresh
@@ -641,7 +641,7 @@ class Jobs:
         """A page of jobs, by id (``order`` ``asc`` or ``desc``), without their attempts.
 
         ``status`` is one status or several (None: all). There is no hidden
-        time window (I9): every job still in the queue is listed, however old.
+        time window: every job still in the queue is listed, however old.
         ``limit`` is 1 to 10 000, ``offset`` >= 0. Archived jobs are not
         listed (read them by id with :meth:`get`).
         """

@@ -292,7 +292,7 @@ class OrchestratorServiceFailed(Event):
 
 @attrs.frozen(kw_only=True)
 class OrchestratorDefinitionHeartbeat(Event):
-    """A definition carried by this process had its heartbeat refreshed (G1)."""
+    """A definition carried by this process had its heartbeat refreshed."""
 
     definition: str
 
@@ -375,7 +375,7 @@ class OrchestratorJobFinalized(_JobEvent):
 
 @attrs.frozen(kw_only=True)
 class OrchestratorFinalizedJobSwept(Event):
-    """A job finalized longer ago than the threshold was deleted (G4).
+    """A job finalized longer ago than the threshold was deleted.
 
     Attributes:
         job_id: the job.
@@ -390,7 +390,7 @@ class OrchestratorFinalizedJobSwept(Event):
 
 @attrs.frozen(kw_only=True)
 class OrchestratorStaleDefinitionSwept(Event):
-    """A definition not heartbeated for the threshold and without jobs was deleted (G2)."""
+    """A definition not heartbeated for the threshold and without jobs was deleted."""
 
     definition: str
 

@@ -1,18 +1,18 @@
-"""Finalizer: timeouts and dependencies (E1-E6, G5-G7).
+"""Finalizer: timeouts and dependencies.
 
 What it does, in this order (so that a job with several reasons gets the first
-one only: timeout > unmet dependencies; G6):
+one only: timeout > unmet dependencies):
 
 * unfinished jobs not finished within ``timeout_interval_ms`` of their
   ``run_at`` are finalized as failed (reason ``timeout``);
 * waiting jobs that depend on a failed or cancelled job are finalized as
   failed (reason ``unmet_dependencies``), repeated until the whole chain is
-  done, in the same pass (E4);
+  done, in the same pass;
 * waiting jobs whose dependencies all succeeded are made available: the
   catch-up for the release that a dependency's own finish normally does.
 
 Finalizing is exclusive and idempotent: rows are locked, ``finalized_at IS
-NULL`` is re-checked, and a finalized job never changes again (G7).
+NULL`` is re-checked, and a finalized job never changes again.
 
 Options: ``finalize_interval_ms`` (default 5 000).
 Events: OrchestratorJobFinalized, OrchestratorJobReleased.

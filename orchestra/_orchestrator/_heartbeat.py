@@ -1,4 +1,4 @@
-"""Definition heartbeats (G1): every orchestrator, leader or not.
+"""Definition heartbeats: every orchestrator, leader or not.
 
 What it does: sets ``last_heartbeat_at`` of every definition registered in
 this process, so that the stale-definition sweep knows they are still carried

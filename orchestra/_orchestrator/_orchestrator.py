@@ -3,7 +3,7 @@
 Every orchestrator heartbeats the definitions it carries. The one that holds
 the leader lease also runs the scheduler (repeat and cron ticks), the rescuer,
 the finalizer (timeouts, dependencies), the sweeper and the queue gauges
-(metrics), each once at start (G8) and then on its interval. Several
+(metrics), each once at start and then on its interval. Several
 orchestrators may run for availability; a leader that dies is replaced within
 about one lease period.
 
@@ -247,7 +247,7 @@ class Orchestrator(Daemon):
     # -- the loop ---------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        due = {service.name: 0.0 for service in self.services}  # all run at start (G8)
+        due = {service.name: 0.0 for service in self.services}  # all run at start
         next_elect = 0.0
         while not self.stopping:
             if time.monotonic() >= next_elect:

@@ -1,4 +1,4 @@
-"""Rescue: running jobs whose worker is gone go back to work (DESIGN §4.5).
+"""Rescue: running jobs whose worker is gone go back to work.
 
 What it does, in bounded batches:
 

@@ -1,14 +1,14 @@
-"""Sweeper: finalized jobs and stale definitions (G2-G4, E5).
+"""Sweeper: finalized jobs and stale definitions.
 
 What it does, in bounded batches:
 
 * jobs finalized more than ``finalized_job_threshold_ms`` ago are deleted, or
   with ``archive=True`` moved to ``job_archive`` with their attempt log as
-  JSON; never while an unfinished job depends on them (E5). Their attempt-log
+  JSON; never while an unfinished job depends on them. Their attempt-log
   rows and dependency edges go with them;
 * definitions not heartbeated for ``stale_definition_threshold_ms`` and with
-  no job at all are deleted (G2, G3), so a definition removed from the code
-  disappears once its last job is swept;
+  no job at all, finalized ones included, are deleted, so a definition removed
+  from the code disappears once its last job is swept;
 * with ``archive_retention_ms``, archived jobs finalized longer ago than that
   are deleted from ``job_archive`` (by default the archive is kept for ever).
 

@@ -1,4 +1,4 @@
-"""Lifecycle callbacks (I5): on_attempt, then on_success or on_failure, after the commit."""
+"""Lifecycle callbacks: on_attempt, then on_success or on_failure, after the commit."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """A pool of child processes that run job functions: ``Worker(processes=N)``.
 
 CPU-bound job functions hold the GIL, so a thread pool does not run them in
-parallel; this pool runs them in N long-lived child processes (seed
-redis-dist-job-queue's ``childProcessCount``). The parent keeps everything
-that talks to PostgreSQL; a child only receives a call, runs the function and
-sends back JSON text or an error string.
+parallel; this pool runs them in N long-lived child processes. The parent
+keeps everything that talks to PostgreSQL; a child only receives a call, runs
+the function and sends back JSON text or an error string.
 
 Design notes, each a reason rather than a rule:
 

@@ -756,7 +756,7 @@ class Worker(Daemon):
             self._submit(running, _attempts.finish(job, "released"))
         elif definition is None:
             # Another worker (a newer deployment) may know it: hand it back
-            # unharmed rather than destroying it (seed bug 8).
+            # unharmed rather than destroying it.
             self._submit(
                 running,
                 _attempts.finish(job, "released", retry_delay_ms=self.unknown_definition_delay_ms),
@@ -796,7 +796,7 @@ class Worker(Daemon):
         A thread cannot be killed: tell the function to wrap up
         (``ctx.should_stop``), and keep the job running (lease, slot, resource
         key) until it has returned, so that no other attempt of it, nor of its
-        resource key, overlaps this one (I7). What it returns is discarded:
+        resource key, overlaps this one. What it returns is discarded:
         the attempt timed out.
         """
         if running.submitted:
@@ -1029,7 +1029,7 @@ class Worker(Daemon):
                 assert self._pool is not None
                 async with self._pool.connection() as conn:
                     if time.monotonic() >= definitions_due:
-                        # The definitions this worker carries are alive (G1):
+                        # The definitions this worker carries are alive:
                         # the stale-definition sweep must not delete them.
                         await conn.execute(
                             self.config.queries["definition_heartbeat_many"],

@@ -1,4 +1,4 @@
-"""`orchestra jobs ...` and `orchestra definitions ...`: job management (I8, I9)."""
+"""`orchestra jobs ...` and `orchestra definitions ...`: job management."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from orchestra.errors import (
     UnknownJobError,
 )
 
-# -- job management: `orchestra jobs ...` and `orchestra definitions ...` (I8, I9) ----------
+# -- job management: `orchestra jobs ...` and `orchestra definitions ...` ------------------
 #
 # Thin wrappers over Config.jobs (orchestra/_jobs.py): every rule lives there.
 # Tables for people on stdout, or one JSON document with --json for programs;

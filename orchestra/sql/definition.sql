@@ -1,10 +1,11 @@
 -- Queries on job_definition.
 
 -- name: definition_upsert
--- Store a definition's settings; the last writer wins. Values are clamped as
--- the seed did (seed-analysis A4) even though JobDefinition already rejects
--- them, so that rows written by any client stay within the CHECK constraints.
--- last_repeated_at and last_released_at belong to the daemons and are kept (A3).
+-- Store a definition's settings; the last writer wins. Values are clamped
+-- (attempts at least 1, intervals at least 0) even though JobDefinition
+-- already rejects them, so that rows written by any client stay within the
+-- CHECK constraints.
+-- last_repeated_at and last_released_at belong to the daemons and are kept.
 WITH upserted AS (
 INSERT INTO {schema}.job_definition AS d (
     name, channel, num_attempts, backoff, backoff_base_ms, backoff_max_ms, priority,
@@ -13,7 +14,7 @@ INSERT INTO {schema}.job_definition AS d (
 ) VALUES (
     %(name)s, %(channel)s, greatest(%(num_attempts)s, 1), %(backoff)s,
     greatest(%(backoff_base_ms)s, 0), greatest(%(backoff_max_ms)s, 0), %(priority)s,
-    -- greatest() ignores NULL: an unset repeat interval must stay NULL (A4).
+    -- greatest() ignores NULL: an unset repeat interval must stay NULL.
     CASE WHEN %(repeat_interval_ms)s::bigint IS NULL THEN NULL
          ELSE greatest(%(repeat_interval_ms)s::bigint, 0) END,
     %(cron)s, greatest(%(release_interval_ms)s, 0),
@@ -37,7 +38,7 @@ ON CONFLICT (name) DO UPDATE SET
 RETURNING name, num_attempts, release_interval_ms > 0 OR max_concurrency IS NOT NULL AS limited
 ), flagged AS (
     -- Unfinished jobs follow a change of the definition's limits; a job with
-    -- a resource key stays limited whatever its definition says (I7).
+    -- a resource key stays limited whatever its definition says.
     UPDATE {schema}.job j SET limited = u.limited OR j.resource_key IS NOT NULL
     FROM upserted u
     WHERE j.definition = u.name AND j.finalized_at IS NULL

@@ -99,8 +99,9 @@ FROM inserted;
 --
 -- Two branches: `plain` serves jobs without limits from job_claim_idx; `keyed`
 -- serves resource-keyed jobs of unlimited definitions, taking a job only if it
--- heads its key (per channel) and no job of its key runs (I7). A job held back
--- by its key is simply not taken: it spends nothing and nobody spins on it.
+-- heads its key (per channel) and no job of its key runs: at most one running
+-- job per resource key, fleet-wide. A job held back by its key is simply not
+-- taken: it spends nothing and nobody spins on it.
 -- When no keyed job exists the keyed branch is an empty partial index scan.
 -- Two workers can still race on one key from different channels: the unique
 -- index job_resource_running_uniq then refuses the second UPDATE and the
@@ -179,8 +180,8 @@ FOR NO KEY UPDATE SKIP LOCKED;
 -- Second statement of the guarded claim, in the same transaction, over the
 -- definitions locked by definition_lock_limited: the limits are checked and
 -- last_released_at set on one clock reading, so that starts are spaced by the
--- release interval fleet-wide, retries included (D1, D2), and running jobs
--- never exceed max_concurrency. Jobs held back spend nothing.
+-- release interval fleet-wide, retries included, and running jobs never
+-- exceed max_concurrency. Jobs held back spend nothing.
 WITH t AS MATERIALIZED (
     SELECT clock_timestamp() AS ts
 ), defs AS MATERIALIZED (
@@ -202,7 +203,8 @@ WITH t AS MATERIALIZED (
         SELECT id, definition FROM {schema}.job
         WHERE definition = b.name AND status = 'available' AND limited
           AND run_at <= (SELECT ts FROM t)
-          -- Resource keys (I7), as in job_claim's keyed branch.
+          -- Resource keys (at most one running job per key), as in job_claim's
+          -- keyed branch.
           AND (resource_key IS NULL OR (
               NOT EXISTS (
                   SELECT 1 FROM {schema}.job r

@@ -115,9 +115,10 @@ SELECT 'worker', id, NULL, NULL, NULL, NULL, NULL FROM removed;
 
 -- name: job_finalize_timed_out
 -- Fail up to %(limit)s unfinished jobs whose overall timeout, counted from
--- run_at (when the job became runnable, not its creation: seed bug 5), has
--- passed. Per definition, so that the (definition, run_at) index serves it. A
--- running attempt is cut: its worker's late finish is refused by the fence.
+-- run_at (when the job became runnable, not its creation, so that a delayed
+-- job cannot time out before it was due), has passed. Per definition, so that
+-- the (definition, run_at) index serves it. A running attempt is cut: its
+-- worker's late finish is refused by the fence.
 WITH due AS MATERIALIZED (
     SELECT j.id, j.status AS old_status, j.locked_by, j.started_at
     FROM {schema}.job_definition d
@@ -191,7 +192,7 @@ WITH ready AS MATERIALIZED (
 SELECT id, definition, (SELECT n FROM woken) AS woken FROM released;
 
 -- name: job_lock_sweepable
--- First statement of a sweep batch (E5, G4), in the transaction of
+-- First statement of a sweep batch, in the transaction of
 -- job_sweep_finalized: lock up to %(limit)s jobs finalized before the
 -- threshold that no unfinished job depends on, oldest first. Locked rows
 -- are skipped (a defer that names one as a dependency holds it KEY SHARE).
@@ -254,7 +255,7 @@ RETURNING a.id;
 
 -- name: definition_sweep_stale
 -- Delete up to %(limit)s definitions that no daemon heartbeated for the
--- threshold and that have no job at all, finalized ones included (G2, G3).
+-- threshold and that have no job at all, finalized ones included.
 WITH stale AS MATERIALIZED (
     SELECT d.name FROM {schema}.job_definition d
     WHERE d.last_heartbeat_at < coalesce(%(now)s::timestamptz, clock_timestamp())

@@ -1,9 +1,10 @@
 -- Queries of the job management API (orchestra/_jobs.py: Config.jobs and
 -- Config.jobs_async, and the `orchestra jobs` / `orchestra definitions`
--- commands): behaviours I8 and I9 of seed-analysis.md.
+-- commands): find and list jobs; retry, cancel and delete them, failed ones
+-- also in bulk.
 --
--- Reads apply no hidden time window (I9, seed bug 19): they see every job the
--- tables hold, however old.
+-- Reads apply no hidden time window: they see every job the tables hold,
+-- however old.
 --
 -- Every statement that changes a job is ONE statement that locks the job's row
 -- and re-checks its state in the WHERE of its UPDATE or DELETE, so it cannot
@@ -21,7 +22,7 @@
 -- name: manage_job_get
 -- Payloads and results come back as text, decoded row by row in Python: one
 -- value Python cannot decode (nested too deeply) must not fail a whole list.
--- One job by id (I9): from the hot table, or from job_archive once the sweeper
+-- One job by id: from the hot table, or from job_archive once the sweeper
 -- moved it there (archive=True), with its attempt log when asked. One
 -- statement, one snapshot: the sweeper moves a job in one statement too, so the
 -- job is seen in exactly one of the two tables. Live attempts are aggregated to
@@ -50,7 +51,7 @@ FROM {schema}.job_archive x
 WHERE x.id = %(id)s AND NOT EXISTS (SELECT 1 FROM {schema}.job WHERE id = %(id)s);
 
 -- name: manage_job_list_asc
--- A page of jobs (I9): any statuses, optionally one definition and/or one
+-- A page of jobs: any statuses, optionally one definition and/or one
 -- channel, oldest first. Two queries (asc, desc) rather than an ORDER BY on a
 -- parameter, so that the planner can walk the primary key (or
 -- job_definition_idx) in order and stop at LIMIT instead of sorting every
@@ -94,7 +95,7 @@ WHERE j.status = ANY(%(statuses)s::{schema}.job_status[])
   AND (%(channel)s::text IS NULL OR j.channel = %(channel)s::text);
 
 -- name: manage_job_retry
--- Retry one job (I8). A finalized job (succeeded, failed, cancelled) gets a
+-- Retry one job. A finalized job (succeeded, failed, cancelled) gets a
 -- fresh attempt budget (attempt 0), no result, and becomes available now, or
 -- waiting when one of its dependencies has not succeeded; an available job
 -- that waits for its backoff is made due now. Running and waiting jobs are
@@ -160,8 +161,8 @@ SELECT (SELECT status::text FROM target) AS status,
        (SELECT n FROM woken) AS woken;
 
 -- name: manage_job_retry_failed
--- Retry one batch of failed jobs (I8: "retried in bulk, with a fresh attempt
--- budget"), of one definition or all, in id order after %(after_id)s: the
+-- Retry one batch of failed jobs, each with a fresh attempt budget, of one
+-- definition or all, in id order after %(after_id)s: the
 -- caller pages on `last_id`, so each failed job is visited once even if it
 -- fails again meanwhile, and locks are held for one bounded batch only. Rows
 -- locked by someone else are skipped (SKIP LOCKED): they are being changed.
@@ -294,7 +295,7 @@ SELECT (SELECT status::text FROM target) AS status,
        (SELECT job_id FROM blocker) AS blocker_id;
 
 -- name: manage_job_lock_failed
--- First statement of a bulk delete batch (I8), in the transaction of
+-- First statement of a bulk delete batch, in the transaction of
 -- manage_job_delete_failed, for the reason given at manage_job_lock: lock up to
 -- %(limit)s failed jobs after %(after_id)s, in id order. Rows locked by someone
 -- else are skipped; the caller pages on the largest id returned.
