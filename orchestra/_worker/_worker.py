@@ -537,7 +537,13 @@ class Worker(Daemon):
                         to_write = await self._settle(to_write, None, rows, claimed) or []
                     continue
                 except Exception as exc:  # connection lost, server restarting ...
-                    await self._database_error("finish" if to_write else "claim", exc)
+                    # The first error goes straight to finding out: a terminated
+                    # connection is replaced at once, and the jobs a lost claim
+                    # took wait meanwhile, unstarted and with their leases
+                    # running. Errors in a row back off first.
+                    await self._database_error(
+                        "finish" if to_write else "claim", exc, wait=self._error_streak > 0
+                    )
                     unsettled = await self._settle(to_write, claim_id, rows, claimed)
                     if unsettled is None:
                         break  # a stopping worker's claim alone: its jobs' leases will expire
@@ -553,10 +559,14 @@ class Worker(Daemon):
                 break
             _lanes.apply_committed(batch, rows)
             self._committed(batch)
+            # Started before the guarded claim, which may back off on an error:
+            # a claimed job must not wait unstarted, and unheartbeated, meanwhile.
+            for job in claimed:
+                self._start_job(job, lane)
             guarded: list[Claimed] = []
             if claim and len(claimed) < claim and not self._no_more_claims:
                 guarded = await self._claim_limited(claim - len(claimed))
-            for job in [*claimed, *guarded]:
+            for job in guarded:
                 self._start_job(job, lane)
             if claim:
                 self._maybe_more = (
@@ -584,6 +594,8 @@ class Worker(Daemon):
         if found is None:
             return None
         recorded, recovered = found
+        if recorded or recovered:
+            self._error_streak = 0  # the statement committed: the database works
         rows.extend(recorded)
         claimed.extend(recovered)
         done = {row[0] for row in recorded}
@@ -616,7 +628,6 @@ class Worker(Daemon):
                     return None
                 await self._database_error("finish" if batch else "claim", exc)
             else:
-                self._error_streak = 0  # the database answers again
                 return found
 
     async def _lane_statement(
@@ -1022,8 +1033,16 @@ class Worker(Daemon):
 
     async def _heartbeat_loop(self) -> None:
         definitions_due = time.monotonic() + DEFINITION_HEARTBEAT_S
+        failures = 0
         while True:
-            await asyncio.sleep(self.heartbeat_interval_ms / 1000)
+            interval_s = self.heartbeat_interval_ms / 1000
+            # After a failure, try again soon (a terminated connection is
+            # replaced at once): a lease must not run out for want of a retry.
+            await asyncio.sleep(
+                min(interval_s, ERROR_BACKOFF_MIN_S * 2 ** (failures - 1))
+                if failures
+                else interval_s
+            )
             held = [running.job for running in self._running.values()]
             try:
                 assert self._pool is not None
@@ -1055,12 +1074,16 @@ class Worker(Daemon):
                             self.worker_id,
                         )
                         self.worker_id = await self._register(conn)
+                failures = 0
             except Exception as exc:
+                failures += 1
                 self._emit(
                     events.DaemonDatabaseError,
                     operation="heartbeat",
                     error=_db.redact(_attempts.describe(exc)),
-                    retry_in_ms=self.heartbeat_interval_ms,
+                    retry_in_ms=round(
+                        min(interval_s, ERROR_BACKOFF_MIN_S * 2 ** (failures - 1)) * 1000
+                    ),
                 )
                 logger.warning(
                     "%s: heartbeat failed: %s",
@@ -1068,9 +1091,16 @@ class Worker(Daemon):
                     _db.redact(_attempts.describe(exc)),
                 )
 
-    async def _database_error(self, operation: str, exc: BaseException) -> None:
+    async def _database_error(
+        self, operation: str, exc: BaseException, *, wait: bool = True
+    ) -> None:
+        """Report a failed statement and back off (``wait=False``: retry at once)."""
         self._error_streak += 1
-        delay = min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_MIN_S * 2 ** (self._error_streak - 1))
+        delay = (
+            min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_MIN_S * 2 ** (self._error_streak - 1))
+            if wait
+            else 0.0
+        )
         message = _db.redact(_attempts.describe(exc))
         if (
             isinstance(exc, psycopg.OperationalError | PayloadError)
@@ -1093,6 +1123,7 @@ class Worker(Daemon):
             error=message,
             retry_in_ms=round(delay * 1000),
         )
-        await asyncio.sleep(delay)
+        if delay:
+            await asyncio.sleep(delay)
         if operation == "claim":
             self._maybe_more = True
