@@ -62,7 +62,8 @@ def dsn_forms(password: str, *, host: str, port: str, dbname: str, user: str) ->
     is only there when libpq reads back exactly ``password`` from it.
     """
     encoded = urllib.parse.quote(password, safe="")
-    netloc = f"{host}:{port}"
+    # A socket directory (the embedded server's) is a host only percent-encoded.
+    netloc = f"{urllib.parse.quote(host, safe='')}:{port}"
     forms = {
         "uri-encoded": f"postgresql://{user}:{encoded}@{netloc}/{dbname}",
         "uri-raw": f"postgresql://{user}:{password}@{netloc}/{dbname}",
