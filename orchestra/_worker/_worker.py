@@ -74,6 +74,11 @@ FLUSH_GRACE_S = 10.0
 KEY_CONFLICT_RETRIES = 3
 
 
+def _retry_delay_s(failures: int) -> float:
+    """The wait before retrying after ``failures`` failures in a row (>= 1): doubling, capped."""
+    return min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_MIN_S * 2.0 ** (failures - 1))
+
+
 @attrs.define
 class WorkerStats:
     """Counters since the worker started (read them from any thread)."""
@@ -1039,9 +1044,7 @@ class Worker(Daemon):
             # After a failure, try again soon (a terminated connection is
             # replaced at once): a lease must not run out for want of a retry.
             await asyncio.sleep(
-                min(interval_s, ERROR_BACKOFF_MIN_S * 2 ** (failures - 1))
-                if failures
-                else interval_s
+                min(interval_s, _retry_delay_s(failures)) if failures else interval_s
             )
             held = [running.job for running in self._running.values()]
             try:
@@ -1081,9 +1084,7 @@ class Worker(Daemon):
                     events.DaemonDatabaseError,
                     operation="heartbeat",
                     error=_db.redact(_attempts.describe(exc)),
-                    retry_in_ms=round(
-                        min(interval_s, ERROR_BACKOFF_MIN_S * 2 ** (failures - 1)) * 1000
-                    ),
+                    retry_in_ms=round(min(interval_s, _retry_delay_s(failures)) * 1000),
                 )
                 logger.warning(
                     "%s: heartbeat failed: %s",
@@ -1096,11 +1097,7 @@ class Worker(Daemon):
     ) -> None:
         """Report a failed statement and back off (``wait=False``: retry at once)."""
         self._error_streak += 1
-        delay = (
-            min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_MIN_S * 2 ** (self._error_streak - 1))
-            if wait
-            else 0.0
-        )
+        delay = _retry_delay_s(self._error_streak) if wait else 0.0
         message = _db.redact(_attempts.describe(exc))
         if (
             isinstance(exc, psycopg.OperationalError | PayloadError)
