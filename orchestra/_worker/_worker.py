@@ -1080,6 +1080,7 @@ class Worker(Daemon):
                 failures = 0
             except Exception as exc:
                 failures += 1
+                await self._drop_dead_connections(exc)
                 self._emit(
                     events.DaemonDatabaseError,
                     operation="heartbeat",
@@ -1092,11 +1093,22 @@ class Worker(Daemon):
                     _db.redact(_attempts.describe(exc)),
                 )
 
+    async def _drop_dead_connections(self, exc: BaseException) -> None:
+        """After a connection error, test the pool's idle connections and replace
+        the dead ones: when the server ended every session (a restart, a
+        failover, terminated backends), the next statements would otherwise get
+        dead connections one after the other, and a lease can lapse meanwhile."""
+        if self._pool is None or not isinstance(exc, psycopg.OperationalError):
+            return
+        with contextlib.suppress(Exception):
+            await self._pool.check()
+
     async def _database_error(
         self, operation: str, exc: BaseException, *, wait: bool = True
     ) -> None:
         """Report a failed statement and back off (``wait=False``: retry at once)."""
         self._error_streak += 1
+        await self._drop_dead_connections(exc)
         delay = _retry_delay_s(self._error_streak) if wait else 0.0
         message = _db.redact(_attempts.describe(exc))
         if (
