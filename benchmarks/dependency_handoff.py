@@ -47,11 +47,11 @@ def main() -> None:
         rows = conn.execute(
             f"SELECT extract(epoch FROM b.started_at - a.finished_at) * 1000 "
             f"FROM {SCHEMA}.job_dependency d "
-            f"JOIN {SCHEMA}.job_attempt a ON a.job_id = d.required_job_id "
-            f"JOIN {SCHEMA}.job_attempt b ON b.job_id = d.job_id"
+            f"JOIN {SCHEMA}.all_job_attempts a ON a.job_id = d.required_job_id "
+            f"JOIN {SCHEMA}.all_job_attempts b ON b.job_id = d.job_id"
         ).fetchall()
         released = conn.execute(
-            f"SELECT count(*) FROM {SCHEMA}.job_attempt WHERE outcome = 'succeeded'"
+            f"SELECT count(*) FROM {SCHEMA}.all_job_attempts WHERE outcome = 'succeeded'"
         ).fetchone()
         conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
     config.close()

@@ -40,12 +40,8 @@ def main() -> None:
     worker.join()
     for failure in recorder.of_type(WorkerJobFailed):
         print(f"attempt {failure.attempt} failed: {failure.error}; retry at {failure.retry_at}")
-    with config.connection() as conn:
-        rows = conn.execute(
-            f'SELECT attempt, outcome, error FROM "{config.schema}".job_attempt '  # noqa: S608 (our schema)
-            "WHERE job_id = %s ORDER BY attempt",
-            [handle.id],
-        ).fetchall()
+    job = config.jobs.get(handle.id)
+    rows = [(a.attempt, a.outcome, a.error) for a in job.attempts or ()]
     print("attempt log:", rows)
     config.close()
 

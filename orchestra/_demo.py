@@ -215,7 +215,7 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
             psycopg.sql.SQL(
                 "SELECT definition, count(*), count(*) FILTER (WHERE status = 'succeeded'), "
                 "max(attempt), "
-                "min(started_at) FROM {}.job GROUP BY definition ORDER BY min(started_at)"
+                "min(started_at) FROM {}.all_jobs GROUP BY definition ORDER BY min(started_at)"
             ).format(psycopg.sql.Identifier(schema))
         ).fetchall()
     summary = Table(title="jobs by definition (in order of first start)")
@@ -229,13 +229,14 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
             psycopg.sql.SQL(
                 "SELECT min(gap) FROM (SELECT a.started_at - "
                 "lag(a.started_at) OVER (ORDER BY a.started_at) AS gap "
-                "FROM {s}.job_attempt a JOIN {s}.job j ON j.id = a.job_id "
+                "FROM {s}.all_job_attempts a JOIN {s}.all_jobs j ON j.id = a.job_id "
                 "WHERE j.definition = 'notify') g"
             ).format(s=psycopg.sql.Identifier(schema))
         ).fetchone()
         tick_counts = conn.execute(
             psycopg.sql.SQL(
-                "SELECT count(*), count(DISTINCT tick_at) FROM {s}.job WHERE definition = 'tick'"
+                "SELECT count(*), count(DISTINCT tick_at) FROM {s}.all_jobs "
+                "WHERE definition = 'tick'"
             ).format(s=psycopg.sql.Identifier(schema))
         ).fetchone()
     if gap and gap[0] is not None:

@@ -7,19 +7,21 @@ definitions`` commands. What they promise:
 * failed jobs can be listed, retried (back to available, with a fresh
   attempt budget) or deleted, one by one or in bulk;
 * find by id, list by status with limit, offset and order, and no hidden
-  time window: every job still in the queue is listed, however old.
+  time window: every job the queue holds is listed, however old, finished
+  ones included for as long as the history keeps them.
 
-Every change is one SQL statement (``orchestra/sql/manage.sql``) that locks the
-job and re-checks its state, so it cannot race a worker claiming or finishing
-the job at the same moment, and that reports the state it found: an unknown id
-raises :class:`~orchestra.errors.UnknownJobError`, a job in the wrong state
+Unfinished jobs are rows of the hot table ``job``, finished ones rows of
+``job_history``; every read sees both. Every change is one SQL statement
+(``orchestra/sql/manage.sql``) that locks the job and re-checks its state, so
+it cannot race a worker claiming or finishing the job at the same moment, and
+that reports the state it found: an unknown id raises
+:class:`~orchestra.errors.UnknownJobError`, a job in the wrong state
 :class:`~orchestra.errors.JobStateError`, and nothing is written either way.
 
 How the twins share their logic: each operation is written once, as a
 generator that checks its arguments, yields the statements it needs
-(:class:`_Statement`, or :class:`_Transaction` for statements that must commit
-together), receives their rows (or the database error they raised), and turns
-rows into values or errors. :class:`Jobs` and :class:`AsyncJobs` only run those
+(:class:`_Statement`), receives their rows (or the database error they
+raised), and turns rows into values or errors. :class:`Jobs` and :class:`AsyncJobs` only run those
 generators on a sync or an async connection.
 """
 
@@ -56,6 +58,11 @@ BULK_BATCH_SIZE = 500
 #: How often a retry_failed batch is run again after a concurrent job took one
 #: of its unique keys (each run sees more of the keys taken).
 UNIQUE_CONFLICT_RETRIES = 3
+#: How often a retry, cancel or delete that found the job in neither table is
+#: run again: the job may have moved between the hot table and the history
+#: (finished, cancelled, retried) while the statement waited for its row lock,
+#: which that statement's snapshot cannot see; the next statement's can.
+MOVED_JOB_RERUNS = 1
 #: The partial unique index of unfinished jobs' (definition, unique_key).
 UNIQUE_KEY_INDEX = "job_unique_key_uniq"
 _BIGINT_MAX = 2**63 - 1
@@ -125,9 +132,12 @@ class Job:
         unique_key: its deduplication key.
         resource_key: its resource key (at most one running job per key).
         locked_by: the id of the worker running it, while it runs.
-        depends_on: the ids of the jobs it waits for (empty once archived).
+        depends_on: the ids of the jobs it waits (or waited) for; kept after
+            the job finished, for as long as the history keeps it.
         attempts: its attempt log, oldest first; None when not asked for.
-        archived: True when read from ``job_archive`` (moved there by the sweeper).
+        archived: True when read from ``job_history``, where every finished job
+            is kept (the former archive); False for an unfinished job. Finished
+            jobs are no longer read-only: they can be retried and deleted.
     """
 
     id: int
@@ -164,8 +174,8 @@ class DefinitionInfo:
     Attributes mirror :class:`~orchestra.JobDefinition`'s settings (``backoff``
     is its kind); ``last_repeated_at``, ``next_tick_at``, ``last_released_at``
     and ``last_heartbeat_at`` are kept by the daemons; ``counts`` maps every
-    status to how many of the definition's jobs have it (finalized jobs count
-    until the sweeper removes them).
+    status to how many of the definition's jobs have it (finished jobs count
+    for as long as the history keeps them).
     """
 
     name: str
@@ -198,7 +208,7 @@ def _timestamp(value: str | None) -> dt.datetime | None:
 def attempt_from_json(item: Mapping[str, Any]) -> Attempt:
     """An :class:`Attempt` from one element of an attempt log in JSON.
 
-    That is the shape of ``job_archive.attempts`` and of the live log as
+    That is the shape of ``job_history.attempts`` and of the live log as
     ``manage_job_get`` aggregates it: ``to_jsonb`` of a ``job_attempt`` row.
     """
     started_at = _timestamp(item["started_at"])
@@ -239,7 +249,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         locked_by=row["locked_by"],
         depends_on=tuple(row["depends_on"] or ()),
         attempts=None if attempts is None else tuple(attempt_from_json(a) for a in attempts),
-        archived=row["archived"],
+        archived=row["in_history"],
     )
 
 
@@ -334,11 +344,14 @@ def _check_outcome(action: str, job_id: int, row: Row) -> None:
         return
     status: str | None = row["status"]
     if status is None:
-        archived: str | None = row["archived_status"]
-        if archived is None:
-            raise UnknownJobError((job_id,))
+        raise UnknownJobError((job_id,))
+    if row.get("definition_missing"):
         raise JobStateError(
-            job_id, archived, action, f"it was archived ({archived}); archived jobs are read-only"
+            job_id,
+            status,
+            action,
+            f"its definition {row['definition']!r} is no longer stored; a worker or "
+            "orchestrator that carries it stores it again",
         )
     if row.get("holder_id") is not None:
         raise JobStateError(
@@ -373,14 +386,17 @@ class _Statement:
     params: Mapping[str, Any]
 
 
-@attrs.frozen
-class _Transaction:
-    """Run ``op`` (an operation yielding statements) in one transaction; send back its value."""
-
-    op: Generator[_Statement, Any, Any]
+_Op = Generator[_Statement, Any, T]
 
 
-_Op = Generator[_Statement | _Transaction, Any, T]
+def _change(query: str, params: Mapping[str, Any]) -> Generator[_Statement, Any, Row]:
+    """Run a retry, cancel or delete statement; again if it found the job in neither table."""
+    rows: list[Row] = yield _Statement(query, params)
+    for _ in range(MOVED_JOB_RERUNS):
+        if rows[0]["status"] is not None:
+            break
+        rows = yield _Statement(query, params)
+    return rows[0]
 
 
 def _get(job_id: object, with_attempts: bool) -> _Op[Job]:
@@ -406,6 +422,8 @@ def _list(
     params["offset"] = _check_int(offset, "offset", 0, _BIGINT_MAX)
     if not isinstance(order, str) or order not in ORDERS:
         raise ConfigurationError("order", f"must be 'asc' or 'desc', got {order!r}")
+    # Rows read from each table, in order, before the two are merged.
+    params["window"] = min(params["limit"] + params["offset"], _BIGINT_MAX)
     rows: list[Row] = yield _Statement(f"manage_job_list_{order}", params)
     return [job_from_row(row) for row in rows]
 
@@ -415,10 +433,20 @@ def _count(status: object, definition: object, channel: object) -> _Op[int]:
     return int(rows[0]["n"])
 
 
+def _recheck_waiting(config: Config, job_ids: list[int]) -> _Op[None]:
+    # After the retry's commit, as after a defer that came back waiting: a
+    # dependency that succeeded while the retry ran did not see the job waiting.
+    if job_ids:
+        yield _Statement(
+            "manage_job_recheck_waiting",
+            {"ids": job_ids, "notify_channel": config.notify_channel},
+        )
+
+
 def _retry(config: Config, job_id: object) -> _Op[Job]:
     checked = _check_job_id(job_id)
     try:
-        rows: list[Row] = yield _Statement(
+        row = yield from _change(
             "manage_job_retry", {"id": checked, "notify_channel": config.notify_channel}
         )
     except psycopg.errors.UniqueViolation as exc:
@@ -434,7 +462,9 @@ def _retry(config: Config, job_id: object) -> _Op[Job]:
             f"another unfinished job of the same definition holds its unique_key "
             f"{job.unique_key!r}",
         ) from None
-    _check_outcome("retry", checked, rows[0])
+    _check_outcome("retry", checked, row)
+    if row["new_status"] == "waiting":
+        yield from _recheck_waiting(config, [checked])
     return (yield from _get(checked, with_attempts=False))
 
 
@@ -460,6 +490,7 @@ def _retry_failed(config: Config, definition: object) -> _Op[int]:
             continue
         row = rows[0]
         total += int(row["retried"])
+        yield from _recheck_waiting(config, [int(i) for i in row["waiting"]])
         if row["scanned"] < BULK_BATCH_SIZE:
             return total
         after_id = int(row["last_id"])
@@ -467,7 +498,7 @@ def _retry_failed(config: Config, definition: object) -> _Op[int]:
 
 def _cancel(config: Config, job_id: object) -> _Op[Job]:
     checked = _check_job_id(job_id)
-    rows: list[Row] = yield _Statement(
+    row = yield from _change(
         "manage_job_cancel",
         {
             "id": checked,
@@ -475,32 +506,14 @@ def _cancel(config: Config, job_id: object) -> _Op[Job]:
             "notify_channel": config.notify_channel,
         },
     )
-    _check_outcome("cancel", checked, rows[0])
+    _check_outcome("cancel", checked, row)
     return (yield from _get(checked, with_attempts=False))
-
-
-def _delete_locked(job_id: int) -> Generator[_Statement, Any, Row]:
-    # Two statements, one transaction: see manage_job_lock for why.
-    yield _Statement("manage_job_lock", {"id": job_id})
-    rows: list[Row] = yield _Statement("manage_job_delete", {"id": job_id})
-    return rows[0]
 
 
 def _delete(job_id: object) -> _Op[None]:
     checked = _check_job_id(job_id)
-    row: Row = yield _Transaction(_delete_locked(checked))
+    row = yield from _change("manage_job_delete", {"id": checked})
     _check_outcome("delete", checked, row)
-
-
-def _delete_failed_batch(
-    params: Mapping[str, Any], after_id: int
-) -> Generator[_Statement, Any, tuple[int, int, int]]:
-    locked: list[Row] = yield _Statement("manage_job_lock_failed", {**params, "after_id": after_id})
-    ids = [int(row["id"]) for row in locked]
-    if not ids:
-        return 0, after_id, 0
-    deleted: list[Row] = yield _Statement("manage_job_delete_failed", {"ids": ids})
-    return len(ids), max(ids), len(deleted)
 
 
 def _delete_failed(definition: object) -> _Op[int]:
@@ -510,11 +523,14 @@ def _delete_failed(definition: object) -> _Op[int]:
     }
     total, after_id = 0, 0
     while True:
-        batch: tuple[int, int, int] = yield _Transaction(_delete_failed_batch(params, after_id))
-        scanned, after_id, deleted = batch
-        total += deleted
-        if scanned < BULK_BATCH_SIZE:
+        rows: list[Row] = yield _Statement(
+            "manage_job_delete_failed", {**params, "after_id": after_id}
+        )
+        row = rows[0]
+        total += int(row["deleted"])
+        if row["scanned"] < BULK_BATCH_SIZE:
             return total
+        after_id = int(row["last_id"])
 
 
 def _definitions() -> _Op[list[DefinitionInfo]]:
@@ -545,12 +561,7 @@ def _drive(
     """Run ``op`` from ``step`` to its end on ``conn``; its errors are thrown back into it."""
     while True:
         try:
-            if isinstance(step, _Transaction):
-                with conn.transaction():
-                    started, first = _start(step.op)
-                    value = _drive(conn, config, step.op, first) if started else first
-            else:
-                value = _fetch(conn, config, step)
+            value = _fetch(conn, config, step)
         except Exception as exc:  # the operation may handle it (and then go on) or not
             try:
                 step = op.throw(exc)
@@ -577,12 +588,7 @@ async def _drive_async(
     """Async twin of :func:`_drive`."""
     while True:
         try:
-            if isinstance(step, _Transaction):
-                async with conn.transaction():
-                    started, first = _start(step.op)
-                    value = await _drive_async(conn, config, step.op, first) if started else first
-            else:
-                value = await _fetch_async(conn, config, step)
+            value = await _fetch_async(conn, config, step)
         except Exception as exc:
             try:
                 step = op.throw(exc)
@@ -620,11 +626,12 @@ class Jobs:
             return _drive(conn, self._config, op, step)
 
     def get(self, job_id: int | JobHandle, *, with_attempts: bool = True) -> Job:
-        """The job with this id, from the queue or, once swept with ``archive=True``, the archive.
+        """The job with this id, unfinished (the queue) or finished (the history).
 
         With ``with_attempts`` (default) its attempt log comes too, oldest
         first, with errors and tracebacks. Raises UnknownJobError for an id
-        that is in neither table.
+        that is in neither table (never deferred, deleted, or past the
+        history's retention).
         """
         return self._run(_get(job_id, with_attempts))
 
@@ -641,9 +648,9 @@ class Jobs:
         """A page of jobs, by id (``order`` ``asc`` or ``desc``), without their attempts.
 
         ``status`` is one status or several (None: all). There is no hidden
-        time window: every job still in the queue is listed, however old.
-        ``limit`` is 1 to 10 000, ``offset`` >= 0. Archived jobs are not
-        listed (read them by id with :meth:`get`).
+        time window: every job is listed, however old, finished ones for as
+        long as the history keeps them. ``limit`` is 1 to 10 000, ``offset``
+        >= 0.
         """
         return self._run(_list(status, definition, channel, limit, offset, order))
 
@@ -660,18 +667,20 @@ class Jobs:
     def retry(self, job_id: int | JobHandle) -> Job:
         """Run a job again; returns it as it is right after.
 
-        A finalized job (succeeded, failed or cancelled) gets a fresh attempt
-        budget (attempt 0, same ``max_attempts``), loses its result, and becomes
+        A finalized job (succeeded, failed or cancelled) leaves the history
+        for the queue with its id and attempt log, gets a fresh attempt budget
+        (attempt 0, same ``max_attempts``), loses its result, and becomes
         ``available`` now, or ``waiting`` if one of its dependencies has not
         succeeded (retry those first: a failed one would fail it again). An
         ``available`` job that waits for its backoff is made due now. Workers
         of its channel are woken.
 
-        Raises JobStateError for a running or waiting job, for an archived one,
-        and when another unfinished job of the definition holds its
-        ``unique_key``; UnknownJobError for an unknown id. Jobs that failed
-        because this one failed (``unmet_dependencies``) are not retried with it.
-        A job cancelled while running may still have that attempt running.
+        Raises JobStateError for a running or waiting job, when another
+        unfinished job of the definition holds its ``unique_key``, and when its
+        definition is no longer stored; UnknownJobError for an unknown id.
+        Jobs that failed because this one failed (``unmet_dependencies``) are
+        not retried with it. A job cancelled while running may still have that
+        attempt running.
         """
         return self._run(_retry(self._config, job_id))
 
@@ -689,7 +698,8 @@ class Jobs:
         """Cancel a waiting, available or running job; returns it as it is right after.
 
         The job is finalized as ``cancelled`` (``last_error`` says so unless it
-        already had an error) and result waiters are told at once. Cancelling a
+        already had an error), moves to the history, and result waiters are
+        told at once. Cancelling a
         running job does not stop its function: the attempt runs on, but its
         worker's finish is fenced by (id, attempt, lock token) and refused, so
         the job stays cancelled; the attempt is logged as ``interrupted``. While
@@ -697,24 +707,23 @@ class Jobs:
         no longer count it. Dependents are failed (``unmet_dependencies``) by
         the orchestrator.
 
-        Raises JobStateError for a finalized (or archived) job, UnknownJobError
-        for an unknown id.
+        Raises JobStateError for a finalized job, UnknownJobError for an
+        unknown id.
         """
         return self._run(_cancel(self._config, job_id))
 
     def delete(self, job_id: int | JobHandle) -> None:
-        """Delete a job with its attempt log and dependency edges.
+        """Delete a job, unfinished or finished, with its attempt log and dependency edges.
 
-        Raises JobStateError if it is running (cancel it first), if an
-        unfinished job depends on it, or if it is archived; UnknownJobError for
-        an unknown id.
+        Raises JobStateError if it is running (cancel it first) or if an
+        unfinished job depends on it; UnknownJobError for an unknown id.
         """
         self._run(_delete(job_id))
 
     def delete_failed(self, *, definition: str | None = None) -> int:
         """Delete every failed job (of one definition, or all); returns how many.
 
-        Works in batches of 500, one transaction each. A failed job that an
+        Works in batches of 500, one statement each. A failed job that an
         unfinished job depends on is kept.
         """
         return self._run(_delete_failed(definition))

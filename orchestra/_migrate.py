@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Collection
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import attrs
 import psycopg
 
 from orchestra import _sql
-from orchestra.errors import SchemaNotReadyError
+from orchestra.errors import ConfigurationError, SchemaNotReadyError
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -77,9 +78,34 @@ def current_version(conn: psycopg.Connection[Any], schema: str) -> int:
     return int(row[0]) if row else 0
 
 
-def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
-    """Apply the pending migrations to ``schema``; return those applied (maybe none)."""
+def pending(done: Collection[int], up_to: int | None = None) -> list[Migration]:
+    """The shipped migrations not in ``done``, in order, up to version ``up_to`` (None: all).
+
+    Raises ConfigurationError when ``up_to`` is not the version of a shipped
+    migration.
+    """
+    last = required_version()
+    if up_to is not None and (
+        isinstance(up_to, bool) or not isinstance(up_to, int) or not 1 <= up_to <= last
+    ):
+        raise ConfigurationError(
+            "up_to", f"must be None or a version from 1 to {last}, got {up_to!r}"
+        )
+    return [
+        m for m in migrations() if m.version not in done and (up_to is None or m.version <= up_to)
+    ]
+
+
+def migrate(
+    conn: psycopg.Connection[Any], schema: str, *, up_to: int | None = None
+) -> list[Migration]:
+    """Apply the pending migrations to ``schema``; return those applied (maybe none).
+
+    ``up_to`` stops after that version (tests of a migration build the layout
+    it starts from); None applies every shipped migration.
+    """
     queries = _sql.Queries(schema)
+    pending((), up_to)  # refuse a bad up_to before any statement
     applied_now: list[Migration] = []
     with conn.transaction():
         conn.execute(queries["migrate_lock"], {"lock_name": f"orchestra.migrate.{schema}"})
@@ -88,9 +114,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
             conn.execute(queries["schema_create"])
         conn.execute(queries["schema_version_create"])
         done = {row[0] for row in conn.execute(queries["schema_version_list"])}
-        for migration in migrations():
-            if migration.version in done:
-                continue
+        for migration in pending(done, up_to):
             conn.execute(_sql.render(migration.sql, schema))
             conn.execute(
                 queries["schema_version_insert"],

@@ -35,7 +35,10 @@ OrchestratorWorkerLost            a worker row whose heartbeat went stale was re
 OrchestratorJobReleased           a waiting job's dependencies all succeeded (catch-up)
 OrchestratorJobFinalized          failed by the orchestrator: timeout, no_attempts_remaining,
                                   unmet_dependencies
-OrchestratorFinalizedJobSwept     a finalized job past the threshold was deleted (or archived)
+OrchestratorHistoryPruned         a partition of the history, every job of it past the
+                                  retention, was dropped
+OrchestratorFinalizedJobSwept     a finished job past the retention was deleted from the
+                                  history's default partition
 OrchestratorStaleDefinitionSwept  a definition nobody carries any more, without jobs, was
                                   deleted
 OrchestratorQueueGauges           unfinished jobs per status and channel, live daemons per role,
@@ -62,6 +65,7 @@ __all__ = [
     "EventHandler",
     "OrchestratorDefinitionHeartbeat",
     "OrchestratorFinalizedJobSwept",
+    "OrchestratorHistoryPruned",
     "OrchestratorJobFinalized",
     "OrchestratorJobReleased",
     "OrchestratorJobRescued",
@@ -375,17 +379,42 @@ class OrchestratorJobFinalized(_JobEvent):
 
 @attrs.frozen(kw_only=True)
 class OrchestratorFinalizedJobSwept(Event):
-    """A job finalized longer ago than the threshold was deleted.
+    """A job finished longer ago than the retention was deleted from the history.
+
+    Emitted for the rows deleted one by one: those of the history's default
+    partition (ids beyond the partitions made when they finished). Jobs that
+    go with a whole partition are counted by one
+    :class:`OrchestratorHistoryPruned` instead.
 
     Attributes:
         job_id: the job.
         definition: its definition.
-        archived: True if it was copied to ``job_archive`` first.
+        archived: True when the orchestrator runs with ``archive=True`` (the
+            retention was ``archive_retention_ms``, not
+            ``finalized_job_threshold_ms``).
     """
 
     job_id: int
     definition: str
     archived: bool
+
+
+@attrs.frozen(kw_only=True)
+class OrchestratorHistoryPruned(Event):
+    """A partition of the history was dropped: every job in it finished before the cutoff.
+
+    One event for the whole partition, however many jobs it held (up to
+    1,000,000); no :class:`OrchestratorFinalizedJobSwept` for them.
+
+    Attributes:
+        partition: the dropped table's name (``job_history_<first id>``).
+        jobs: how many finished jobs it held.
+        cutoff: the retention's cutoff: every job in it finished before this.
+    """
+
+    partition: str
+    jobs: int
+    cutoff: dt.datetime
 
 
 @attrs.frozen(kw_only=True)

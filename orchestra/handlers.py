@@ -35,6 +35,8 @@ _LEVELS: dict[type[events.Event], int] = {
     events.OrchestratorLeadershipLost: logging.WARNING,
     events.OrchestratorDefinitionHeartbeat: logging.DEBUG,
     events.OrchestratorFinalizedJobSwept: logging.DEBUG,
+    # One line per dropped history partition, however many jobs it held.
+    events.OrchestratorHistoryPruned: logging.INFO,
     events.OrchestratorQueueGauges: logging.DEBUG,
 }
 _ENVELOPE = ("timestamp", "daemon_id", "daemon_name", "role")

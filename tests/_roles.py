@@ -30,7 +30,7 @@ from psycopg.conninfo import make_conninfo
 from orchestra import Config
 
 ROLES_SQL = Path(__file__).resolve().parents[1] / "deploy" / "sql" / "roles.sql"
-GROUPS = ("migrator", "producer", "worker", "orchestrator", "dashboard")
+GROUPS = ("migrator", "producer", "worker", "orchestrator", "dashboard", "operator")
 PASSWORD = "roles-test-password"
 TABLES = (
     "schema_version",
@@ -40,7 +40,7 @@ TABLES = (
     "job_dependency",
     "worker",
     "leader",
-    "job_archive",
+    "job_history",
 )
 
 

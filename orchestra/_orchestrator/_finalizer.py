@@ -5,14 +5,17 @@ one only: timeout > unmet dependencies):
 
 * unfinished jobs not finished within ``timeout_interval_ms`` of their
   ``run_at`` are finalized as failed (reason ``timeout``);
-* waiting jobs that depend on a failed or cancelled job are finalized as
+* waiting jobs that depend on a failed or cancelled job, or on a job that is
+  no longer anywhere (deleted by the history's retention), are finalized as
   failed (reason ``unmet_dependencies``), repeated until the whole chain is
   done, in the same pass;
 * waiting jobs whose dependencies all succeeded are made available: the
   catch-up for the release that a dependency's own finish normally does.
 
-Finalizing is exclusive and idempotent: rows are locked, ``finalized_at IS
-NULL`` is re-checked, and a finalized job never changes again.
+A finalized job leaves the hot table: the statement that fails it deletes
+its row and inserts it into ``job_history``, with its attempt log. Finalizing
+is exclusive and idempotent: rows are locked, and a job no longer in the hot
+table is never found again.
 
 Options: ``finalize_interval_ms`` (default 5 000).
 Events: OrchestratorJobFinalized, OrchestratorJobReleased.

@@ -61,10 +61,13 @@ class Orchestrator(Daemon):
         event_handler: a callable, or several, receiving :mod:`orchestra.events`.
         repeat_interval_ms: the scheduler's longest sleep (it wakes for the next tick).
         heartbeat_interval_ms: definition heartbeats.
-        clean_interval_ms: sweeps of finalized jobs and stale definitions.
+        clean_interval_ms: sweeps of finished jobs and stale definitions.
         stale_definition_threshold_ms: a definition without heartbeat for this
             long, and without jobs, is deleted.
-        finalized_job_threshold_ms: finalized jobs older than this are deleted.
+        finalized_job_threshold_ms: with ``archive=False``, the retention of
+            finished jobs: those that finished longer ago than this are
+            deleted from ``job_history`` (a whole partition at a time when
+            all its jobs have).
         rescue_interval_ms: how often expired leases and stale workers are looked for.
         worker_stale_threshold_ms: a worker silent this long is considered dead.
         finalize_interval_ms: timeouts and the dependency cascade.
@@ -72,9 +75,10 @@ class Orchestrator(Daemon):
         gauges_interval_ms: how often queue depth and live daemons are counted,
             and the oldest transaction and the job table's dead rows read
             (OrchestratorQueueGauges, for metrics).
-        archive: move swept jobs to ``job_archive`` instead of deleting them.
-        archive_retention_ms: delete archived jobs finalized longer ago than
-            this (None, the default: keep the archive for ever).
+        archive: keep finished jobs in ``job_history`` for
+            ``archive_retention_ms`` instead of ``finalized_job_threshold_ms``.
+        archive_retention_ms: with ``archive=True``, the retention of finished
+            jobs (None, the default: keep them for ever).
         batch_size: rows per maintenance statement.
     """
 

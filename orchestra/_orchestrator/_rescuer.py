@@ -9,8 +9,10 @@ What it does, in bounded batches:
   means it died, hung, or lost its connection.
 
 A taken-back job is ``available`` again when attempts remain, else finalized
-as failed (no_attempts_remaining). The lost attempt counts and is logged as
-``lost``. Each UPDATE re-checks status and lock token under the row lock, so
+as failed (no_attempts_remaining) and moved to ``job_history``. The lost
+attempt counts and is logged as ``lost`` (in ``job_attempt``, or as the last
+entry of the history row's attempt log). Each UPDATE or DELETE re-checks
+status and lock token under the row lock, so
 an attempt that finished meanwhile is never overwritten, and the late finish
 of a rescued attempt is refused by the worker's fence.
 

@@ -1,29 +1,50 @@
-"""Sweeper: finalized jobs and stale definitions.
+"""Sweeper: the retention of finished jobs, leftovers, and stale definitions.
 
-What it does, in bounded batches:
+Finished jobs live in ``job_history``, partitioned by ranges of 1,000,000 job
+ids, plus a default partition for ids beyond the ranges made so far. What a
+pass does:
 
-* jobs finalized more than ``finalized_job_threshold_ms`` ago are deleted, or
-  with ``archive=True`` moved to ``job_archive`` with their attempt log as
-  JSON; never while an unfinished job depends on them. Their attempt-log
-  rows and dependency edges go with them;
-* definitions not heartbeated for ``stale_definition_threshold_ms`` and with
-  no job at all, finalized ones included, are deleted, so a definition removed
-  from the code disappears once its last job is swept;
-* with ``archive_retention_ms``, archived jobs finalized longer ago than that
-  are deleted from ``job_archive`` (by default the archive is kept for ever).
+* makes the partitions of the ids about to be given out (up to 2,000,000
+  beyond the highest id), moving in any rows the default partition took;
+* retention: finished jobs are kept ``finalized_job_threshold_ms``, or with
+  ``archive=True`` ``archive_retention_ms`` (None: for ever). A partition
+  whose every job finished before that is dropped whole, with the dependency
+  edges of its jobs (one OrchestratorHistoryPruned each); rows of the default
+  partition past it are deleted in batches (one OrchestratorFinalizedJobSwept
+  each);
+* deletes, in batches, attempt-log rows and dependency edges whose job is in
+  neither ``job`` nor ``job_history`` (a job deleted while unfinished). The
+  edges are walked a bounded slice per statement, from where the previous
+  pass stopped, so a large table costs the same each pass;
+* deletes definitions not heartbeated for ``stale_definition_threshold_ms``
+  and without any job, finished ones included, so a definition removed from
+  the code disappears once its last job leaves the history.
+
+A finished job required by a waiting job is not kept past the retention: the
+dependent then has a dependency in neither table, and the finalizer fails it
+(unmet dependencies).
+
+Dropping a partition, and attaching one, lock ``job_history`` (or its default
+partition) exclusively until commit: each runs in a transaction of its own
+with a ``lock_timeout``, so that finishes never queue behind a drop that
+itself waits for a long reader of the history. A drop or a preparation that
+times out is retried at the next pass.
 
 Options: ``clean_interval_ms`` (default 300 000),
 ``finalized_job_threshold_ms`` (43 200 000), ``stale_definition_threshold_ms``
 (3 600 000), ``archive`` (False), ``archive_retention_ms`` (None).
-Events: OrchestratorFinalizedJobSwept, OrchestratorStaleDefinitionSwept.
+Events: OrchestratorHistoryPruned, OrchestratorFinalizedJobSwept,
+OrchestratorStaleDefinitionSwept.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any, ClassVar
 
 import psycopg
+from psycopg import errors
 
 from orchestra import events
 from orchestra._config import Config
@@ -35,9 +56,16 @@ from orchestra._orchestrator._service import (
     Service,
 )
 
+logger = logging.getLogger("orchestra.orchestrator")
+
+#: How long a partition drop or attach may wait for its lock on the history.
+#: Finishing statements queue behind a waiting drop, so this bounds their
+#: stall; a drop that cannot get the lock in time is retried next pass.
+HISTORY_LOCK_TIMEOUT_MS = 1_000
+
 
 class Sweeper(Service):
-    """Delete (or archive) old finalized jobs, then stale definitions."""
+    """Keep the history within its retention; delete leftovers and stale definitions."""
 
     name: ClassVar[str] = "sweeper"
 
@@ -57,64 +85,121 @@ class Sweeper(Service):
         self.stale_definition_threshold_ms = stale_definition_threshold_ms
         self.archive = archive
         self.archive_retention_ms = archive_retention_ms
+        # Where the walk through job_dependency goes on (its primary key).
+        self._edge_cursor: tuple[int, int] = (0, 0)
+
+    @property
+    def retention_ms(self) -> int | None:
+        """How long finished jobs are kept in the history (None: for ever)."""
+        return self.archive_retention_ms if self.archive else self.finalized_job_threshold_ms
 
     def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:
-        """Sweep finalized jobs, then stale definitions (which may only now have no jobs)."""
-        swept = self._sweep_jobs(conn, now)
+        """Prepare partitions, apply the retention, delete leftovers, then stale definitions."""
+        counts = {
+            "history_partitions_prepared": 0,
+            "history_partitions_dropped": 0,
+            "history_jobs_dropped": 0,
+            "jobs_swept": 0,
+            "orphan_attempts_deleted": 0,
+            "orphan_dependencies_deleted": 0,
+            "definitions_swept": 0,
+            "history_lock_timeouts": 0,
+        }
+        emissions: list[Emission] = []
+        prepared = self._with_lock_timeout(conn, "job_history_prepare", {})
+        if prepared is None:
+            counts["history_lock_timeouts"] += 1
+        else:
+            counts["history_partitions_prepared"] = int(prepared[0][0])
+        retention_ms = self.retention_ms
+        if retention_ms is not None:
+            params = {"now": now, "retention_ms": retention_ms}
+            for partition, jobs, cutoff in self._drop_partitions(conn, params, counts):
+                counts["history_partitions_dropped"] += 1
+                counts["history_jobs_dropped"] += int(jobs)
+                emissions.append(
+                    Emission(
+                        events.OrchestratorHistoryPruned,
+                        {"partition": partition, "jobs": int(jobs), "cutoff": cutoff},
+                    )
+                )
+            swept = self._batches(conn, "job_history_default_prune", params)
+            counts["jobs_swept"] = len(swept)
+            emissions += [
+                Emission(
+                    events.OrchestratorFinalizedJobSwept,
+                    {"job_id": job_id, "definition": definition, "archived": self.archive},
+                )
+                for job_id, definition in swept
+            ]
+        counts["orphan_attempts_deleted"] = len(
+            self._batches(conn, "job_attempt_prune_orphans", {})
+        )
+        counts["orphan_dependencies_deleted"] = self._prune_orphan_edges(conn)
         stale = self._batches(
             conn,
             "definition_sweep_stale",
-            {
-                "now": now,
-                "threshold_ms": self.stale_definition_threshold_ms,
-            },
+            {"now": now, "threshold_ms": self.stale_definition_threshold_ms},
         )
-        pruned: list[tuple[Any, ...]] = []
-        if self.archive_retention_ms is not None:
-            pruned = self._batches(
-                conn,
-                "job_archive_prune",
-                {"now": now, "retention_ms": self.archive_retention_ms},
-            )
-        emissions = [
-            Emission(
-                events.OrchestratorFinalizedJobSwept,
-                {
-                    "job_id": job_id,
-                    "definition": definition,
-                    "archived": self.archive,
-                },
-            )
-            for job_id, definition in swept
-        ] + [
+        counts["definitions_swept"] = len(stale)
+        emissions += [
             Emission(events.OrchestratorStaleDefinitionSwept, {"definition": name})
             for (name,) in stale
         ]
-        counts = {
-            "jobs_swept": len(swept),
-            "definitions_swept": len(stale),
-            "archived_jobs_pruned": len(pruned),
-        }
         return RunResult(self.name, counts, tuple(emissions))
 
-    def _sweep_jobs(
-        self, conn: psycopg.Connection[Any], now: dt.datetime | None
+    def _drop_partitions(
+        self, conn: psycopg.Connection[Any], params: dict[str, Any], counts: dict[str, int]
     ) -> list[tuple[Any, ...]]:
-        """Old finalized jobs in batches: lock, then re-check and delete (two statements)."""
-        params = {"now": now, "threshold_ms": self.finalized_job_threshold_ms}
-        swept: list[tuple[Any, ...]] = []
+        """Drop expired partitions, oldest first, one per transaction."""
+        dropped: list[tuple[Any, ...]] = []
         for _ in range(MAX_BATCHES_PER_PASS):
-            with conn.transaction():
-                locked = conn.execute(
-                    self.config.queries["job_lock_sweepable"], {**params, "limit": self.batch_size}
-                ).fetchall()
-                if locked:
-                    swept.extend(
-                        conn.execute(
-                            self.config.queries["job_sweep_finalized"],
-                            {"ids": [row[0] for row in locked], "archive": self.archive},
-                        ).fetchall()
-                    )
-            if len(locked) < self.batch_size:
+            rows = self._with_lock_timeout(conn, "job_history_drop_before", {**params, "limit": 1})
+            if rows is None:
+                counts["history_lock_timeouts"] += 1
                 break
-        return swept
+            if not rows:
+                break
+            dropped.extend(rows)
+        return dropped
+
+    def _with_lock_timeout(
+        self, conn: psycopg.Connection[Any], query: str, params: dict[str, Any]
+    ) -> list[tuple[Any, ...]] | None:
+        """Run ``query`` in a transaction with HISTORY_LOCK_TIMEOUT_MS; None if it timed out."""
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", [f"{HISTORY_LOCK_TIMEOUT_MS}ms"]
+                )
+                return conn.execute(self.config.queries[query], params).fetchall()
+        except errors.LockNotAvailable:
+            logger.warning(
+                "sweeper: %s waited %d ms for its lock on job_history (a long query on the"
+                " history holds it); retried next pass",
+                query,
+                HISTORY_LOCK_TIMEOUT_MS,
+            )
+            return None
+
+    def _prune_orphan_edges(self, conn: psycopg.Connection[Any]) -> int:
+        """Walk job_dependency a slice per statement from the cursor; edges deleted."""
+        deleted = 0
+        for _ in range(MAX_BATCHES_PER_PASS):
+            after_job_id, after_required_job_id = self._edge_cursor
+            row = conn.execute(
+                self.config.queries["job_dependency_prune_orphans"],
+                {
+                    "after_job_id": after_job_id,
+                    "after_required_job_id": after_required_job_id,
+                    "limit": self.batch_size,
+                },
+            ).fetchone()
+            assert row is not None  # an aggregate row, always
+            examined, last_job_id, last_required_job_id, removed = row
+            deleted += int(removed)
+            if examined < self.batch_size:
+                self._edge_cursor = (0, 0)  # the end: the next pass starts over
+                break
+            self._edge_cursor = (int(last_job_id), int(last_required_job_id))
+        return deleted

@@ -868,10 +868,15 @@ class Worker(Daemon):
             stop=self._stop_event,
         )
         limit_ms = definition.attempt_timeout_ms
-        deadline = asyncio.timeout(None if limit_ms is None else limit_ms / 1000)
+        # No timeout context without a limit: entering one costs about as
+        # much per attempt as the rest of a no-op job's dispatch.
+        deadline = None if limit_ms is None else asyncio.timeout(limit_ms / 1000)
         try:
-            async with deadline:
+            if deadline is None:
                 value = await definition.call(payload, ctx)
+            else:
+                async with deadline:
+                    value = await definition.call(payload, ctx)
             return _attempts.succeeded(
                 job, definition, value, started, self.config.max_payload_bytes
             )
@@ -886,7 +891,7 @@ class Worker(Daemon):
             # included, fails this attempt only: it must neither leave the job
             # running nor end the worker and its other jobs (the job thread
             # and child paths record them alike).
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
                 return _attempts.timed_out(job, definition, started)
             return _attempts.failure(job, definition, started, exc)
 

@@ -1,4 +1,4 @@
-"""`orchestra bench`: speed next to a raw-SQL baseline."""
+"""`orchestra bench`: speed next to the lean floor (and, on request, PgQueuer)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from orchestra.cli._app import (
     main,
     out_console,
 )
+from orchestra.errors import ConfigurationError
 
 # -- orchestra bench ------------------------------------------------------------------------
 
@@ -81,6 +82,13 @@ from orchestra.cli._app import (
     show_default=True,
     help="Also process the jobs again with this many finalized rows left in the table.",
 )
+@click.option(
+    "--peers",
+    type=click.Choice(["pgqueuer"]),
+    multiple=True,
+    help="Also run the workloads through this queue, in a schema of its own "
+    "(needs orchestra-queue[bench]).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_context
 @handle_errors
@@ -95,17 +103,29 @@ def bench(
     latency_rate: float,
     idle_seconds: float,
     finalized_rows: int,
+    peers: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Measure enqueue, processing, latency and idle cost next to a raw-SQL baseline.
+    """Measure enqueue, processing, latency and idle cost next to the lean floor.
 
     Runs on a throwaway schema of the configured database (dropped afterwards).
-    Each figure is printed with the same measurement done by plain psycopg code,
-    and their ratio: compare ratios across runs, not absolute rates.
+    The lean floor is the least a SKIP LOCKED queue can do, on a table of the
+    bench's own (one partial index, finished rows deleted): each figure is
+    printed next to it, and their ratio is what orchestra's design costs.
+    Compare ratios across runs, not absolute rates.
     """
     from orchestra import _bench  # noqa: PLC0415 (keeps `orchestra --help` fast)
 
     _warn_password_on_argv(dsn, _dsn_source(ctx))
+    if "pgqueuer" in peers:
+        try:
+            from orchestra import _bench_pgqueuer  # noqa: F401, PLC0415
+        except ImportError:
+            raise ConfigurationError(
+                "--peers",
+                "PgQueuer is not installed (or older than 1.6): "
+                "pip install 'orchestra-queue[bench]'",
+            ) from None
     settings = _bench.Settings(
         jobs=jobs,
         processes=processes,
@@ -115,33 +135,57 @@ def bench(
         latency_rate=latency_rate,
         idle_seconds=idle_seconds,
         finalized_rows=finalized_rows,
+        peers=tuple(dict.fromkeys(peers)),
     )
+    for warning in settings.warnings():
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     resolved = Config(dsn).dsn
     runner = _bench.Bench(resolved, settings, log=lambda line: err_console.print(escape(line)))
     figures = runner.run()
     if as_json:
-        _print_json(_bench.figures_as_json(figures, settings, runner.schema))
+        _print_json(_bench.figures_as_json(runner, figures))
         return
-    table = _table()
-    for column in ("measure", "unit", "orchestra", "raw SQL", "ratio", "target"):
+    with_peer = runner.pgqueuer is not None
+    columns = ["measure", "unit", "orchestra", "lean floor", "vs floor"]
+    if with_peer:
+        columns += ["PgQueuer", "vs PgQueuer"]
+    table = _table(show_edge=False, collapse_padding=True)
+    for column in columns:
         table.add_column(column, justify="left" if column in ("measure", "unit") else "right")
     for f in figures:
-        if f.unit == "ms":
-            target = f"<= {f.target:g} ms" if f.target is not None else ""
-        else:
-            target = f">= {f.target:g}x" if f.target is not None else ""
-        table.add_row(
+        row: list[Text | str] = [
             Text(f.name),
             f.unit,
-            f"{f.orchestra:,.1f}",
-            "" if f.baseline is None else f"{f.baseline:,.1f}",
-            "" if f.ratio is None else f"{f.ratio:.2f}x",
-            target,
-        )
-    # Piped into a file for docs/BENCHMARKS.md: wide enough to keep one line per figure.
-    console = out_console if out_console.is_terminal else Console(highlight=False, width=110)
+            _value(f.orchestra),
+            _value(f.floor),
+            _times(f.ratio_floor),
+        ]
+        if with_peer:
+            row += [_value(f.pgqueuer), _times(f.ratio_pgqueuer)]
+        table.add_row(*row)
+    # Piped into a file: wide enough for one line per figure, narrow enough to read.
+    console = out_console if out_console.is_terminal else Console(highlight=False, width=100)
     console.print(table)
     err_console.print(
-        f"{jobs} jobs, {processes} worker process(es) x concurrency {concurrency}; "
-        "ratio: orchestra/raw for rates, raw/orchestra for latencies (1.00x: as good as raw SQL)"
+        f"{jobs:,} jobs, {processes} worker process(es) x concurrency {concurrency}; "
+        "vs: orchestra/other for rates, other/orchestra for latencies "
+        "(1.00x: as good, higher is better)"
     )
+    if runner.pgqueuer is not None:
+        peer = runner.pgqueuer.describe()
+        err_console.print(
+            f"PgQueuer {peer['version']} ({peer['driver']}): {peer['processes']} worker "
+            f"process(es), batch_size {peer['batch_size']}, max_concurrent_tasks "
+            f"{peer['max_concurrent_tasks']}, schema {peer['schema']} (dropped)"
+        )
+
+
+def _value(value: float | None) -> str:
+    if value is None:
+        return ""
+    # Tenths matter for milliseconds and percents, not for thousands of jobs a second.
+    return f"{value:,.0f}" if abs(value) >= 1_000 else f"{value:,.1f}"
+
+
+def _times(ratio: float | None) -> str:
+    return "" if ratio is None else f"{ratio:.2f}x"

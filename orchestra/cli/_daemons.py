@@ -138,20 +138,22 @@ def migrate(ctx: click.Context, dsn: str | None, schema: str) -> None:
     type=click.IntRange(10),
     default=300_000,
     show_default=True,
-    help="Orchestrator: how often old finalized jobs and stale definitions are swept.",
+    help="Orchestrator: how often the history's retention is applied and stale "
+    "definitions are swept.",
 )
 @click.option(
     "--archive",
     is_flag=True,
-    help="Orchestrator: move swept jobs to the job_archive table instead of deleting them.",
+    help="Orchestrator: keep finished jobs in job_history for --archive-retention-ms "
+    "(default: for ever) instead of the finalized-job threshold (12 h).",
 )
 @click.option(
     "--archive-retention-ms",
     type=click.IntRange(0),
     default=None,
     metavar="MS",
-    help="Orchestrator: delete archived jobs finalized longer ago than this "
-    "(default: keep the archive for ever).",
+    help="Orchestrator, with --archive: how long finished jobs are kept in job_history "
+    "(default: for ever).",
 )
 @click.option(
     "--log-format",

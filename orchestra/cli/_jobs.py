@@ -229,7 +229,7 @@ def _show_job(job: Job) -> None:
     fields.add_column(style="bold", no_wrap=True)
     fields.add_column(overflow="fold")
     rows: list[tuple[str, Text | str]] = [
-        ("status", _status(job.status + (" (archived)" if job.archived else ""))),
+        ("status", _status(job.status)),
         ("definition", _shown(job.definition)),
         ("channel", _shown(job.channel)),
         ("priority", str(job.priority)),
@@ -295,7 +295,7 @@ def _show_job(job: Job) -> None:
 @click.pass_context
 @handle_errors
 def jobs_show(ctx: click.Context, job_id: int, as_json: bool, dsn: str | None, schema: str) -> None:
-    """Show one job (archived ones too) with its attempts, errors and traceback."""
+    """Show one job (finished ones too) with its attempts, errors and traceback."""
     with _job_manager(ctx, dsn, schema) as manager:
         job = manager.get(job_id, with_attempts=True)
     if as_json:

@@ -178,8 +178,6 @@ class _JSON(JSONResponse):
 
 def allowed_actions(job: Job) -> list[str]:
     """The actions the job's state allows (the database re-checks when one is taken)."""
-    if job.archived:
-        return []
     allowed = []
     if job.status in ("available", "succeeded", "failed", "cancelled"):
         allowed.append("retry")
@@ -506,8 +504,7 @@ class Dashboard:
                 action,
                 job,
                 session=session,
-                error=f"A {job.status}{' (archived)' if job.archived else ''} job "
-                f"cannot be {_DONE[action]}.",
+                error=f"A {job.status} job cannot be {_DONE[action]}.",
                 status_code=409,
                 blocked=True,
             )

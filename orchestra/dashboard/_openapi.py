@@ -98,7 +98,11 @@ _SCHEMAS: dict[str, Any] = {
                 "items": _ref("Attempt"),
                 "description": "The attempt log, oldest first (null in lists).",
             },
-            "archived": {"type": "boolean"},
+            "archived": {
+                "type": "boolean",
+                "description": "True for a finished job, read from the history (where "
+                "finished jobs are kept); finished jobs can still be retried and deleted.",
+            },
         }
     ),
     "JobLink": _object(
@@ -344,7 +348,7 @@ _PATHS: dict[str, Any] = {
             "operationId": "get_job",
             "parameters": [_JOB_ID],
             "responses": {
-                "200": _json(_ref("JobDetail"), "The job (also when archived)."),
+                "200": _json(_ref("JobDetail"), "The job, unfinished or finished."),
                 **_ERRORS,
                 "404": _json(_ref("Error"), "No job with this id."),
             },

@@ -5,20 +5,23 @@
 
 -- name: job_insert
 -- Defer one job. Dependencies must all exist and be visible to the caller (a
--- producer role sees only the jobs it created, decision 0018); if any is
--- missing nothing is inserted and no row comes back. A job with an unfinished
--- dependency waits. The foreign key check of each new edge locks its
--- dependency FOR KEY SHARE until commit, so that a sweep cannot delete it
--- meanwhile (job_lock_sweepable skips it); a dependency swept between this
--- statement's snapshot and that lock fails the statement with a foreign key
--- violation on job_dependency. The dependencies are not locked here: a
--- locking read needs UPDATE on the job table, which producers do not have.
+-- producer role sees only the jobs it created, decision 0018), unfinished in
+-- the hot table or finished in the history; if any is missing nothing is
+-- inserted and no row comes back. A job with a dependency that has not
+-- succeeded waits. A dependency that finishes between this statement's
+-- snapshot and its commit is caught by job_recheck_waiting, which the caller
+-- runs after a defer that came back waiting (decision 0007). The history
+-- keeps a finished dependency for the retention period: a dependency dropped
+-- from it meanwhile counts as unmet (the finalizer fails the job).
 -- With a unique_key, the unique index decides, race-free: when an unfinished
 -- job of the definition holds the key, nothing is inserted and no row comes
 -- back either (the caller then looks the holder up: job_find_unique). A job
 -- with a resource_key is `limited`: only the keyed claim branch takes it.
 WITH deps AS MATERIALIZED (
     SELECT id, status FROM {schema}.job
+    WHERE id = ANY(%(depends_on)s::bigint[])
+    UNION ALL
+    SELECT id, status FROM {schema}.job_history
     WHERE id = ANY(%(depends_on)s::bigint[])
 ), inserted AS (
     INSERT INTO {schema}.job (definition, channel, status, priority, payload, max_attempts, run_at,
@@ -35,7 +38,7 @@ WITH deps AS MATERIALIZED (
            %(trace_context)s::text
     FROM deps
     HAVING count(*) = cardinality(%(depends_on)s::bigint[])
-    ON CONFLICT (definition, unique_key) WHERE unique_key IS NOT NULL AND finalized_at IS NULL
+    ON CONFLICT (definition, unique_key) WHERE unique_key IS NOT NULL
     DO NOTHING
     RETURNING id, status
 ), edges AS (
@@ -57,7 +60,7 @@ VALUES (%(definition)s, %(channel)s, %(priority)s, %(payload)s::jsonb, %(max_att
         OR coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
                      FROM {schema}.job_definition WHERE name = %(definition)s), false),
         %(trace_context)s::text)
-ON CONFLICT (definition, unique_key) WHERE unique_key IS NOT NULL AND finalized_at IS NULL
+ON CONFLICT (definition, unique_key) WHERE unique_key IS NOT NULL
 DO NOTHING
 RETURNING id, status::text, pg_notify(%(notify_channel)s, %(channel)s);
 
@@ -152,15 +155,19 @@ WITH plain AS MATERIALIZED (
     ORDER BY priority DESC, id
     LIMIT %(limit)s
 )
+-- The rows are found by `id = ANY(ARRAY(...))`, a primary-key scan: joined
+-- with the claimed ids, the planner hash-joined them with a sequential scan
+-- of the whole hot table whenever it held fewer than about 30,000 jobs.
 UPDATE {schema}.job j
 SET status = 'running',
     attempt = j.attempt + 1,
     locked_by = %(worker_id)s,
     lock_token = md5(%(claim_id)s || j.id::text)::uuid,
-    locked_until = clock_timestamp() + d.lock_interval_ms * interval '1 millisecond',
+    locked_until = clock_timestamp()
+                   + (SELECT d.lock_interval_ms FROM {schema}.job_definition d
+                      WHERE d.name = j.definition) * interval '1 millisecond',
     started_at = clock_timestamp()
-FROM claimable c, {schema}.job_definition d
-WHERE j.id = c.id AND d.name = j.definition
+WHERE j.id = ANY(ARRAY(SELECT id FROM claimable))
 RETURNING j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock_token,
           j.started_at, j.run_at, j.priority, j.trace_context;
 
@@ -229,10 +236,12 @@ SET status = 'running',
     attempt = j.attempt + 1,
     locked_by = %(worker_id)s,
     lock_token = md5(%(claim_id)s || j.id::text)::uuid,
-    locked_until = (SELECT ts FROM t) + d.lock_interval_ms * interval '1 millisecond',
+    locked_until = (SELECT ts FROM t)
+                   + (SELECT d.lock_interval_ms FROM {schema}.job_definition d
+                      WHERE d.name = j.definition) * interval '1 millisecond',
     started_at = (SELECT ts FROM t)
-FROM picked p, {schema}.job_definition d
-WHERE j.id = p.id AND d.name = j.definition
+-- A primary-key scan, as in job_claim.
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock_token,
           j.started_at, j.run_at, j.priority, j.trace_context;
 
@@ -240,11 +249,17 @@ RETURNING j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock
 -- Record the end of many attempts in one statement. Each row is fenced by
 -- (id, attempt, lock_token): an attempt that was rescued or finalized
 -- meanwhile changes nothing and is simply not returned. Outcomes:
---   succeeded    -> succeeded, result stored, finalized
---   failed       -> available after retry_delay_ms while attempts remain, else failed
+--   succeeded    -> succeeded, result stored: the job moves to job_history
+--   failed       -> available after retry_delay_ms while attempts remain,
+--                   else failed and moved to job_history
 --   interrupted  -> like failed (the worker stopped before the job finished)
 --   timed_out    -> like failed (the attempt ran past attempt_timeout_ms)
 --   released     -> available after retry_delay_ms, attempt refunded, no log row
+-- A job that ends leaves the hot table here (decision 0019): its row is
+-- deleted and inserted into job_history with its earlier attempts' log rows
+-- (moved too) as JSON. A success writes no attempt-log row: the history row
+-- is its record. An attempt that does not end the job is logged in
+-- job_attempt as before.
 -- The release of dependents is job_release_dependents, run right after it
 -- in the same pipeline (see there why it must be a second statement).
 -- The arrays are sent in binary format: text arrays are quoted element by
@@ -255,48 +270,87 @@ WITH input AS (
         %(results)b::text[]::jsonb[], %(errors)b::text[], %(tracebacks)b::text[],
         %(retry_delays_ms)b::bigint[], %(started_ats)b::timestamptz[]
     ) AS i(id, attempt, token, outcome, result, error, traceback, retry_delay_ms, started_at)
-), finished AS (
-    UPDATE {schema}.job j
-    SET status = CASE
-            WHEN i.outcome = 'succeeded' THEN 'succeeded'
-            WHEN i.outcome = 'released' OR j.attempt < j.max_attempts THEN 'available'
-            ELSE 'failed'
-        END::{schema}.job_status,
-        attempt = CASE WHEN i.outcome = 'released' THEN j.attempt - 1 ELSE j.attempt END,
-        result = CASE WHEN i.outcome = 'succeeded' THEN i.result ELSE j.result END,
-        last_error = CASE WHEN i.outcome IN ('failed', 'interrupted', 'timed_out')
-                          THEN i.error ELSE j.last_error END,
-        run_at = CASE
-            WHEN i.outcome = 'succeeded' THEN j.run_at
-            ELSE clock_timestamp() + i.retry_delay_ms * interval '1 millisecond'
-        END,
-        finalized_at = CASE
-            WHEN i.outcome = 'succeeded' THEN clock_timestamp()
-            WHEN i.outcome IN ('failed', 'interrupted', 'timed_out') AND j.attempt >= j.max_attempts
-                THEN clock_timestamp()
-        END,
-        locked_by = NULL, lock_token = NULL, locked_until = NULL
-    FROM input i
+), held AS MATERIALIZED (
+    -- Which attempts end their job. Read without a lock: the UPDATE and the
+    -- DELETE below re-check the fence on the row they lock. A scalar
+    -- subquery per id, so that each is a primary-key probe: as a join, the
+    -- planner hash-joined the input with a sequential scan of the whole hot
+    -- table (a backlog of 20,000 jobs read for every batch of finishes).
     -- A lock token is set exactly while the job runs (a CHECK says so), so
-    -- the token match is the status check. Spelling out status = 'running'
-    -- made the planner bitmap-scan the running jobs' index (3,050 entries,
-    -- mostly dead, to find 50 rows on a busy table) instead of looking the
-    -- ids up in the primary key.
-    WHERE j.id = i.id AND j.attempt = i.attempt AND j.lock_token = i.token
+    -- the token match is the status check. NULL: the fence refuses it.
+    SELECT i.*, (i.outcome = 'succeeded' OR (i.outcome <> 'released' AND i.exhausted)) AS ends
+    FROM (
+        SELECT input.*,
+               (SELECT j.attempt >= j.max_attempts FROM {schema}.job j
+                WHERE j.id = input.id AND j.attempt = input.attempt
+                  AND j.lock_token = input.token) AS exhausted
+        FROM input
+        OFFSET 0  -- evaluated once per row, not once per use
+    ) i
+    WHERE i.exhausted IS NOT NULL
+), retried AS (
+    UPDATE {schema}.job j
+    SET status = 'available',
+        attempt = CASE WHEN h.outcome = 'released' THEN j.attempt - 1 ELSE j.attempt END,
+        last_error = CASE WHEN h.outcome = 'released' THEN j.last_error ELSE h.error END,
+        run_at = clock_timestamp() + h.retry_delay_ms * interval '1 millisecond',
+        locked_by = NULL, lock_token = NULL, locked_until = NULL
+    FROM held h
+    -- id = ANY(ARRAY(...)) makes the rows a primary-key scan (see held).
+    WHERE j.id = ANY(ARRAY(SELECT id FROM held WHERE NOT ends))
+      AND NOT h.ends AND j.id = h.id AND j.attempt = h.attempt AND j.lock_token = h.token
     RETURNING j.id, j.status, j.run_at, j.channel, j.resource_key
+), ended AS (
+    DELETE FROM {schema}.job j
+    USING held h
+    WHERE j.id = ANY(ARRAY(SELECT id FROM held WHERE ends))
+      AND h.ends AND j.id = h.id AND j.attempt = h.attempt AND j.lock_token = h.token
+    RETURNING j.*, h.outcome, h.result AS new_result, h.error, h.traceback,
+              h.started_at AS attempt_started_at
+), earlier AS (
+    -- Attempt-log rows exist only for jobs that failed before: for most
+    -- ended jobs this is one empty primary-key probe.
+    DELETE FROM {schema}.job_attempt a USING ended e WHERE a.job_id = e.id
+    RETURNING a.*
+), historied AS (
+    INSERT INTO {schema}.job_history (
+        id, definition, channel, status, priority, payload, result, attempt, max_attempts,
+        run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
+        last_error, attempts, trace_context, created_by, worker_id, worker_name, lock_token)
+    SELECT e.id, e.definition, e.channel,
+           CASE WHEN e.outcome = 'succeeded' THEN 'succeeded' ELSE 'failed' END::{schema}.job_status,
+           e.priority, e.payload,
+           CASE WHEN e.outcome = 'succeeded' THEN e.new_result END,
+           e.attempt, e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at,
+           e.created_at, e.attempt_started_at, clock_timestamp(),
+           CASE WHEN e.outcome = 'succeeded' THEN e.last_error ELSE e.error END,
+           coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
+                     FROM earlier a WHERE a.job_id = e.id), '[]'::jsonb)
+           || CASE WHEN e.outcome = 'succeeded' THEN '[]'::jsonb
+                   ELSE jsonb_build_array(jsonb_build_object(
+                       'attempt', e.attempt, 'worker_id', %(worker_id)s::bigint,
+                       'worker_name', %(worker_name)s::text,
+                       'started_at', e.attempt_started_at, 'finished_at', clock_timestamp(),
+                       'outcome', e.outcome, 'error', e.error, 'traceback', e.traceback,
+                       'lock_token', e.lock_token)) END,
+           e.trace_context, e.created_by, %(worker_id)s, %(worker_name)s, e.lock_token
+    FROM ended e
+    RETURNING id, status, run_at, channel, resource_key
+), finished AS (
+    SELECT * FROM retried UNION ALL SELECT * FROM historied
 ), logged AS (
     INSERT INTO {schema}.job_attempt
         (job_id, attempt, worker_id, worker_name, started_at, outcome, error, traceback,
          lock_token)
-    SELECT i.id, i.attempt, %(worker_id)s, %(worker_name)s, i.started_at, i.outcome,
-           i.error, i.traceback, i.token
-    FROM input i JOIN finished f ON f.id = i.id
-    WHERE i.outcome <> 'released'
+    SELECT h.id, h.attempt, %(worker_id)s, %(worker_name)s, h.started_at, h.outcome,
+           h.error, h.traceback, h.token
+    FROM held h JOIN retried r ON r.id = h.id
+    WHERE h.outcome <> 'released'
 ), woken AS (
     -- Retries are runnable again, and a freed resource key lets the next job
     -- of that key run, on whatever channel it waits: wake each channel once.
     SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
-    FROM (SELECT channel FROM finished WHERE status = 'available'
+    FROM (SELECT channel FROM retried
           UNION
           SELECT w.channel FROM {schema}.job w
           WHERE w.status = 'available'
@@ -307,8 +361,7 @@ WITH input AS (
     -- listing the finalized ids, or empty when the list would not fit in a
     -- notification payload (8000 bytes): every waiter then looks itself up.
     SELECT count(pg_notify(%(finished_channel)s, CASE WHEN length(ids) < 7900 THEN ids ELSE '' END)) AS n
-    FROM (SELECT string_agg(id::text, ',') AS ids FROM finished
-          WHERE status IN ('succeeded', 'failed')) f
+    FROM (SELECT string_agg(id::text, ',') AS ids FROM historied) f
     WHERE ids IS NOT NULL
 )
 SELECT f.id, f.status::text AS status, f.run_at, (SELECT n FROM woken) AS woken,
@@ -327,8 +380,9 @@ WHERE j.status = 'running' AND j.locked_by = %(worker_id)s
 
 -- name: job_finish_recorded
 -- Which of the given finishes are recorded, when the connection broke before
--- job_finish_many's rows came back: an attempt row with the attempt's lock
--- token exists exactly when its finish committed. Returns, per recorded
+-- job_finish_many's rows came back: an attempt row (a retry) or a history row
+-- (the end of the job) with the attempt's lock token exists exactly when its
+-- finish committed. Returns, per recorded
 -- finish, when it was recorded (the retry's run_at is counted from there). A
 -- released job writes no attempt row: its attempt was refunded and its token
 -- cleared, which its row shows until it is claimed again.
@@ -339,6 +393,10 @@ JOIN LATERAL (
     SELECT a.finished_at FROM {schema}.job_attempt a
     WHERE i.outcome <> 'released'
       AND a.job_id = i.id AND a.attempt = i.attempt AND a.lock_token = i.token
+    UNION ALL
+    SELECT h.finalized_at FROM {schema}.job_history h
+    WHERE i.outcome <> 'released'
+      AND h.id = i.id AND h.attempt = i.attempt AND h.lock_token = i.token
     UNION ALL
     SELECT j.run_at FROM {schema}.job j
     WHERE i.outcome = 'released'
@@ -351,9 +409,11 @@ JOIN LATERAL (
 -- whose dependencies have all succeeded, and wake their channels. Runs as a
 -- second statement right after job_finish_many (pipelined, so no extra round
 -- trip): the first one locked the finished rows, waiting for any defer that was
--- re-checking them, and committed, so this statement's fresh snapshot sees
--- every dependent committed before that. Ids whose finish was refused are
--- harmless: their dependents still have an unsucceeded dependency.
+-- re-checking them, and moved them into the history, so this statement's
+-- fresh snapshot sees every dependent committed before that. Ids whose finish
+-- was refused are harmless: their dependents still have an unsucceeded
+-- dependency. Most finished jobs have no dependents: then this is one empty
+-- probe of job_dependency_required_idx per id.
 WITH released AS (
     UPDATE {schema}.job w SET status = 'available'
     WHERE w.status = 'waiting'
@@ -361,8 +421,9 @@ WITH released AS (
                    WHERE d.required_job_id = ANY(%(ids)s::bigint[]))
       AND NOT EXISTS (
           SELECT 1 FROM {schema}.job_dependency d
-          JOIN {schema}.job r ON r.id = d.required_job_id
-          WHERE d.job_id = w.id AND r.status <> 'succeeded')
+          WHERE d.job_id = w.id
+            AND NOT EXISTS (SELECT 1 FROM {schema}.job_history h
+                            WHERE h.id = d.required_job_id AND h.status = 'succeeded'))
     RETURNING w.id, w.channel
 ), woken AS (
     SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
@@ -383,35 +444,72 @@ SELECT {schema}.job_recheck_waiting(%(id)s, %(notify_channel)s);
 -- name: job_rescue_expired
 -- Take back up to %(limit)s running jobs whose lease expired: the worker died
 -- or stopped heartbeating. The crashed attempt counts (it is logged as lost),
--- so a job that kills its worker cannot loop forever. Rows are locked and the
--- expiry re-checked in the UPDATE, so a live attempt is never stolen.
+-- so a job that kills its worker cannot loop forever: with no attempt left it
+-- fails and moves to the history. Rows are locked and the expiry re-checked
+-- in the UPDATE or DELETE, so a live attempt is never stolen. Running jobs are
+-- found through job_locked_by_idx: there are at most as many as the fleet's
+-- concurrency.
 WITH expired AS MATERIALIZED (
-    SELECT id, locked_by, lock_token, started_at, attempt FROM {schema}.job
-    WHERE status = 'running' AND locked_until < coalesce(%(now)s::timestamptz, clock_timestamp())
+    SELECT id, locked_by, lock_token, started_at, attempt,
+           attempt >= max_attempts AS ends
+    FROM {schema}.job
+    WHERE status = 'running' AND locked_by IS NOT NULL
+      AND locked_until < coalesce(%(now)s::timestamptz, clock_timestamp())
     ORDER BY locked_until
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
-), rescued AS (
+), retried AS (
     UPDATE {schema}.job j
-    SET status = CASE WHEN j.attempt < j.max_attempts THEN 'available' ELSE 'failed' END::{schema}.job_status,
-        run_at = CASE WHEN j.attempt < j.max_attempts
-                      THEN coalesce(%(now)s::timestamptz, clock_timestamp()) ELSE j.run_at END,
-        finalized_at = CASE WHEN j.attempt < j.max_attempts
-                            THEN NULL ELSE coalesce(%(now)s::timestamptz, clock_timestamp()) END,
+    SET status = 'available',
+        run_at = coalesce(%(now)s::timestamptz, clock_timestamp()),
         last_error = 'lease expired: the worker stopped heartbeating before the job finished',
         locked_by = NULL, lock_token = NULL, locked_until = NULL
     FROM expired e
-    WHERE j.id = e.id AND j.status = 'running' AND j.lock_token = e.lock_token
+    WHERE NOT e.ends AND j.id = e.id AND j.status = 'running' AND j.lock_token = e.lock_token
     RETURNING j.id, j.definition, j.attempt, j.status::text AS status, j.channel, e.locked_by,
               e.started_at
+), ended AS (
+    DELETE FROM {schema}.job j
+    USING expired e
+    WHERE e.ends AND j.id = e.id AND j.status = 'running' AND j.lock_token = e.lock_token
+    RETURNING j.*, e.locked_by AS lost_by, e.started_at AS lost_started_at
+), earlier AS (
+    DELETE FROM {schema}.job_attempt a USING ended e WHERE a.job_id = e.id
+    RETURNING a.*
+), historied AS (
+    INSERT INTO {schema}.job_history (
+        id, definition, channel, status, priority, payload, result, attempt, max_attempts,
+        run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
+        last_error, attempts, trace_context, created_by)
+    SELECT e.id, e.definition, e.channel, 'failed', e.priority, e.payload, NULL, e.attempt,
+           e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at, e.created_at,
+           e.started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
+           'lease expired: the worker stopped heartbeating before the job finished',
+           coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
+                     FROM earlier a WHERE a.job_id = e.id), '[]'::jsonb)
+           || jsonb_build_array(jsonb_build_object(
+                  'attempt', e.attempt, 'worker_id', e.lost_by, 'worker_name', NULL,
+                  'started_at', e.lost_started_at,
+                  'finished_at', coalesce(%(now)s::timestamptz, clock_timestamp()),
+                  'outcome', 'lost',
+                  'error', 'lease expired: the worker stopped heartbeating before the job finished',
+                  'traceback', NULL, 'lock_token', NULL)),
+           e.trace_context, e.created_by
+    FROM ended e
+    RETURNING id, definition, attempt, status::text AS status, channel
+), rescued AS (
+    SELECT id, definition, attempt, status, channel, locked_by FROM retried
+    UNION ALL
+    SELECT h.id, h.definition, h.attempt, h.status, h.channel, e.lost_by
+    FROM historied h JOIN ended e ON e.id = h.id
 ), logged AS (
     INSERT INTO {schema}.job_attempt (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
     SELECT id, attempt, locked_by, started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
            'lost', 'lease expired: the worker stopped heartbeating before the job finished'
-    FROM rescued
+    FROM retried
 ), woken AS (
     SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
-    FROM (SELECT DISTINCT channel FROM rescued WHERE status = 'available') c
+    FROM (SELECT DISTINCT channel FROM retried) c
 )
 SELECT id, definition, attempt, status, locked_by, (SELECT n FROM woken) AS woken FROM rescued;
 
@@ -421,20 +519,23 @@ SELECT id, definition, attempt, status, locked_by, (SELECT n FROM woken) AS woke
 SELECT pg_notify(%(finished_channel)s, %(ids)s);
 
 -- name: job_outcome
--- What a result waiter needs, from the hot table or, once swept, the archive.
-SELECT status::text, result, last_error FROM {schema}.job WHERE id = %(id)s
+-- What a result waiter needs: a job is in exactly one of the two tables.
+SELECT status::text, NULL::jsonb AS result, last_error FROM {schema}.job WHERE id = %(id)s
 UNION ALL
-SELECT status::text, result, last_error FROM {schema}.job_archive
-WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM {schema}.job WHERE id = %(id)s);
+SELECT status::text, result, last_error FROM {schema}.job_history WHERE id = %(id)s;
 
 -- name: job_ids_existing
 -- Which of the given ids exist (to name the missing ones in an error).
-SELECT id FROM {schema}.job WHERE id = ANY(%(ids)s::bigint[]);
+SELECT id FROM {schema}.job WHERE id = ANY(%(ids)s::bigint[])
+UNION ALL
+SELECT id FROM {schema}.job_history WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: job_status
-SELECT status::text AS status FROM {schema}.job WHERE id = %(id)s;
+SELECT status::text AS status FROM {schema}.job WHERE id = %(id)s
+UNION ALL
+SELECT status::text FROM {schema}.job_history WHERE id = %(id)s;
 
 -- name: job_count_unfinished
 -- Jobs of a channel that are due now and not finalized (waiting ones included).
 SELECT count(*) FROM {schema}.job
-WHERE channel = %(channel)s AND finalized_at IS NULL AND run_at <= now();
+WHERE channel = %(channel)s AND run_at <= now();

@@ -25,8 +25,9 @@ WITH def AS MATERIALIZED (
     FOR NO KEY UPDATE
 ), busy AS MATERIALIZED (
     SELECT EXISTS (
+        -- Every row of the hot table is unfinished; job_tick_uniq serves this.
         SELECT 1 FROM {schema}.job
-        WHERE definition = %(definition)s AND tick_at IS NOT NULL AND finalized_at IS NULL
+        WHERE definition = %(definition)s AND tick_at IS NOT NULL
     ) AS busy
 ), inserted AS (
     INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at, tick_at, limited)
@@ -72,7 +73,10 @@ WHERE name = ANY(%(names)s::text[]);
 -- Take back the running jobs of workers whose heartbeat is older than the
 -- threshold, whatever their lease says, then delete those worker rows. Rows
 -- are re-checked (status, token) under their lock, so a live attempt of a
--- live worker is never touched.
+-- live worker is never touched. The lost attempt counts: a job with attempts
+-- left is available again (its attempt logged as lost in job_attempt); one
+-- without fails and moves to job_history, the lost attempt as the last entry
+-- of its attempts JSON, as job_rescue_expired does.
 WITH stale AS MATERIALIZED (
     SELECT id FROM {schema}.worker
     WHERE heartbeat_at < coalesce(%(now)s::timestamptz, clock_timestamp())
@@ -81,32 +85,64 @@ WITH stale AS MATERIALIZED (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), held AS MATERIALIZED (
-    SELECT j.id, j.locked_by, j.lock_token, j.started_at FROM {schema}.job j
+    SELECT j.id, j.locked_by, j.lock_token, j.started_at, j.attempt >= j.max_attempts AS ends
+    FROM {schema}.job j
     WHERE j.status = 'running' AND j.locked_by IN (SELECT id FROM stale)
     FOR NO KEY UPDATE OF j SKIP LOCKED
-), rescued AS (
+), retried AS (
     UPDATE {schema}.job j
-    SET status = CASE WHEN j.attempt < j.max_attempts THEN 'available' ELSE 'failed' END::{schema}.job_status,
-        run_at = CASE WHEN j.attempt < j.max_attempts
-                      THEN coalesce(%(now)s::timestamptz, clock_timestamp()) ELSE j.run_at END,
-        finalized_at = CASE WHEN j.attempt < j.max_attempts
-                            THEN NULL ELSE coalesce(%(now)s::timestamptz, clock_timestamp()) END,
+    SET status = 'available',
+        run_at = coalesce(%(now)s::timestamptz, clock_timestamp()),
         last_error = 'worker lost: its heartbeat stopped before the job finished',
         locked_by = NULL, lock_token = NULL, locked_until = NULL
     FROM held h
-    WHERE j.id = h.id AND j.lock_token = h.lock_token
+    WHERE NOT h.ends AND j.id = h.id AND j.status = 'running' AND j.lock_token = h.lock_token
     RETURNING j.id, j.definition, j.attempt, j.status::text AS status, j.channel, h.locked_by,
               h.started_at
+), ended AS (
+    DELETE FROM {schema}.job j
+    USING held h
+    WHERE h.ends AND j.id = h.id AND j.status = 'running' AND j.lock_token = h.lock_token
+    RETURNING j.*, h.locked_by AS lost_by, h.started_at AS lost_started_at
+), earlier AS (
+    DELETE FROM {schema}.job_attempt a USING ended e WHERE a.job_id = e.id
+    RETURNING a.*
+), historied AS (
+    INSERT INTO {schema}.job_history (
+        id, definition, channel, status, priority, payload, result, attempt, max_attempts,
+        run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
+        last_error, attempts, trace_context, created_by)
+    SELECT e.id, e.definition, e.channel, 'failed', e.priority, e.payload, NULL, e.attempt,
+           e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at, e.created_at,
+           e.started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
+           'worker lost: its heartbeat stopped before the job finished',
+           coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
+                     FROM earlier a WHERE a.job_id = e.id), '[]'::jsonb)
+           || jsonb_build_array(jsonb_build_object(
+                  'attempt', e.attempt, 'worker_id', e.lost_by, 'worker_name', NULL,
+                  'started_at', e.lost_started_at,
+                  'finished_at', coalesce(%(now)s::timestamptz, clock_timestamp()),
+                  'outcome', 'lost',
+                  'error', 'worker lost: its heartbeat stopped before the job finished',
+                  'traceback', NULL, 'lock_token', NULL)),
+           e.trace_context, e.created_by
+    FROM ended e
+    RETURNING id, definition, attempt, status::text AS status
+), rescued AS (
+    SELECT id, definition, attempt, status, locked_by FROM retried
+    UNION ALL
+    SELECT h.id, h.definition, h.attempt, h.status, e.lost_by
+    FROM historied h JOIN ended e ON e.id = h.id
 ), logged AS (
     INSERT INTO {schema}.job_attempt (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
     SELECT id, attempt, locked_by, started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
            'lost', 'worker lost: its heartbeat stopped before the job finished'
-    FROM rescued
+    FROM retried
 ), removed AS (
     DELETE FROM {schema}.worker WHERE id IN (SELECT id FROM stale) RETURNING id
 ), woken AS (
     SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
-    FROM (SELECT DISTINCT channel FROM rescued WHERE status = 'available') c
+    FROM (SELECT DISTINCT channel FROM retried) c
 )
 SELECT 'job' AS kind, id, definition, attempt, status, locked_by, (SELECT n FROM woken) AS woken
 FROM rescued
@@ -116,68 +152,116 @@ SELECT 'worker', id, NULL, NULL, NULL, NULL, NULL FROM removed;
 -- name: job_finalize_timed_out
 -- Fail up to %(limit)s unfinished jobs whose overall timeout, counted from
 -- run_at (when the job became runnable, not its creation, so that a delayed
--- job cannot time out before it was due), has passed. Per definition, so that
--- the (definition, run_at) index serves it. A running attempt is cut: its
--- worker's late finish is refused by the fence.
+-- job cannot time out before it was due), has passed, and move them to
+-- job_history. A running attempt is cut: it is logged as timed_out (the last
+-- entry of the attempts JSON), and its worker's late finish is refused by
+-- the fence, the row being gone. There is no index on (definition, run_at):
+-- this scans the hot table, which holds unfinished jobs only, and looks each
+-- one's definition up (a hash join with the few definitions that have a
+-- timeout). Every row found is deleted, so it is locked FOR UPDATE at once.
 WITH due AS MATERIALIZED (
     SELECT j.id, j.status AS old_status, j.locked_by, j.started_at
-    FROM {schema}.job_definition d
-    CROSS JOIN LATERAL (
-        SELECT id, status, locked_by, started_at FROM {schema}.job
-        WHERE definition = d.name AND finalized_at IS NULL
-          AND run_at < coalesce(%(now)s::timestamptz, clock_timestamp())
-                       - d.timeout_interval_ms * interval '1 millisecond'
-        ORDER BY run_at
-        LIMIT %(limit)s
-        FOR NO KEY UPDATE SKIP LOCKED
-    ) j
+    FROM {schema}.job j
+    JOIN {schema}.job_definition d ON d.name = j.definition
     WHERE d.timeout_interval_ms > 0
+      AND j.run_at < coalesce(%(now)s::timestamptz, clock_timestamp())
+                     - d.timeout_interval_ms * interval '1 millisecond'
+    ORDER BY j.run_at
     LIMIT %(limit)s
-), finalized AS (
-    UPDATE {schema}.job j
-    SET status = 'failed', finalized_at = coalesce(%(now)s::timestamptz, clock_timestamp()),
-        last_error = 'timeout: not finished within timeout_interval_ms of becoming runnable',
-        locked_by = NULL, lock_token = NULL, locked_until = NULL
-    FROM due WHERE j.id = due.id AND j.finalized_at IS NULL
-    RETURNING j.id, j.definition, j.attempt, due.old_status, due.locked_by, due.started_at
-), logged AS (
-    INSERT INTO {schema}.job_attempt (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
-    SELECT id, attempt, locked_by, started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
-           'timed_out', 'timeout: not finished within timeout_interval_ms of becoming runnable'
-    FROM finalized WHERE old_status = 'running'
+    FOR UPDATE OF j SKIP LOCKED
+), ended AS (
+    DELETE FROM {schema}.job j USING due
+    WHERE j.id = due.id
+    RETURNING j.*, due.old_status, due.locked_by AS cut_by, due.started_at AS cut_started_at
+), earlier AS (
+    DELETE FROM {schema}.job_attempt a USING ended e WHERE a.job_id = e.id
+    RETURNING a.*
+), historied AS (
+    INSERT INTO {schema}.job_history (
+        id, definition, channel, status, priority, payload, result, attempt, max_attempts,
+        run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
+        last_error, attempts, trace_context, created_by)
+    SELECT e.id, e.definition, e.channel, 'failed', e.priority, e.payload, NULL, e.attempt,
+           e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at, e.created_at,
+           e.started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
+           'timeout: not finished within timeout_interval_ms of becoming runnable',
+           coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
+                     FROM earlier a WHERE a.job_id = e.id), '[]'::jsonb)
+           || CASE WHEN e.old_status = 'running' THEN jsonb_build_array(jsonb_build_object(
+                  'attempt', e.attempt, 'worker_id', e.cut_by, 'worker_name', NULL,
+                  'started_at', e.cut_started_at,
+                  'finished_at', coalesce(%(now)s::timestamptz, clock_timestamp()),
+                  'outcome', 'timed_out',
+                  'error', 'timeout: not finished within timeout_interval_ms of becoming runnable',
+                  'traceback', NULL, 'lock_token', NULL))
+              ELSE '[]'::jsonb END,
+           e.trace_context, e.created_by
+    FROM ended e
+    RETURNING id, definition, attempt
 )
-SELECT id, definition, attempt FROM finalized;
+SELECT id, definition, attempt FROM historied;
 
 -- name: job_finalize_unmet_dependencies
--- Fail up to %(limit)s waiting jobs that depend on a failed or cancelled job.
--- Run repeatedly, it cascades down a chain one level per statement.
+-- Fail up to %(limit)s waiting jobs that can never run, and move them to
+-- job_history: a dependency of theirs is in the history as failed or
+-- cancelled, or is in neither table (deleted by the history's retention
+-- before they were deferred or while they waited). A job is in exactly one
+-- of the two tables in any snapshot (it moves in one statement), so "in
+-- neither" never catches a dependency on its way between them. Run
+-- repeatedly, it cascades down a chain one level per statement.
 WITH doomed AS MATERIALIZED (
     SELECT w.id FROM {schema}.job w
     WHERE w.status = 'waiting'
       AND EXISTS (
+          -- One primary-key probe of the history per edge (an OR of subqueries
+          -- could make the planner hash the whole history instead).
           SELECT 1 FROM {schema}.job_dependency d
-          JOIN {schema}.job r ON r.id = d.required_job_id
-          WHERE d.job_id = w.id AND r.status IN ('failed', 'cancelled'))
+          LEFT JOIN {schema}.job_history h ON h.id = d.required_job_id
+          WHERE d.job_id = w.id
+            AND (h.status IN ('failed', 'cancelled')
+                 OR (h.id IS NULL
+                     AND NOT EXISTS (SELECT 1 FROM {schema}.job r WHERE r.id = d.required_job_id))))
     ORDER BY w.id
     LIMIT %(limit)s
-    FOR NO KEY UPDATE SKIP LOCKED
+    FOR UPDATE SKIP LOCKED
+), ended AS (
+    DELETE FROM {schema}.job j USING doomed
+    WHERE j.id = doomed.id AND j.status = 'waiting'
+    RETURNING j.*
+), earlier AS (
+    -- A waiting job has attempt-log rows only when it was retried from the
+    -- history: usually one empty probe.
+    DELETE FROM {schema}.job_attempt a USING ended e WHERE a.job_id = e.id
+    RETURNING a.*
+), historied AS (
+    INSERT INTO {schema}.job_history (
+        id, definition, channel, status, priority, payload, result, attempt, max_attempts,
+        run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
+        last_error, attempts, trace_context, created_by)
+    SELECT e.id, e.definition, e.channel, 'failed', e.priority, e.payload, NULL, e.attempt,
+           e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at, e.created_at,
+           e.started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
+           'unmet_dependencies: a job it depends on failed or was cancelled',
+           coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
+                     FROM earlier a WHERE a.job_id = e.id), '[]'::jsonb),
+           e.trace_context, e.created_by
+    FROM ended e
+    RETURNING id, definition, attempt
 )
-UPDATE {schema}.job j
-SET status = 'failed', finalized_at = coalesce(%(now)s::timestamptz, clock_timestamp()),
-    last_error = 'unmet_dependencies: a job it depends on failed or was cancelled'
-FROM doomed WHERE j.id = doomed.id AND j.status = 'waiting'
-RETURNING j.id, j.definition, j.attempt;
+SELECT id, definition, attempt FROM historied ORDER BY id;
 
 -- name: job_release_satisfied
 -- Catch-up for the release that a dependency's finish normally does itself:
--- waiting jobs whose dependencies all succeeded become available.
+-- waiting jobs whose dependencies are all in job_history as succeeded become
+-- available.
 WITH ready AS MATERIALIZED (
     SELECT w.id FROM {schema}.job w
     WHERE w.status = 'waiting'
       AND NOT EXISTS (
           SELECT 1 FROM {schema}.job_dependency d
-          JOIN {schema}.job r ON r.id = d.required_job_id
-          WHERE d.job_id = w.id AND r.status <> 'succeeded')
+          WHERE d.job_id = w.id
+            AND NOT EXISTS (SELECT 1 FROM {schema}.job_history h
+                            WHERE h.id = d.required_job_id AND h.status = 'succeeded'))
     ORDER BY w.id
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
@@ -191,76 +275,111 @@ WITH ready AS MATERIALIZED (
 )
 SELECT id, definition, (SELECT n FROM woken) AS woken FROM released;
 
--- name: job_lock_sweepable
--- First statement of a sweep batch, in the transaction of
--- job_sweep_finalized: lock up to %(limit)s jobs finalized before the
--- threshold that no unfinished job depends on, oldest first. Locked rows
--- are skipped (a defer that names one as a dependency holds it KEY SHARE).
-SELECT j.id FROM {schema}.job j
-WHERE j.finalized_at < coalesce(%(now)s::timestamptz, clock_timestamp())
-                       - %(threshold_ms)s * interval '1 millisecond'
-  AND NOT EXISTS (
-      SELECT 1 FROM {schema}.job_dependency d
-      JOIN {schema}.job w ON w.id = d.job_id
-      WHERE d.required_job_id = j.id AND w.finalized_at IS NULL)
-ORDER BY j.finalized_at
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED;
+-- name: job_history_prepare
+-- Make the history's partitions ahead of the ids being given out: those of
+-- the ranges from the highest id in use to 2,000,000 beyond it, 1,000,000
+-- ids each, as the migration made them. Rows that the default partition
+-- took meanwhile move into the new partitions. Cheap when they exist: a
+-- catalog lookup per range. The highest id is read from the tables (through
+-- their primary keys), not from the sequence, which the orchestrator's role
+-- may only use; the margin covers ids given out but not yet visible.
+SELECT {schema}.job_history_prepare(m.id, m.id + 2000000, 1000000)
+FROM (SELECT greatest(coalesce((SELECT max(id) FROM {schema}.job), 0),
+                      coalesce((SELECT max(id) FROM {schema}.job_history), 0)) AS id) m;
 
--- name: job_sweep_finalized
--- Second statement: delete (or archive, then delete) the locked jobs that
--- still no unfinished job depends on. A statement of its own so that its
--- snapshot follows the locks: a dependent deferred between the first
--- statement's snapshot and its lock committed before this one's snapshot and
--- is seen here, and a later one waits for the lock and then finds the job
--- gone (its defer fails, naming the missing dependency). Checked in one
--- statement, such a dependent's edge could go with the cascade and leave it
--- waiting for ever. Attempt-log rows and dependency edges go with the job.
+-- name: job_history_drop_before
+-- Retention of the history, a whole partition at a time: drop, oldest first,
+-- up to %(limit)s partitions whose every job finished before the cutoff
+-- (now minus %(retention_ms)s), with the dependency edges of their jobs. A
+-- drop locks the whole job_history table (ACCESS EXCLUSIVE) until commit:
+-- the caller passes a limit of 1 and a lock_timeout, so finishes wait for one
+-- short drop at a time, and never behind a drop that itself waits for a long
+-- reader of the history.
+SELECT d.partition_name, d.jobs, c.cutoff
+FROM (SELECT coalesce(%(now)s::timestamptz, clock_timestamp())
+             - %(retention_ms)s * interval '1 millisecond' AS cutoff) c
+CROSS JOIN LATERAL {schema}.job_history_drop_before(c.cutoff, %(limit)s) d;
+
+-- name: job_history_default_prune
+-- Retention of the rows of the default partition (ids beyond the partitions
+-- made when they finished), one by one: delete up to %(limit)s finished
+-- before the cutoff, oldest first, with their dependency edges.
 WITH old AS MATERIALIZED (
-    SELECT j.id FROM {schema}.job j
-    WHERE j.id = ANY(%(ids)s::bigint[])
-      AND NOT EXISTS (
-          SELECT 1 FROM {schema}.job_dependency d
-          JOIN {schema}.job w ON w.id = d.job_id
-          WHERE d.required_job_id = j.id AND w.finalized_at IS NULL)
-), archived AS (
-    INSERT INTO {schema}.job_archive (
-        id, definition, channel, status, priority, payload, result, attempt, max_attempts,
-        run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
-        last_error, attempts, trace_context, created_by)
-    SELECT j.id, j.definition, j.channel, j.status, j.priority, j.payload, j.result, j.attempt,
-           j.max_attempts, j.run_at, j.unique_key, j.resource_key, j.tick_at, j.created_at,
-           j.started_at, j.finalized_at, j.last_error,
-           coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
-                     FROM {schema}.job_attempt a WHERE a.job_id = j.id), '[]'::jsonb),
-           j.trace_context, j.created_by
-    FROM {schema}.job j JOIN old ON old.id = j.id
-    WHERE %(archive)s
-    ON CONFLICT (id) DO NOTHING
+    SELECT h.id FROM {schema}.job_history_default h
+    WHERE h.finalized_at < coalesce(%(now)s::timestamptz, clock_timestamp())
+                           - %(retention_ms)s * interval '1 millisecond'
+    ORDER BY h.finalized_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), edges AS (
+    DELETE FROM {schema}.job_dependency d USING old WHERE d.job_id = old.id
 )
-DELETE FROM {schema}.job j USING old WHERE j.id = old.id
-RETURNING j.id, j.definition;
+DELETE FROM {schema}.job_history_default h USING old
+WHERE h.id = old.id
+RETURNING h.id, h.definition;
 
--- name: job_archive_prune
--- Delete up to %(limit)s archived jobs finalized more than %(retention_ms)s
--- ago, oldest first (the orchestrator's archive_retention_ms).
-DELETE FROM {schema}.job_archive a
+-- name: job_attempt_prune_orphans
+-- Delete up to %(limit)s attempt-log rows whose job is in neither table (it
+-- was deleted while unfinished). The finishing statements move a job's rows
+-- into its history row, so there are few; the table holds the log of
+-- unfinished jobs only and is scanned whole.
+DELETE FROM {schema}.job_attempt a
 WHERE a.id IN (
-    SELECT id FROM {schema}.job_archive
-    WHERE finalized_at < coalesce(%(now)s::timestamptz, clock_timestamp())
-                         - %(retention_ms)s * interval '1 millisecond'
-    ORDER BY finalized_at
-    LIMIT %(limit)s)
-RETURNING a.id;
+    SELECT o.id FROM {schema}.job_attempt o
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.job j WHERE j.id = o.job_id)
+      AND NOT EXISTS (SELECT 1 FROM {schema}.job_history h WHERE h.id = o.job_id)
+    ORDER BY o.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING a.job_id;
+
+-- name: job_dependency_prune_orphans
+-- Delete the dependency edges whose dependent job is in neither table, among
+-- the next %(limit)s edges after (%(after_job_id)s, %(after_required_job_id)s)
+-- in primary-key order. Edges stay after their jobs end (until the history
+-- partition of the dependent is dropped, with them), so the table can be
+-- large: each statement examines one bounded slice, and the caller walks the
+-- table slice by slice across passes. Returns how many edges were examined,
+-- the last one (where to go on from), and how many were deleted.
+WITH slice AS MATERIALIZED (
+    SELECT d.job_id, d.required_job_id FROM {schema}.job_dependency d
+    WHERE (d.job_id, d.required_job_id)
+          > (%(after_job_id)s::bigint, %(after_required_job_id)s::bigint)
+    ORDER BY d.job_id, d.required_job_id
+    LIMIT %(limit)s
+), orphaned AS MATERIALIZED (
+    -- Found apart from the DELETE: joined to the slice there, the planner
+    -- would hash the whole table.
+    SELECT s.job_id, s.required_job_id FROM slice s
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.job j WHERE j.id = s.job_id)
+      AND NOT EXISTS (SELECT 1 FROM {schema}.job_history h WHERE h.id = s.job_id)
+), deleted AS (
+    DELETE FROM {schema}.job_dependency d USING orphaned o
+    WHERE d.job_id = o.job_id AND d.required_job_id = o.required_job_id
+    RETURNING d.job_id
+), last AS (
+    SELECT job_id, required_job_id FROM slice
+    ORDER BY job_id DESC, required_job_id DESC
+    LIMIT 1
+)
+SELECT (SELECT count(*) FROM slice) AS examined,
+       (SELECT job_id FROM last) AS last_job_id,
+       (SELECT required_job_id FROM last) AS last_required_job_id,
+       (SELECT count(*) FROM deleted) AS deleted;
 
 -- name: definition_sweep_stale
 -- Delete up to %(limit)s definitions that no daemon heartbeated for the
--- threshold and that have no job at all, finalized ones included.
+-- threshold and that have no job at all: none unfinished in the hot table,
+-- none finished in the history. job_history has no index on definition: a
+-- stale candidate (rare: a definition removed from the code) costs a scan of
+-- the history until one of its jobs is found, or a whole scan when it has
+-- none left, and then it is deleted.
 WITH stale AS MATERIALIZED (
     SELECT d.name FROM {schema}.job_definition d
     WHERE d.last_heartbeat_at < coalesce(%(now)s::timestamptz, clock_timestamp())
                                 - %(threshold_ms)s * interval '1 millisecond'
       AND NOT EXISTS (SELECT 1 FROM {schema}.job j WHERE j.definition = d.name)
+      AND NOT EXISTS (SELECT 1 FROM {schema}.job_history h WHERE h.definition = d.name)
     ORDER BY d.name
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

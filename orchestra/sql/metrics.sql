@@ -7,18 +7,16 @@
 -- statement (one snapshot, one round trip). Rows: (kind, label, channel, n)
 -- with kind 'depth' (label = status) or 'workers' (label = role, channel NULL).
 --
--- Cost: only unfinished rows are read (finalized_at IS NULL is the predicate
--- of the partial index job_unfinished_run_at_idx), so the pass grows with the
--- backlog, not with the finalized jobs kept for finalized_job_threshold_ms: a
--- few ms for thousands of unfinished jobs, about a second per few million (a
--- sequential scan once most rows are unfinished). Finalized statuses are not
--- counted for that reason; their rates are the job counters. Every channel of
--- a definition is reported with its three statuses, 0 included, so a drained
--- queue reads 0 rather than vanishing. The worker table is small.
+-- Cost: the hot table holds unfinished jobs only (finished ones are in
+-- job_history), so the pass is one scan of it and grows with the backlog, not
+-- with the finished jobs the history keeps: a few ms for thousands of
+-- unfinished jobs, about a second per few million. Finished statuses are not
+-- counted: their rates are the job counters. Every channel of a definition is
+-- reported with its three statuses, 0 included, so a drained queue reads 0
+-- rather than vanishing. The worker table is small.
 WITH counted AS (
     SELECT status::text AS status, channel, count(*) AS n
     FROM {schema}.job
-    WHERE finalized_at IS NULL
     GROUP BY status, channel
 ), channels AS (
     SELECT channel FROM {schema}.job_definition

@@ -56,26 +56,36 @@ class Queue:
         return row[0]
 
     def job(self, job_id: int) -> dict[str, Any]:
-        """The job's row as a dict."""
+        """The job's row as a dict, unfinished or finished.
+
+        From the ``all_jobs`` view: a finished job's ``locked_by``,
+        ``lock_token`` and ``locked_until`` are NULL.
+        """
         cursor = self.conn.execute(
             self._compose(
                 "SELECT id, definition, status::text AS status, attempt, max_attempts, locked_by,"
                 " lock_token, locked_until, result, finalized_at, last_error, started_at"
-                " FROM {s}.job WHERE id = %s"
+                " FROM {s}.all_jobs WHERE id = %s"
             ),
             (job_id,),
         )
-        row = cursor.fetchone()
-        assert row is not None, f"job {job_id} not found"
+        found = cursor.fetchall()
+        assert found, f"job {job_id} not found"
+        assert len(found) == 1, f"job {job_id} is in both job and job_history: {found}"
         assert cursor.description is not None
-        return dict(zip([c.name for c in cursor.description], row, strict=True))
+        return dict(zip([c.name for c in cursor.description], found[0], strict=True))
 
     def attempts(self, job_id: int) -> list[tuple[int, str]]:
-        """The job's attempt log as (attempt, outcome), in order."""
+        """The job's ended attempts as (attempt, outcome), in order.
+
+        A succeeded job's success has no log row (id NULL): its history row
+        records it, and it is the last attempt.
+        """
         return [
             (int(a), str(o))
             for a, o in self.rows(
-                "SELECT attempt, outcome FROM {s}.job_attempt WHERE job_id = %s ORDER BY id",
+                "SELECT attempt, outcome FROM {s}.all_job_attempts WHERE job_id = %s"
+                " ORDER BY id NULLS LAST",
                 (job_id,),
             )
         ]

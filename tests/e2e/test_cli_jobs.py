@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from orchestra import Config, JobDefinition
+from tests._finished_jobs import finish_by_sql
 from tests.e2e._support import REPO, one_line, orchestra_argv
 
 
@@ -86,7 +87,7 @@ def fail(db: psycopg.Connection[Any], config: Config, job_id: int, error: str = 
     sql(
         db,
         config,
-        "UPDATE {s}.job SET status = 'failed', attempt = max_attempts, finalized_at = now(),"
+        "UPDATE {s}.job SET attempt = max_attempts,"
         " started_at = now() - interval '2 seconds', last_error = %s WHERE id = %s",
         f"ValueError: {error}",
         job_id,
@@ -101,11 +102,19 @@ def fail(db: psycopg.Connection[Any], config: Config, job_id: int, error: str = 
         f"ValueError: {error}",
         f'Traceback (most recent call last):\n  File "jobs.py", line 3\nValueError: {error}',
     )
+    finish_by_sql(db, config, job_id, "failed")
 
 
 def status_of(db: psycopg.Connection[Any], config: Config, job_id: int) -> str | None:
-    """The job's status, None once it is gone."""
-    rows = sql(db, config, "SELECT status::text FROM {s}.job WHERE id = %s", job_id)
+    """The job's status, unfinished or finished; None once it is gone."""
+    rows = sql(
+        db,
+        config,
+        "SELECT status::text FROM {s}.job WHERE id = %s"
+        " UNION ALL SELECT status::text FROM {s}.job_history WHERE id = %s",
+        job_id,
+        job_id,
+    )
     return str(rows[0][0]) if rows else None
 
 
@@ -211,7 +220,7 @@ def test_jobs_show_with_attempts_error_and_traceback(
     assert "traceback of attempt 1" in shown and "Traceback (most recent call last):" in shown
 
     document = json.loads(ok(run("jobs", "show", str(job_id), "--json", *target, env=e2e_env)))
-    assert (document["id"], document["status"], document["archived"]) == (job_id, "failed", False)
+    assert (document["id"], document["status"], document["archived"]) == (job_id, "failed", True)
     assert document["last_error"] == "ValueError: mailbox [full]"
     (attempt,) = document["attempts"]
     assert (attempt["attempt"], attempt["outcome"], attempt["worker_name"]) == (

@@ -5,7 +5,8 @@ processes on a schema of its own, with the app ``tests/e2e/apps/repeat_app.py``:
 an interval definition ticking every whole second and a cron definition ticking
 every even second, plus the ledger-writing jobs of ``tests/e2e/apps/_jobs.py``.
 Orchestrators log JSON lines (``--log-format json``) unless a test reads the
-text form; what happened is checked on the job, leader and attempt rows.
+text form; what happened is checked on the rows of the jobs (unfinished ones in
+``job``, finished ones in ``job_history``), the leader and the attempt log.
 Behaviour ids refer to ``shared/reference/seed-analysis.md`` sections F-H.
 """
 
@@ -16,7 +17,7 @@ import json
 import signal
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, LiteralString, NamedTuple
 
 from orchestra import JobDefinition
 from orchestra.testing import wait_until
@@ -108,12 +109,20 @@ def wait_for_leader(queue: Queue, orchestrators: Sequence[Daemon]) -> tuple[Leas
     return current, leader
 
 
+#: Every job, unfinished or finished (a job is in exactly one of the two tables).
+ALL_JOBS: LiteralString = (
+    "(SELECT id, definition, tick_at, created_at FROM {s}.job"
+    " UNION ALL SELECT id, definition, tick_at, created_at FROM {s}.job_history)"
+)
+
+
 def ticks(queue: Queue, definition: str) -> list[dt.datetime]:
     """The tick_at of every job of ``definition``, in order."""
     return [
         tick
         for (tick,) in queue.rows(
-            "SELECT tick_at FROM {s}.job WHERE definition = %s ORDER BY tick_at", (definition,)
+            "SELECT tick_at FROM " + ALL_JOBS + " j WHERE definition = %s ORDER BY tick_at",
+            (definition,),
         )
     ]
 
@@ -123,7 +132,7 @@ def tick_jobs(queue: Queue) -> dict[tuple[str, dt.datetime], int]:
     return {
         (definition, tick): job_id
         for definition, tick, job_id in queue.rows(
-            "SELECT definition, tick_at, id FROM {s}.job WHERE tick_at IS NOT NULL"
+            "SELECT definition, tick_at, id FROM " + ALL_JOBS + " j WHERE tick_at IS NOT NULL"
         )
     }
 
@@ -131,9 +140,28 @@ def tick_jobs(queue: Queue) -> dict[tuple[str, dt.datetime], int]:
 def duplicate_ticks(queue: Queue) -> list[tuple[Any, ...]]:
     """The (definition, tick_at) pairs that have more than one job."""
     return queue.rows(
-        "SELECT definition, tick_at, count(*) FROM {s}.job WHERE tick_at IS NOT NULL"
+        "SELECT definition, tick_at, count(*) FROM " + ALL_JOBS + " j WHERE tick_at IS NOT NULL"
         " GROUP BY definition, tick_at HAVING count(*) > 1"
     )
+
+
+def finished(queue: Queue, job_id: int) -> dict[str, Any] | None:
+    """The history row of a finished job, as a dict (None while it is unfinished)."""
+    rows = queue.rows(
+        "SELECT status::text AS status, attempt, result, attempts, worker_id"
+        " FROM {s}.job_history WHERE id = %s",
+        (job_id,),
+    )
+    if not rows:
+        return None
+    status, attempt, result, attempts, worker_id = rows[0]
+    return {
+        "status": status,
+        "attempt": attempt,
+        "result": result,
+        "attempts": [(a["attempt"], a["outcome"]) for a in attempts],
+        "worker_id": worker_id,
+    }
 
 
 def missing_ticks(found: Sequence[dt.datetime], period_s: int) -> list[dt.datetime]:
@@ -210,7 +238,8 @@ def test_f4_g8_three_orchestrators_schedule_each_tick_exactly_once(
     assert interval[0] >= current.elected_at
     assert (interval[0] - current.elected_at).total_seconds() < 2.0
     lag = queue.value(
-        "SELECT max(extract(epoch FROM created_at - tick_at)) FROM {s}.job WHERE definition = %s",
+        "SELECT max(extract(epoch FROM created_at - tick_at)) FROM " + ALL_JOBS + " j"
+        " WHERE definition = %s",
         (INTERVAL,),
     )
     assert 0 <= lag < 1.0, f"a tick's job was enqueued {lag} s late"
@@ -373,7 +402,7 @@ def test_f1_f3_role_all_runs_its_own_repeat_and_cron_jobs(
     def succeeded() -> dict[str, int]:
         return dict(
             queue.rows(
-                "SELECT definition, count(*) FROM {s}.job"
+                "SELECT definition, count(*) FROM {s}.job_history"
                 " WHERE tick_at IS NOT NULL AND status = 'succeeded' GROUP BY definition"
             )
         )
@@ -390,15 +419,16 @@ def test_f1_f3_role_all_runs_its_own_repeat_and_cron_jobs(
     assert missing_ticks(interval, 1) == [], interval
 
     done = queue.rows(
-        "SELECT id, definition, payload, max_attempts, result FROM {s}.job"
-        " WHERE tick_at IS NOT NULL AND status = 'succeeded' ORDER BY id"
+        "SELECT id, definition, payload, max_attempts, result, attempt, attempts, worker_id"
+        " FROM {s}.job_history WHERE tick_at IS NOT NULL AND status = 'succeeded' ORDER BY id"
     )
-    assert {definition for _, definition, _, _, _ in done} == {INTERVAL, CRON}
-    for job_id, _, payload, max_attempts, result in done:
+    assert {row[1] for row in done} == {INTERVAL, CRON}
+    for job_id, _, payload, max_attempts, result, attempt, attempts, worker_id in done:
         assert (payload, max_attempts) == ({}, 1)
         assert result == {"job_id": job_id, "attempt": 1, "pid": solo.pid}
         assert queue.ledger(job_id) == [(1, solo.pid, True)]
-        assert queue.attempts(job_id) == [(1, "succeeded")]
+        # The successful attempt is the history row itself; no earlier one failed.
+        assert (attempt, attempts, worker_id is not None) == (1, [], True)
     assert duplicate_ticks(queue) == []
     log = solo.log()
     assert "solo-worker DaemonStarted" in log
@@ -465,15 +495,19 @@ def test_c4_orchestrator_rescues_a_sigkilled_workers_job_for_another_worker(
     )
 
     worker_b.wait_for_log("DaemonStarted")
+    b_worker_id = queue.value("SELECT id FROM {s}.worker WHERE pid = %s", (worker_b.pid,))
     wait_until(lambda: len(queue.ledger(job_id)) == 2, message="worker B did not retry the job")
     queue.open_gate("second-attempt")
-    wait_until(
-        lambda: queue.job(job_id)["status"] == "succeeded",
-        message="the rescued job did not succeed",
-    )
+    done = wait_until(lambda: finished(queue, job_id), message="the rescued job did not finish")
+    assert done == {
+        "status": "succeeded",
+        "attempt": 2,
+        "result": {"job_id": job_id, "attempt": 2, "pid": worker_b.pid},
+        # The lost attempt's log row moved into the history; the success is the row itself.
+        "attempts": [(1, "lost")],
+        "worker_id": b_worker_id,
+    }
     assert queue.ledger(job_id) == [(1, worker_a.pid, False), (2, worker_b.pid, True)]
-    assert queue.attempts(job_id) == [(1, "lost"), (2, "succeeded")]
-    assert queue.job(job_id)["result"] == {"job_id": job_id, "attempt": 2, "pid": worker_b.pid}
     assert log_events(orchestrator, "OrchestratorJobFinalized") == []
 
     assert stop(worker_b) == 0

@@ -4,7 +4,7 @@ A child process (``tests/e2e/apps/seed_results_app.py request``) defers a
 job that waits on a gate row, prints its id and blocks in
 ``handle.result()``. It is SIGKILLed while it waits; the gate is then opened,
 a worker runs the job, and anyone asking by id (this process, or a second
-child process) gets the job function's return value from the job row.
+child process) gets the job function's return value from the job's history row.
 Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3.
 """
 
@@ -91,12 +91,15 @@ def outcome_readers(queue: Queue) -> int:
     """Sessions whose last statement read a job's outcome in the queue's schema.
 
     A waiter reads once on a pooled connection, then LISTENs on a connection
-    of its own and reads again: two such sessions mean it is listening.
+    of its own and reads again: two such sessions mean it is listening. The
+    read is the ``job_outcome`` query (orchestra/sql/job.sql): the only one
+    that selects a NULL result from ``job`` next to ``job_history``.
     """
     return int(
         queue.value(
             "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-            "AND position('job_archive' IN query) > 0 AND position(%s IN query) > 0",
+            "AND position('NULL::jsonb AS result' IN query) > 0 "
+            "AND position('job_history' IN query) > 0 AND position(%s IN query) > 0",
             (queue.schema,),
         )
     )

@@ -7,8 +7,10 @@ orchestrator`` then log in as LOGIN roles that are members of the worker and
 orchestrator group roles, and the test defers as a member of the producer
 role: dependencies, a failing dependency, a rate-limited definition, a job
 that defers a follow-up from the worker, deduplication, a repeat definition,
-and results awaited by the producer. Every job must end where it should, and
-no daemon may have hit a privilege or policy error on the way.
+and results awaited by the producer. Every job must end where it should (in
+the history, moved there by the worker that finished it or by the
+orchestrator that failed it), and no daemon may have hit a privilege or policy
+error on the way.
 """
 
 from __future__ import annotations
@@ -105,24 +107,31 @@ def test_daemons_run_every_kind_of_job_under_the_least_privilege_roles(
 
     # The follow-up belongs to the worker's role, which deferred it.
     wait_until(
-        lambda: queue.job(follow_up)["status"] == "succeeded",
+        lambda: (
+            queue.rows("SELECT status::text FROM {s}.job_history WHERE id = %s", (follow_up,))
+            == [("succeeded",)]
+        ),
         timeout=60,
         message="the follow-up deferred by the worker did not succeed",
     )
     assert (
-        queue.value("SELECT created_by FROM {s}.job WHERE id = %s", (follow_up,))
+        queue.value("SELECT created_by FROM {s}.job_history WHERE id = %s", (follow_up,))
         == (roles.login["worker"])
     )
     assert (
-        queue.value("SELECT created_by FROM {s}.job WHERE id = %s", (first.id,))
+        queue.value("SELECT created_by FROM {s}.job_history WHERE id = %s", (first.id,))
         == (roles.login["producer"])
     )
-    # Rate limit: fleet-wide starts of `paced` at least the release interval apart.
+    # Ended by the orchestrator (unmet dependencies): no worker of record.
+    assert queue.rows(
+        "SELECT status::text, worker_id FROM {s}.job_history WHERE id = %s", (doomed.id,)
+    ) == [("failed", None)]
+    # Rate limit: fleet-wide starts of `paced` at least the release interval apart
+    # (each succeeded at its first attempt: the history row is its record).
     starts = [
         row[0]
         for row in queue.rows(
-            "SELECT a.started_at FROM {s}.job_attempt a JOIN {s}.job j ON j.id = a.job_id"
-            " WHERE j.definition = 'paced' ORDER BY a.started_at"
+            "SELECT started_at FROM {s}.job_history WHERE definition = 'paced' ORDER BY started_at"
         )
     ]
     assert len(starts) == 4
@@ -132,7 +141,8 @@ def test_daemons_run_every_kind_of_job_under_the_least_privilege_roles(
     wait_until(
         lambda: (
             queue.value(
-                "SELECT count(*) FROM {s}.job WHERE definition = 'tick' AND status = 'succeeded'"
+                "SELECT count(*) FROM {s}.job_history"
+                " WHERE definition = 'tick' AND status = 'succeeded'"
             )
             >= 2
         ),

@@ -95,4 +95,12 @@ def test_a1_wheel_ships_sql_and_migrates_outside_the_repo(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema]
         )
     }
-    assert {"job", "job_definition", "job_attempt", "job_dependency", "worker"} <= tables
+    assert {
+        "job",
+        "job_history",
+        "job_definition",
+        "job_attempt",
+        "job_dependency",
+        "worker",
+    } <= tables
+    assert "job_archive" not in tables  # folded into job_history

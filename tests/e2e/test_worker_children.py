@@ -19,10 +19,11 @@ from tests.e2e.apps import seed_child_worker_jobs as jobs
 
 
 def attempts(db: psycopg.Connection[Any], config: Config, job_id: int) -> list[tuple[int, str]]:
+    """The job's ended attempts as (attempt, outcome), its success (if any) included."""
     return [
         (int(r[0]), str(r[1]))
         for r in db.execute(
-            f'SELECT attempt, outcome FROM "{config.schema}".job_attempt '
+            f'SELECT attempt, outcome FROM "{config.schema}".all_job_attempts '
             "WHERE job_id = %s ORDER BY attempt",
             [job_id],
         ).fetchall()
@@ -60,7 +61,7 @@ def test_a_child_killed_by_sigkill_costs_one_attempt_and_the_job_completes(
     log = attempts(db, config, handle.id)
     assert log == [(1, "failed"), (2, "succeeded")]
     error = db.execute(
-        f'SELECT error FROM "{config.schema}".job_attempt WHERE job_id = %s AND attempt = 1',
+        f'SELECT error FROM "{config.schema}".all_job_attempts WHERE job_id = %s AND attempt = 1',
         [handle.id],
     ).fetchone()
     assert error is not None

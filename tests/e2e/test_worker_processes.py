@@ -45,12 +45,12 @@ def test_d1_d3_rate_limit_holds_across_worker_processes(
     limited = {h.id for h in jobs["limited"].defer_many([{} for _ in range(6)])}
     quick = {h.id for h in jobs["quick"].defer_many([{} for _ in range(40)])}
     wait_until(
-        lambda: queue.value("SELECT count(*) FROM {s}.job WHERE status <> 'succeeded'") == 0,
+        lambda: queue.value("SELECT count(*) FROM {s}.all_jobs WHERE status <> 'succeeded'") == 0,
         timeout=60,
         message="not every job succeeded",
     )
     starts = queue.rows(
-        "SELECT a.started_at, a.job_id FROM {s}.job_attempt a ORDER BY a.started_at"
+        "SELECT a.started_at, a.job_id FROM {s}.all_job_attempts a ORDER BY a.started_at"
     )
     limited_starts = [t for t, job in starts if job in limited]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(limited_starts)]
@@ -74,7 +74,7 @@ def test_c5_three_workers_run_each_of_300_jobs_exactly_once(
     assert len(ids) == 300
 
     wait_until(
-        lambda: queue.value("SELECT count(*) FROM {s}.job WHERE status <> 'succeeded'") == 0,
+        lambda: queue.value("SELECT count(*) FROM {s}.all_jobs WHERE status <> 'succeeded'") == 0,
         timeout=60,
         message="not every job succeeded",
     )
@@ -88,11 +88,14 @@ def test_c5_three_workers_run_each_of_300_jobs_exactly_once(
     assert pids <= {w.pid for w in workers}
     assert len(pids) >= 2, f"all the work went to one process: {pids}"
 
-    attempts = queue.rows("SELECT job_id, attempt, outcome FROM {s}.job_attempt")
+    attempts = queue.rows("SELECT job_id, attempt, outcome FROM {s}.all_job_attempts")
     assert len(attempts) == 300
     assert {job_id for job_id, _, _ in attempts} == ids
     assert {(a, o) for _, a, o in attempts} == {(1, "succeeded")}
-    assert queue.value("SELECT count(*) FROM {s}.job WHERE attempt <> 1") == 0
+    assert queue.value("SELECT count(*) FROM {s}.all_jobs WHERE attempt <> 1") == 0
+    # Each success is its job's history row, with no attempt-log row left behind.
+    assert queue.value("SELECT count(*) FROM {s}.job_attempt") == 0
+    assert queue.value("SELECT count(*) FROM {s}.job") == 0
 
     for worker in workers:
         worker.send(signal.SIGTERM)
@@ -117,7 +120,9 @@ def test_c12_h1_sigterm_finishes_running_jobs_and_claims_nothing_new(
     later = [h.id for h in jobs["quick"].defer_many([{"n": n} for n in range(2)])]
 
     def later_untouched() -> bool:
-        rows = queue.rows("SELECT status::text, attempt FROM {s}.job WHERE id = ANY(%s)", (later,))
+        rows = queue.rows(
+            "SELECT status::text, attempt FROM {s}.all_jobs WHERE id = ANY(%s)", (later,)
+        )
         return rows == [("available", 0)] * 2
 
     # Two slots are free and a NOTIFY was sent: a live claim loop would take them.

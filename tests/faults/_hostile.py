@@ -90,24 +90,26 @@ class JobState:
     max_attempts: int
     last_error: str | None
     result: Any
-    #: (attempt, outcome, error) per attempt-log row, in order.
+    #: (attempt, outcome, error) per ended attempt, in order (a success included:
+    #: the history row of a succeeded job records it).
     attempts: tuple[tuple[int, str, str | None], ...]
     #: Executions recorded by the job function itself in the fault ledger.
     executions: int
 
 
 def states(queue: Queue, ids: Iterable[int]) -> dict[int, JobState]:
-    """The state of each job in ``ids``."""
+    """The state of each job in ``ids``, unfinished or finished."""
     wanted = sorted(set(ids))
     rows = queue.rows(
         "SELECT id, definition, status::text, attempt, max_attempts, last_error, result"
-        " FROM {s}.job WHERE id = ANY(%s)",
+        " FROM {s}.all_jobs WHERE id = ANY(%s)",
         (wanted,),
     )
     attempts: dict[int, list[tuple[int, str, str | None]]] = {}
+    # A succeeded attempt has no log row (id NULL): the last one of its job.
     for job_id, attempt, outcome, error in queue.rows(
-        "SELECT job_id, attempt, outcome, error FROM {s}.job_attempt"
-        " WHERE job_id = ANY(%s) ORDER BY id",
+        "SELECT job_id, attempt, outcome, error FROM {s}.all_job_attempts"
+        " WHERE job_id = ANY(%s) ORDER BY job_id, id NULLS LAST",
         (wanted,),
     ):
         attempts.setdefault(int(job_id), []).append((int(attempt), str(outcome), error))
@@ -135,13 +137,17 @@ def states(queue: Queue, ids: Iterable[int]) -> dict[int, JobState]:
 
 
 def progress(queue: Queue, ids: Sequence[int]) -> tuple[int, int]:
-    """How many of ``ids`` are not finalized, and how many attempts they have made in all."""
+    """How many of ``ids`` are not finished, and how many attempts they have made in all.
+
+    A job found in neither table counts as not finished: nothing will finish it.
+    """
+    wanted = sorted(set(ids))
     row = queue.rows(
-        "SELECT count(*) FILTER (WHERE status NOT IN ('succeeded', 'failed', 'cancelled')),"
-        " coalesce(sum(attempt), 0) FROM {s}.job WHERE id = ANY(%s)",
-        (list(ids),),
+        "SELECT count(*) FILTER (WHERE finished), coalesce(sum(attempt), 0)"
+        " FROM {s}.all_jobs WHERE id = ANY(%s)",
+        (wanted,),
     )[0]
-    return int(row[0]), int(row[1])
+    return len(wanted) - int(row[0]), int(row[1])
 
 
 def wait_finalized(queue: Queue, ids: Sequence[int], worker: Daemon, *, timeout: float) -> str:
@@ -270,6 +276,7 @@ def battery_checks(queue: Queue, ran: Sequence[int]) -> tuple[_invariants.Snapsh
     snap = _invariants.snapshot(queue.conn, queue.schema)
     return snap, [
         *_invariants.lost_jobs(snap, ran),
+        *_invariants.rows_in_both_tables(snap),
         *_invariants.unfinished(snap),
         *_invariants.duplicate_successes(snap),
         *_invariants.success_records(snap),

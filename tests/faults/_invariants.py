@@ -5,10 +5,13 @@ A case waits until its jobs are finished (or a deadline passes), takes a
 cares about. Each check returns a list of violations, one readable line each:
 an empty list is a pass. :func:`counts` gives the numbers of the report line.
 
-The snapshot reads both ``job`` and ``job_archive`` (the sweeper moves
-finalized jobs there when the orchestrator runs with ``--archive``), the
-attempt log of both, and ``fault_ledger`` (:mod:`tests.faults._ledger`): what
-the database says happened next to what really ran.
+The snapshot reads every job through the ``all_jobs`` view (unfinished jobs
+in ``job``, finished ones in ``job_history``), every ended attempt through
+``all_job_attempts`` (the log rows of unfinished jobs, the JSON log of finished
+ones, and the success a succeeded job's history row records), and
+``fault_ledger`` (:mod:`tests.faults._ledger`): what the database says
+happened next to what really ran. A job found in both tables at once is a
+violation of its own (:func:`rows_in_both_tables`).
 
 Vocabulary:
 
@@ -39,7 +42,7 @@ FINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 @attrs.frozen
 class JobRow:
-    """One job, from ``job`` or ``job_archive``."""
+    """One job, from ``job`` or ``job_history``."""
 
     id: int
     definition: str
@@ -51,18 +54,21 @@ class JobRow:
     started_at: dt.datetime | None
     finalized_at: dt.datetime | None
     result: Any
-    archived: bool
+    #: In ``job_history`` (finished), not in ``job``.
+    finished: bool
 
 
 @attrs.frozen
 class AttemptRow:
-    """One row of the attempt log (live or archived)."""
+    """One ended attempt: a log row of an unfinished job, or one of a finished job's history."""
 
     job_id: int
     attempt: int
     outcome: str
     started_at: dt.datetime
     finished_at: dt.datetime
+    #: The worker that ran it (NULL when none did: a rescue, a timeout).
+    worker_id: int | None
 
 
 @attrs.frozen
@@ -95,6 +101,8 @@ class Snapshot:
     attempts: tuple[AttemptRow, ...]
     executions: tuple[Execution, ...]
     taken_at: dt.datetime
+    #: Ids of jobs read twice: in ``job`` and in ``job_history`` at once.
+    in_both_tables: tuple[int, ...] = ()
 
     def attempts_of(self) -> dict[int, list[AttemptRow]]:
         """Attempt-log rows by job id."""
@@ -111,20 +119,15 @@ class Snapshot:
         return found
 
 
+# Unfinished rows first: a job read twice keeps its unfinished row, which the
+# checks of unfinished jobs report too.
 _JOBS: LiteralString = """
 SELECT id, definition, status::text, attempt, max_attempts, tick_at, resource_key,
-       started_at, finalized_at, result, false FROM {s}.job
-UNION ALL
-SELECT id, definition, status::text, attempt, max_attempts, tick_at, resource_key,
-       started_at, finalized_at, result, true FROM {s}.job_archive
+       started_at, finalized_at, result, finished FROM {s}.all_jobs
+ORDER BY finished DESC
 """
 _ATTEMPTS: LiteralString = """
-SELECT job_id, attempt, outcome, started_at, finished_at FROM {s}.job_attempt
-UNION ALL
-SELECT a.id, x.attempt, x.outcome, x.started_at, x.finished_at
-FROM {s}.job_archive a,
-     jsonb_to_recordset(a.attempts)
-         AS x(attempt integer, outcome text, started_at timestamptz, finished_at timestamptz)
+SELECT job_id, attempt, outcome, started_at, finished_at, worker_id FROM {s}.all_job_attempts
 """
 _EXECUTIONS: LiteralString = """
 SELECT job_id, definition, attempt, pid, started, finished, outcome FROM {s}.fault_ledger
@@ -142,11 +145,19 @@ def snapshot(conn: psycopg.Connection[Any], schema: str) -> Snapshot:
 
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        jobs = {int(r[0]): JobRow(*r) for r in rows(_JOBS)}
+        job_rows = [JobRow(*r) for r in rows(_JOBS)]
         attempts = tuple(AttemptRow(*r) for r in rows(_ATTEMPTS))
         executions = tuple(Execution(*r) for r in rows(_EXECUTIONS))
         now = rows("SELECT clock_timestamp()")[0][0]
-    return Snapshot(jobs=jobs, attempts=attempts, executions=executions, taken_at=now)
+    jobs = {job.id: job for job in job_rows}
+    twice = Counter(job.id for job in job_rows)
+    return Snapshot(
+        jobs=jobs,
+        attempts=attempts,
+        executions=executions,
+        taken_at=now,
+        in_both_tables=tuple(sorted(job_id for job_id, n in twice.items() if n > 1)),
+    )
 
 
 # -- the checks ---------------------------------------------------------------
@@ -159,7 +170,7 @@ def lost_jobs(snap: Snapshot, job_ids: Iterable[int]) -> list[str]:
     for job_id in sorted(job_ids):
         job = snap.jobs.get(job_id)
         if job is None:
-            violations.append(f"job {job_id} vanished (in neither job nor job_archive)")
+            violations.append(f"job {job_id} vanished (in neither job nor job_history)")
         elif job.status == "succeeded":
             continue
         elif job.status not in FINAL:
@@ -208,15 +219,18 @@ def duplicate_successes(snap: Snapshot) -> list[str]:
 
 
 def success_records(snap: Snapshot) -> list[str]:
-    """A succeeded job has one ``succeeded`` attempt row, of the attempt its result names.
+    """A succeeded job has one ``succeeded`` attempt, run by a worker, the one its result names.
 
     (The ledger functions return their attempt.) A job that did not succeed
-    has no such row.
+    has no such attempt. A succeeded job's history row is the record of its
+    successful attempt: that attempt's worker is in the row, as only a
+    worker's finish makes a success.
     """
     attempts = snap.attempts_of()
     violations = []
     for job_id, job in sorted(snap.jobs.items()):
-        succeeded = [a.attempt for a in attempts.get(job_id, []) if a.outcome == "succeeded"]
+        successes = [a for a in attempts.get(job_id, []) if a.outcome == "succeeded"]
+        succeeded = [a.attempt for a in successes]
         if job.status != "succeeded":
             if succeeded:
                 violations.append(
@@ -226,6 +240,10 @@ def success_records(snap: Snapshot) -> list[str]:
         if not succeeded:
             violations.append(f"job {job_id} ({job.definition}) succeeded without an attempt row")
             continue
+        if any(a.worker_id is None for a in successes):
+            violations.append(
+                f"job {job_id} ({job.definition}) succeeded without the worker that ran it"
+            )
         result = json.loads(job.result) if isinstance(job.result, str) else job.result
         if isinstance(result, dict) and result.get("attempt", succeeded[-1]) != succeeded[-1]:
             violations.append(
@@ -233,6 +251,17 @@ def success_records(snap: Snapshot) -> list[str]:
                 f" success recorded for attempt {succeeded[-1]}"
             )
     return violations
+
+
+def rows_in_both_tables(snap: Snapshot) -> list[str]:
+    """Jobs both unfinished (in ``job``) and finished (in ``job_history``) at one snapshot.
+
+    A job's end moves its row in one statement: never both, never neither.
+    """
+    return [
+        f"job {job_id} ({snap.jobs[job_id].definition}) is in both job and job_history"
+        for job_id in snap.in_both_tables
+    ]
 
 
 def doubled_runs(snap: Snapshot) -> int:
@@ -334,7 +363,7 @@ def doubled_ticks(
 
 
 def tick_count(snap: Snapshot, definition: str) -> int:
-    """How many tick jobs of ``definition`` exist (live or archived)."""
+    """How many tick jobs of ``definition`` exist (unfinished or finished)."""
     return sum(1 for j in snap.jobs.values() if j.definition == definition and j.tick_at)
 
 

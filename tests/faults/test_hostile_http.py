@@ -142,6 +142,7 @@ PATH_JUNK = (
 PATH_PREFIXES = ("/", "/jobs/", "/api/jobs/", "/api/", "/static/", "/definitions/")
 TABLES: tuple[LiteralString, ...] = (
     "job",
+    "job_history",
     "job_attempt",
     "job_dependency",
     "job_definition",

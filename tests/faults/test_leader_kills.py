@@ -63,10 +63,9 @@ def _tick_ids(db: psycopg.Connection[Any], schema: str) -> list[int]:
     return [
         int(row[0])
         for row in db.execute(
-            sql.SQL(
-                "SELECT id FROM {s}.job WHERE definition = 'tick'"
-                " UNION ALL SELECT id FROM {s}.job_archive WHERE definition = 'tick'"
-            ).format(s=sql.Identifier(schema))
+            sql.SQL("SELECT id FROM {s}.all_jobs WHERE definition = 'tick'").format(
+                s=sql.Identifier(schema)
+            )
         ).fetchall()
     ]
 

@@ -52,7 +52,7 @@ def _max_wait_ms(db: psycopg.Connection[Any], schema: str, job_ids: list[int]) -
     row = db.execute(
         sql.SQL(
             "SELECT coalesce(max(extract(epoch FROM started_at - created_at)), 0) * 1000"
-            " FROM {s}.job WHERE id = ANY(%s)"
+            " FROM {s}.all_jobs WHERE id = ANY(%s)"
         ).format(s=sql.Identifier(schema)),
         (job_ids,),
     ).fetchone()

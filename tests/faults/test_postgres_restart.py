@@ -195,7 +195,7 @@ def succeeded_since(
     ((count, first),) = rows(
         cluster,
         schema,
-        "SELECT count(*), min(finalized_at) FROM {s}.job"
+        "SELECT count(*), min(finalized_at) FROM {s}.all_jobs"
         " WHERE status = 'succeeded' AND finalized_at > %s",
         (since,),
     )
@@ -262,7 +262,7 @@ def restart_under_load(
         lambda: rows(
             cluster,
             schema,
-            "SELECT 1 FROM {s}.job WHERE definition = %s AND tick_at > %s"
+            "SELECT 1 FROM {s}.all_jobs WHERE definition = %s AND tick_at > %s"
             " AND status = 'succeeded' LIMIT 1",
             (TICK, back),
         ),
@@ -477,7 +477,7 @@ def test_a_crash_does_not_forget_the_claim_of_a_job_its_worker_is_running(
         return rows(
             cluster,
             config.schema,
-            "SELECT status::text, attempt, lock_token FROM {s}.job WHERE id = %s",
+            "SELECT status::text, attempt, lock_token FROM {s}.all_jobs WHERE id = %s",
             (job_id,),
         )
 

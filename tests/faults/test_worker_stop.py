@@ -62,7 +62,7 @@ def _succeeded_by(db: psycopg.Connection[Any], schema: str, pid: int, since: dt.
     """
     row = db.execute(
         sql.SQL(
-            "SELECT count(*) FROM {s}.job_attempt a JOIN {s}.worker w ON w.id = a.worker_id"
+            "SELECT count(*) FROM {s}.all_job_attempts a JOIN {s}.worker w ON w.id = a.worker_id"
             " WHERE w.pid = %s AND a.outcome = 'succeeded' AND a.finished_at > %s"
         ).format(s=sql.Identifier(schema)),
         (pid, since),
@@ -72,11 +72,15 @@ def _succeeded_by(db: psycopg.Connection[Any], schema: str, pid: int, since: dt.
 
 
 def _not_succeeded(db: psycopg.Connection[Any], schema: str, job_ids: list[int]) -> list[int]:
+    """Those of ``job_ids`` that have not succeeded (a job missing altogether among them)."""
     return [
         int(row[0])
         for row in db.execute(
             sql.SQL(
-                "SELECT id FROM {s}.job WHERE id = ANY(%s) AND status <> 'succeeded' ORDER BY id"
+                "SELECT i.id FROM unnest(%s::bigint[]) AS i(id)"
+                " WHERE NOT EXISTS (SELECT 1 FROM {s}.all_jobs j"
+                "                   WHERE j.id = i.id AND j.status = 'succeeded')"
+                " ORDER BY i.id"
             ).format(s=sql.Identifier(schema)),
             (job_ids,),
         ).fetchall()

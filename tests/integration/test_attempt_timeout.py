@@ -30,7 +30,7 @@ def attempts(db: psycopg.Connection[Any], config: Config, job_id: int) -> list[t
     return [
         (int(r[0]), str(r[1]))
         for r in db.execute(
-            f'SELECT attempt, outcome FROM "{config.schema}".job_attempt WHERE job_id = %s ORDER BY id',
+            f'SELECT attempt, outcome FROM "{config.schema}".all_job_attempts WHERE job_id = %s ORDER BY attempt',
             [job_id],
         ).fetchall()
     ]
@@ -39,7 +39,7 @@ def attempts(db: psycopg.Connection[Any], config: Config, job_id: int) -> list[t
 def job_row(db: psycopg.Connection[Any], config: Config, job_id: int) -> tuple[Any, ...]:
     """(status, attempt, result, last_error) of a job."""
     row = db.execute(
-        f'SELECT status::text, attempt, result, last_error FROM "{config.schema}".job WHERE id = %s',
+        f'SELECT status::text, attempt, result, last_error FROM "{config.schema}".all_jobs WHERE id = %s',
         [job_id],
     ).fetchone()
     assert row is not None

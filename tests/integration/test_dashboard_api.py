@@ -263,6 +263,26 @@ def test_job_detail_attempts_and_links(client: TestClient, seeded: Seeded) -> No
     assert "999999" in missing.json()["error"]
 
 
+def test_finished_jobs_are_read_from_the_history(
+    client: TestClient, seeded: Seeded, config: Config
+) -> None:
+    """A success's attempt comes from its history row; links name finished jobs with their status."""
+    succeeded = client.get(f"/api/jobs/{seeded.succeeded}").json()
+    assert [(a["attempt"], a["outcome"]) for a in succeeded["attempts"]] == [(1, "succeeded")]
+    assert succeeded["attempts"][0]["finished_at"] == succeeded["finalized_at"]
+
+    config.jobs.cancel(seeded.available)
+    config.jobs.cancel(seeded.waiting)
+    waiting = client.get(f"/api/jobs/{seeded.waiting}").json()
+    assert waiting["dependencies"] == [
+        {"id": seeded.available, "definition": "build-report", "status": "cancelled"}
+    ]
+    available = client.get(f"/api/jobs/{seeded.available}").json()
+    assert available["dependents"] == [
+        {"id": seeded.waiting, "definition": "build-report", "status": "cancelled"}
+    ]
+
+
 def test_definitions_settings_and_next_tick(client: TestClient, seeded: Seeded) -> None:
     """Settings, counts, and the next cron tick read in the definition's time zone."""
     definitions = {d["name"]: d for d in client.get("/api/definitions").json()["definitions"]}

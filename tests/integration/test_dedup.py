@@ -22,6 +22,7 @@ from psycopg import sql
 from orchestra import Config, ConfigurationError, JobDefinition, JobHandle, UnknownJobError
 from orchestra._definition import KEY_MAX_LENGTH
 from orchestra.testing import wait_until
+from tests._finished_jobs import finish_by_sql
 from tests._worker_sql import claim, finish
 
 
@@ -53,17 +54,13 @@ def count(db: psycopg.Connection[Any], config: Config, table: str = "job") -> in
 def job_rows(db: psycopg.Connection[Any], config: Config) -> list[tuple[Any, ...]]:
     """(id, definition, payload, priority, unique_key, status) of every job, by id."""
     return db.execute(
-        f'SELECT id, definition, payload, priority, unique_key, status::text FROM "{config.schema}".job ORDER BY id'
+        f'SELECT id, definition, payload, priority, unique_key, status::text FROM "{config.schema}".all_jobs ORDER BY id'
     ).fetchall()
 
 
 def finalize(db: psycopg.Connection[Any], config: Config, job_id: int, status: str) -> None:
     """Finalize a job behind orchestra's back (as an operator's SQL would)."""
-    db.execute(
-        f'UPDATE "{config.schema}".job SET status = %s::"{config.schema}".job_status, finalized_at = now(), '
-        "locked_by = NULL, lock_token = NULL, locked_until = NULL WHERE id = %s",
-        [status, job_id],
-    )
+    finish_by_sql(db, config, job_id, status)
 
 
 def finish_failed(db: psycopg.Connection[Any], config: Config, claimed: tuple[Any, ...]) -> str:

@@ -28,6 +28,7 @@ from orchestra import (
     UnknownJobError,
     _converter,
 )
+from tests._finished_jobs import finish_by_sql
 from tests._worker_sql import claim as claim_rows
 
 SENTINEL = "test-sentinel"
@@ -104,12 +105,8 @@ def dependencies(db: psycopg.Connection[Any], config: Config) -> set[tuple[int, 
 
 def mark_succeeded(db: psycopg.Connection[Any], config: Config, *job_ids: int) -> None:
     """Finalize jobs as succeeded behind orchestra's back."""
-    db.execute(
-        sql.SQL(
-            "UPDATE {} SET status = 'succeeded', finalized_at = now() WHERE id = ANY(%s)"
-        ).format(sql.Identifier(config.schema, "job")),
-        [list(job_ids)],
-    )
+    for job_id in job_ids:
+        finish_by_sql(db, config, job_id, "succeeded")
 
 
 def claim(

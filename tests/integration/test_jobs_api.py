@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from orchestra import (
     Attempt,
@@ -39,8 +40,8 @@ from orchestra import (
     events,
 )
 from orchestra._jobs import AsyncJobs
-from orchestra._orchestrator._sweeper import Sweeper
 from orchestra.testing import EventRecorder, run_until_empty, wait_until
+from tests._finished_jobs import FINISHED, finish_by_sql
 from tests._running import running
 
 # -- the API under test, sync or async ------------------------------------------
@@ -157,18 +158,23 @@ def sql(db: psycopg.Connection[Any], config: Config, query: str, *params: Any) -
 def set_status(
     db: psycopg.Connection[Any], config: Config, job_id: int, status: str, **columns: Any
 ) -> None:
-    """Put a job in ``status`` by SQL, with the columns the table's CHECKs want."""
-    finalized = status in ("succeeded", "failed", "cancelled")
+    """Put an unfinished job in ``status`` by SQL, then set ``columns``.
+
+    A final status moves the job into the history (as the statement that
+    finishes a job does), and ``columns`` are set there; an unfinished one
+    sets the columns the hot table's CHECKs want.
+    """
+    if status in FINISHED:
+        finish_by_sql(db, config, job_id, status, **columns)
+        return
     sql(
         db,
         config,
         "UPDATE {s}.job SET status = %s::{s}.job_status,"
-        " finalized_at = CASE WHEN %s THEN now() END,"
         " lock_token = CASE WHEN %s = 'running' THEN gen_random_uuid() END,"
         " locked_until = CASE WHEN %s = 'running' THEN now() + interval '1 hour' END"
         " WHERE id = %s",
         status,
-        finalized,
         status,
         status,
         job_id,
@@ -178,8 +184,12 @@ def set_status(
 
 
 def table_snapshot(db: psycopg.Connection[Any], config: Config) -> list[Any]:
-    """Every job row, to show that a refused call wrote nothing."""
-    return sql(db, config, "SELECT * FROM {s}.job ORDER BY id")
+    """Every job row of both tables and every attempt-log row, to show that a refused call wrote nothing."""
+    return [
+        sql(db, config, "SELECT * FROM {s}.job ORDER BY id"),
+        sql(db, config, "SELECT * FROM {s}.job_history ORDER BY id"),
+        sql(db, config, "SELECT * FROM {s}.job_attempt ORDER BY id"),
+    ]
 
 
 def listen(db: psycopg.Connection[Any], channel: str) -> None:
@@ -213,7 +223,7 @@ class TestGet:
             "failed",
         )
         assert (job.payload, job.result, job.priority) == ({"n": 1}, None, 7)
-        assert (job.attempt, job.max_attempts, job.archived, job.locked_by) == (2, 2, False, None)
+        assert (job.attempt, job.max_attempts, job.archived, job.locked_by) == (2, 2, True, None)
         assert job.finalized_at is not None and job.started_at is not None
         assert job.last_error is not None and "ValueError: boom" in job.last_error
         assert job.attempts is not None
@@ -238,20 +248,13 @@ class TestGet:
             api.get(424242)
         assert info.value.job_ids == (424242,)
 
-    def test_get_finds_an_archived_job_with_its_attempt_log(
+    def test_a_finished_job_is_read_from_the_history_and_can_still_be_changed(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A job the sweeper moved to job_archive is still found by id, marked archived."""
-        handle = define(config, "archived", boom).defer({"k": "v"})
+        """A finished job lives in job_history: get() finds it with its log and edges; retry and delete act on it."""
+        first = define(config, "first").defer({})
+        handle = define(config, "failing", boom).defer({"k": "v"}, depends_on=[first])
         run_until_empty(config)
-        sweeper = Sweeper(
-            config,
-            interval_ms=60_000,
-            finalized_job_threshold_ms=0,
-            stale_definition_threshold_ms=3_600_000,
-            archive=True,
-        )
-        sweeper.run_once(db)
         assert sql(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
 
         job = api.get(handle.id)
@@ -259,18 +262,79 @@ class TestGet:
             True,
             "failed",
             {"k": "v"},
-            (),
+            (first.id,),
         )
         assert job.attempts is not None
         assert [(a.attempt, a.outcome) for a in job.attempts] == [(1, "failed")]
         assert job.attempts[0].traceback is not None
         assert api.get(handle.id, with_attempts=False).attempts is None
+        assert [(a.attempt, a.outcome) for a in api.get(first.id).attempts or ()] == [
+            (1, "succeeded")
+        ]
 
-        # Archived jobs are read-only: every change is refused, naming why.
-        for action in (api.retry, api.cancel, api.delete):
-            with pytest.raises(JobStateError, match="archived") as refused:
-                action(handle.id)
-            assert refused.value.status == "failed"
+        retried = api.retry(handle.id)
+        assert (retried.archived, retried.status, retried.attempt) == (False, "available", 0)
+        assert sql(db, config, "SELECT count(*) FROM {s}.job_history WHERE id = %s", handle.id) == [
+            (0,)
+        ]
+        with pytest.raises(JobStateError, match=f"job {handle.id} depends on it"):
+            api.delete(first.id)  # its dependent is unfinished again
+        api.delete(handle.id)
+        api.delete(first.id)  # a finished job, from the history
+        with pytest.raises(UnknownJobError):
+            api.get(first.id)
+
+    def test_the_success_of_a_job_is_read_from_its_history_row_and_moved_back_on_retry(
+        self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A success has no log entry: it comes from the history row; a retry turns the whole log back into rows."""
+        finished = define(config, "job").defer({})
+        started = "2030-01-01T12:00:00+00:00"
+        failure = {
+            "attempt": 1,
+            "worker_id": 7,
+            "worker_name": "w",
+            "started_at": started,
+            "finished_at": started,
+            "outcome": "failed",
+            "error": "e",
+            "traceback": None,
+        }
+        token = "5d41402a-bc4b-2a76-b971-9d911017c592"
+        finish_by_sql(
+            db,
+            config,
+            finished.id,
+            "succeeded",
+            attempt=2,
+            worker_id=8,
+            worker_name="w8",
+            lock_token=token,
+            attempts=Jsonb([failure]),
+        )
+
+        job = api.get(finished.id)
+        assert job.attempts is not None
+        assert [(a.attempt, a.outcome, a.worker_name) for a in job.attempts] == [
+            (1, "failed", "w"),
+            (2, "succeeded", "w8"),
+        ]
+        assert job.attempts[1].finished_at == job.finalized_at
+
+        # The success keeps its lock token: it is the record of a finish that
+        # was recorded (job_finish_recorded reads it).
+        api.retry(finished.id)
+        assert [(a.attempt, a.outcome) for a in api.get(finished.id).attempts or ()] == [
+            (1, "failed"),
+            (2, "succeeded"),
+        ]
+        assert sql(
+            db,
+            config,
+            "SELECT attempt, outcome, lock_token::text FROM {s}.job_attempt"
+            " WHERE job_id = %s ORDER BY id",
+            finished.id,
+        ) == [(1, "failed", None), (2, "succeeded", token)]
 
 
 # -- list and count (I9) --------------------------------------------------------------
@@ -323,7 +387,7 @@ class TestList:
         sql(
             db,
             config,
-            "UPDATE {s}.job SET finalized_at = now() - interval '29 days' WHERE id = %s",
+            "UPDATE {s}.job_history SET finalized_at = now() - interval '29 days' WHERE id = %s",
             old.id,
         )
         assert [j.id for j in api.list()] == [old.id, new.id]
@@ -410,7 +474,7 @@ class TestRetry:
         sql(
             db,
             config,
-            "UPDATE {s}.job SET result = '{\"r\": 1}' WHERE id = %s",
+            "UPDATE {s}.job_history SET result = '{\"r\": 1}' WHERE id = %s",
             handles["succeeded"].id,
         )
 
@@ -611,6 +675,25 @@ class TestRetryWithWorker:
             (1, "succeeded"),
         ]
 
+    def test_a_succeeded_job_retried_and_run_again_logs_both_successes(
+        self, config: Config
+    ) -> None:
+        """The first success, moved back into the log by the retry, stays; the second comes from the history row."""
+        handle = define(config, "twice").defer({})
+        run_until_empty(config)
+        first = config.jobs.get(handle.id)
+        config.jobs.retry(handle.id)
+        run_until_empty(config)
+        job = config.jobs.get(handle.id)
+        assert (job.status, job.attempt) == ("succeeded", 1)
+        assert job.attempts is not None and first.attempts is not None
+        assert [(a.attempt, a.outcome) for a in job.attempts] == [
+            (1, "succeeded"),
+            (1, "succeeded"),
+        ]
+        assert job.attempts[0] == first.attempts[0]
+        assert job.attempts[1].finished_at == job.finalized_at
+
 
 # -- cancel ---------------------------------------------------------------------------------
 
@@ -663,6 +746,43 @@ class TestCancel:
         assert (info.value.status, info.value.action) == (status, "cancel")
         assert table_snapshot(db, config) == before
 
+    def test_cancel_that_waited_for_a_finish_in_flight_reports_the_finish(
+        self, config: Config, db: psycopg.Connection[Any], test_dsn: str
+    ) -> None:
+        """A cancel blocked by a finish that moves the job to the history sees it succeeded, not unknown."""
+        handle = define(config, "job").defer({})
+        outcome: dict[str, BaseException | None] = {}
+
+        def cancel() -> None:
+            try:
+                config.jobs.cancel(handle.id)
+                outcome["error"] = None
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        with psycopg.connect(test_dsn, autocommit=True) as finisher:
+            with finisher.transaction():
+                finish_by_sql(finisher, config, handle.id, "succeeded")
+                thread = threading.Thread(target=cancel)
+                thread.start()
+                wait_until(
+                    lambda: (
+                        sql(
+                            db,
+                            config,
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND query LIKE %s",
+                            f'%DELETE FROM "{config.schema}".job j%',
+                        )
+                        == [(1,)]
+                    ),
+                    message="the cancel never waited for the finish",
+                )
+            thread.join()
+        error = outcome["error"]
+        assert isinstance(error, JobStateError), error
+        assert str(error) == f"cannot cancel job {handle.id}: it already succeeded"
+
     def test_cancel_of_a_running_job_fences_the_workers_finish(
         self, config: Config, recorder: EventRecorder
     ) -> None:
@@ -701,25 +821,32 @@ class TestDelete:
     def test_delete_removes_the_job_its_attempts_and_its_edges(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """delete() removes a job; its attempt-log rows and dependency edges go with it."""
+        """delete() removes a job from either table; its attempt log and dependency edges go with it."""
         definition = define(config, "job")
         first = definition.defer({})
         second = definition.defer({}, depends_on=[first])
+        backing_off = definition.defer({})
+        for handle in (first, backing_off):
+            sql(
+                db,
+                config,
+                "INSERT INTO {s}.job_attempt (job_id, attempt, started_at, outcome)"
+                " VALUES (%s, 1, now(), 'failed')",
+                handle.id,
+            )
         set_status(db, config, first.id, "succeeded")
         set_status(db, config, second.id, "cancelled")
-        sql(
-            db,
-            config,
-            "INSERT INTO {s}.job_attempt (job_id, attempt, started_at, outcome)"
-            " VALUES (%s, 1, now(), 'succeeded')",
-            first.id,
-        )
         api.delete(first.id)
         with pytest.raises(UnknownJobError):
             api.get(first.id)
-        assert sql(db, config, "SELECT count(*) FROM {s}.job_attempt") == [(0,)]
         assert sql(db, config, "SELECT count(*) FROM {s}.job_dependency") == [(0,)]
         assert api.get(second.id).depends_on == ()
+
+        api.delete(backing_off.id)  # an unfinished job, with its attempt-log rows
+        with pytest.raises(UnknownJobError):
+            api.get(backing_off.id)
+        assert sql(db, config, "SELECT count(*) FROM {s}.job_attempt") == [(0,)]
+        assert [j.id for j in api.list()] == [second.id]
 
     def test_delete_of_a_running_job_is_refused(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
@@ -752,47 +879,37 @@ class TestDelete:
         assert api.delete_failed() == 2
         assert api.count() == 0
 
-    def test_delete_waits_for_an_open_defer_that_depends_on_the_job(
+    def test_a_dependent_deferred_while_its_dependency_is_deleted_never_runs(
         self, config: Config, db: psycopg.Connection[Any], test_dsn: str
     ) -> None:
-        """A delete racing a defer(depends_on=[job]) still open sees the new dependent and refuses."""
+        """A delete does not wait for a defer(depends_on=[job]) still open; that dependent waits for good."""
         definition = define(config, "job")
-        first = definition.defer({})
-        set_status(db, config, first.id, "succeeded")
+        first = definition.defer({}, delay_ms=3_600_000)
+        done = threading.Event()
         outcome: dict[str, BaseException | None] = {}
+
+        def delete() -> None:
+            try:
+                config.jobs.delete(first.id)
+                outcome["error"] = None
+            except BaseException as exc:
+                outcome["error"] = exc
+            done.set()
 
         with psycopg.connect(test_dsn, autocommit=True) as producer:
             with producer.transaction():
                 dependent = definition.defer({}, depends_on=[first], conn=producer)
-
-                def delete() -> None:
-                    try:
-                        config.jobs.delete(first.id)
-                        outcome["error"] = None
-                    except BaseException as exc:
-                        outcome["error"] = exc
-
                 thread = threading.Thread(target=delete)
                 thread.start()
-                # The delete is blocked on the row lock the open defer holds.
-                wait_until(
-                    lambda: (
-                        sql(
-                            db,
-                            config,
-                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                            " AND query LIKE %s",
-                            f'%"{config.schema}".job%FOR UPDATE%',
-                        )
-                        == [(1,)]
-                    ),
-                    message="the delete never waited for the open defer",
-                )
-            thread.join(timeout=10)
-        error = outcome["error"]
-        assert isinstance(error, JobStateError), error
-        assert f"job {dependent.id} depends on it" in str(error)
-        assert config.jobs.get(first.id).status == "succeeded"
+                wait_until(done.is_set, message="the delete waited for the open defer")
+            thread.join()
+        assert outcome["error"] is None
+        with pytest.raises(UnknownJobError):
+            config.jobs.get(first.id)
+        # Its dependency is in neither table: unmet for good (the orchestrator
+        # fails it), never met.
+        assert dependent.status() == "waiting"
+        assert sql(db, config, "SELECT {s}.job_dependencies_met(%s)", dependent.id) == [(False,)]
 
 
 # -- definitions ----------------------------------------------------------------------------------

@@ -69,8 +69,8 @@ class TestLaneTransaction:
         assert sorted(row[1] for row in finished) == ["succeeded", "succeeded"]
         assert len(claimed) == 2
         rows = db.execute(
-            f'SELECT status::text, count(*) FROM "{config.schema}".job GROUP BY 1 ORDER BY 1'
+            f'SELECT status::text, count(*) FROM "{config.schema}".all_jobs GROUP BY 1 ORDER BY 1'
         ).fetchall()
         assert rows == [("running", 2), ("succeeded", 2)]
-        attempts = db.execute(f'SELECT count(*) FROM "{config.schema}".job_attempt').fetchone()
+        attempts = db.execute(f'SELECT count(*) FROM "{config.schema}".all_job_attempts').fetchone()
         assert attempts == (2,)

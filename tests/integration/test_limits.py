@@ -44,7 +44,7 @@ def workers(
 def starts(db: psycopg.Connection[Any], config: Config, definition: str) -> list[Any]:
     """Start times of every attempt of a definition's jobs, in order."""
     rows = db.execute(
-        f'SELECT a.started_at FROM "{config.schema}".job_attempt a JOIN "{config.schema}".job j '
+        f'SELECT a.started_at FROM "{config.schema}".all_job_attempts a JOIN "{config.schema}".all_jobs j '
         "ON j.id = a.job_id WHERE j.definition = %s ORDER BY a.started_at",
         [definition],
     ).fetchall()

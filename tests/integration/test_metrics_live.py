@@ -14,6 +14,7 @@ from orchestra import Config, JobContext, JobDefinition, Orchestrator, Worker, e
 from orchestra._orchestrator._gauges import QueueGauges
 from orchestra.metrics import PrometheusHandler
 from orchestra.testing import EventRecorder
+from tests._finished_jobs import finish_by_sql
 
 
 def noop(payload: Any = None) -> None:
@@ -124,10 +125,7 @@ class TestGaugesService:
             {"channel": "mail", "now": None, "limit": 1, "worker_id": 1, "claim_id": "seed"},
         ).fetchall()
         assert len(claimed) == 1
-        db.execute(
-            f'UPDATE "{config.schema}".job SET status = %s, finalized_at = now() WHERE id = %s',
-            ["succeeded", done.id],
-        )
+        finish_by_sql(db, config, done.id, "succeeded")
 
         result = QueueGauges(config, interval_ms=15_000, worker_stale_threshold_ms=60_000).run_once(
             db

@@ -27,7 +27,7 @@ TABLES = {
     "job",
     "job_dependency",
     "job_attempt",
-    "job_archive",
+    "job_history",
     "worker",
     "leader",
     "schema_version",
@@ -58,10 +58,10 @@ def all_migrations() -> list[str]:
 
 
 def tables_in(db: psycopg.Connection[Any], schema: str) -> set[str]:
-    """The base tables of ``schema``."""
+    """The tables of ``schema``, partitioned ones by their parent's name only."""
     rows = db.execute(
-        "SELECT table_name FROM information_schema.tables"
-        " WHERE table_schema = %s AND table_type = 'BASE TABLE'",
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
         [schema],
     ).fetchall()
     return {str(r[0]) for r in rows}

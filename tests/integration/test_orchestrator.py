@@ -7,7 +7,6 @@ milliseconds. Behaviour ids refer to ``shared/reference/seed-analysis.md`` §3.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from typing import Any
 
 import attrs
@@ -22,8 +21,9 @@ from orchestra._orchestrator._rescuer import Rescuer
 from orchestra._orchestrator._scheduler import RepeatScheduler, cron_ticks, interval_ticks
 from orchestra._orchestrator._service import RunResult
 from orchestra._orchestrator._sweeper import Sweeper
-from orchestra.errors import ConfigurationError, UnknownJobError
+from orchestra.errors import ConfigurationError
 from orchestra.testing import EventRecorder, wait_until
+from tests._history_partitions import finish_at, history_partitions, partition_of, skip_ids_to
 from tests._worker_sql import claim, finish
 
 T0 = dt.datetime(2030, 1, 7, 12, 0, 0, tzinfo=dt.UTC)  # a Monday, on a whole minute
@@ -39,16 +39,6 @@ def rows(
 ) -> list[tuple[Any, ...]]:
     """Run ``sql`` with ``{s}`` replaced by the quoted test schema."""
     return db.execute(sql.replace("{s}", f'"{config.schema}"'), list(params)).fetchall()
-
-
-def lock_waiters(db: psycopg.Connection[Any]) -> int:
-    """Backends of this database waiting for a lock."""
-    row = db.execute(
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def noop(payload: Any = None) -> None:
@@ -151,12 +141,12 @@ class TestScheduler:
         skipped = scheduler.run_once(db, T0 + dt.timedelta(minutes=1))
         again = scheduler.run_once(db, T0 + dt.timedelta(minutes=1, seconds=30))
         assert kinds(skipped) == ["OrchestratorTickSkipped"] and kinds(again) == []
-        rows(
-            db, config, "UPDATE {s}.job SET status = 'succeeded', finalized_at = now() RETURNING id"
-        )
+        ((first_id,),) = rows(db, config, "SELECT id FROM {s}.job")
+        finish_at(db, config, first_id, "succeeded")
         resumed = scheduler.run_once(db, T0 + dt.timedelta(minutes=2))
         assert kinds(resumed) == ["OrchestratorJobScheduled"]
-        assert len(rows(db, config, "SELECT id FROM {s}.job")) == 2
+        assert rows(db, config, "SELECT tick_at FROM {s}.job") == [(T0 + dt.timedelta(minutes=2),)]
+        assert rows(db, config, "SELECT tick_at FROM {s}.job_history") == [(T0,)]
 
     def test_new_cron_definition_waits_for_its_next_tick(
         self, config: Config, db: psycopg.Connection[Any]
@@ -248,9 +238,12 @@ class TestRescuer:
         assert [(e.event_type.__name__, e.fields["reason"]) for e in result.emissions] == [
             ("OrchestratorJobFinalized", "no_attempts_remaining")
         ]
-        assert rows(db, config, "SELECT status::text, finalized_at IS NOT NULL FROM {s}.job") == [
-            ("failed", True)
-        ]
+        assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
+        ((status, attempts),) = rows(
+            db, config, "SELECT status::text, attempts FROM {s}.job_history"
+        )
+        assert status == "failed"
+        assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "lost")]
 
     def test_jobs_of_a_stale_worker_are_rescued_before_their_lease_ends(
         self, config: Config, db: psycopg.Connection[Any]
@@ -295,6 +288,44 @@ class TestRescuer:
         ]
         assert rows(db, config, "SELECT id FROM {s}.worker") == [(ids[1],)]
 
+    def test_a_stale_workers_job_without_attempts_left_fails_into_the_history(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A stale worker's job on its last attempt moves to job_history as failed, its log whole."""
+        definition = JobDefinition(
+            config, name="job", job_function=noop, num_attempts=2, lock_interval_ms=3_600_000
+        )
+        ((dead,),) = rows(
+            db,
+            config,
+            "INSERT INTO {s}.worker (name, role, host, pid, heartbeat_at) "
+            "VALUES ('dead', 'worker', 'h', 1, now() - interval '5 minutes') RETURNING id",
+        )
+        handle = definition.defer({})
+        finish(db, config, claim(db, config, worker_id=dead)[0], "failed")
+        claim(db, config, worker_id=dead)
+        result = Rescuer(config, interval_ms=5_000, worker_stale_threshold_ms=60_000).run_once(
+            db, None
+        )
+        assert sorted(
+            (e.event_type.__name__, e.fields.get("reason")) for e in result.emissions
+        ) == [
+            ("OrchestratorJobFinalized", "no_attempts_remaining"),
+            ("OrchestratorWorkerLost", None),
+        ]
+        assert result.counts == {"rescued": 0, "failed": 1, "workers_lost": 1}
+        assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
+        assert rows(db, config, "SELECT count(*) FROM {s}.job_attempt") == [(0,)]
+        ((job_id, status, last_error, attempts),) = rows(
+            db, config, "SELECT id, status::text, last_error, attempts FROM {s}.job_history"
+        )
+        assert (job_id, status) == (handle.id, "failed")
+        assert last_error.startswith("worker lost")
+        assert [(a["attempt"], a["outcome"], a["worker_id"]) for a in attempts] == [
+            (1, "failed", 1),
+            (2, "lost", dead),
+        ]
+
 
 class TestFinalizer:
     def test_g5_timeout_counts_from_run_at_not_creation(
@@ -324,10 +355,32 @@ class TestFinalizer:
             db, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
         )
         assert finish(db, config, claimed, "succeeded") == []
-        assert rows(
-            db, config, "SELECT status::text, last_error LIKE 'timeout%%' FROM {s}.job"
-        ) == [("failed", True)]
-        assert rows(db, config, "SELECT outcome FROM {s}.job_attempt") == [("timed_out",)]
+        assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
+        ((status, last_error, attempts),) = rows(
+            db, config, "SELECT status::text, last_error, attempts FROM {s}.job_history"
+        )
+        assert (status, last_error.startswith("timeout")) == ("failed", True)
+        assert [(a["attempt"], a["outcome"], a["worker_id"]) for a in attempts] == [
+            (1, "timed_out", 1)
+        ]
+        assert rows(db, config, "SELECT count(*) FROM {s}.job_attempt") == [(0,)]
+
+    def test_a_job_timed_out_before_it_ran_has_no_attempt_in_its_log(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A job that never started times out into the history with an empty attempt log."""
+        handle = JobDefinition(
+            config, name="job", job_function=noop, timeout_interval_ms=1_000
+        ).defer({})
+        result = Finalizer(config, interval_ms=5_000).run_once(
+            db, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+        )
+        assert [(e.fields["job_id"], e.fields["reason"]) for e in result.emissions] == [
+            (handle.id, "timeout")
+        ]
+        assert rows(db, config, "SELECT status::text, attempt, attempts FROM {s}.job_history") == [
+            ("failed", 0, [])
+        ]
 
     def test_e3_e4_failure_cascades_down_the_chain_in_one_pass(
         self, config: Config, db: psycopg.Connection[Any]
@@ -344,7 +397,39 @@ class TestFinalizer:
             (b.id, "unmet_dependencies"),
             (c.id, "unmet_dependencies"),
         ]
-        assert rows(db, config, "SELECT status::text FROM {s}.job ORDER BY id") == [("failed",)] * 3
+        assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
+        assert rows(
+            db, config, "SELECT id, status::text, last_error FROM {s}.job_history ORDER BY id"
+        ) == [
+            (a.id, "failed", "RuntimeError: boom"),
+            (b.id, "failed", "unmet_dependencies: a job it depends on failed or was cancelled"),
+            (c.id, "failed", "unmet_dependencies: a job it depends on failed or was cancelled"),
+        ]
+
+    def test_a_dependency_cancelled_or_no_longer_retained_is_unmet(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A waiting job fails when a dependency was cancelled, or is in neither job nor job_history."""
+        cancelled, gone, pending = (
+            JobDefinition(config, name=name, job_function=noop, channel="idle").defer({})
+            for name in ("cancelled", "gone", "pending")
+        )
+        dependent = JobDefinition(config, name="dependent", job_function=noop)
+        on_cancelled = dependent.defer({}, depends_on=[cancelled])
+        on_gone = dependent.defer({}, depends_on=[gone])
+        on_pending = dependent.defer({}, depends_on=[pending])
+        finish_at(db, config, cancelled.id, "cancelled")
+        finish_at(db, config, gone.id, "succeeded")
+        rows(db, config, "DELETE FROM {s}.job_history WHERE id = %s RETURNING id", gone.id)
+        result = Finalizer(config, interval_ms=5_000).run_once(db, None)
+        assert [(e.fields["job_id"], e.fields["reason"]) for e in result.emissions] == [
+            (on_cancelled.id, "unmet_dependencies"),
+            (on_gone.id, "unmet_dependencies"),
+        ]
+        assert on_pending.status() == "waiting"
+        assert rows(
+            db, config, "SELECT id FROM {s}.job_history WHERE definition = 'dependent' ORDER BY id"
+        ) == [(on_cancelled.id,), (on_gone.id,)]
 
     def test_g6_g7_one_finalization_per_job_by_precedence(
         self, config: Config, db: psycopg.Connection[Any]
@@ -367,12 +452,7 @@ class TestFinalizer:
         """A waiting job whose dependencies all succeeded is released by the finalizer if nothing else did (E2)."""
         a = JobDefinition(config, name="a", job_function=noop).defer({})
         b = JobDefinition(config, name="b", job_function=noop).defer({}, depends_on=[a])
-        rows(
-            db,
-            config,
-            "UPDATE {s}.job SET status = 'succeeded', finalized_at = now() WHERE id = %s RETURNING id",
-            a.id,
-        )
+        finish_at(db, config, a.id, "succeeded")  # as a finish would, without releasing b
         result = Finalizer(config, interval_ms=5_000).run_once(db, None)
         assert [(e.event_type.__name__, e.fields["job_id"]) for e in result.emissions] == [
             ("OrchestratorJobReleased", b.id)
@@ -381,7 +461,14 @@ class TestFinalizer:
 
 
 class TestSweeper:
-    def sweeper(self, config: Config, *, archive: bool = False) -> Sweeper:
+    def sweeper(
+        self,
+        config: Config,
+        *,
+        archive: bool = False,
+        archive_retention_ms: int | None = None,
+        batch_size: int = 1_000,
+    ) -> Sweeper:
         """A sweeper with one-hour thresholds."""
         return Sweeper(
             config,
@@ -389,152 +476,168 @@ class TestSweeper:
             finalized_job_threshold_ms=3_600_000,
             stale_definition_threshold_ms=3_600_000,
             archive=archive,
+            archive_retention_ms=archive_retention_ms,
+            batch_size=batch_size,
         )
 
-    def test_g4_old_finalized_jobs_go_with_their_attempts(
+    def test_g4_a_partition_past_the_retention_is_dropped_whole(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Jobs finalized before the threshold are deleted with their attempt log; recent ones stay (G4)."""
+        """A partition whose jobs all finished before the retention goes in one pass, with its edges; a newer one stays (G4)."""
         definition = JobDefinition(config, name="job", job_function=noop)
-        old = definition.defer({})
+        two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+        first = definition.defer({})
+        second = definition.defer({}, depends_on=[first])
+        finish_at(db, config, first.id, "succeeded", finalized_at=two_days_ago)
+        finish_at(db, config, second.id, "succeeded", finalized_at=two_days_ago)
+        skip_ids_to(db, config, 1_000_000)
+        newer = definition.defer({})
         finish(db, config, claim(db, config)[0], "succeeded")
-        now = dt.datetime.now(dt.UTC)
-        assert kinds(self.sweeper(config).run_once(db, now)) == []
-        result = self.sweeper(config).run_once(db, now + dt.timedelta(hours=2))
-        # Its definition, now without jobs and not heartbeated for 2 h, goes too (G2).
-        assert kinds(result) == [
-            "OrchestratorFinalizedJobSwept",
-            "OrchestratorStaleDefinitionSwept",
+        skip_ids_to(db, config, 2_000_000)  # every id of both ranges given out
+        assert partition_of(db, config, first.id) == "job_history_0"
+        assert partition_of(db, config, newer.id) == "job_history_1000000"
+        result = self.sweeper(config).run_once(db, None)
+        assert kinds(result) == ["OrchestratorHistoryPruned"]
+        fields = result.emissions[0].fields
+        assert (fields["partition"], fields["jobs"]) == ("job_history_0", 2)
+        assert two_days_ago < fields["cutoff"] < dt.datetime.now(dt.UTC)
+        assert result.counts["history_partitions_dropped"] == 1
+        assert result.counts["history_jobs_dropped"] == 2
+        assert "job_history_0" not in history_partitions(db, config)
+        assert "job_history_1000000" in history_partitions(db, config)
+        assert rows(db, config, "SELECT id FROM {s}.job_history") == [(newer.id,)]
+        assert rows(db, config, "SELECT count(*) FROM {s}.job_dependency") == [(0,)]
+        assert kinds(self.sweeper(config).run_once(db, None)) == []  # the newer one stays
+
+    def test_the_partition_ids_are_given_from_is_kept_however_old(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A partition whose range is not all given out yet is not dropped: ids still land in it."""
+        handle = JobDefinition(config, name="job", job_function=noop).defer({})
+        finish_at(
+            db,
+            config,
+            handle.id,
+            "succeeded",
+            finalized_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+        )
+        result = self.sweeper(config).run_once(db, None)
+        assert result.counts["history_partitions_dropped"] == 0
+        assert partition_of(db, config, handle.id) == "job_history_0"
+
+    def test_old_rows_of_the_default_partition_are_deleted_one_by_one(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A job that finished into the default partition is deleted past the retention, with its edges, one event each."""
+        definition = JobDefinition(config, name="job", job_function=noop)
+        base = definition.defer({})
+        finish_at(db, config, base.id, "succeeded")
+        skip_ids_to(db, config, 10_000_000)
+        stray = definition.defer({}, depends_on=[base])  # no partition covers its id
+        finish_at(
+            db,
+            config,
+            stray.id,
+            "succeeded",
+            finalized_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2),
+        )
+        skip_ids_to(db, config, 50_000_000)
+        definition.defer({})  # the highest id: partitions are made from there on
+        assert partition_of(db, config, stray.id) == "job_history_default"
+        result = self.sweeper(config).run_once(db, None)
+        assert [(e.event_type.__name__, dict(e.fields)) for e in result.emissions] == [
+            (
+                "OrchestratorFinalizedJobSwept",
+                {"job_id": stray.id, "definition": "job", "archived": False},
+            )
         ]
-        assert result.emissions[0].fields["job_id"] == old.id
-        assert rows(db, config, "SELECT count(*) FROM {s}.job_attempt") == [(0,)]
+        assert result.counts["jobs_swept"] == 1
+        assert rows(db, config, "SELECT id FROM {s}.job_history") == [(base.id,)]
+        assert rows(db, config, "SELECT count(*) FROM {s}.job_dependency") == [(0,)]
 
-    def test_e5_job_still_needed_by_an_unfinished_dependent_is_kept(
+    def test_prepare_makes_partitions_ahead_and_moves_default_rows_in(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A finalized job required by an unfinished job is not swept, however old (E5)."""
-        a = JobDefinition(config, name="a", job_function=noop).defer({})
-        rows(
-            db,
-            config,
-            "UPDATE {s}.job SET status = 'succeeded', finalized_at = now() WHERE id = %s RETURNING id",
-            a.id,
+        """Each pass makes the partitions up to 2,000,000 ids ahead; rows the default partition took move in."""
+        skip_ids_to(db, config, 5_000_000)
+        handle = JobDefinition(config, name="job", job_function=noop).defer({"n": 1})
+        finish(db, config, claim(db, config)[0], "succeeded", '{"n": 2}')
+        assert partition_of(db, config, handle.id) == "job_history_default"
+        result = self.sweeper(config).run_once(db, None)
+        assert result.counts["history_partitions_prepared"] == 3
+        partitions = history_partitions(db, config)
+        assert {"job_history_5000000", "job_history_6000000", "job_history_7000000"} <= set(
+            partitions
         )
-        JobDefinition(config, name="b", job_function=noop).defer(
-            {}, delay_ms=10_000_000, depends_on=[a]
-        )
-        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
-        assert kinds(self.sweeper(config).run_once(db, later)) == []
-        assert a.status() == "succeeded"
+        assert partition_of(db, config, handle.id) == "job_history_5000000"
+        assert rows(db, config, "SELECT count(*) FROM {s}.job_history_default") == [(0,)]
+        assert handle.result(timeout=0) == {"n": 2}
+        again = self.sweeper(config).run_once(db, None)
+        assert again.counts["history_partitions_prepared"] == 0
+        assert history_partitions(db, config) == partitions
 
-    def test_e5_dependent_committed_after_the_lock_snapshot_keeps_its_dependency(
-        self, config: Config, db: psycopg.Connection[Any]
-    ) -> None:
-        """The delete re-checks dependents in a snapshot taken after the lock (E5).
-
-        As if job_lock_sweepable had picked A in a snapshot from just before a
-        dependent B committed: job_sweep_finalized, the second statement, sees
-        B and keeps A (a single statement used to delete A, and with it B's edge).
-        """
-        a = JobDefinition(config, name="a", job_function=noop).defer({})
-        rows(
-            db,
-            config,
-            "UPDATE {s}.job SET status = 'failed', finalized_at = now() - interval '2 days' "
-            "WHERE id = %s RETURNING id",
-            a.id,
-        )
-        b = JobDefinition(config, name="b", job_function=noop).defer({}, depends_on=[a])
-        assert b.status() == "waiting"
-        with db.transaction():
-            db.execute(f'SELECT id FROM "{config.schema}".job WHERE id = %s FOR UPDATE', [a.id])
-            swept = db.execute(
-                config.queries["job_sweep_finalized"], {"ids": [a.id], "archive": False}
-            ).fetchall()
-        assert swept == []
-        assert rows(db, config, "SELECT required_job_id FROM {s}.job_dependency") == [(a.id,)]
-
-    def test_e5_defer_on_a_job_being_swept_waits_and_names_it_missing(
+    def test_a_drop_that_cannot_get_its_lock_gives_up_and_is_retried(
         self, config: Config, db: psycopg.Connection[Any], test_dsn: str
     ) -> None:
-        """A defer naming a job the sweep has locked waits for the sweep and then fails cleanly (E5)."""
-        a = JobDefinition(config, name="a", job_function=noop).defer({})
-        b = JobDefinition(config, name="b", job_function=noop)
-        rows(
+        """While a long reader of the history holds it, the drop gives up after its lock_timeout; the next pass drops."""
+        handle = JobDefinition(config, name="job", job_function=noop).defer({})
+        finish_at(
             db,
             config,
-            "UPDATE {s}.job SET status = 'succeeded', finalized_at = now() - interval '2 days' "
-            "WHERE id = %s RETURNING id",
-            a.id,
+            handle.id,
+            "succeeded",
+            finalized_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2),
         )
-        outcome: list[BaseException | None] = []
-        with psycopg.connect(test_dsn, autocommit=True) as sweeping, sweeping.transaction():
-            params = {"now": None, "threshold_ms": 3_600_000, "limit": 10}
-            locked = sweeping.execute(config.queries["job_lock_sweepable"], params).fetchall()
-            assert locked == [(a.id,)]
+        skip_ids_to(db, config, 1_000_000)
+        with psycopg.connect(test_dsn) as reader:  # a transaction stays open
+            reader.execute(f'SELECT count(*) FROM "{config.schema}".job_history').fetchone()
+            blocked = self.sweeper(config).run_once(db, None)
+            reader.rollback()
+        assert blocked.counts["history_lock_timeouts"] == 1
+        assert blocked.counts["history_partitions_dropped"] == 0
+        assert partition_of(db, config, handle.id) == "job_history_0"
+        result = self.sweeper(config).run_once(db, None)
+        assert result.counts["history_partitions_dropped"] == 1
+        assert partition_of(db, config, handle.id) is None
 
-            def defer() -> None:
-                try:
-                    b.defer({}, depends_on=[a])
-                    outcome.append(None)
-                except BaseException as exc:
-                    outcome.append(exc)
-
-            thread = threading.Thread(target=defer)
-            thread.start()
-            wait_until(lambda: lock_waiters(db) > 0, timeout=10)  # blocked on A's lock
-            sweeping.execute(
-                config.queries["job_sweep_finalized"], {"ids": [a.id], "archive": False}
-            )
-        thread.join(10)
-        assert len(outcome) == 1 and isinstance(outcome[0], UnknownJobError)
-        assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
-
-    def test_archive_keeps_the_job_and_its_attempts(
+    def test_archive_keeps_finished_jobs_for_ever_by_default(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """With archive=True a swept job moves to job_archive with its attempt log as JSON."""
+        """With archive=True and no archive_retention_ms nothing leaves the history; archive=False drops it."""
         handle = JobDefinition(config, name="job", job_function=noop).defer({"k": 1})
-        finish(db, config, claim(db, config)[0], "succeeded")
-        result = self.sweeper(config, archive=True).run_once(
-            db, dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
-        )
-        assert result.emissions[0].fields["archived"] is True
-        archived = rows(
-            db, config, "SELECT id, payload, status::text, attempts FROM {s}.job_archive"
-        )
-        assert archived[0][:3] == (handle.id, {"k": 1}, "succeeded")
-        assert [a["outcome"] for a in archived[0][3]] == ["succeeded"]
-        assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
-
-    def test_archive_retention_prunes_only_old_archived_jobs(
-        self, config: Config, db: psycopg.Connection[Any]
-    ) -> None:
-        """archive_retention_ms deletes archived jobs finalized longer ago; None keeps them all."""
-        definition = JobDefinition(config, name="job", job_function=noop)
-        old, recent = definition.defer({}), definition.defer({})
-        rows(
+        finish_at(
             db,
             config,
-            "UPDATE {s}.job SET status = 'succeeded', "
-            "finalized_at = CASE WHEN id = %s THEN now() - interval '10 days' "
-            "ELSE now() - interval '2 days' END RETURNING id",
-            old.id,
+            handle.id,
+            "succeeded",
+            finalized_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
         )
+        skip_ids_to(db, config, 1_000_000)
+        kept = self.sweeper(config, archive=True).run_once(db, None)
+        assert kinds(kept) == []
+        assert rows(db, config, "SELECT id, payload FROM {s}.job_history") == [
+            (handle.id, {"k": 1})
+        ]
+        dropped = self.sweeper(config, archive=False).run_once(db, None)
+        assert kinds(dropped) == ["OrchestratorHistoryPruned"]
+        assert rows(db, config, "SELECT count(*) FROM {s}.job_history") == [(0,)]
+
+    def test_archive_retention_ms_is_the_retention_with_archive(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """With archive=True, archive_retention_ms decides, not finalized_job_threshold_ms."""
+        definition = JobDefinition(config, name="job", job_function=noop)
         now = dt.datetime.now(dt.UTC)
-        self.sweeper(config, archive=True).run_once(db, now)  # both archived, none pruned
-        assert rows(db, config, "SELECT count(*) FROM {s}.job_archive") == [(2,)]
-        keeper = Sweeper(
-            config,
-            interval_ms=300_000,
-            finalized_job_threshold_ms=3_600_000,
-            stale_definition_threshold_ms=3_600_000,
-            archive=True,
-            archive_retention_ms=7 * 24 * 3_600_000,
-        )
-        result = keeper.run_once(db, now)
-        assert result.counts["archived_jobs_pruned"] == 1
-        assert rows(db, config, "SELECT id FROM {s}.job_archive") == [(recent.id,)]
+        old = definition.defer({})
+        finish_at(db, config, old.id, "succeeded", finalized_at=now - dt.timedelta(days=10))
+        skip_ids_to(db, config, 1_000_000)
+        recent = definition.defer({})
+        finish_at(db, config, recent.id, "succeeded", finalized_at=now - dt.timedelta(days=2))
+        skip_ids_to(db, config, 2_000_000)
+        week = 7 * 24 * 3_600_000
+        result = self.sweeper(config, archive=True, archive_retention_ms=week).run_once(db, None)
+        assert [e.fields["partition"] for e in result.emissions] == ["job_history_0"]
+        assert rows(db, config, "SELECT id FROM {s}.job_history") == [(recent.id,)]
 
     @pytest.mark.parametrize("bad", [-1, "7 days", 1.5, True])
     def test_archive_retention_rejects_what_is_not_a_duration(
@@ -544,19 +647,96 @@ class TestSweeper:
         with pytest.raises(ConfigurationError, match="archive_retention_ms"):
             Orchestrator(config, archive=True, archive_retention_ms=bad)
 
+    def test_e5_a_dependency_dropped_with_its_partition_fails_its_waiting_dependent(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A finished job is not kept past the retention for a waiting dependent, which then fails (E5)."""
+        a = JobDefinition(config, name="a", job_function=noop).defer({})
+        other = JobDefinition(config, name="other", job_function=noop).defer({})
+        finish_at(
+            db,
+            config,
+            a.id,
+            "succeeded",
+            finalized_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2),
+        )
+        skip_ids_to(db, config, 1_000_000)
+        b = JobDefinition(config, name="b", job_function=noop).defer({}, depends_on=[a, other])
+        result = self.sweeper(config).run_once(db, None)
+        assert [e.fields["partition"] for e in result.emissions] == ["job_history_0"]
+        assert b.status() == "waiting"  # its edges stay: they are in another range
+        finalized = Finalizer(config, interval_ms=5_000).run_once(db, None)
+        assert [(e.fields["job_id"], e.fields["reason"]) for e in finalized.emissions] == [
+            (b.id, "unmet_dependencies")
+        ]
+
+    def test_an_unfinished_job_of_a_dropped_range_keeps_its_dependencies(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A job still waiting when the partition of its id range is dropped keeps waiting for its dependencies."""
+        pending = JobDefinition(config, name="pending", job_function=noop).defer({})
+        b = JobDefinition(config, name="b", job_function=noop).defer({}, depends_on=[pending])
+        skip_ids_to(db, config, 1_000_000)
+        result = self.sweeper(config).run_once(db, None)
+        assert [e.fields["partition"] for e in result.emissions] == ["job_history_0"]  # empty
+        Finalizer(config, interval_ms=5_000).run_once(db, None)
+        assert b.status() == "waiting"  # `pending` has not run
+
+    def test_attempts_and_edges_of_jobs_in_neither_table_are_deleted(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """Leftover attempt-log rows and dependency edges go, walked in slices; those of live jobs stay."""
+        definition = JobDefinition(config, name="job", job_function=noop, num_attempts=3)
+        a = definition.defer({})
+        b = definition.defer({}, depends_on=[a])
+        finish(db, config, claim(db, config)[0], "failed")  # a: one attempt-log row, retried
+        gone = 1_000_000_000  # an id in neither table
+        rows(
+            db,
+            config,
+            "INSERT INTO {s}.job_dependency (job_id, required_job_id) "
+            "SELECT job_id, required FROM (VALUES (0, %s), (%s, %s), (%s, %s), (%s, %s)) "
+            "AS v(job_id, required) RETURNING job_id",
+            a.id,
+            gone,
+            a.id,
+            gone,
+            b.id,
+            gone + 1,
+            a.id,
+        )
+        rows(
+            db,
+            config,
+            "INSERT INTO {s}.job_attempt (job_id, attempt, started_at, outcome) "
+            "VALUES (%s, 1, now(), 'failed') RETURNING id",
+            gone,
+        )
+        result = self.sweeper(config, batch_size=2).run_once(db, None)
+        assert result.counts["orphan_attempts_deleted"] == 1
+        assert result.counts["orphan_dependencies_deleted"] == 4
+        assert rows(db, config, "SELECT job_id, required_job_id FROM {s}.job_dependency") == [
+            (b.id, a.id)
+        ]
+        assert rows(db, config, "SELECT job_id FROM {s}.job_attempt") == [(a.id,)]
+
     def test_g2_g3_stale_definitions_without_jobs_are_swept(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A definition not heartbeated for the threshold goes once it has no job at all (G2, G3)."""
-        with_job = JobDefinition(config, name="with-job", job_function=noop)
-        with_job.defer({})
+        """A definition not heartbeated for the threshold goes once it has no job at all, finished ones included (G2, G3)."""
+        JobDefinition(config, name="with-job", job_function=noop).defer({})
+        finished = JobDefinition(config, name="with-finished-job", job_function=noop).defer({})
+        finish_at(db, config, finished.id, "succeeded")
         JobDefinition(config, name="idle", job_function=noop).upsert(db)
         later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
         result = self.sweeper(config).run_once(db, later)
         assert [(e.event_type.__name__, e.fields["definition"]) for e in result.emissions] == [
             ("OrchestratorStaleDefinitionSwept", "idle")
         ]
-        assert rows(db, config, "SELECT name FROM {s}.job_definition") == [("with-job",)]
+        assert rows(db, config, "SELECT name FROM {s}.job_definition ORDER BY name") == [
+            ("with-finished-job",),
+            ("with-job",),
+        ]
 
 
 class TestLeaderLease:

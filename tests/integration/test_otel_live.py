@@ -24,6 +24,7 @@ from orchestra import Config, JobContext, JobDefinition, Worker, events
 from orchestra._orchestrator._sweeper import Sweeper
 from orchestra.otel import OpenTelemetryHandler
 from orchestra.testing import EventRecorder
+from tests._finished_jobs import finish_by_sql
 
 
 def noop(payload: Any = None) -> None:
@@ -54,7 +55,7 @@ def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
 def stored_context(db: psycopg.Connection[Any], config: Config, job_id: int) -> str | None:
     """The trace_context column of a job."""
     row = db.execute(
-        f'SELECT trace_context FROM "{config.schema}".job WHERE id = %s', [job_id]
+        f'SELECT trace_context FROM "{config.schema}".all_jobs WHERE id = %s', [job_id]
     ).fetchone()
     assert row is not None
     value: str | None = row[0]
@@ -174,19 +175,15 @@ def test_every_insert_path_stores_the_context(
         assert stored_context(db, config, handle.id) is None
 
 
-def test_the_archive_keeps_the_context(
+def test_the_history_keeps_the_context(
     config: Config, db: psycopg.Connection[Any], provider: TracerProvider
 ) -> None:
-    """job_sweep_finalized carries trace_context into job_archive."""
+    """A finished job keeps its trace_context in job_history, through a sweeper pass."""
     job = JobDefinition(config, name="job", job_function=noop)
     with provider.get_tracer("producer").start_as_current_span("producer"):
         handle = job.defer({"n": 1})
     stored = stored_context(db, config, handle.id)
-    db.execute(
-        f"UPDATE \"{config.schema}\".job SET status = 'succeeded', finalized_at = now() "
-        "WHERE id = %s",
-        [handle.id],
-    )
+    finish_by_sql(db, config, handle.id, "succeeded")
     sweeper = Sweeper(
         config,
         interval_ms=300_000,
@@ -196,7 +193,7 @@ def test_the_archive_keeps_the_context(
     )
     sweeper.run_once(db, dt.datetime.now(dt.UTC) + dt.timedelta(hours=2))
     row = db.execute(
-        f'SELECT trace_context FROM "{config.schema}".job_archive WHERE id = %s', [handle.id]
+        f'SELECT trace_context FROM "{config.schema}".job_history WHERE id = %s', [handle.id]
     ).fetchone()
     assert row == (stored,)
     assert stored is not None

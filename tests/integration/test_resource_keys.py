@@ -63,7 +63,7 @@ def statuses(db: psycopg.Connection[Any], config: Config, ids: list[int]) -> lis
     rows = {
         r[0]: (str(r[1]), int(r[2]))
         for r in db.execute(
-            f'SELECT id, status::text, attempt FROM "{config.schema}".job WHERE id = ANY(%s)',
+            f'SELECT id, status::text, attempt FROM "{config.schema}".all_jobs WHERE id = ANY(%s)',
             [ids],
         ).fetchall()
     }
@@ -74,10 +74,10 @@ def overlapping_attempts(db: psycopg.Connection[Any], config: Config) -> list[tu
     """Pairs of attempts of different jobs with the same resource key whose intervals overlap."""
     s = f'"{config.schema}"'
     return db.execute(
-        f"SELECT a.job_id, b.job_id, ja.resource_key FROM {s}.job_attempt a "
-        f"JOIN {s}.job ja ON ja.id = a.job_id "
-        f"JOIN {s}.job_attempt b ON b.job_id <> a.job_id "
-        f"JOIN {s}.job jb ON jb.id = b.job_id AND jb.resource_key = ja.resource_key "
+        f"SELECT a.job_id, b.job_id, ja.resource_key FROM {s}.all_job_attempts a "
+        f"JOIN {s}.all_jobs ja ON ja.id = a.job_id "
+        f"JOIN {s}.all_job_attempts b ON b.job_id <> a.job_id "
+        f"JOIN {s}.all_jobs jb ON jb.id = b.job_id AND jb.resource_key = ja.resource_key "
         "WHERE a.started_at < b.finished_at AND b.started_at < a.finished_at"
     ).fetchall()
 
@@ -165,7 +165,7 @@ class TestExclusion:
         assert sorted(tracker.order) == list(range(self.JOBS))  # each ran exactly once
         assert overlapping_attempts(db, config) == []
         attempts = db.execute(
-            f'SELECT attempt, outcome, count(*) FROM "{config.schema}".job_attempt GROUP BY 1, 2'
+            f'SELECT attempt, outcome, count(*) FROM "{config.schema}".all_job_attempts GROUP BY 1, 2'
         ).fetchall()
         assert attempts == [(1, "succeeded", self.JOBS)]  # nobody failed or spent an attempt
         assert sum(w.stats.claimed for w in workers) == self.JOBS
@@ -350,7 +350,7 @@ class TestDeferring:
         with pytest.raises(ConfigurationError) as many_info:
             definition.defer_many([{}], resource_key=key)
         assert many_info.value.argument == "resource_key"
-        assert db.execute(f'SELECT count(*) FROM "{config.schema}".job').fetchone() == (0,)
+        assert db.execute(f'SELECT count(*) FROM "{config.schema}".all_jobs').fetchone() == (0,)
 
     def test_i7_resource_key_and_unique_key_together(
         self, config: Config, db: psycopg.Connection[Any]
@@ -360,7 +360,9 @@ class TestDeferring:
         a = definition.defer({}, unique_key="u", resource_key="r")
         b = definition.defer({}, unique_key="u", resource_key="other")
         assert (b.id, b.deduplicated) == (a.id, True)
-        rows = db.execute(f'SELECT unique_key, resource_key FROM "{config.schema}".job').fetchall()
+        rows = db.execute(
+            f'SELECT unique_key, resource_key FROM "{config.schema}".all_jobs'
+        ).fetchall()
         assert rows == [("u", "r")]
 
 
@@ -421,7 +423,7 @@ class TestLimitedDefinitions:
         starts = [
             r[0]
             for r in db.execute(
-                f'SELECT started_at FROM "{config.schema}".job_attempt ORDER BY started_at'
+                f'SELECT started_at FROM "{config.schema}".all_job_attempts ORDER BY started_at'
             ).fetchall()
         ]
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]

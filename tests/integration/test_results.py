@@ -1,7 +1,7 @@
 """Waiting for a job's result against a real PostgreSQL: ``JobHandle.result()`` (I1).
 
-The result is the job function's return value, stored in the job row (then in
-``job_archive``); a waiter LISTENs on the schema's finished channel with a
+The result is the job function's return value, stored in the job's history
+row; a waiter LISTENs on the schema's finished channel with a
 polling fallback, and raises ``JobFailed`` once the job finally fails or is
 cancelled. Behaviour ids refer to ``shared/reference/seed-analysis.md``
 section 3.
@@ -35,6 +35,8 @@ from orchestra._orchestrator._rescuer import Rescuer
 from orchestra._orchestrator._sweeper import Sweeper
 from orchestra.errors import JobFailed, ResultTimeoutError
 from orchestra.testing import EventRecorder, wait_until
+from tests._finished_jobs import finish_by_sql
+from tests._history_partitions import skip_ids_to
 from tests._running import running
 from tests._worker_sql import claim, finish
 
@@ -67,7 +69,8 @@ def outcome_readers(db: psycopg.Connection[Any], config: Config) -> int:
     """
     row = db.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-        "AND position('job_archive' IN query) > 0 AND position(%s IN query) > 0",
+        "AND position('job_history' IN query) > 0 AND position('NULL::jsonb AS result' IN query) > 0 "
+        "AND position(%s IN query) > 0",
         [config.schema],
     ).fetchone()
     assert row is not None
@@ -84,10 +87,7 @@ def wait_listening(db: psycopg.Connection[Any], config: Config, readers: int = 2
 
 def cancel(db: psycopg.Connection[Any], config: Config, job_id: int, *, notify: bool) -> None:
     """Cancel a job by SQL, as an operator would; optionally tell the waiters."""
-    db.execute(
-        f"UPDATE \"{config.schema}\".job SET status = 'cancelled', finalized_at = now() WHERE id = %s",
-        [job_id],
-    )
+    finish_by_sql(db, config, job_id, "cancelled")
     if notify:
         db.execute("SELECT pg_notify(%s, %s::text)", [config.finished_channel, job_id])
 
@@ -411,31 +411,33 @@ class TestDurability:
             archive=archive,
         )
 
-    def test_i1_result_survives_the_sweep_into_the_archive(
+    def test_i1_result_survives_sweeper_passes_while_the_history_keeps_the_job(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1: after the sweeper moved finalized jobs to job_archive, result() still returns the value, or raises JobFailed."""
+        """I1: with archive=True (kept for ever) a finished job stays in the history: result() still returns the value, or raises JobFailed."""
         definition = JobDefinition(config, name="archived", job_function=lambda p: None)
         good, bad = definition.defer({"n": 1}), definition.defer({"n": 2})
         claimed = {c[0]: c for c in claim(db, config)}
         finish(db, config, claimed[good.id], "succeeded", '{"value": [1, 2]}')
         finish(db, config, claimed[bad.id], "failed")
+        skip_ids_to(db, config, 5_000_000)  # the partition of these ids could be dropped
         result = self.sweeper(config, archive=True).run_once(db, in_an_hour())
-        assert sorted(e.fields["job_id"] for e in result.emissions) == [good.id, bad.id]
-        assert db.execute(f'SELECT count(*) FROM "{config.schema}".job').fetchone() == (0,)
+        assert result.counts["history_partitions_dropped"] == 0
         assert good.result(timeout=0) == {"value": [1, 2]}
         with pytest.raises(JobFailed) as info:
             bad.result(timeout=0)
         assert (info.value.status, info.value.error) == ("failed", "RuntimeError: boom")
 
-    def test_i1_result_of_a_job_swept_without_archive_is_unknown(
+    def test_i1_result_of_a_job_past_the_retention_is_unknown(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1: a job swept without archive is gone: result() raises UnknownJobError."""
+        """I1: once the history's retention dropped a finished job, result() raises UnknownJobError."""
         handle = JobDefinition(config, name="gone", job_function=lambda p: None).defer({})
         finish(db, config, claim(db, config)[0], "succeeded", '"done"')
         assert handle.result(timeout=0) == "done"
-        self.sweeper(config, archive=False).run_once(db, in_an_hour())
+        skip_ids_to(db, config, 5_000_000)
+        result = self.sweeper(config, archive=False).run_once(db, in_an_hour())
+        assert result.counts["history_jobs_dropped"] == 1
         with pytest.raises(UnknownJobError):
             handle.result(timeout=0)
 

@@ -3,10 +3,13 @@
 Each test applies the file to a schema of its own, with role names suffixed by
 the schema name (roles are cluster-wide, tests run in parallel), logs in as
 LOGIN roles that inherit the group roles, and shows what each may and may not
-do: a producer only inserts jobs and reads its own, a worker runs jobs end to
-end with a real :class:`Worker` and touches only the jobs the state machine
-lets it, an orchestrator runs its maintenance passes, the dashboard reads and
-cannot write, and the migrator owns the schema and migrates it. Every refused
+do: a producer only inserts jobs and reads its own, unfinished or finished, a
+worker runs jobs end to end with a real :class:`Worker` and touches only the
+jobs the state machine lets it (it moves into the history only the jobs its
+daemons finish), an orchestrator runs its maintenance passes and the history's
+retention, the dashboard reads and cannot write, the operator retries, cancels
+and deletes jobs, and the migrator owns the schema and migrates it. The
+history's partitions are reached through their parent only. Every refused
 probe is also shown to have changed nothing.
 
 How the file is applied and the roles dropped: ``tests/_roles.py``.
@@ -14,6 +17,7 @@ How the file is applied and the roles dropped: ``tests/_roles.py``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Iterator
@@ -22,12 +26,14 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from orchestra import Config, JobContext, JobDefinition, JobHandle, Orchestrator, Worker, events
 from orchestra._orchestrator._sweeper import Sweeper
 from orchestra.errors import UnknownJobError
 from orchestra.testing import EventRecorder, wait_until
-from tests._roles import TABLES, Roles, count, denied
+from tests._finished_jobs import move_to_history
+from tests._roles import GROUPS, TABLES, Roles, count, denied
 
 
 @pytest.fixture
@@ -131,7 +137,7 @@ def test_the_migrator_owns_the_schema_and_migrates_it(roles: Roles) -> None:
         denied(conn, "INSERT INTO {s}.future_table (note) VALUES ('d')", roles.schema)
     with roles.connect("orchestrator") as conn:
         conn.execute(f'DELETE FROM "{roles.schema}".future_table')
-    for name in ("producer", "worker", "orchestrator", "dashboard"):
+    for name in GROUPS[1:]:
         with roles.connect(name) as conn:
             denied(conn, "CREATE TABLE {s}.intruder (id int)", roles.schema)
 
@@ -147,7 +153,14 @@ def snapshot(admin: psycopg.Connection[Any], schema: str) -> dict[str, list[Any]
                 )
             )
         ]
-        for table in ("job", "job_definition", "job_dependency", "job_archive", "worker")
+        for table in (
+            "job",
+            "job_history",
+            "job_attempt",
+            "job_definition",
+            "job_dependency",
+            "worker",
+        )
     }
 
 
@@ -221,11 +234,7 @@ def test_a_producer_can_neither_release_nor_rewrite_nor_reconfigure(
         limited = jobs["limited"].defer({"n": 3})
         theirs = define(other)["echo"].defer({"n": 4})
     s = roles.schema
-    admin.execute(
-        f"""UPDATE "{s}".job SET status = 'succeeded', finalized_at = now(), result = '"ok"'"""
-        " WHERE id = %s",
-        [theirs.id],
-    )
+    move_to_history(admin, s, theirs.id, "succeeded", result=Jsonb("ok"))
     before = snapshot(admin, s)
     assert [row["limited"] for row in before["job"] if row["id"] == limited.id] == [True]
 
@@ -247,12 +256,36 @@ def test_a_producer_can_neither_release_nor_rewrite_nor_reconfigure(
             " VALUES ('limited', '_default', '{}', 1, false)",
             s,
         )
-        # Another role's jobs are not there to read.
-        assert (
-            conn.execute(
-                f'SELECT payload, result FROM "{s}".job WHERE id = %s', [theirs.id]
-            ).fetchall()
-            == []
+        # Another role's jobs are not there to read, finished ones neither.
+        for table in ("job", "job_history"):
+            assert (
+                conn.execute(
+                    f'SELECT payload, result FROM "{s}".{table} WHERE id = %s', [theirs.id]
+                ).fetchall()
+                == []
+            )
+        # The history: read only, and only through its parent.
+        denied(conn, """UPDATE {s}.job_history SET result = '"forged"'""", s)
+        denied(conn, "DELETE FROM {s}.job_history", s)
+        denied(conn, "SELECT id FROM {s}.job_history FOR UPDATE", s)
+        denied(
+            conn,
+            "INSERT INTO {s}.job_history (id, definition, channel, status, priority, payload,"
+            " attempt, max_attempts, run_at, created_at, finalized_at)"
+            f" SELECT {first.id}, 'echo', '_default', 'succeeded', 0, '{{}}', 1, 1, now(), now(),"
+            " now()",
+            s,
+        )
+        denied(conn, "SELECT * FROM {s}.job_history_default", s)
+        denied(conn, "SELECT * FROM {s}.job_history_0", s)
+        denied(conn, "SELECT {s}.job_history_prepare(0, 10000000, 1000000)", s)
+        denied(conn, "SELECT * FROM {s}.job_history_drop_before(now(), 10)", s)
+        # A finished job cannot come back with its id.
+        denied(
+            conn,
+            "INSERT INTO {s}.job (id, definition, channel, payload, max_attempts, limited)"
+            f" OVERRIDING SYSTEM VALUE VALUES ({theirs.id}, 'echo', '_default', '{{}}', 1, false)",
+            s,
         )
         # Dependencies: not readable, and only on its own jobs.
         denied(conn, "SELECT * FROM {s}.job_dependency", s)
@@ -301,10 +334,7 @@ def test_a_producer_can_neither_release_nor_rewrite_nor_reconfigure(
     assert after == before
 
     # Once its dependency succeeded, the re-check that defer runs releases the job.
-    admin.execute(
-        f"UPDATE \"{s}\".job SET status = 'succeeded', finalized_at = now() WHERE id = %s",
-        [first.id],
-    )
+    move_to_history(admin, s, first.id, "succeeded")
     with roles.connect("producer") as conn:
         row = conn.execute(
             f'SELECT "{s}".job_recheck_waiting(%s, %s)', [waiting.id, "nobody"]
@@ -314,31 +344,39 @@ def test_a_producer_can_neither_release_nor_rewrite_nor_reconfigure(
                         " AND status = 'available'", s) == 1  # fmt: skip
 
 
-def test_a_producer_reads_its_archived_result_and_no_one_elses(
+def test_a_producer_reads_its_finished_result_and_no_one_elses(
     roles: Roles, admin: psycopg.Connection[Any]
 ) -> None:
-    """Once swept into job_archive (which keeps created_by), a job's result is still its producer's."""
+    """In job_history (which keeps created_by), a job's result is still its producer's alone."""
     roles.add_login(admin, "producer2", "producer")
     s = roles.schema
     with roles.config("producer") as producer, roles.config("producer2") as other:
         mine = define(producer)["echo"].defer({"n": 1})
         theirs = define(other)["echo"].defer({"n": 2})
-        admin.execute(
-            f"""UPDATE "{s}".job SET status = 'succeeded', attempt = 1,
-                    finalized_at = now() - interval '3 days', result = to_jsonb(id)"""
-        )
-        with roles.connect("orchestrator") as conn, conn.transaction():
-            params = {"now": None, "threshold_ms": 3_600_000, "limit": 10}
-            ids = [r[0] for r in conn.execute(producer.queries["job_lock_sweepable"], params)]
-            assert sorted(ids) == sorted([mine.id, theirs.id])
-            conn.execute(producer.queries["job_sweep_finalized"], {"ids": ids, "archive": True})
-        assert count(admin, "SELECT count(*) FROM {s}.job", s) == 0
+        # The second lands in the default partition: the policies are the parent's.
+        admin.execute(f"SELECT setval('\"{s}\".job_id_seq', 50000000)")
+        later = define(producer)["echo"].defer({"n": 3})
+        for handle in (mine, theirs, later):
+            move_to_history(admin, s, handle.id, "succeeded", attempt=1, result=Jsonb(handle.id))
         assert mine.result(timeout=10) == mine.id
+        assert later.result(timeout=10) == later.id
         assert theirs.result(timeout=10) == theirs.id
+        assert mine.status() == "succeeded"
         with pytest.raises(UnknownJobError):
             JobHandle(theirs.id, producer).result(timeout=10)
-    rows = admin.execute(f'SELECT id, created_by FROM "{s}".job_archive ORDER BY id').fetchall()
-    assert rows == [(mine.id, roles.login["producer"]), (theirs.id, roles.login["producer2"])]
+        with pytest.raises(UnknownJobError):
+            JobHandle(mine.id, other).status()
+        # Nor may another producer depend on it.
+        with pytest.raises(UnknownJobError, match=str(mine.id)):
+            define(other)["echo"].defer({"n": 4}, depends_on=[mine])
+    with roles.connect("producer") as conn:
+        assert count(conn, "SELECT count(*) FROM {s}.job_history", s) == 2
+    rows = admin.execute(f'SELECT id, created_by FROM "{s}".job_history ORDER BY id').fetchall()
+    assert rows == [
+        (mine.id, roles.login["producer"]),
+        (theirs.id, roles.login["producer2"]),
+        (later.id, roles.login["producer"]),
+    ]
 
 
 def test_a_worker_runs_jobs_end_to_end(roles: Roles) -> None:
@@ -373,16 +411,21 @@ def test_a_worker_runs_jobs_end_to_end(roles: Roles) -> None:
     assert recorder.of_type(events.DaemonDatabaseError) == []
     with roles.connect("worker") as conn:
         s = roles.schema
-        outcomes = conn.execute(
-            f'SELECT outcome FROM "{s}".job_attempt WHERE job_id = %s ORDER BY attempt',
-            [flaky.id],
-        ).fetchall()
-        assert outcomes == [("failed",), ("succeeded",)]
+        # Every job moved into the history, the failed attempt of `flaky` with it.
+        assert count(conn, "SELECT count(*) FROM {s}.job", s) == 0
+        assert count(conn, "SELECT count(*) FROM {s}.job_attempt", s) == 0
+        assert count(conn, "SELECT count(*) FROM {s}.job_history WHERE worker_id IS NOT NULL"
+                           " AND status = 'succeeded'", s) == 6  # fmt: skip
+        row = conn.execute(
+            f'SELECT attempt, attempts FROM "{s}".job_history WHERE id = %s', [flaky.id]
+        ).fetchone()
+        assert row is not None and row[0] == 2
+        assert [entry["outcome"] for entry in row[1]] == ["failed"]
         assert count(conn, "SELECT count(*) FROM {s}.worker", s) == 0  # deregistered
-        denied(conn, "DELETE FROM {s}.job", s)
         denied(conn, """UPDATE {s}.job SET payload = '{"n": 0}'""", s)
+        denied(conn, """UPDATE {s}.job_history SET result = '"forged"'""", s)
+        denied(conn, "DELETE FROM {s}.job_history", s)
         denied(conn, "DELETE FROM {s}.job_definition", s)
-        denied(conn, "DELETE FROM {s}.job_attempt", s)
         denied(
             conn, "INSERT INTO {s}.leader (name, holder, expires_at) VALUES ('x', 'y', now())", s
         )
@@ -401,12 +444,13 @@ def finish(
     job_id: int,
     lock_token: str,
     result: str,
+    attempt: int = 1,
 ) -> list[int]:
-    """Record the success of attempt 1 of ``job_id`` with job_finish_many; the ids it finished."""
+    """Record the success of ``attempt`` of ``job_id`` with job_finish_many; the ids it finished."""
     rows = conn.execute(
         config.queries["job_finish_many"],
         {
-            "ids": [job_id], "attempts": [1], "tokens": [uuid.UUID(lock_token)],
+            "ids": [job_id], "attempts": [attempt], "tokens": [uuid.UUID(lock_token)],
             "outcomes": ["succeeded"], "results": [result], "errors": [None],
             "tracebacks": [None], "retry_delays_ms": [0],
             "started_ats": [dt.datetime.now(dt.UTC)], "worker_id": worker_id,
@@ -427,11 +471,39 @@ def register(conn: psycopg.Connection[Any], schema: str, name: str) -> int:
     return int(row[0])
 
 
+#: A history row for job {id} copied from its row in `job` ({s} is the schema),
+#: as job_finish_many writes it, with ``{changes}`` (SQL select items) overriding
+#: columns of the copy.
+FORGED_HISTORY = """
+INSERT INTO {s}.job_history (
+    id, definition, channel, status, priority, payload, result, attempt, max_attempts, run_at,
+    unique_key, resource_key, tick_at, created_at, started_at, finalized_at, last_error,
+    attempts, trace_context, created_by, worker_id, worker_name, lock_token)
+SELECT id, definition, channel, {status}, priority, {payload}, '"forged"', attempt, max_attempts,
+       run_at, unique_key, resource_key, tick_at, created_at, started_at, now(), NULL, '[]',
+       trace_context, {created_by}, locked_by, 'forger', {lock_token}
+FROM {s}.job WHERE id = {id}
+"""
+
+
+def forge_history(job_id: int, **changes: str) -> str:
+    """:data:`FORGED_HISTORY` for ``job_id``: a `succeeded` copy unless ``changes`` say otherwise."""
+    items = {
+        "status": "'succeeded'",
+        "payload": "payload",
+        "created_by": "created_by",
+        "lock_token": "lock_token",
+        **changes,
+    }
+    return FORGED_HISTORY.replace("{id}", str(job_id)).format(s="{s}", **items)
+
+
 def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
     roles: Roles, admin: psycopg.Connection[Any]
 ) -> None:
-    """A worker cannot rewrite a finalized job, touch another role's running job or worker row,
-    nor release a job before its dependencies; the state machine's own moves still work."""
+    """A worker cannot rewrite a finished job, touch another role's running job or worker row,
+    nor release a job before its dependencies; it moves into the history only the jobs its
+    own daemons hold, as they are; the state machine's own moves still work."""
     roles.add_login(admin, "worker2", "worker")
     s = roles.schema
     with roles.config("producer") as producer:
@@ -446,41 +518,69 @@ def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
         me = register(conn, s, "me")
         sibling = register(conn, s, "sibling")
         rival = register(conn2, s, "rival")
-        # The states a worker finds, set up as the server's superuser.
+        # The states a worker finds, set up as the server's superuser: a
+        # finished job, and two jobs running their second attempt (the first
+        # one failed), one held by a daemon of another role.
+        move_to_history(admin, s, done.id, "succeeded", attempt=1, result=Jsonb("real"))
         admin.execute(
-            f"""UPDATE "{s}".job SET status = 'succeeded', attempt = 1, finalized_at = now(),
-                    result = '"real"' WHERE id = %s""",
-            [done.id],
-        )
-        admin.execute(
-            f"""UPDATE "{s}".job SET status = 'running', attempt = 1, started_at = now(),
+            f"""UPDATE "{s}".job SET status = 'running', attempt = 2, started_at = now(),
                     locked_until = now() + interval '1 hour',
                     locked_by = CASE id WHEN %s THEN %s ELSE %s END,
                     lock_token = md5(id::text)::uuid
                 WHERE id IN (%s, %s)""",
             [theirs.id, rival, me, theirs.id, mine.id],
         )
+        admin.execute(
+            f'INSERT INTO "{s}".job_attempt (job_id, attempt, started_at, outcome, error)'
+            " SELECT id, 1, now(), 'failed', 'first' FROM unnest(%s::bigint[]) AS id",
+            [[theirs.id, mine.id]],
+        )
         before = snapshot(admin, s)
 
-        # A finalized job: its result cannot be overwritten, nor the job revived.
-        assert (
-            changed(conn, f"""UPDATE {{s}}.job SET result = '"forged"' WHERE id = {done.id}""", s)
-            == 0
+        # A finished job: its result cannot be overwritten, nor the job revived.
+        denied(conn, f"""UPDATE {{s}}.job_history SET result = '"forged"'"""
+                     f" WHERE id = {done.id}", s)  # fmt: skip
+        denied(conn, f"DELETE FROM {{s}}.job_history WHERE id = {done.id}", s)
+        denied(conn, "SELECT id FROM {s}.job_history FOR UPDATE", s)
+        denied(
+            conn,
+            "INSERT INTO {s}.job (id, definition, channel, payload, max_attempts, limited)"
+            f" OVERRIDING SYSTEM VALUE VALUES ({done.id}, 'echo', '_default', '{{}}', 1, false)",
+            s,
         )
-        assert changed(conn, f"UPDATE {{s}}.job SET status = 'available', finalized_at = NULL"
-                             f" WHERE id = {done.id}", s) == 0  # fmt: skip
-        # Another role's running job: no lease, no finish, even with its token.
+        # Nor any partition of the history, named directly.
+        denied(conn, "SELECT * FROM {s}.job_history_default", s)
+        denied(conn, f"""UPDATE {{s}}.job_history_0 SET result = '"forged"'"""
+                     f" WHERE id = {done.id}", s)  # fmt: skip
+        denied(conn, "SELECT {s}.job_history_prepare(0, 10000000, 1000000)", s)
+        denied(conn, "SELECT * FROM {s}.job_history_drop_before(now(), 10)", s)
+        # Another role's running job: no lease, no finish, even with its token;
+        # it is neither deleted nor moved into the history, and keeps its log.
         assert changed(conn, f"UPDATE {{s}}.job SET locked_until = now() + interval '1 day'"
                              f" WHERE id = {theirs.id}", s) == 0  # fmt: skip
-        assert finish(conn, producer, me, theirs.id, token(before, theirs.id), '"forged"') == []
+        assert finish(conn, producer, me, theirs.id, token(before, theirs.id), '"forged"', 2) == []
+        assert changed(conn, f"DELETE FROM {{s}}.job WHERE id = {theirs.id}", s) == 0
+        assert changed(conn, f"DELETE FROM {{s}}.job_attempt WHERE job_id = {theirs.id}", s) == 0
+        refused_by_policy(conn, forge_history(theirs.id), s)
+        # Nor any job that its daemons do not hold: unclaimed, waiting.
+        assert changed(conn, f"DELETE FROM {{s}}.job WHERE id <> {mine.id}", s) == 0
+        assert changed(conn, f"DELETE FROM {{s}}.job_attempt WHERE job_id <> {mine.id}", s) == 0
+        refused_by_policy(conn, forge_history(free.id), s)
+        refused_by_policy(conn, forge_history(blocked.id), s)
+        # Its own running job goes into the history only as it is: not with
+        # another payload or creator, nor another attempt's token, nor cancelled.
+        refused_by_policy(conn, forge_history(mine.id, payload="""'{"n": 0}'"""), s)
+        refused_by_policy(conn, forge_history(mine.id, created_by="NULL"), s)
+        refused_by_policy(conn, forge_history(mine.id, lock_token="gen_random_uuid()"), s)
+        refused_by_policy(conn, forge_history(mine.id, status="'cancelled'"), s)
         # A waiting job whose dependency has not succeeded stays waiting.
         assert (
             changed(conn, f"UPDATE {{s}}.job SET status = 'available' WHERE id = {blocked.id}", s)
             == 0
         )
         # Cancelling is an operator's action.
-        refused_by_policy(conn, f"UPDATE {{s}}.job SET status = 'cancelled',"
-                                f" finalized_at = now() WHERE id = {free.id}", s)  # fmt: skip
+        refused_by_policy(conn, f"UPDATE {{s}}.job SET status = 'cancelled'"
+                                f" WHERE id = {free.id}", s)  # fmt: skip
         # Dependencies only on its own jobs (these are the producer's).
         refused_by_policy(
             conn,
@@ -500,22 +600,24 @@ def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
             touch = {"worker_id": victim, "secret": guess}
             assert conn.execute(queries["worker_touch"], touch).fetchone() == (False,)
             assert conn.execute(queries["worker_delete"], touch).fetchone() == (False,)
-        denied(conn, "DELETE FROM {s}.job", s)
         denied(conn, """UPDATE {s}.job SET payload = '{"n": 0}'""", s)
         denied(conn, "UPDATE {s}.job SET created_by = current_user", s)
+        denied(conn, "UPDATE {s}.job SET result = '1', finalized_at = now()", s)
         denied(conn, "UPDATE {s}.worker SET registered_by = current_user", s)
         denied(conn, "DELETE FROM {s}.job_definition", s)
-        denied(conn, "DELETE FROM {s}.job_attempt", s)
+        denied(conn, "UPDATE {s}.job_attempt SET error = 'rewritten'", s)
+        denied(conn, "DELETE FROM {s}.job_dependency", s)
         assert snapshot(admin, s) == before
 
         # The moves of the state machine: heartbeat and finish its own running
-        # job, release a ready dependent, claim an available job.
+        # job (into the history, with the log of its first attempt), release a
+        # ready dependent, claim an available job.
         row = conn.execute(
             queries["worker_heartbeat"],
             {"worker_id": me, "secret": "me", "ids": [mine.id], "tokens": [token(before, mine.id)]},
         ).fetchone()
         assert row == (True, 1)
-        assert finish(conn, producer, me, mine.id, token(before, mine.id), "1") == [mine.id]
+        assert finish(conn, producer, me, mine.id, token(before, mine.id), "1", 2) == [mine.id]
         released = conn.execute(
             queries["job_release_dependents"], {"ids": [mine.id], "notify_channel": "nobody"}
         ).fetchall()
@@ -530,9 +632,16 @@ def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
         deregister = {"worker_id": me, "secret": "me"}
         assert conn.execute(queries["worker_delete"], deregister).fetchone() == (True,)
         assert count(admin, "SELECT count(*) FROM {s}.worker", s) == 2  # sibling and rival
+    row = admin.execute(
+        f'SELECT status, worker_id, attempts FROM "{s}".job_history WHERE id = %s', [mine.id]
+    ).fetchone()
+    assert row is not None and row[:2] == ("succeeded", me)
+    assert [(entry["attempt"], entry["error"]) for entry in row[2]] == [(1, "first")]
+    assert count(admin, f"SELECT count(*) FROM {{s}}.job_attempt WHERE job_id = {theirs.id}",
+                 s) == 1  # fmt: skip
     with roles.connect("producer") as conn:
         assert conn.execute(
-            f'SELECT result FROM "{s}".job WHERE id = %s', [mine.id]
+            f'SELECT result FROM "{s}".job_history WHERE id = %s', [mine.id]
         ).fetchone() == (1,)
 
 
@@ -592,7 +701,8 @@ def test_the_orchestrator_runs_its_maintenance(
             tick.name
         }
 
-        # Time out everything a day later, then sweep (archive) two days after that.
+        # Time out everything a day later: into the history, which keeps it
+        # (archive=True, no retention).
         with roles.connect("orchestrator") as conn:
             now_row = conn.execute("SELECT now()").fetchone()
             assert now_row is not None
@@ -600,20 +710,60 @@ def test_the_orchestrator_runs_its_maintenance(
             by_name = {service.name: service for service in orchestrator.services}
             finalized = by_name["finalizer"].run_once(conn, now + dt.timedelta(days=1))
             assert sum(finalized.counts.values()) >= 4  # three `short` jobs and the tick
-            swept = by_name["sweeper"].run_once(conn, now + dt.timedelta(days=3))
-            assert sum(swept.counts.values()) >= 4
             assert count(conn, "SELECT count(*) FROM {s}.job", s) == 0
-            assert count(conn, "SELECT count(*) FROM {s}.job_archive", s) >= 4
-            assert count(conn, "SELECT count(*) FROM {s}.worker", s) == 0
-            denied(conn, "DELETE FROM {s}.job_attempt", s)
-            denied(conn, "DROP TABLE {s}.job_archive", s)
-            # archive_retention_ms: the sweep may prune the archive it fills.
+            assert count(conn, "SELECT count(*) FROM {s}.job_attempt", s) == 0  # moved along
+            finished = count(conn, "SELECT count(*) FROM {s}.job_history", s)
+            assert finished >= 4
+            # Leftovers of a job deleted while unfinished, as the server's superuser.
+            admin.execute(
+                f'INSERT INTO "{s}".job_attempt (job_id, attempt, started_at, outcome)'
+                " VALUES (999999, 1, now(), 'failed')"
+            )
+            admin.execute(
+                f'INSERT INTO "{s}".job_dependency (job_id, required_job_id) VALUES (999999, %s)',
+                [lost.id],
+            )
             sweeper = by_name["sweeper"]
             assert isinstance(sweeper, Sweeper)
+            swept = sweeper.run_once(conn, now + dt.timedelta(days=3))
+            assert swept.counts["orphan_attempts_deleted"] == 1
+            assert swept.counts["orphan_dependencies_deleted"] == 1
+            assert count(conn, "SELECT count(*) FROM {s}.job_history", s) == finished
+            assert count(conn, "SELECT count(*) FROM {s}.worker", s) == 0
+            # The history's partitions are the owner's to make and drop, its rows
+            # are not rewritten, and its partitions not reached by name.
+            denied(conn, "DROP TABLE {s}.job_history_0", s)
+            denied(conn, "CREATE TABLE {s}.job_history_9000000 PARTITION OF {s}.job_history"
+                         " FOR VALUES FROM (9000000) TO (10000000)", s)  # fmt: skip
+            denied(conn, """UPDATE {s}.job_history SET result = '"forged"'""", s)
+            denied(conn, "SELECT count(*) FROM {s}.job_history_0", s)
+
+            # Retention, a job of the default partition at a time: as the
+            # server's superuser, a job finished long ago with an id beyond the
+            # partitions, and an edge of it.
+            admin.execute(
+                f"""INSERT INTO "{s}".job_history (id, definition, channel, status, priority,
+                        payload, attempt, max_attempts, run_at, created_at, finalized_at)
+                    VALUES (9000000, 'short', '_default', 'succeeded', 0, '{{}}', 1, 2,
+                            now(), now(), now() - interval '10 days')"""
+            )
+            admin.execute(
+                f'INSERT INTO "{s}".job_dependency (job_id, required_job_id) VALUES (9000000, %s)',
+                [lost.id],
+            )
+            assert conn.execute(
+                config.queries["job_history_default_prune"],
+                {"now": None, "retention_ms": 24 * 3_600_000, "limit": 10},
+            ).fetchall() == [(9000000, "short")]
+            assert count(admin, "SELECT count(*) FROM {s}.job_dependency", s) == 0
+            # Retention, whole partitions at a time, once the ids have moved
+            # past them (as the server's superuser).
+            admin.execute(f"SELECT setval('\"{s}\".job_id_seq', 2500000)")
             sweeper.archive_retention_ms = 24 * 3_600_000
             pruned = sweeper.run_once(conn, now + dt.timedelta(days=5))
-            assert pruned.counts["archived_jobs_pruned"] >= 4
-            assert count(conn, "SELECT count(*) FROM {s}.job_archive", s) == 0
+            assert pruned.counts["history_partitions_dropped"] >= 1
+            assert pruned.counts["history_jobs_dropped"] == finished
+            assert count(conn, "SELECT count(*) FROM {s}.job_history", s) == 0
 
 
 def test_the_dashboard_reads_everything_and_writes_nothing(
@@ -623,14 +773,22 @@ def test_the_dashboard_reads_everything_and_writes_nothing(
     s = roles.schema
     with roles.config("producer") as producer:
         handle = define(producer)["echo"].defer({"n": 1})
+        done = define(producer)["echo"].defer({"n": 2})
+    move_to_history(admin, s, done.id, "succeeded", attempt=1, result=Jsonb("ok"))
     with roles.config("dashboard") as dashboard:
-        assert [job.id for job in dashboard.jobs.list()] == [handle.id]
+        assert [job.id for job in dashboard.jobs.list()] == [handle.id, done.id]
         assert dashboard.jobs.get(handle.id).payload == {"n": 1}
+        assert dashboard.jobs.get(done.id).result == "ok"
         assert dashboard.jobs.count(status="available") == 1
+        assert dashboard.jobs.count(status="succeeded") == 1
         assert [info.name for info in dashboard.jobs.definitions()] == ["echo"]
         dashboard.check_schema()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             dashboard.jobs.cancel(handle.id)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            dashboard.jobs.retry(done.id)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            dashboard.jobs.delete(done.id)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             dashboard.jobs.retry_failed()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -638,14 +796,143 @@ def test_the_dashboard_reads_everything_and_writes_nothing(
     with roles.connect("dashboard") as conn:
         for table in TABLES:
             conn.execute(f'SELECT * FROM "{s}".{table} LIMIT 1')
+        denied(conn, "SELECT * FROM {s}.job_history_default", s)
         denied(conn, "DELETE FROM {s}.job", s)
         denied(conn, "UPDATE {s}.job SET priority = 1", s)
+        denied(conn, "DELETE FROM {s}.job_history", s)
         denied(
             conn, "INSERT INTO {s}.leader (name, holder, expires_at) VALUES ('x', 'y', now())", s
         )
         denied(conn, "UPDATE {s}.worker SET heartbeat_at = now()", s)
         denied(conn, "DELETE FROM {s}.job_definition", s)
     assert count(admin, "SELECT count(*) FROM {s}.job", s) == 1
+    assert count(admin, "SELECT count(*) FROM {s}.job_history", s) == 1
+
+
+def test_the_operator_retries_cancels_and_deletes_jobs(
+    roles: Roles, admin: psycopg.Connection[Any]
+) -> None:
+    """The operator role: the management API, between the hot table and the history."""
+    s = roles.schema
+    with roles.config("producer") as producer:
+        jobs = define(producer)
+        failed = jobs["flaky"].defer({"n": 1})
+        succeeded = jobs["echo"].defer({"n": 2})
+        running = jobs["echo"].defer({"n": 3})
+        dependent = jobs["echo"].defer({"n": 4}, depends_on=[succeeded])
+        doomed = [jobs["flaky"].defer({"n": n}) for n in (5, 6, 7)]
+    move_to_history(
+        admin, s, failed.id, "failed", attempt=2, last_error="second",
+        attempts=Jsonb([{"attempt": 1, "outcome": "failed", "error": "first"}]),
+    )  # fmt: skip
+    move_to_history(admin, s, succeeded.id, "succeeded", attempt=1, result=Jsonb("ok"))
+    for handle in doomed:
+        move_to_history(admin, s, handle.id, "failed", attempt=2)
+    with roles.connect("worker") as conn:
+        worker_id = register(conn, s, "w")
+    admin.execute(
+        f"""UPDATE "{s}".job SET status = 'running', attempt = 1, started_at = now(),
+                locked_by = %s, lock_token = gen_random_uuid(),
+                locked_until = now() + interval '1 hour'
+            WHERE id = %s""",
+        [worker_id, running.id],
+    )
+
+    with roles.config("operator") as operator:
+        # A finished job comes back with its id and its attempt log.
+        retried = operator.jobs.retry(failed.id)
+        assert (retried.id, retried.status, retried.attempt) == (failed.id, "available", 0)
+        assert [a.error for a in operator.jobs.get(failed.id).attempts or ()] == ["first"]
+        # A running job is cancelled into the history; its attempt is logged there.
+        cancelled = operator.jobs.cancel(running.id)
+        assert cancelled.status == "cancelled"
+        attempts = operator.jobs.get(running.id).attempts or ()
+        assert [a.outcome for a in attempts] == ["interrupted"]
+        # A waiting job is deleted with its edge; the succeeded job it waited
+        # for comes back into the hot table, and is deleted from there (its
+        # restored attempt log with it); a cancelled one from the history.
+        operator.jobs.delete(dependent.id)
+        assert operator.jobs.retry(succeeded.id).status == "available"
+        operator.jobs.delete(succeeded.id)
+        operator.jobs.delete(running.id)  # from the history
+        assert operator.jobs.retry_failed() == 3
+        assert operator.jobs.delete_failed() == 0
+        for handle in doomed:
+            operator.jobs.cancel(handle.id)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            define(operator)["echo"].defer({"n": 8})
+    with roles.connect("producer") as conn:  # the retried job is still its producer's
+        assert count(conn, f"SELECT count(*) FROM {{s}}.job WHERE id = {failed.id}", s) == 1
+    assert count(admin, "SELECT count(*) FROM {s}.job", s) == 1
+    assert count(admin, "SELECT count(*) FROM {s}.job_history WHERE status = 'cancelled'", s) == 3
+    assert count(admin, "SELECT count(*) FROM {s}.job_dependency", s) == 0
+    with roles.connect("operator") as conn:
+        denied(conn, """UPDATE {s}.job SET payload = '{"n": 0}'""", s)
+        denied(conn, "UPDATE {s}.job SET created_by = current_user", s)
+        denied(conn, "UPDATE {s}.worker SET heartbeat_at = now()", s)
+        denied(conn, "DELETE FROM {s}.worker", s)
+        denied(conn, "DELETE FROM {s}.job_definition", s)
+        denied(
+            conn, "INSERT INTO {s}.leader (name, holder, expires_at) VALUES ('x', 'y', now())", s
+        )
+        denied(conn, "SELECT * FROM {s}.job_history_default", s)
+        denied(conn, "SELECT {s}.job_history_prepare(0, 10000000, 1000000)", s)
+        denied(conn, "SELECT * FROM {s}.job_history_drop_before(now(), 10)", s)
+
+
+def test_the_history_is_reached_through_its_parent_only(
+    roles: Roles, admin: psycopg.Connection[Any]
+) -> None:
+    """A partition made after roles.sql ran (by the orchestrator's sweeper) leaks no row.
+
+    job_history_prepare makes partitions as the migrator, so they start with
+    the migrator's default privileges; through the parent only the parent's
+    privileges and policies count, and named directly a partition shows and
+    lets change no row to any runtime role.
+    """
+    roles.add_login(admin, "producer2", "producer")
+    s = roles.schema
+    with roles.config("producer") as producer, roles.config("producer2") as other:
+        early = define(producer)["echo"].defer({"n": 1})
+        admin.execute(f"SELECT setval('\"{s}\".job_id_seq', 7499999)")
+        late = define(producer)["echo"].defer({"n": 2})
+        theirs = define(other)["echo"].defer({"n": 3})
+    assert late.id == 7500000
+    for handle in (early, late, theirs):
+        move_to_history(admin, s, handle.id, "succeeded", attempt=1, result=Jsonb("secret"))
+    with roles.config("orchestrator") as orchestrator, roles.connect("orchestrator") as conn:
+        made = conn.execute(orchestrator.queries["job_history_prepare"]).fetchone()
+        assert made is not None and made[0] == 3  # 7M, 8M and 9M; late moves into 7M
+    partition = "job_history_7000000"
+    owner = admin.execute(
+        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass",
+        [f'"{s}".{partition}'],
+    ).fetchone()
+    assert owner == (roles.group["migrator"],)
+    assert count(admin, f"SELECT count(*) FROM {{s}}.{partition}", s) == 2
+
+    with roles.connect("producer") as conn:
+        ids = conn.execute(f'SELECT id FROM "{s}".job_history ORDER BY id').fetchall()
+        assert ids == [(early.id,), (late.id,)]  # through the parent: its own two
+    for name in GROUPS[1:]:
+        with roles.connect(name) as conn:
+            for statement in (
+                f"SELECT * FROM {{s}}.{partition}",
+                f"""UPDATE {{s}}.{partition} SET result = '"forged"'""",
+                f"DELETE FROM {{s}}.{partition}",
+            ):
+                # Refused outright (no privilege), or no row to see (row security).
+                with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+                    assert changed(conn, statement, s) == 0, (name, statement)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(
+                    f'INSERT INTO "{s}".{partition} (id, definition, channel, status, priority,'
+                    " payload, attempt, max_attempts, run_at, created_at, finalized_at)"
+                    " VALUES (7600000, 'echo', '_default', 'succeeded', 0, '{}', 1, 1, now(),"
+                    " now(), now())"
+                )
+    assert count(admin, f"SELECT count(*) FROM {{s}}.{partition} WHERE result = '\"secret\"'",
+                 s) == 2  # fmt: skip
 
 
 def test_the_file_can_run_before_the_first_migration(
@@ -710,7 +997,7 @@ FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid
 WHERE c.relnamespace = %(schema)s::regnamespace
 UNION ALL
 SELECT 'row security', c.relname, NULL, NULL, c.relrowsecurity::text
-FROM pg_class c WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind = 'r'
+FROM pg_class c WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p')
 """
 
 
@@ -747,7 +1034,20 @@ def test_psql_and_the_python_applier_grant_the_same(
     assert ("table", "job", "", "S_producer", "DELETE") not in python_applied
     assert not [p for p in python_applied if p[3] == "S_producer" and p[4] == "UPDATE"]
     assert ("table", "job", "", "S_orchestrator", "DELETE") in python_applied
-    assert ("row security", "job", "", "", "true") in python_applied
+    for table in ("job", "job_history", "job_attempt", "job_dependency", "worker"):
+        assert ("row security", table, "", "", "true") in python_applied
+    # The history's partitions: row security, and no privilege for anyone but
+    # the owner (the orchestrator deletes rows of the default one by name).
+    partitions = {p[1] for p in python_applied if p[0] == "row security" and p[1] != "job_history"
+                  and p[1].startswith("job_history")}  # fmt: skip
+    assert {"job_history_default", "job_history_0"} <= partitions
+    for partition in partitions:
+        assert ("row security", partition, "", "", "true") in python_applied
+        grantees = {p[3] for p in python_applied if p[0] == "table" and p[1] == partition}
+        expected = {"S_orchestrator"} if partition == "job_history_default" else set()
+        assert grantees == {"S_migrator", *expected}, partition
+    assert not [p for p in python_applied if p[1] == "job_history" and p[4] == "UPDATE"
+                and p[3] != "S_operator" and p[3] != "S_migrator"]  # fmt: skip
     functions = {p[1] for p in python_applied if p[0] == "function"}
     assert functions == {
         "job_recheck_waiting",
@@ -757,6 +1057,8 @@ def test_psql_and_the_python_applier_grant_the_same(
         "job_created_by_caller",
         "worker_touch",
         "worker_deregister",
+        "job_history_prepare",
+        "job_history_drop_before",
     }
     assert ("table", "worker", "", "S_worker", "DELETE") not in python_applied
     assert not [p for p in python_applied if p[3] == "S_worker" and p[1:2] == ("worker",)
@@ -766,3 +1068,6 @@ def test_psql_and_the_python_applier_grant_the_same(
     assert ("function", "job_recheck_waiting", "S_migrator", "S_producer", "EXECUTE") in (
         python_applied
     )
+    for function in ("job_history_prepare", "job_history_drop_before"):
+        grantees = {p[3] for p in python_applied if p[:2] == ("function", function)}
+        assert grantees == {"S_migrator", "S_orchestrator"}, function

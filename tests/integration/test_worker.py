@@ -18,6 +18,7 @@ import pytest
 
 from orchestra import Backoff, Config, JobContext, JobDefinition, Worker, events
 from orchestra.testing import EventRecorder, wait_until
+from tests._finished_jobs import finish_by_sql
 from tests._running import running
 
 
@@ -31,7 +32,7 @@ class Item:
 def status_of(db: psycopg.Connection[Any], config: Config, job_id: int) -> str:
     """The status of a job, read on a separate connection."""
     row = db.execute(
-        f'SELECT status::text FROM "{config.schema}".job WHERE id = %s', [job_id]
+        f'SELECT status::text FROM "{config.schema}".all_jobs WHERE id = %s', [job_id]
     ).fetchone()
     assert row is not None
     return str(row[0])
@@ -55,7 +56,7 @@ class TestRunning:
         with running(Worker(config, event_handler=recorder)):
             recorder.wait_for(events.WorkerJobSucceeded)
         row = db.execute(
-            f'SELECT status::text, result, attempt, finalized_at IS NOT NULL, lock_token FROM "{config.schema}".job WHERE id = %s',
+            f'SELECT status::text, result, attempt, finalized_at IS NOT NULL, lock_token FROM "{config.schema}".all_jobs WHERE id = %s',
             [handle.id],
         ).fetchone()
         assert row == ("succeeded", {"double": 42}, 1, True, None)
@@ -123,10 +124,7 @@ class TestRunning:
     ) -> None:
         """A finalized job is never dequeued again (C2)."""
         handle = make(config, "done", lambda p: None).defer({})
-        db.execute(
-            f"UPDATE \"{config.schema}\".job SET status = 'cancelled', finalized_at = now() WHERE id = %s",
-            [handle.id],
-        )
+        finish_by_sql(db, config, handle.id, "cancelled")
         with running(Worker(config, process_interval_ms=50)) as worker:
             wait_until(lambda: worker.stats.claim_queries >= 3)
             assert worker.stats.claimed == 0
@@ -156,7 +154,7 @@ class TestRunning:
             recorder.wait_for(events.WorkerJobFailed)
             recorder.wait_for(events.WorkerJobSucceeded)
         row = db.execute(
-            f'SELECT length(error), length(traceback), strpos(error, %s) = 1 FROM "{config.schema}".job_attempt WHERE job_id = %s',
+            f'SELECT length(error), length(traceback), strpos(error, %s) = 1 FROM "{config.schema}".all_job_attempts WHERE job_id = %s',
             ["RuntimeError: bad\\x00byte", handle.id],
         ).fetchone()
         assert row is not None
@@ -193,7 +191,9 @@ class TestClaiming:
         """A worker with concurrency k never runs more than k jobs, nor holds more than k claims (C11)."""
         lock = threading.Lock()
         state = {"now": 0, "peak": 0, "db_peak": 0}
-        count_running = f"SELECT count(*) FROM \"{config.schema}\".job WHERE status = 'running'"
+        count_running = (
+            f"SELECT count(*) FROM \"{config.schema}\".all_jobs WHERE status = 'running'"
+        )
 
         def job(item: Item) -> None:
             with lock:
@@ -291,13 +291,13 @@ class TestRetries:
         assert failures[-1].retry_at is None and failures[0].retry_at is not None
         assert failures[0].error == "ValueError: nope 1"
         row = db.execute(
-            f'SELECT status::text, attempt, finalized_at IS NOT NULL, last_error FROM "{config.schema}".job WHERE id = %s',
+            f'SELECT status::text, attempt, finalized_at IS NOT NULL, last_error FROM "{config.schema}".all_jobs WHERE id = %s',
             [handle.id],
         ).fetchone()
         assert row == ("failed", 3, True, "ValueError: nope 3")
         attempts = db.execute(
             f"SELECT attempt, outcome, error, traceback, worker_name, finished_at >= started_at "
-            f'FROM "{config.schema}".job_attempt WHERE job_id = %s ORDER BY attempt',
+            f'FROM "{config.schema}".all_job_attempts WHERE job_id = %s ORDER BY attempt',
             [handle.id],
         ).fetchall()
         assert [(a[0], a[1], a[2]) for a in attempts] == [
@@ -322,7 +322,7 @@ class TestRetries:
         with running(Worker(config, event_handler=recorder)):
             recorder.wait_for(events.WorkerJobSucceeded)
         rows = db.execute(
-            f'SELECT attempt, outcome, error FROM "{config.schema}".job_attempt WHERE job_id = %s ORDER BY id',
+            f'SELECT attempt, outcome, error FROM "{config.schema}".all_job_attempts WHERE job_id = %s ORDER BY id',
             [handle.id],
         ).fetchall()
         assert rows == [(1, "failed", "RuntimeError: first"), (2, "succeeded", None)]
@@ -339,8 +339,8 @@ class TestRetries:
         with running(Worker(config, event_handler=recorder)):
             recorder.wait_for(events.WorkerJobFailed)
         row = db.execute(
-            f'SELECT extract(epoch FROM j.run_at - a.finished_at) FROM "{config.schema}".job j '
-            f'JOIN "{config.schema}".job_attempt a ON a.job_id = j.id WHERE j.id = %s',
+            f'SELECT extract(epoch FROM j.run_at - a.finished_at) FROM "{config.schema}".all_jobs j '
+            f'JOIN "{config.schema}".all_job_attempts a ON a.job_id = j.id WHERE j.id = %s',
             [handle.id],
         ).fetchone()
         assert row is not None
@@ -362,8 +362,8 @@ class TestRetries:
             failed = recorder.wait_for(events.WorkerJobFailed)[0]
         assert failed.will_retry and failed.retry_at is not None
         row = db.execute(
-            f'SELECT extract(epoch FROM j.run_at - a.finished_at) FROM "{config.schema}".job j '
-            f'JOIN "{config.schema}".job_attempt a ON a.job_id = j.id WHERE j.id = %s',
+            f'SELECT extract(epoch FROM j.run_at - a.finished_at) FROM "{config.schema}".all_jobs j '
+            f'JOIN "{config.schema}".all_job_attempts a ON a.job_id = j.id WHERE j.id = %s',
             [handle.id],
         ).fetchone()
         assert row is not None
@@ -402,11 +402,13 @@ class TestUnknownDefinition:
         producer.close()
         assert released.reason == "unknown_definition" and released.job_id == handle.id
         row = db.execute(
-            f"SELECT status::text, attempt, run_at > now() + interval '50 seconds' FROM \"{config.schema}\".job WHERE id = %s",
+            f"SELECT status::text, attempt, run_at > now() + interval '50 seconds' FROM \"{config.schema}\".all_jobs WHERE id = %s",
             [handle.id],
         ).fetchone()
         assert row == ("available", 0, True)
-        assert db.execute(f'SELECT count(*) FROM "{config.schema}".job_attempt').fetchone() == (0,)
+        assert db.execute(
+            f'SELECT count(*) FROM "{config.schema}".all_job_attempts'
+        ).fetchone() == (0,)
 
 
 class TestLeases:
@@ -416,7 +418,7 @@ class TestLeases:
         """While a job runs past its lock interval, heartbeats keep its lease alive and rescue finds nothing (C4)."""
         release = threading.Event()
         handle = make(config, "long", lambda p: release.wait(20), lock_interval_ms=600).defer({})
-        query = f'SELECT locked_until FROM "{config.schema}".job WHERE id = %s'
+        query = f'SELECT locked_until FROM "{config.schema}".all_jobs WHERE id = %s'
         with running(Worker(config, event_handler=recorder)) as worker:
             assert worker.heartbeat_interval_ms == 200
             recorder.wait_for(events.WorkerJobClaimed)
@@ -461,12 +463,12 @@ class TestLeases:
             fenced = recorder.wait_for(events.WorkerJobFenced)[0]
         assert fenced.job_id == handle.id and fenced.outcome == "succeeded"
         row = db.execute(
-            f'SELECT status::text, attempt, result FROM "{config.schema}".job WHERE id = %s',
+            f'SELECT status::text, attempt, result FROM "{config.schema}".all_jobs WHERE id = %s',
             [handle.id],
         ).fetchone()
         assert row == ("available", 1, None)
         outcomes = db.execute(
-            f'SELECT outcome FROM "{config.schema}".job_attempt WHERE job_id = %s', [handle.id]
+            f'SELECT outcome FROM "{config.schema}".all_job_attempts WHERE job_id = %s', [handle.id]
         ).fetchall()
         assert outcomes == [("lost",)]
 
@@ -514,7 +516,7 @@ class TestEvents:
             if isinstance(event, events.WorkerJobClaimed | events.WorkerJobSucceeded):
                 with psycopg.connect(test_dsn, autocommit=True) as conn:
                     row = conn.execute(
-                        f'SELECT status::text FROM "{config.schema}".job WHERE id = %s',
+                        f'SELECT status::text FROM "{config.schema}".all_jobs WHERE id = %s',
                         [event.job_id],
                     ).fetchone()
                 assert row is not None
@@ -582,11 +584,12 @@ class TestLifecycle:
         worker.stop()
         assert worker.join(timeout=10)
         row = db.execute(
-            f'SELECT status::text, attempt FROM "{config.schema}".job WHERE id = %s', [handle.id]
+            f'SELECT status::text, attempt FROM "{config.schema}".all_jobs WHERE id = %s',
+            [handle.id],
         ).fetchone()
         assert row == ("available", 1)
         outcome = db.execute(
-            f'SELECT outcome FROM "{config.schema}".job_attempt WHERE job_id = %s', [handle.id]
+            f'SELECT outcome FROM "{config.schema}".all_job_attempts WHERE job_id = %s', [handle.id]
         ).fetchone()
         assert outcome == ("interrupted",)
         assert recorder.of_type(events.DaemonStopped)[0].handed_back == 1
@@ -706,6 +709,6 @@ class TestConnectionLoss:
         errors = recorder.of_type(events.DaemonDatabaseError)
         assert [e.operation for e in errors][:1] == ["finish"]
         rows = db.execute(
-            f'SELECT job_id, attempt, outcome FROM "{config.schema}".job_attempt ORDER BY job_id'
+            f'SELECT job_id, attempt, outcome FROM "{config.schema}".all_job_attempts ORDER BY job_id'
         ).fetchall()
         assert rows == [(h.id, 1, "succeeded") for h in handles]

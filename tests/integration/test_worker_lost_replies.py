@@ -167,7 +167,7 @@ def test_replies_lost_after_the_commit_fail_nothing_and_lose_no_success(
     assert recorder.of_type(events.WorkerJobFenced) == []
     assert recorder.of_type(events.WorkerJobFailed) == []
     statuses = db.execute(
-        f'SELECT status::text, count(*) FROM "{config.schema}".job GROUP BY 1'
+        f'SELECT status::text, count(*) FROM "{config.schema}".all_jobs GROUP BY 1'
     ).fetchall()
     assert statuses == [("succeeded", count)]
     assert [h.result(timeout=10) for h in handles] == list(range(count))

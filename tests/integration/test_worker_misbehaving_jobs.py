@@ -34,7 +34,7 @@ class UnprintableBaseError(BaseException):
 
 def attempt_rows(db: psycopg.Connection[Any], config: Config, job_id: int) -> list[tuple[Any, ...]]:
     return db.execute(
-        f'SELECT attempt, outcome, error FROM "{config.schema}".job_attempt '
+        f'SELECT attempt, outcome, error FROM "{config.schema}".all_job_attempts '
         "WHERE job_id = %s ORDER BY attempt",
         [job_id],
     ).fetchall()
@@ -42,7 +42,7 @@ def attempt_rows(db: psycopg.Connection[Any], config: Config, job_id: int) -> li
 
 def job_status(db: psycopg.Connection[Any], config: Config, job_id: int) -> str:
     row = db.execute(
-        f'SELECT status::text FROM "{config.schema}".job WHERE id = %s', [job_id]
+        f'SELECT status::text FROM "{config.schema}".all_jobs WHERE id = %s', [job_id]
     ).fetchone()
     assert row is not None
     return str(row[0])

@@ -41,6 +41,9 @@ SAMPLE_FIELDS: dict[str, Any] = {
     "tick_at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
     "worker_id": 7,
     "archived": False,
+    "partition": "job_history_0",
+    "jobs": 1_000_000,
+    "cutoff": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
     "depth": (("available", "_default", 3),),
     "workers": {"worker": 1, "orchestrator": 1},
     "oldest_transaction_age_s": 1.5,
@@ -74,7 +77,7 @@ class TestEventClasses:
         """events.__all__ exports the base class and every kind of event."""
         assert events.Event in EVENT_CLASSES
         assert events.WorkerJobPayloadInvalid in EVENT_CLASSES
-        assert len(EVENT_CLASSES) == 26
+        assert len(EVENT_CLASSES) == 27
 
     @pytest.mark.parametrize("cls", EVENT_CLASSES, ids=lambda cls: cls.__name__)
     def test_frozen(self, cls: type[events.Event]) -> None:

@@ -39,14 +39,18 @@ def job(
         started_at=at(0),
         finalized_at=at(1_000) if status in inv.FINAL else None,
         result={"attempt": attempt} if status == "succeeded" else None,
-        archived=False,
+        finished=status in inv.FINAL,
     )
 
 
 def attempt(
-    job_id: int, n: int = 1, outcome: str = "succeeded", start_ms: int = 0
+    job_id: int,
+    n: int = 1,
+    outcome: str = "succeeded",
+    start_ms: int = 0,
+    worker_id: int | None = 1,
 ) -> inv.AttemptRow:
-    return inv.AttemptRow(job_id, n, outcome, at(start_ms), at(start_ms + 10))
+    return inv.AttemptRow(job_id, n, outcome, at(start_ms), at(start_ms + 10), worker_id)
 
 
 def run(
@@ -66,8 +70,11 @@ def snap(
     jobs: Sequence[inv.JobRow],
     attempts: Sequence[inv.AttemptRow] = (),
     runs: Sequence[inv.Execution] = (),
+    in_both_tables: Sequence[int] = (),
 ) -> inv.Snapshot:
-    return inv.Snapshot({j.id: j for j in jobs}, tuple(attempts), tuple(runs), at(10_000))
+    return inv.Snapshot(
+        {j.id: j for j in jobs}, tuple(attempts), tuple(runs), at(10_000), tuple(in_both_tables)
+    )
 
 
 def test_a_job_that_failed_without_running_all_its_attempts_is_lost() -> None:
@@ -108,10 +115,18 @@ def test_two_succeeded_attempts_or_a_claim_after_success_are_duplicate_successes
 
 def test_success_records_want_one_succeeded_row_matching_the_result() -> None:
     s = snap(
-        [job(1), job(2, "failed"), job(3, attempt=2)],
-        attempts=[attempt(2, 1), attempt(3, 1)],
+        [job(1), job(2, "failed"), job(3, attempt=2), job(4), job(5)],
+        attempts=[attempt(2, 1), attempt(3, 1), attempt(4, worker_id=None), attempt(5)],
     )
-    assert [line.split()[1] for line in inv.success_records(s)] == ["1", "2", "3"]
+    found = inv.success_records(s)
+    assert [line.split()[1] for line in found] == ["1", "2", "3", "4"]
+    assert "without the worker that ran it" in found[-1]
+
+
+def test_a_job_in_both_the_hot_table_and_the_history_is_a_violation() -> None:
+    s = snap([job(1), job(2, "running")], attempts=[attempt(1)], in_both_tables=[2])
+    assert inv.rows_in_both_tables(s) == ["job 2 (d) is in both job and job_history"]
+    assert inv.rows_in_both_tables(snap([job(1)], attempts=[attempt(1)])) == []
 
 
 def test_doubled_runs_count_extra_executions_but_not_purposeful_failures() -> None:

@@ -53,3 +53,39 @@ def test_a_plain_value_is_logged_as_is(caplog: pytest.LogCaptureFixture) -> None
     with caplog.at_level(logging.INFO, logger="orchestra.events"):
         LoggingHandler()(failed("ValueError"))
     assert "error=ValueError " in caplog.records[0].getMessage() + " "
+
+
+def test_a_dropped_history_partition_is_one_info_line_and_a_swept_job_is_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A partition of a million jobs logs one INFO line; jobs deleted one by one stay at DEBUG."""
+    stamp = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    pruned = events.OrchestratorHistoryPruned(
+        daemon_name="o-orchestrator",
+        daemon_id=1,
+        role="orchestrator",
+        timestamp=stamp,
+        partition="job_history_0",
+        jobs=1_000_000,
+        cutoff=dt.datetime(2025, 12, 31, 12, tzinfo=dt.UTC),
+    )
+    swept = events.OrchestratorFinalizedJobSwept(
+        daemon_name="o-orchestrator",
+        daemon_id=1,
+        role="orchestrator",
+        timestamp=stamp,
+        job_id=7,
+        definition="d",
+        archived=False,
+    )
+    handler = LoggingHandler()
+    assert handler.level_of(swept) == logging.DEBUG
+    with caplog.at_level(logging.INFO, logger="orchestra.events"):
+        handler(pruned)
+        handler(swept)
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == (
+        "o-orchestrator OrchestratorHistoryPruned partition=job_history_0 jobs=1000000"
+        " cutoff=2025-12-31T12:00:00+00:00"
+    )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from orchestra import _migrate, _sql
+from typing import Any, cast
+
+import pytest
+
+from orchestra import ConfigurationError, _migrate, _sql
 
 
 class TestMigrations:
@@ -38,3 +42,43 @@ class TestMigrations:
     def test_cached(self) -> None:
         """migrations() reads the files once."""
         assert _migrate.migrations() is _migrate.migrations()
+
+
+class TestPending:
+    """Which migrations a migrate() run applies, given those already recorded and ``up_to``."""
+
+    def test_everything_for_a_fresh_schema(self) -> None:
+        """Without up_to, a schema with no version recorded gets every shipped migration."""
+        assert _migrate.pending(set()) == list(_migrate.migrations())
+
+    def test_up_to_stops_after_that_version(self) -> None:
+        """up_to=n gives versions 1..n, in order, and nothing after them."""
+        last = _migrate.required_version()
+        for up_to in range(1, last + 1):
+            versions = [m.version for m in _migrate.pending(set(), up_to)]
+            assert versions == list(range(1, up_to + 1))
+
+    def test_recorded_versions_are_skipped(self) -> None:
+        """A schema migrated up to n - 1 gets only the later migrations."""
+        last = _migrate.required_version()
+        done = set(range(1, last))
+        assert [m.version for m in _migrate.pending(done)] == [last]
+        assert _migrate.pending(done, up_to=last - 1) == []
+
+    def test_schema_past_up_to_gets_nothing(self) -> None:
+        """up_to below the recorded version applies nothing (never a downgrade)."""
+        done = {m.version for m in _migrate.migrations()}
+        assert _migrate.pending(done, up_to=1) == []
+
+    @pytest.mark.parametrize("up_to", [0, -1, 10_000, True, 1.0, "6"])
+    def test_up_to_must_be_a_shipped_version(self, up_to: object) -> None:
+        """An up_to that names no shipped migration is a ConfigurationError."""
+        with pytest.raises(ConfigurationError) as info:
+            _migrate.pending(set(), cast(Any, up_to))
+        assert info.value.argument == "up_to"
+
+    def test_migrate_refuses_a_bad_up_to_before_any_statement(self) -> None:
+        """migrate() checks up_to before it touches the connection."""
+        untouchable = cast(Any, object())  # any attribute access would fail
+        with pytest.raises(ConfigurationError):
+            _migrate.migrate(untouchable, "unit", up_to=_migrate.required_version() + 1)
