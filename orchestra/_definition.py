@@ -742,53 +742,47 @@ class JobDefinition(Generic[P]):
     def _insert(
         self, conn: psycopg.Connection[Any], query: bytes, params: dict[str, Any], *, own: bool
     ) -> tuple[Any, ...] | None:
-        try:
-            return conn.execute(query, params).fetchone()
-        except psycopg.errors.ForeignKeyViolation as exc:
-            if _dependency_swept(exc):
-                if not own:
-                    raise self._dependency_missing(params) from None
-                # Run again: the statement now sees the dependency gone and
-                # inserts nothing, and the caller names it (UnknownJobError).
-                return conn.execute(query, params).fetchone()
+        row = conn.execute(query, params).fetchone()
+        if _inserted_nothing(row) and not self._definition_present(
+            conn.execute(self.config.queries["definition_exists"], {"name": self.name}).fetchone()
+        ):
             # The definition row vanished while this process believed it present
             # (swept as stale, or deleted by hand): write it again.
             self._ensured_at = None
             if not own:
-                raise self._definition_missing() from None
+                raise self._definition_missing()
             self.ensure(conn)
-            return conn.execute(query, params).fetchone()
+            row = conn.execute(query, params).fetchone()
+        return row
 
     async def _insert_async(
         self, conn: psycopg.AsyncConnection[Any], query: bytes, params: dict[str, Any], *, own: bool
     ) -> tuple[Any, ...] | None:
-        try:
-            return await (await conn.execute(query, params)).fetchone()
-        except psycopg.errors.ForeignKeyViolation as exc:
-            if _dependency_swept(exc):
+        row = await (await conn.execute(query, params)).fetchone()
+        if _inserted_nothing(row):
+            cursor = await conn.execute(
+                self.config.queries["definition_exists"], {"name": self.name}
+            )
+            if not self._definition_present(await cursor.fetchone()):
+                self._ensured_at = None
                 if not own:
-                    raise self._dependency_missing(params) from None
-                return await (await conn.execute(query, params)).fetchone()
-            self._ensured_at = None
-            if not own:
-                raise self._definition_missing() from None
-            await self.ensure_async(conn)
-            return await (await conn.execute(query, params)).fetchone()
+                    raise self._definition_missing()
+                await self.ensure_async(conn)
+                row = await (await conn.execute(query, params)).fetchone()
+        return row
+
+    @staticmethod
+    def _definition_present(row: tuple[Any, ...] | None) -> bool:
+        return row is not None and bool(row[0])
 
     def _recheck_params(self, row: tuple[Any, ...]) -> dict[str, Any]:
         return {"id": row[0], "notify_channel": self.config.notify_channel}
 
-    def _dependency_missing(self, params: dict[str, Any]) -> UnknownJobError:
-        return UnknownJobError(
-            tuple(params["depends_on"]),
-            "depends_on, deleted while the job was inserted; roll your transaction back",
-        )
-
     def _definition_missing(self) -> OrchestraError:
         return OrchestraError(
             f"definition {self.name!r} is missing from the database (swept or deleted); "
-            "your transaction is aborted: roll it back and retry, the definition will be "
-            "written again first"
+            "nothing was inserted: defer again (outside your transaction, or after it), "
+            "and the definition will be written again first"
         )
 
     def _check_found(
@@ -822,14 +816,14 @@ class JobDefinition(Generic[P]):
         return self.job_function()
 
 
-def _dependency_swept(exc: psycopg.errors.ForeignKeyViolation) -> bool:
-    """True when the violated key is a dependency edge's, not the job's definition.
+def _inserted_nothing(row: tuple[Any, ...] | None) -> bool:
+    """Whether an insert statement's row says nothing was inserted.
 
-    job_insert reads its dependencies without locking them; the foreign key
-    check of each new edge locks it, and fails if a sweep deleted it in
-    between.
+    job_insert and job_insert_simple return no row, job_insert_many an empty
+    array of ids: a unique key held, a dependency missing, or the definition
+    row missing (the inserts read it, so that they insert nothing without it).
     """
-    return exc.diag.table_name == "job_dependency"
+    return row is None or (isinstance(row[0], list) and not row[0])
 
 
 def current_trace_context() -> str | None:

@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from orchestra import Config, JobDefinition
+from orchestra import Config, JobDefinition, OrchestraError
 from orchestra._definition import DEFINITION_REFRESH_S
 
 SETTINGS = (
@@ -287,6 +287,49 @@ class TestDefinitionRecreated:
         asyncio.run(defer_both())
         definition_row(db, config, "nightly")
         assert count(db, config, "job") == 2
+
+    def test_a_definition_deleted_behind_a_fresh_cache_is_written_again_by_defer(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """defer and defer_many that find no definition row write it again and insert, cache fresh or not."""
+        definition: JobDefinition[Any] = JobDefinition(config, name="fresh", job_function=noop)
+        definition.defer({"n": 1})
+        db.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(config.schema, "job")))
+        db.execute(
+            sql.SQL("DELETE FROM {}").format(sql.Identifier(config.schema, "job_definition"))
+        )
+        assert definition.defer({"n": 2}).status() == "available"
+        db.execute(
+            sql.SQL("DELETE FROM {}").format(sql.Identifier(config.schema, "job_definition"))
+        )
+        assert len(definition.defer_many([{"n": 3}, {"n": 4}])) == 2
+        definition_row(db, config, "fresh")
+        assert count(db, config, "job") == 3
+
+    def test_defer_in_a_callers_transaction_without_the_definition_row_inserts_nothing(
+        self, config: Config, db: psycopg.Connection[Any], test_dsn: str
+    ) -> None:
+        """With conn=, a missing definition row raises one clear error and nothing is inserted; the next defer writes the row."""
+        definition: JobDefinition[Any] = JobDefinition(config, name="gone", job_function=noop)
+        definition.defer({"n": 1})
+        db.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(config.schema, "job")))
+        db.execute(
+            sql.SQL("DELETE FROM {}").format(sql.Identifier(config.schema, "job_definition"))
+        )
+        with psycopg.connect(test_dsn) as conn:
+            with pytest.raises(OrchestraError, match=r"'gone' is missing .* nothing was inserted"):
+                definition.defer({"n": 2}, conn=conn)
+            conn.commit()
+        assert count(db, config, "job") == 0
+        assert definition.defer({"n": 3}).status() == "available"  # writes the row first
+        db.execute(
+            sql.SQL("DELETE FROM {}").format(sql.Identifier(config.schema, "job_definition"))
+        )
+        with psycopg.connect(test_dsn) as conn:
+            with pytest.raises(OrchestraError, match="nothing was inserted"):
+                definition.defer_many([{"n": 4}, {"n": 5}], conn=conn)
+            conn.commit()
+        assert count(db, config, "job") == 1
 
     def test_seed_bug_13_defer_refreshes_heartbeat_only_when_cache_aged(
         self, config: Config, db: psycopg.Connection[Any]
