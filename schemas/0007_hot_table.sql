@@ -57,40 +57,61 @@ CREATE INDEX job_history_finalized_idx ON {schema}.job_history (finalized_at);
 -- for want of a partition.
 CREATE TABLE {schema}.job_history_default PARTITION OF {schema}.job_history DEFAULT;
 
+-- The bounds of the history's partitions (not the default one), read from the
+-- catalog: NULL for a bound that is not a plain number (MINVALUE, MAXVALUE,
+-- a partition made by hand). The callers below run with an empty search_path
+-- but for pg_catalog, and name every catalog table in full: a caller's
+-- temporary table (pg_temp is searched first for tables) cannot stand in.
+CREATE FUNCTION {schema}.job_history_partitions()
+RETURNS TABLE (name text, lo bigint, hi bigint)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.relname::text,
+           pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+                                'FROM \(''?(\d+)''?\)')::bigint,
+           pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+                                'TO \(''?(\d+)''?\)')::bigint
+    FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = '{schema}.job_history'::pg_catalog.regclass
+      AND c.relname <> 'job_history_default'
+$$;
+
 -- Make the partitions of the id ranges [floor(p_from / width), p_to), each
 -- p_width ids wide, named job_history_<first id>. Rows that the default
--- partition holds in such a range are moved into the new partition. Returns
--- how many partitions were made. SECURITY DEFINER: making a partition needs
--- the table's owner, the orchestrator role is not.
+-- partition holds in such a range are moved into the new partition: for a
+-- range the job ids have reached, under locks that hold finishes back until
+-- commit (the caller sets a lock_timeout), so that none lands in the default
+-- partition between the move and the attach. Returns how many partitions
+-- were made. SECURITY DEFINER: making a partition needs the table's owner,
+-- the orchestrator role is not.
 CREATE FUNCTION {schema}.job_history_prepare(p_from bigint, p_to bigint, p_width bigint)
 RETURNS integer
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    lo bigint;
+    range_lo bigint;
     made integer := 0;
     part text;
+    reached bigint;
 BEGIN
     IF p_width < 1 THEN
         RAISE EXCEPTION 'job_history_prepare: width must be at least 1, got %', p_width;
     END IF;
-    lo := (greatest(p_from, 0) / p_width) * p_width;
-    WHILE lo < p_to LOOP
-        part := 'job_history_' || lo;
+    SELECT last_value INTO reached FROM {schema}.job_id_seq;
+    range_lo := (greatest(p_from, 0) / p_width) * p_width;
+    WHILE range_lo < p_to LOOP
+        part := 'job_history_' || range_lo;
         IF to_regclass(format('%s.%I', '{schema}', part)) IS NULL
            AND NOT EXISTS (
                -- a range made with another width may overlap this one
-               SELECT 1 FROM pg_inherits i
-               JOIN pg_class c ON c.oid = i.inhrelid
-               WHERE i.inhparent = '{schema}.job_history'::regclass
-                 AND c.relname <> 'job_history_default'
-                 AND substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''?(\d+)''?\)')::bigint
-                     < lo + p_width
-                 AND substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''?(\d+)''?\)')::bigint
-                     > lo)
+               SELECT 1 FROM {schema}.job_history_partitions() p
+               WHERE coalesce(p.lo < range_lo + p_width, true) AND coalesce(p.hi > range_lo, true))
         THEN
             EXECUTE format('CREATE TABLE %s.%I (LIKE {schema}.job_history INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
                            '{schema}', part);
@@ -98,69 +119,80 @@ BEGIN
             -- directly sees and changes nothing; through the parent, the
             -- parent's grants and policies apply (deploy/sql/roles.sql).
             EXECUTE format('ALTER TABLE %s.%I ENABLE ROW LEVEL SECURITY', '{schema}', part);
-            EXECUTE format('WITH moved AS (DELETE FROM {schema}.job_history_default WHERE id >= %s AND id < %s RETURNING *) '
-                           'INSERT INTO %s.%I SELECT * FROM moved', lo, lo + p_width, '{schema}', part);
+            -- Ids of this range may already exist (give or take the ids taken
+            -- while this runs): their finishes may be in the default
+            -- partition, and more may arrive until the attach.
+            IF range_lo <= reached + p_width THEN
+                LOCK TABLE {schema}.job_history IN SHARE ROW EXCLUSIVE MODE;
+                LOCK TABLE {schema}.job_history_default IN ACCESS EXCLUSIVE MODE;
+                EXECUTE format('WITH moved AS (DELETE FROM {schema}.job_history_default WHERE id >= %s AND id < %s RETURNING *) '
+                               'INSERT INTO %s.%I SELECT * FROM moved', range_lo, range_lo + p_width, '{schema}', part);
+            END IF;
             EXECUTE format('ALTER TABLE {schema}.job_history ATTACH PARTITION %s.%I FOR VALUES FROM (%s) TO (%s)',
-                           '{schema}', part, lo, lo + p_width);
+                           '{schema}', part, range_lo, range_lo + p_width);
             made := made + 1;
         END IF;
-        lo := lo + p_width;
+        range_lo := range_lo + p_width;
     END LOOP;
     RETURN made;
 END
 $$;
 
--- Drop, oldest first, the history partitions whose every job finished before
--- p_cutoff, with the dependency edges of their jobs; stop at the first one
--- that holds a newer job, and never drop the partition that new ids are
--- given from or one above it. A job of a dropped range that was still
--- unfinished (delayed far ahead) finishes into the default partition later. Returns the
--- dropped partitions' names and row counts. SECURITY DEFINER, as above.
+-- Drop, oldest first, up to p_limit history partitions whose every job
+-- finished before p_cutoff, with the dependency edges of their jobs; a
+-- partition that holds a newer job (a job delayed far ahead, or retried
+-- long after) is kept and the next ones are still considered. Never the
+-- partition that new ids are given from, nor one above it. A job of a dropped
+-- range still unfinished finishes into the default partition later. The
+-- decision is checked again under the lock that the drop takes anyway, so a
+-- finish into the partition committed meanwhile keeps it. Returns the dropped
+-- partitions' names and row counts. SECURITY DEFINER, as above.
 CREATE FUNCTION {schema}.job_history_drop_before(p_cutoff timestamptz, p_limit integer)
 RETURNS TABLE (partition_name text, jobs bigint)
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p record;
     newest timestamptz;
-    lowest_next bigint;
+    highest_lo bigint;
+    reached bigint;
     n bigint;
+    dropped integer := 0;
 BEGIN
-    -- The partition with the highest range is never dropped: new ids go there.
-    SELECT max(substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''?(\d+)''?\)')::bigint)
-    INTO lowest_next
-    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = '{schema}.job_history'::regclass AND c.relname <> 'job_history_default';
-    FOR p IN
-        SELECT c.relname::text AS name,
-               substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''?(\d+)''?\)')::bigint AS lo,
-               substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''?(\d+)''?\)')::bigint AS hi
-        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = '{schema}.job_history'::regclass
-          AND c.relname <> 'job_history_default'
-        ORDER BY 2
-        LIMIT p_limit
-    LOOP
-        EXIT WHEN p.lo >= lowest_next;
-        EXIT WHEN (SELECT last_value FROM {schema}.job_id_seq) < p.hi;
+    SELECT max(parts.lo) INTO highest_lo FROM {schema}.job_history_partitions() parts;
+    SELECT last_value INTO reached FROM {schema}.job_id_seq;
+    FOR p IN SELECT * FROM {schema}.job_history_partitions() parts ORDER BY parts.lo LOOP
+        EXIT WHEN dropped >= p_limit;
+        CONTINUE WHEN p.lo IS NULL OR p.hi IS NULL;  -- not one of ours
+        EXIT WHEN p.lo >= highest_lo OR reached < p.hi;
+        EXECUTE format('SELECT max(finalized_at) FROM %s.%I', '{schema}', p.name) INTO newest;
+        CONTINUE WHEN newest >= p_cutoff;
+        LOCK TABLE {schema}.job_history IN ACCESS EXCLUSIVE MODE;
         EXECUTE format('SELECT max(finalized_at), count(*) FROM %s.%I', '{schema}', p.name)
             INTO newest, n;
-        EXIT WHEN newest IS NOT NULL AND newest >= p_cutoff;
+        CONTINUE WHEN newest >= p_cutoff;
         -- Edges of jobs of the range that are still unfinished stay: they
         -- hold those jobs back.
         DELETE FROM {schema}.job_dependency d
         WHERE d.job_id >= p.lo AND d.job_id < p.hi
           AND NOT EXISTS (SELECT 1 FROM {schema}.job j WHERE j.id = d.job_id);
         EXECUTE format('DROP TABLE %s.%I', '{schema}', p.name);
+        dropped := dropped + 1;
         partition_name := p.name;
         jobs := n;
         RETURN NEXT;
     END LOOP;
 END
 $$;
+
+-- These run DDL as the schema's owner: only the roles that deploy/sql/roles.sql
+-- grants them to may call them (the orchestrator).
+REVOKE EXECUTE ON FUNCTION {schema}.job_history_partitions() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION {schema}.job_history_prepare(bigint, bigint, bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION {schema}.job_history_drop_before(timestamptz, integer) FROM PUBLIC;
 
 -- Dependency edges and attempt-log rows no longer reference the job table:
 -- a job's row leaves it when the job ends, and a foreign key would check (and
@@ -177,11 +209,24 @@ ALTER TABLE {schema}.job DROP CONSTRAINT job_definition_fkey;
 ALTER TABLE {schema}.job_dependency DROP CONSTRAINT job_dependency_job_id_fkey;
 ALTER TABLE {schema}.job_dependency DROP CONSTRAINT job_dependency_required_job_id_fkey;
 
--- Partitions for the ids in use, before anything moves in.
+-- Partitions for the id ranges of the finished jobs about to move in (at most
+-- the 100 newest ranges: older rows go to the default partition, and leave
+-- with the retention) and for the ids about to be given out. Not every range
+-- from the oldest job up: one job delayed since id 1 would make thousands,
+-- and each holds locks until the migration commits.
+SELECT {schema}.job_history_prepare(r.lo, r.lo + 1, 1000000)
+FROM (
+    SELECT DISTINCT (id / 1000000) * 1000000 AS lo FROM (
+        SELECT id FROM {schema}.job WHERE status IN ('succeeded', 'failed', 'cancelled')
+        UNION ALL
+        SELECT id FROM {schema}.job_archive
+    ) finished
+    ORDER BY lo DESC
+    LIMIT 100
+) r;
 SELECT {schema}.job_history_prepare(
-    coalesce(least((SELECT min(id) FROM {schema}.job), (SELECT min(id) FROM {schema}.job_archive)), 0),
-    greatest(coalesce((SELECT last_value FROM {schema}.job_id_seq), 0),
-             coalesce((SELECT max(id) FROM {schema}.job_archive), 0)) + 2000000,
+    (SELECT last_value FROM {schema}.job_id_seq),
+    (SELECT last_value FROM {schema}.job_id_seq) + 2000000,
     1000000);
 
 -- Archived jobs: their attempt log is already JSON. Those archived without a

@@ -161,7 +161,8 @@ SELECT count(*) = 9
               AND p.proname IN ('job_recheck_waiting', 'job_find_unique', 'definition_ensure',
                                 'job_dependencies_met', 'job_created_by_caller',
                                 'worker_touch', 'worker_deregister',
-                                'job_history_prepare', 'job_history_drop_before')) = 9
+                                'job_history_prepare', 'job_history_drop_before',
+                                'job_history_partitions')) = 10
        AS migrated
 FROM pg_catalog.pg_tables
 WHERE schemaname = :'schema'
@@ -289,7 +290,9 @@ REVOKE ALL ON FUNCTION
     :"schema".worker_touch(bigint, text),
     :"schema".worker_deregister(bigint, text),
     :"schema".job_history_prepare(bigint, bigint, bigint),
-    :"schema".job_history_drop_before(timestamptz, integer)
+    :"schema".job_history_drop_before(timestamptz, integer),
+    -- called by the two above only, as the owner
+    :"schema".job_history_partitions()
 FROM PUBLIC, :"producer_role", :"worker_role", :"orchestrator_role", :"dashboard_role",
      :"operator_role";
 

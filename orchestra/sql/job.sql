@@ -21,8 +21,11 @@ WITH deps AS MATERIALIZED (
     SELECT id, status FROM {schema}.job
     WHERE id = ANY(%(depends_on)s::bigint[])
     UNION ALL
-    SELECT id, status FROM {schema}.job_history
-    WHERE id = ANY(%(depends_on)s::bigint[])
+    -- One look-up per id, so that each reads one partition (= ANY over a
+    -- partitioned table reads them all under a generic plan).
+    SELECT h.id, h.status FROM unnest(%(depends_on)s::bigint[]) AS wanted(id)
+    CROSS JOIN LATERAL (SELECT id, status FROM {schema}.job_history
+                        WHERE id = wanted.id) h
 ), inserted AS (
     INSERT INTO {schema}.job (definition, channel, status, priority, payload, max_attempts, run_at,
                               unique_key, resource_key, limited, trace_context)
@@ -351,6 +354,19 @@ WITH input AS (
     RETURNING id, status, run_at, channel, resource_key
 ), finished AS (
     SELECT * FROM retried UNION ALL SELECT * FROM historied
+), dependents AS (
+    -- The waiting jobs that depend on a job succeeding here, locked (in id
+    -- order) until commit: two workers finishing two dependencies of one job
+    -- at once then take turns, and the second one's job_release_dependents
+    -- (a later statement, a later snapshot) sees the first one's finish.
+    -- Without the lock each release saw the other dependency unfinished,
+    -- and the job waited for the orchestrator's catch-up.
+    SELECT w.id FROM {schema}.job w
+    WHERE w.status = 'waiting'
+      AND w.id IN (SELECT d.job_id FROM {schema}.job_dependency d
+                   WHERE d.required_job_id IN (SELECT id FROM held WHERE outcome = 'succeeded'))
+    ORDER BY w.id
+    FOR NO KEY UPDATE
 ), logged AS (
     INSERT INTO {schema}.job_attempt
         (job_id, attempt, worker_id, worker_name, started_at, outcome, error, traceback,
@@ -378,7 +394,7 @@ WITH input AS (
     WHERE ids IS NOT NULL
 )
 SELECT f.id, f.status::text AS status, f.run_at, (SELECT n FROM woken) AS woken,
-       (SELECT n FROM done) AS done
+       (SELECT n FROM done) AS done, (SELECT count(*) FROM dependents) AS dependents
 FROM finished f;
 
 -- name: job_claim_recover
@@ -541,7 +557,8 @@ SELECT status::text, result, last_error FROM {schema}.job_history WHERE id = %(i
 -- Which of the given ids exist (to name the missing ones in an error).
 SELECT id FROM {schema}.job WHERE id = ANY(%(ids)s::bigint[])
 UNION ALL
-SELECT id FROM {schema}.job_history WHERE id = ANY(%(ids)s::bigint[]);
+SELECT h.id FROM unnest(%(ids)s::bigint[]) AS wanted(id)
+CROSS JOIN LATERAL (SELECT id FROM {schema}.job_history WHERE id = wanted.id) h;
 
 -- name: job_status
 SELECT status::text AS status FROM {schema}.job WHERE id = %(id)s

@@ -1059,6 +1059,7 @@ def test_psql_and_the_python_applier_grant_the_same(
         "worker_deregister",
         "job_history_prepare",
         "job_history_drop_before",
+        "job_history_partitions",
     }
     assert ("table", "worker", "", "S_worker", "DELETE") not in python_applied
     assert not [p for p in python_applied if p[3] == "S_worker" and p[1:2] == ("worker",)
