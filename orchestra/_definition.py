@@ -60,6 +60,9 @@ LOCK_INTERVAL_MIN_MS = 500
 DEFINITION_REFRESH_S = 600.0
 
 logger = logging.getLogger("orchestra")
+#: Tries of the re-check of a waiting job's dependencies after its defer
+#: committed (it can lose a deadlock to a worker finishing them).
+RECHECK_TRIES = 3
 
 
 @attrs.frozen
@@ -635,7 +638,12 @@ class JobDefinition(Generic[P]):
             if row is not None:
                 if own and row[1] == "waiting":
                     # Committed: close the race with a finishing dependency.
-                    conn.execute(queries["job_recheck_waiting"], self._recheck_params(row))
+                    for attempt in range(RECHECK_TRIES):
+                        try:
+                            conn.execute(queries["job_recheck_waiting"], self._recheck_params(row))
+                            break
+                        except psycopg.errors.DeadlockDetected:
+                            self._recheck_deadlocked(row, attempt)
                 return JobHandle(int(row[0]), self.config)
             wanted = params["depends_on"]
             if wanted:
@@ -656,7 +664,14 @@ class JobDefinition(Generic[P]):
             row = await self._insert_async(conn, query, params, own=own)
             if row is not None:
                 if own and row[1] == "waiting":
-                    await conn.execute(queries["job_recheck_waiting"], self._recheck_params(row))
+                    for attempt in range(RECHECK_TRIES):
+                        try:
+                            await conn.execute(
+                                queries["job_recheck_waiting"], self._recheck_params(row)
+                            )
+                            break
+                        except psycopg.errors.DeadlockDetected:
+                            self._recheck_deadlocked(row, attempt)
                 return JobHandle(int(row[0]), self.config)
             wanted = params["depends_on"]
             if wanted:
@@ -774,6 +789,22 @@ class JobDefinition(Generic[P]):
     @staticmethod
     def _definition_present(row: tuple[Any, ...] | None) -> bool:
         return row is not None and bool(row[0])
+
+    def _recheck_deadlocked(self, row: tuple[Any, ...], attempt: int) -> None:
+        """The re-check lost a deadlock to a worker finishing the dependencies.
+
+        The job is committed whatever happens here: the defer must not fail. The
+        re-check runs again; after the last try the orchestrator's finalizer
+        releases the job (its catch-up) once its dependencies have succeeded.
+        """
+        if attempt + 1 == RECHECK_TRIES:
+            logger.warning(
+                "job %d of %r: its dependencies could not be re-checked (deadlock with a "
+                "finishing worker, %d tries); the orchestrator releases it once they succeed",
+                row[0],
+                self.name,
+                RECHECK_TRIES,
+            )
 
     def _recheck_params(self, row: tuple[Any, ...]) -> dict[str, Any]:
         return {"id": row[0], "notify_channel": self.config.notify_channel}

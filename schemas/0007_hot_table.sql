@@ -307,9 +307,12 @@ DECLARE
 BEGIN
     -- Wait for a finish in flight on a dependency (it holds the row until it
     -- commits, and deletes it), and make a later finish wait for us.
+    -- In id order, as a worker's finish locks the rows of its batch, so that
+    -- the two meet in the same order.
     PERFORM 1 FROM {schema}.job j
     WHERE j.id IN (SELECT d.required_job_id FROM {schema}.job_dependency d
                    WHERE d.job_id = p_job_id)
+    ORDER BY j.id
     FOR SHARE;
     -- A new statement, so a new snapshot: it sees the history rows of the
     -- finishes waited for above.
