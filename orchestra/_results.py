@@ -1,7 +1,7 @@
 """Waiting for a job's result (request/response).
 
-The result lives in the job row (then in ``job_archive`` once swept), so a
-waiter that dies loses nothing: any process can ask again by id. A
+The result lives in the job's history row (``job_history``, for the
+retention period), so a waiter that dies loses nothing: any process can ask again by id. A
 waiter reads the row once; if the job is not finalized yet it opens a
 connection of its own, LISTENs on the schema's finished channel, reads the
 row again (a finish committed between the first read and the LISTEN would
