@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint typecheck unit integration e2e faults bench clean
+.PHONY: demo test lint typecheck unit integration e2e faults bench schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ test: lint typecheck $(STAMP)
 # case at a time; `make test` runs its short version with the rest of tests/.
 faults: $(STAMP)
 	ORCHESTRA_FAULTS=full $(BIN)/pytest tests/faults -q -n 0
+
+# schemas/schema.sql, the whole current schema for reading, regenerated from
+# the migrations (run it after adding one): applied to a throwaway schema on
+# ORCHESTRA_DSN, ORCHESTRA_TEST_DSN or the embedded PostgreSQL, then pg_dump'ed.
+schema: $(STAMP)
+	$(BIN)/python -m orchestra._schema_dump
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 from orchestra import events
 from orchestra._backoff import Backoff
 from orchestra._config import Config
-from orchestra._definition import JobContext, JobDefinition, JobHandle
-from orchestra._jobs import Attempt, DefinitionInfo, Job
+from orchestra._definition import JobContext, JobDefinition
+from orchestra._records import Attempt, DefinitionInfo, Job
+from orchestra._results import JobHandle
 from orchestra.errors import (
     ConfigurationError,
     DatabaseUnavailableError,

@@ -8,6 +8,7 @@ from typing import Literal
 
 import attrs
 
+from orchestra import _checks
 from orchestra.errors import ConfigurationError
 
 BackoffKind = Literal["none", "fixed", "exponential"]
@@ -20,32 +21,6 @@ BACKOFF_MAX_MS_DEFAULT = 3_600_000
 #: Jitter is added, never subtracted, so a retry never runs before its nominal
 #: delay; it spreads retries of a burst of failures.
 JITTER_FRACTION_DEFAULT = 0.1
-
-
-#: Longest interval accepted anywhere: 10 years, far inside PostgreSQL's
-#: bigint and interval ranges, so an absurd value fails here, not in SQL.
-MAX_INTERVAL_MS = 10 * 365 * 24 * 3600 * 1000
-
-
-def milliseconds(value: object, argument: str, *, allow_none: bool = False) -> int | None:
-    """Accept an ``int`` of milliseconds or a ``timedelta``; reject anything negative."""
-    if value is None:
-        if allow_none:
-            return None
-        raise ConfigurationError(argument, "must be given")
-    if isinstance(value, dt.timedelta):
-        value = round(value.total_seconds() * 1000)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(
-            argument, f"must be an int of milliseconds or a timedelta, not {type(value).__name__}"
-        )
-    if value < 0:
-        raise ConfigurationError(argument, f"must not be negative, got {value}")
-    if value > MAX_INTERVAL_MS:
-        raise ConfigurationError(
-            argument, f"must be at most {MAX_INTERVAL_MS} ms (10 years), got {value}"
-        )
-    return value
 
 
 @attrs.frozen
@@ -69,8 +44,8 @@ class Backoff:
             raise ConfigurationError(
                 "backoff", f"must be one of {', '.join(BACKOFF_KINDS)}, got {self.kind!r}"
             )
-        milliseconds(self.base_ms, "backoff.base_ms")
-        milliseconds(self.max_ms, "backoff.max_ms")
+        _checks.milliseconds(self.base_ms, "backoff.base_ms")
+        _checks.milliseconds(self.max_ms, "backoff.max_ms")
         if not 0 <= self.jitter <= 1:
             raise ConfigurationError(
                 "backoff.jitter", f"must be between 0 and 1, got {self.jitter}"
@@ -89,7 +64,7 @@ class Backoff:
         jitter: float = JITTER_FRACTION_DEFAULT,
     ) -> Backoff:
         """Wait the same delay before every retry."""
-        delay = milliseconds(delay_ms, "backoff.delay_ms") or 0
+        delay = _checks.milliseconds(delay_ms, "backoff.delay_ms") or 0
         return cls("fixed", delay, max(delay, 0), jitter)
 
     @classmethod
@@ -103,8 +78,8 @@ class Backoff:
         """Double the delay after every failure: base, 2 base, 4 base ..."""
         return cls(
             "exponential",
-            milliseconds(base_ms, "backoff.base_ms") or 0,
-            milliseconds(max_ms, "backoff.max_ms") or 0,
+            _checks.milliseconds(base_ms, "backoff.base_ms") or 0,
+            _checks.milliseconds(max_ms, "backoff.max_ms") or 0,
             jitter,
         )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import datetime as dt
 import itertools
 import logging
 import os
@@ -20,9 +19,9 @@ import signal
 import socket
 import threading
 from collections.abc import Iterable
-from typing import Any
 
 from orchestra import events
+from orchestra._event_origin import EventOrigin
 from orchestra._names import check_printable
 from orchestra.errors import ConfigurationError, OrchestraError
 
@@ -52,7 +51,13 @@ class Daemon(abc.ABC):
         #: Presented with this daemon's heartbeats and deregistration; only its
         #: hash is in the database (no other process can act as this daemon).
         self.secret = secrets.token_hex(16)
+        self._origin = EventOrigin(
+            daemon_id=self.daemon_id, daemon_name=self.daemon_name, role=self.role
+        )
         self._handlers = events.normalize_handlers(event_handler)
+        #: Whether any handler is attached: a hot path may skip building its
+        #: events when none is (mypy checks the construction all the same).
+        self._wants_events = bool(self._handlers)
         self._stop_event = threading.Event()  # read by JobContext.should_stop from any thread
         self._force_event = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -65,16 +70,12 @@ class Daemon(abc.ABC):
 
     # -- events -------------------------------------------------------------
 
-    def _emit(self, event_type: type[events.Event], **fields: Any) -> None:
-        if not self._handlers:
-            return
-        event = event_type(
-            timestamp=dt.datetime.now(dt.UTC),
-            daemon_id=self.daemon_id,
-            daemon_name=self.daemon_name,
-            role=self.role,
-            **fields,
-        )
+    def _emit(self, event: events.Event, /) -> None:
+        """Hand a built event to the handlers.
+
+        Build it at the call site, so that mypy checks every field:
+        ``self._emit(events.DaemonStarted(**self._origin.header(), host=h, pid=p))``.
+        """
         events.dispatch(self._handlers, event)
 
     # -- lifecycle ------------------------------------------------------------
@@ -101,7 +102,11 @@ class Daemon(abc.ABC):
             self._poke()
             return
         self._stop_event.set()
-        self._emit(events.DaemonStopRequested, reason=reason, in_flight=self._in_flight())
+        self._emit(
+            events.DaemonStopRequested(
+                **self._origin.header(), reason=reason, in_flight=self._in_flight()
+            )
+        )
         self._poke()
 
     def _poke(self) -> None:

@@ -19,37 +19,48 @@ that reports the state it found: an unknown id raises
 :class:`~orchestra.errors.JobStateError`, and nothing is written either way.
 
 How the twins share their logic: each operation is written once, as a
-generator that checks its arguments, yields the statements it needs
-(:class:`_Statement`), receives their rows (or the database error they
-raised), and turns rows into values or errors. :class:`Jobs` and :class:`AsyncJobs` only run those
+generator of statements (:mod:`orchestra._ops`) that checks its arguments,
+receives the rows (or the database error) of each statement, and turns rows
+into values or errors. :class:`Jobs` and :class:`AsyncJobs` only run those
 generators on a sync or an async connection.
 """
 
 from __future__ import annotations
 
 import builtins
-import datetime as dt
 from collections.abc import Generator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import attrs
 import psycopg
-from psycopg.rows import dict_row
 
-from orchestra import _converter
-from orchestra._definition import JobHandle
+from orchestra import _ops
+from orchestra._checks import check_int, is_int
+from orchestra._database import Database
+from orchestra._ops import Op, Row, Statement
+from orchestra._records import (
+    STATUSES,
+    Attempt,
+    DefinitionInfo,
+    Job,
+    definition_from_row,
+    job_from_row,
+)
+from orchestra._results import JobHandle
 from orchestra.errors import ConfigurationError, JobStateError, UnknownJobError
 
-if TYPE_CHECKING:
-    from orchestra._config import Config
+#: The management API, and the values it answers with (defined in orchestra._records).
+__all__ = [
+    "STATUSES",
+    "AsyncJobs",
+    "Attempt",
+    "DefinitionInfo",
+    "Job",
+    "Jobs",
+    "job_from_row",
+]
 
 T = TypeVar("T")
-Row = dict[str, Any]
 
-#: Every job status, in lifecycle order (the order of the ``job_status`` enum).
-STATUSES: tuple[str, ...] = ("waiting", "available", "running", "succeeded", "failed", "cancelled")
-#: The final statuses: only an explicit retry takes a job out of them.
-FINALIZED_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 ORDERS: tuple[str, ...] = ("asc", "desc")
 LIST_LIMIT_MAX = 10_000
 #: Jobs per statement of retry_failed and delete_failed: row locks are held for
@@ -78,223 +89,15 @@ _STATE_REASONS = {
 }
 
 
-# -- values -------------------------------------------------------------------
-
-
-@attrs.frozen
-class Attempt:
-    """One ended attempt of a job, from its attempt log.
-
-    Attributes:
-        attempt: the attempt's number, from 1. A retry gives the job a fresh
-            budget, so numbers start again at 1 after it; the log keeps every
-            attempt, in the order they ended.
-        worker_id: the id of the worker that ran it (None when not recorded).
-        worker_name: that worker's name, when recorded.
-        started_at: when it was claimed.
-        finished_at: when it ended (or was found lost, timed out or cancelled).
-        outcome: ``succeeded``, ``failed``, ``lost``, ``interrupted`` or ``timed_out``.
-        error: the error message, if it did not succeed.
-        traceback: the Python traceback of a failure, when there was one.
-    """
-
-    attempt: int
-    worker_id: int | None
-    worker_name: str | None
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    outcome: str
-    error: str | None
-    traceback: str | None
-
-
-@attrs.frozen
-class Job:
-    """A job as stored, read by :meth:`Jobs.get` or :meth:`Jobs.list`.
-
-    Attributes:
-        id: the job's id.
-        definition: the name of its definition.
-        channel: the channel whose workers run it.
-        status: ``waiting``, ``available``, ``running``, ``succeeded``, ``failed``
-            or ``cancelled``.
-        priority: higher runs first.
-        payload: the payload, decoded from JSON (not structured into the
-            definition's payload type: the definition may not be loaded here).
-        result: the job function's return value, decoded from JSON, once it succeeded.
-        attempt: attempts used (claims so far), from 0.
-        max_attempts: its attempt budget.
-        run_at: when it is (or was) due.
-        created_at: when it was deferred.
-        started_at: when its last attempt started.
-        finalized_at: when it reached a final status.
-        last_error: the error of its last failed attempt (or why it was finalized).
-        unique_key: its deduplication key.
-        resource_key: its resource key (at most one running job per key).
-        locked_by: the id of the worker running it, while it runs.
-        depends_on: the ids of the jobs it waits (or waited) for; kept after
-            the job finished, for as long as the history keeps it.
-        attempts: its attempt log, oldest first; None when not asked for.
-        archived: True when read from ``job_history``, where every finished job
-            is kept (the former archive); False for an unfinished job. Finished
-            jobs are no longer read-only: they can be retried and deleted.
-    """
-
-    id: int
-    definition: str
-    channel: str
-    status: str
-    priority: int
-    payload: Any
-    result: Any
-    attempt: int
-    max_attempts: int
-    run_at: dt.datetime
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finalized_at: dt.datetime | None
-    last_error: str | None
-    unique_key: str | None
-    resource_key: str | None
-    locked_by: int | None
-    depends_on: tuple[int, ...]
-    attempts: tuple[Attempt, ...] | None
-    archived: bool
-
-    @property
-    def is_finalized(self) -> bool:
-        """True once the job succeeded, failed or was cancelled."""
-        return self.status in FINALIZED_STATUSES
-
-
-@attrs.frozen
-class DefinitionInfo:
-    """A definition as stored in ``job_definition``, with its job counts.
-
-    Attributes mirror :class:`~orchestra.JobDefinition`'s settings (``backoff``
-    is its kind); ``last_repeated_at``, ``next_tick_at``, ``last_released_at``
-    and ``last_heartbeat_at`` are kept by the daemons; ``counts`` maps every
-    status to how many of the definition's jobs have it (finished jobs count
-    for as long as the history keeps them).
-    """
-
-    name: str
-    channel: str
-    num_attempts: int
-    backoff: str
-    priority: int
-    repeat_interval_ms: int | None
-    cron: str | None
-    release_interval_ms: int
-    max_concurrency: int | None
-    lock_interval_ms: int
-    timeout_interval_ms: int
-    last_repeated_at: dt.datetime | None
-    next_tick_at: dt.datetime | None
-    last_released_at: dt.datetime | None
-    last_heartbeat_at: dt.datetime
-    paused: bool
-    counts: Mapping[str, int]
-
-
-# -- rows to values (one function per row type) --------------------------------
-
-
-def _timestamp(value: str | None) -> dt.datetime | None:
-    # PostgreSQL writes timestamptz into JSON as ISO 8601 with an offset.
-    return None if value is None else dt.datetime.fromisoformat(value)
-
-
-def attempt_from_json(item: Mapping[str, Any]) -> Attempt:
-    """An :class:`Attempt` from one element of an attempt log in JSON.
-
-    That is the shape of ``job_history.attempts`` and of the live log as
-    ``manage_job_get`` aggregates it: ``to_jsonb`` of a ``job_attempt`` row.
-    """
-    started_at = _timestamp(item["started_at"])
-    finished_at = _timestamp(item["finished_at"])
-    assert started_at is not None and finished_at is not None  # NOT NULL columns
-    return Attempt(
-        attempt=int(item["attempt"]),
-        worker_id=item.get("worker_id"),
-        worker_name=item.get("worker_name"),
-        started_at=started_at,
-        finished_at=finished_at,
-        outcome=str(item["outcome"]),
-        error=item.get("error"),
-        traceback=item.get("traceback"),
-    )
-
-
-def job_from_row(row: Mapping[str, Any]) -> Job:
-    """A :class:`Job` from a row of ``manage_job_get`` or ``manage_job_list_*``."""
-    attempts = row["attempts"]
-    return Job(
-        id=row["id"],
-        definition=row["definition"],
-        channel=row["channel"],
-        status=row["status"],
-        priority=row["priority"],
-        payload=_converter.load_readable(row["payload"]),
-        result=_converter.load_readable(row["result"]),
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        run_at=row["run_at"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finalized_at=row["finalized_at"],
-        last_error=row["last_error"],
-        unique_key=row["unique_key"],
-        resource_key=row["resource_key"],
-        locked_by=row["locked_by"],
-        depends_on=tuple(row["depends_on"] or ()),
-        attempts=None if attempts is None else tuple(attempt_from_json(a) for a in attempts),
-        archived=row["in_history"],
-    )
-
-
-def definition_from_row(row: Mapping[str, Any]) -> DefinitionInfo:
-    """A :class:`DefinitionInfo` from a row of ``manage_definition_list``."""
-    counts = row["counts"] or {}
-    return DefinitionInfo(
-        name=row["name"],
-        channel=row["channel"],
-        num_attempts=row["num_attempts"],
-        backoff=row["backoff"],
-        priority=row["priority"],
-        repeat_interval_ms=row["repeat_interval_ms"],
-        cron=row["cron"],
-        release_interval_ms=row["release_interval_ms"],
-        max_concurrency=row["max_concurrency"],
-        lock_interval_ms=row["lock_interval_ms"],
-        timeout_interval_ms=row["timeout_interval_ms"],
-        last_repeated_at=row["last_repeated_at"],
-        next_tick_at=row["next_tick_at"],
-        last_released_at=row["last_released_at"],
-        last_heartbeat_at=row["last_heartbeat_at"],
-        paused=row["paused"],
-        # Every status is present, zeros included, so callers can index freely.
-        counts={status: int(counts.get(status, 0)) for status in STATUSES},
-    )
-
-
 # -- argument checks (before any statement is sent) ----------------------------
 
 
 def _check_job_id(job_id: object) -> int:
     value = job_id.id if isinstance(job_id, JobHandle) else job_id
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _BIGINT_MAX:
+    if not is_int(value) or not 1 <= value <= _BIGINT_MAX:
         raise ConfigurationError(
             "job_id", f"must be a positive job id or a JobHandle, got {job_id!r}"
         )
-    return value
-
-
-def _check_int(value: object, argument: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(argument, f"must be an int, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ConfigurationError(argument, f"must be between {low} and {high}, got {value}")
     return value
 
 
@@ -378,30 +181,19 @@ def _is_unique_key_conflict(exc: BaseException) -> bool:
 # -- operations, written once for both twins -----------------------------------
 
 
-@attrs.frozen
-class _Statement:
-    """A named query of ``config.queries`` and its parameters; the driver sends back its rows."""
-
-    query: str
-    params: Mapping[str, Any]
-
-
-_Op = Generator[_Statement, Any, T]
-
-
-def _change(query: str, params: Mapping[str, Any]) -> Generator[_Statement, Any, Row]:
+def _change(query: str, params: Mapping[str, Any]) -> Generator[Statement, Any, Row]:
     """Run a retry, cancel or delete statement; again if it found the job in neither table."""
-    rows: list[Row] = yield _Statement(query, params)
+    rows: list[Row] = yield Statement(query, params)
     for _ in range(MOVED_JOB_RERUNS):
         if rows[0]["status"] is not None:
             break
-        rows = yield _Statement(query, params)
+        rows = yield Statement(query, params)
     return rows[0]
 
 
-def _get(job_id: object, with_attempts: bool) -> _Op[Job]:
+def _get(job_id: object, with_attempts: bool) -> Op[Job]:
     checked = _check_job_id(job_id)
-    rows: list[Row] = yield _Statement(
+    rows: list[Row] = yield Statement(
         "manage_job_get", {"id": checked, "with_attempts": bool(with_attempts)}
     )
     if not rows:
@@ -416,34 +208,34 @@ def _list(
     limit: object,
     offset: object,
     order: object,
-) -> _Op[list[Job]]:
+) -> Op[list[Job]]:
     params = _filters(status, definition, channel)
-    params["limit"] = _check_int(limit, "limit", 1, LIST_LIMIT_MAX)
-    params["offset"] = _check_int(offset, "offset", 0, _BIGINT_MAX)
+    params["limit"] = check_int(limit, "limit", 1, LIST_LIMIT_MAX)
+    params["offset"] = check_int(offset, "offset", 0, _BIGINT_MAX)
     if not isinstance(order, str) or order not in ORDERS:
         raise ConfigurationError("order", f"must be 'asc' or 'desc', got {order!r}")
     # Rows read from each table, in order, before the two are merged.
     params["window"] = min(params["limit"] + params["offset"], _BIGINT_MAX)
-    rows: list[Row] = yield _Statement(f"manage_job_list_{order}", params)
+    rows: list[Row] = yield Statement(f"manage_job_list_{order}", params)
     return [job_from_row(row) for row in rows]
 
 
-def _count(status: object, definition: object, channel: object) -> _Op[int]:
-    rows: list[Row] = yield _Statement("manage_job_count", _filters(status, definition, channel))
+def _count(status: object, definition: object, channel: object) -> Op[int]:
+    rows: list[Row] = yield Statement("manage_job_count", _filters(status, definition, channel))
     return int(rows[0]["n"])
 
 
-def _recheck_waiting(config: Config, job_ids: list[int]) -> _Op[None]:
+def _recheck_waiting(config: Database, job_ids: list[int]) -> Op[None]:
     # After the retry's commit, as after a defer that came back waiting: a
     # dependency that succeeded while the retry ran did not see the job waiting.
     if job_ids:
-        yield _Statement(
+        yield Statement(
             "manage_job_recheck_waiting",
             {"ids": job_ids, "notify_channel": config.notify_channel},
         )
 
 
-def _retry(config: Config, job_id: object) -> _Op[Job]:
+def _retry(config: Database, job_id: object) -> Op[Job]:
     checked = _check_job_id(job_id)
     try:
         row = yield from _change(
@@ -468,7 +260,7 @@ def _retry(config: Config, job_id: object) -> _Op[Job]:
     return (yield from _get(checked, with_attempts=False))
 
 
-def _retry_failed(config: Config, definition: object) -> _Op[int]:
+def _retry_failed(config: Database, definition: object) -> Op[int]:
     params = {
         "definition": _check_optional_name(definition, "definition"),
         "limit": BULK_BATCH_SIZE,
@@ -477,7 +269,7 @@ def _retry_failed(config: Config, definition: object) -> _Op[int]:
     total, after_id, conflicts = 0, 0, 0
     while True:
         try:
-            rows: list[Row] = yield _Statement(
+            rows: list[Row] = yield Statement(
                 "manage_job_retry_failed", {**params, "after_id": after_id}
             )
         except psycopg.errors.UniqueViolation as exc:
@@ -496,7 +288,7 @@ def _retry_failed(config: Config, definition: object) -> _Op[int]:
         after_id = int(row["last_id"])
 
 
-def _cancel(config: Config, job_id: object) -> _Op[Job]:
+def _cancel(config: Database, job_id: object) -> Op[Job]:
     checked = _check_job_id(job_id)
     row = yield from _change(
         "manage_job_cancel",
@@ -510,20 +302,20 @@ def _cancel(config: Config, job_id: object) -> _Op[Job]:
     return (yield from _get(checked, with_attempts=False))
 
 
-def _delete(job_id: object) -> _Op[None]:
+def _delete(job_id: object) -> Op[None]:
     checked = _check_job_id(job_id)
     row = yield from _change("manage_job_delete", {"id": checked})
     _check_outcome("delete", checked, row)
 
 
-def _delete_failed(definition: object) -> _Op[int]:
+def _delete_failed(definition: object) -> Op[int]:
     params = {
         "definition": _check_optional_name(definition, "definition"),
         "limit": BULK_BATCH_SIZE,
     }
     total, after_id = 0, 0
     while True:
-        rows: list[Row] = yield _Statement(
+        rows: list[Row] = yield Statement(
             "manage_job_delete_failed", {**params, "after_id": after_id}
         )
         row = rows[0]
@@ -533,72 +325,9 @@ def _delete_failed(definition: object) -> _Op[int]:
         after_id = int(row["last_id"])
 
 
-def _definitions() -> _Op[list[DefinitionInfo]]:
-    rows: list[Row] = yield _Statement("manage_definition_list", {})
+def _definitions() -> Op[list[DefinitionInfo]]:
+    rows: list[Row] = yield Statement("manage_definition_list", {})
     return [definition_from_row(row) for row in rows]
-
-
-# -- drivers --------------------------------------------------------------------
-
-
-def _start(op: Generator[Any, Any, Any]) -> tuple[bool, Any]:
-    """Run ``op`` to its first statement: (True, step), or (False, value) if it needed none."""
-    try:
-        return True, next(op)
-    except StopIteration as stop:
-        return False, stop.value
-
-
-def _fetch(conn: psycopg.Connection[Any], config: Config, statement: _Statement) -> list[Row]:
-    with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(config.queries[statement.query], statement.params)
-        return cursor.fetchall()
-
-
-def _drive(
-    conn: psycopg.Connection[Any], config: Config, op: Generator[Any, Any, T], step: Any
-) -> T:
-    """Run ``op`` from ``step`` to its end on ``conn``; its errors are thrown back into it."""
-    while True:
-        try:
-            value = _fetch(conn, config, step)
-        except Exception as exc:  # the operation may handle it (and then go on) or not
-            try:
-                step = op.throw(exc)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-        else:
-            try:
-                step = op.send(value)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-
-
-async def _fetch_async(
-    conn: psycopg.AsyncConnection[Any], config: Config, statement: _Statement
-) -> list[Row]:
-    async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(config.queries[statement.query], statement.params)
-        return await cursor.fetchall()
-
-
-async def _drive_async(
-    conn: psycopg.AsyncConnection[Any], config: Config, op: Generator[Any, Any, T], step: Any
-) -> T:
-    """Async twin of :func:`_drive`."""
-    while True:
-        try:
-            value = await _fetch_async(conn, config, step)
-        except Exception as exc:
-            try:
-                step = op.throw(exc)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-        else:
-            try:
-                step = op.send(value)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
 
 
 # -- the managers ----------------------------------------------------------------
@@ -612,18 +341,18 @@ class Jobs:
     :class:`~orchestra.errors.ConfigurationError` naming it, and writes nothing.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Database) -> None:
         self._config = config
 
     def __repr__(self) -> str:
         return f"Jobs(schema={self._config.schema!r})"
 
-    def _run(self, op: _Op[T]) -> T:
-        started, step = _start(op)  # the argument checks run here, before connecting
+    def _run(self, op: Op[T]) -> T:
+        started, step = _ops.start(op)  # the argument checks run here, before connecting
         if not started:
             return step  # type: ignore[no-any-return]
         with self._config.connection() as conn:
-            return _drive(conn, self._config, op, step)
+            return _ops.drive(conn, self._config.queries, op, step)
 
     def get(self, job_id: int | JobHandle, *, with_attempts: bool = True) -> Job:
         """The job with this id, unfinished (the queue) or finished (the history).
@@ -739,18 +468,18 @@ class AsyncJobs:
     It uses the Config's async pool of the running event loop.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Database) -> None:
         self._config = config
 
     def __repr__(self) -> str:
         return f"AsyncJobs(schema={self._config.schema!r})"
 
-    async def _run(self, op: _Op[T]) -> T:
-        started, step = _start(op)  # the argument checks run here, before connecting
+    async def _run(self, op: Op[T]) -> T:
+        started, step = _ops.start(op)  # the argument checks run here, before connecting
         if not started:
             return step  # type: ignore[no-any-return]
         async with self._config.connection_async() as conn:
-            return await _drive_async(conn, self._config, op, step)
+            return await _ops.drive_async(conn, self._config.queries, op, step)
 
     async def get(self, job_id: int | JobHandle, *, with_attempts: bool = True) -> Job:
         """Async twin of :meth:`Jobs.get`."""

@@ -20,6 +20,7 @@ import attrs
 import psycopg
 
 from orchestra import _sql
+from orchestra._checks import is_int
 from orchestra.errors import ConfigurationError, SchemaNotReadyError
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -44,6 +45,15 @@ def _schemas_dir() -> Path:
     if source.is_dir():
         return source
     raise FileNotFoundError("orchestra's schemas/ directory is missing from this installation")
+
+
+def schema_file() -> Path:
+    """``schema.sql``: the whole current schema, generated from the migrations (``make schema``).
+
+    For reading only: :func:`migrate` applies the numbered migrations, on a
+    new schema as on an old one, so that there is one way a schema is built.
+    """
+    return _schemas_dir() / "schema.sql"
 
 
 @functools.cache
@@ -85,9 +95,7 @@ def pending(done: Collection[int], up_to: int | None = None) -> list[Migration]:
     migration.
     """
     last = required_version()
-    if up_to is not None and (
-        isinstance(up_to, bool) or not isinstance(up_to, int) or not 1 <= up_to <= last
-    ):
+    if up_to is not None and (not is_int(up_to) or not 1 <= up_to <= last):
         raise ConfigurationError(
             "up_to", f"must be None or a version from 1 to {last}, got {up_to!r}"
         )

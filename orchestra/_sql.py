@@ -11,6 +11,14 @@ only interpolated identifier: it is validated here and quoted with
 :class:`psycopg.sql.Identifier`; literal braces are written doubled. Every
 other value is a bind parameter (``%(name)s``). Rendered queries are cached per
 schema as bytes, so the hot path does no string work at all.
+
+Names are one namespace across the files, so which file holds a query matters
+to readers only. The files group queries by the code that runs them:
+``producer.sql`` (defer, a job handle's reads), ``worker.sql`` (claims and
+finishes), ``daemon.sql`` (what every daemon runs about itself),
+``orchestrator.sql`` (leader lease, maintenance services), ``manage.sql`` (the
+job management API), ``monitoring.sql`` (dashboard, health probes, metrics
+gauges), ``migrate.sql`` and ``testing.sql``.
 """
 
 from __future__ import annotations

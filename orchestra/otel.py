@@ -49,6 +49,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from orchestra import __version__, events
+from orchestra._checks import is_int
 from orchestra.errors import ConfigurationError
 
 try:
@@ -133,7 +134,7 @@ class OpenTelemetryHandler:
         *,
         max_open_spans: int = MAX_OPEN_SPANS,
     ) -> None:
-        if isinstance(max_open_spans, bool) or not isinstance(max_open_spans, int):
+        if not is_int(max_open_spans):
             raise ConfigurationError("max_open_spans", f"must be an int, not {max_open_spans!r}")
         if max_open_spans < 1:
             raise ConfigurationError("max_open_spans", f"must be >= 1, got {max_open_spans}")

@@ -39,10 +39,16 @@ CREATE TABLE {schema}.job_definition (
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 
--- The hot table. A fillfactor below 100 leaves room for HOT updates (claim,
--- lease extension and finalization touch no indexed column except status), and
--- autovacuum runs far more often than the defaults because every job is
--- updated at least twice and then deleted.
+-- The hot table. Autovacuum runs far more often than the defaults because
+-- every job is updated at least twice and then deleted. The fillfactor below
+-- 100 leaves free room on each page for HOT updates, but an update can be HOT
+-- only when it changes no indexed column, the columns of a partial index's
+-- WHERE clause included. Here none of the job's updates qualifies: the claim,
+-- a retry and the finalization change status, which the WHERE clauses of the
+-- claim and running indexes read (and finalized_at, which job_finalized_idx
+-- indexes), and the lease extension changes locked_until, which
+-- job_running_idx indexes. 0007_hot_table drops that index and sets the
+-- fillfactor to 90.
 CREATE TABLE {schema}.job (
     id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     definition    text        NOT NULL REFERENCES {schema}.job_definition (name),
@@ -103,7 +109,7 @@ CREATE UNIQUE INDEX job_unique_key_uniq ON {schema}.job (definition, unique_key)
 CREATE UNIQUE INDEX job_resource_running_uniq ON {schema}.job (resource_key)
     WHERE resource_key IS NOT NULL AND status = 'running';
 
--- The attempt log (seed steve): one row per attempt that ended, whatever the
+-- The attempt log: one row per attempt that ended, whatever the
 -- way it ended. Rows go with their job.
 CREATE TABLE {schema}.job_attempt (
     id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -15,7 +15,7 @@ CREATE INDEX job_unfinished_tick_idx ON {schema}.job (definition)
 CREATE INDEX job_locked_by_idx ON {schema}.job (locked_by) WHERE status = 'running';
 
 -- Finalized jobs moved out of the hot table when the orchestrator runs with
--- archive=True (seed pg-jobber's archiveJobs). Not referenced by anything.
+-- archive=True. Not referenced by anything.
 CREATE TABLE {schema}.job_archive (
     id            bigint      PRIMARY KEY,
     definition    text        NOT NULL,

@@ -1,4 +1,4 @@
--- 0003_resource_keys: indexes of the resource-keyed claim (seed redis-dist-job-queue).
+-- 0003_resource_keys: indexes of the resource-keyed claim.
 --
 -- A job with a resource_key is flagged `limited`, so the plain claim branch
 -- (job_claim_idx) never sees it; it is claimed through a branch that only

@@ -291,6 +291,11 @@ CREATE UNIQUE INDEX job_unique_key_uniq ON {schema}.job (definition, unique_key)
     WHERE unique_key IS NOT NULL;
 
 -- The hot table's rows are now short-lived: deleted, not updated, at the end.
+-- The room left on each page serves the updates that can be HOT, those that
+-- change no indexed column (nor one that a partial index's WHERE clause
+-- reads): with job_running_idx gone, the lease extension (locked_until only)
+-- and the retry of an available job that keeps its `limited` flag (run_at
+-- only). Every status change still writes new index entries.
 ALTER TABLE {schema}.job SET (fillfactor = 90);
 
 -- Functions of 0006 that read a dependency's status: a dependency has

@@ -3,7 +3,7 @@
 A finished job is a row of ``job_history`` (decision 0019), not a status of
 the hot table (a CHECK there refuses finished statuses). Tests about reading
 and managing jobs put a job in a final state with :func:`finish_by_sql`, the
-way the finishing statements of ``orchestra/sql/job.sql`` do: the hot row is
+way the finishing statements of ``orchestra/sql/worker.sql`` and ``orchestrator.sql`` do: the hot row is
 deleted, its attempt-log rows become the history row's ``attempts`` JSON.
 """
 

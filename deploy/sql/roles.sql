@@ -381,8 +381,8 @@ GRANT EXECUTE ON FUNCTION
     :"schema".worker_deregister(bigint, text)
 TO :"worker_role";
 
--- Orchestrator (orchestra/sql/maintenance.sql, job.sql, leader.sql,
--- worker.sql): the maintenance role, table-level on what it maintains, every
+-- Orchestrator (orchestra/sql/orchestrator.sql, daemon.sql, worker.sql,
+-- monitoring.sql): the maintenance role, table-level on what it maintains, every
 -- row.
 --   leader_attempt_elect, leader_resign          the lease row
 --   worker_register, worker_touch, worker_delete its own row; job_rescue_stale_workers deletes dead ones

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import psycopg
 
 from orchestra import events
-from orchestra._orchestrator._service import MAX_BATCHES_PER_PASS, Emission, RunResult, Service
+from orchestra._orchestrator._service import MAX_BATCHES_PER_PASS, RunResult, Service
 
 
 class Finalizer(Service):
@@ -39,9 +39,9 @@ class Finalizer(Service):
 
     def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:
         """One pass: timeouts, then the unmet-dependency cascade, then catch-up releases."""
-        emissions: list[Emission] = []
+        finalized: list[events.OrchestratorJobFinalized] = []
         timed_out = self._batches(conn, "job_finalize_timed_out", {"now": now})
-        emissions += [self._finalized(row, "timeout") for row in timed_out]
+        finalized += [self._finalized(row, "timeout") for row in timed_out]
         unmet = 0
         for _ in range(MAX_BATCHES_PER_PASS):
             # Each statement finalizes one more level of a chain: repeat until
@@ -53,20 +53,19 @@ class Finalizer(Service):
             if not rows:
                 break
             unmet += len(rows)
-            emissions += [self._finalized(row, "unmet_dependencies") for row in rows]
-        self._notify_finished(conn, [e.fields["job_id"] for e in emissions])
+            finalized += [self._finalized(row, "unmet_dependencies") for row in rows]
+        self._notify_finished(conn, [e.job_id for e in finalized])
         released = self._batches(
             conn, "job_release_satisfied", {"notify_channel": self.config.notify_channel}
         )
-        emissions += [
-            Emission(
-                events.OrchestratorJobReleased,
-                {
-                    "job_id": job_id,
-                    "definition": definition,
-                    "attempt": 0,
-                    "reason": "dependencies_met",
-                },
+        emitted: list[events.Event] = [*finalized]
+        emitted += [
+            events.OrchestratorJobReleased(
+                **self.origin.header(),
+                job_id=job_id,
+                definition=definition,
+                attempt=0,
+                reason="dependencies_met",
             )
             for job_id, definition, _ in released
         ]
@@ -75,17 +74,14 @@ class Finalizer(Service):
             "unmet_dependencies": unmet,
             "released": len(released),
         }
-        return RunResult(self.name, counts, tuple(emissions))
+        return RunResult(self.name, counts, tuple(emitted))
 
-    @staticmethod
-    def _finalized(row: tuple[Any, ...], reason: str) -> Emission:
+    def _finalized(self, row: tuple[Any, ...], reason: str) -> events.OrchestratorJobFinalized:
         job_id, definition, attempt = row
-        return Emission(
-            events.OrchestratorJobFinalized,
-            {
-                "job_id": job_id,
-                "definition": definition,
-                "attempt": attempt,
-                "reason": reason,
-            },
+        return events.OrchestratorJobFinalized(
+            **self.origin.header(),
+            job_id=job_id,
+            definition=definition,
+            attempt=attempt,
+            reason=reason,
         )

@@ -3,10 +3,10 @@
 What it does: counts the unfinished jobs per status (``waiting``,
 ``available``, ``running``) and channel, and the live daemons per role (a
 heartbeat newer than ``worker_stale_threshold_ms``), in one read-only
-statement (``metrics_gauges`` in ``orchestra/sql/metrics.sql``, which says
+statement (``metrics_gauges`` in ``orchestra/sql/monitoring.sql``, which says
 what it costs); reads what holds back vacuum on the queue's database (the
 oldest transaction) and the job table's dead rows (``health_vacuum_horizon``
-in ``orchestra/sql/health.sql``, also read by ``orchestra health`` and the
+in the same file, also read by ``orchestra health`` and the
 dashboard); and emits them as one event. It changes nothing.
 
 Options: ``gauges_interval_ms`` (default 15 000).
@@ -25,7 +25,8 @@ from psycopg.rows import dict_row
 
 from orchestra import events
 from orchestra._config import Config
-from orchestra._orchestrator._service import Emission, RunResult, Service
+from orchestra._event_origin import STANDALONE_ORCHESTRATOR, EventOrigin
+from orchestra._orchestrator._service import RunResult, Service
 
 #: Default age past which a transaction holding back vacuum is worth a
 #: warning (`orchestra health`, the dashboard). The job table churns: every
@@ -191,8 +192,15 @@ class QueueGauges(Service):
 
     name: ClassVar[str] = "gauges"
 
-    def __init__(self, config: Config, *, interval_ms: int, worker_stale_threshold_ms: int) -> None:
-        super().__init__(config, interval_ms=interval_ms)
+    def __init__(
+        self,
+        config: Config,
+        *,
+        interval_ms: int,
+        worker_stale_threshold_ms: int,
+        origin: EventOrigin = STANDALONE_ORCHESTRATOR,
+    ) -> None:
+        super().__init__(config, interval_ms=interval_ms, origin=origin)
         self.worker_stale_threshold_ms = worker_stale_threshold_ms
 
     def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:
@@ -210,19 +218,17 @@ class QueueGauges(Service):
         horizon = read_vacuum_horizon(conn, self.config)
         return RunResult(
             self.name,
-            emissions=(
-                Emission(
-                    events.OrchestratorQueueGauges,
-                    {
-                        "depth": depth,
-                        "workers": workers,
-                        "oldest_transaction_age_s": horizon.oldest_age_s,
-                        "oldest_transaction_xid_age": (
-                            0 if horizon.oldest is None else horizon.oldest.xid_age
-                        ),
-                        "job_dead_tuples": horizon.job_dead_tuples,
-                        "job_live_tuples": horizon.job_live_tuples,
-                    },
+            events=(
+                events.OrchestratorQueueGauges(
+                    **self.origin.header(),
+                    depth=depth,
+                    workers=workers,
+                    oldest_transaction_age_s=horizon.oldest_age_s,
+                    oldest_transaction_xid_age=(
+                        0 if horizon.oldest is None else horizon.oldest.xid_age
+                    ),
+                    job_dead_tuples=horizon.job_dead_tuples,
+                    job_live_tuples=horizon.job_live_tuples,
                 ),
             ),
         )

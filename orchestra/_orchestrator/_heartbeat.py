@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import psycopg
 
 from orchestra import events
-from orchestra._orchestrator._service import Emission, RunResult, Service
+from orchestra._orchestrator._service import RunResult, Service
 
 
 class DefinitionHeartbeat(Service):
@@ -42,7 +42,7 @@ class DefinitionHeartbeat(Service):
             self.name,
             {"heartbeated": len(definitions), "rewritten": len(definitions) - len(present)},
             tuple(
-                Emission(events.OrchestratorDefinitionHeartbeat, {"definition": n})
+                events.OrchestratorDefinitionHeartbeat(**self.origin.header(), definition=n)
                 for n in definitions
             ),
         )

@@ -17,8 +17,7 @@ from typing import Any
 import psycopg
 
 from orchestra._config import Config
-
-LEASE_NAME = "orchestrator"
+from orchestra._schema_names import LEASE_NAME
 
 
 class Elector:

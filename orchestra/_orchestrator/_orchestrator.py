@@ -25,7 +25,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from orchestra import _db, _migrate, events
-from orchestra._backoff import milliseconds
+from orchestra._checks import is_int, milliseconds
 from orchestra._config import Config
 from orchestra._daemon import Daemon
 from orchestra._orchestrator._finalizer import Finalizer
@@ -109,11 +109,7 @@ class Orchestrator(Daemon):
             raise ConfigurationError(
                 "config", f"must be an orchestra Config, not {type(config).__name__}"
             )
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or not 1 <= batch_size <= 100_000
-        ):
+        if not is_int(batch_size) or not 1 <= batch_size <= 100_000:
             raise ConfigurationError(
                 "batch_size", f"must be an int from 1 to 100000, got {batch_size!r}"
             )
@@ -122,21 +118,27 @@ class Orchestrator(Daemon):
         worker_stale = _interval(worker_stale_threshold_ms, "worker_stale_threshold_ms", 100)
         self.services: list[Service] = [
             DefinitionHeartbeat(
-                config, interval_ms=_interval(heartbeat_interval_ms, "heartbeat_interval_ms")
+                config,
+                interval_ms=_interval(heartbeat_interval_ms, "heartbeat_interval_ms"),
+                origin=self._origin,
             ),
             RepeatScheduler(
-                config, interval_ms=_interval(repeat_interval_ms, "repeat_interval_ms")
+                config,
+                interval_ms=_interval(repeat_interval_ms, "repeat_interval_ms"),
+                origin=self._origin,
             ),
             Rescuer(
                 config,
                 interval_ms=_interval(rescue_interval_ms, "rescue_interval_ms"),
                 worker_stale_threshold_ms=worker_stale,
                 batch_size=batch_size,
+                origin=self._origin,
             ),
             Finalizer(
                 config,
                 interval_ms=_interval(finalize_interval_ms, "finalize_interval_ms"),
                 batch_size=batch_size,
+                origin=self._origin,
             ),
             Sweeper(
                 config,
@@ -152,11 +154,13 @@ class Orchestrator(Daemon):
                 if archive_retention_ms is None
                 else _interval(archive_retention_ms, "archive_retention_ms", 0),
                 batch_size=batch_size,
+                origin=self._origin,
             ),
             QueueGauges(
                 config,
                 interval_ms=_interval(gauges_interval_ms, "gauges_interval_ms"),
                 worker_stale_threshold_ms=worker_stale,
+                origin=self._origin,
             ),
         ]
         self.elector = Elector(
@@ -182,7 +186,7 @@ class Orchestrator(Daemon):
 
     async def _main(self) -> None:
         await asyncio.to_thread(self._start_up)
-        self._emit(events.DaemonStarted, host=self.host, pid=self.pid)
+        self._emit(events.DaemonStarted(**self._origin.header(), host=self.host, pid=self.pid))
         self._ready()
         error: str | None = None
         try:
@@ -192,7 +196,7 @@ class Orchestrator(Daemon):
             raise
         finally:
             await asyncio.to_thread(self._shut_down)
-            self._emit(events.DaemonStopped, error=error, handed_back=0)
+            self._emit(events.DaemonStopped(**self._origin.header(), error=error, handed_back=0))
 
     def _start_up(self) -> None:
         with _db.connect(self.config.dsn, attempts=self.config.connect_attempts) as conn:
@@ -245,7 +249,7 @@ class Orchestrator(Daemon):
             )
         if self._was_leader:
             self._was_leader = False
-            self._emit(events.OrchestratorLeadershipLost, reason="stopped")
+            self._emit(events.OrchestratorLeadershipLost(**self._origin.header(), reason="stopped"))
         self._pool.close()
 
     # -- the loop ---------------------------------------------------------------
@@ -295,21 +299,31 @@ class Orchestrator(Daemon):
             logger.warning("%s: leader election failed: %s", self.daemon_name, message)
             if self._was_leader:
                 self._was_leader = False
-                self._emit(events.OrchestratorLeadershipLost, reason=message)
+                self._emit(
+                    events.OrchestratorLeadershipLost(**self._origin.header(), reason=message)
+                )
             return False
         if held and not self._was_leader:
             self._was_leader = True
-            self._emit(events.OrchestratorLeadershipAcquired, lease_ms=self.leader_lease_ms)
+            self._emit(
+                events.OrchestratorLeadershipAcquired(
+                    **self._origin.header(), lease_ms=self.leader_lease_ms
+                )
+            )
             return True
         if not held and self._was_leader:
             self._was_leader = False
-            self._emit(events.OrchestratorLeadershipLost, reason="taken")
+            self._emit(events.OrchestratorLeadershipLost(**self._origin.header(), reason="taken"))
         return False
 
     def _notice_expiry(self) -> None:
         if self._was_leader and not self.is_leader:
             self._was_leader = False
-            self._emit(events.OrchestratorLeadershipLost, reason="lease not renewed in time")
+            self._emit(
+                events.OrchestratorLeadershipLost(
+                    **self._origin.header(), reason="lease not renewed in time"
+                )
+            )
 
     def _run_service(self, service: Service) -> RunResult:
         assert self._pool is not None
@@ -325,15 +339,19 @@ class Orchestrator(Daemon):
                 logger.warning("%s: %s pass failed: %s", self.daemon_name, service.name, message)
             else:
                 logger.exception("%s: %s pass failed", self.daemon_name, service.name)
-            self._emit(events.OrchestratorServiceFailed, service=service.name, error=message)
+            self._emit(
+                events.OrchestratorServiceFailed(
+                    **self._origin.header(), service=service.name, error=message
+                )
+            )
             return RunResult(
                 service.name, next_run_in_s=min(FAILED_PASS_RETRY_S, service.interval_ms / 1000)
             )
         finally:
             self._busy = False
         self.passes[service.name] += 1
-        for emission in result.emissions:
-            self._emit(emission.event_type, **emission.fields)
+        for event in result.events:
+            self._emit(event)
         if any(result.counts.values()):
             logger.debug(
                 "%s: %s %s",

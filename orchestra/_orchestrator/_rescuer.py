@@ -31,7 +31,8 @@ import psycopg
 
 from orchestra import events
 from orchestra._config import Config
-from orchestra._orchestrator._service import BATCH_SIZE_DEFAULT, Emission, RunResult, Service
+from orchestra._event_origin import STANDALONE_ORCHESTRATOR, EventOrigin
+from orchestra._orchestrator._service import BATCH_SIZE_DEFAULT, RunResult, Service
 
 
 class Rescuer(Service):
@@ -46,13 +47,14 @@ class Rescuer(Service):
         interval_ms: int,
         worker_stale_threshold_ms: int,
         batch_size: int = BATCH_SIZE_DEFAULT,
+        origin: EventOrigin = STANDALONE_ORCHESTRATOR,
     ) -> None:
-        super().__init__(config, interval_ms=interval_ms, batch_size=batch_size)
+        super().__init__(config, interval_ms=interval_ms, batch_size=batch_size, origin=origin)
         self.worker_stale_threshold_ms = worker_stale_threshold_ms
 
     def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:
         """Rescue the jobs of stale workers, then those of expired leases."""
-        emissions: list[Emission] = []
+        emitted: list[events.Event] = []
         counts = {"rescued": 0, "failed": 0, "workers_lost": 0}
         params = {"now": now, "notify_channel": self.config.notify_channel}
         stale = self._batches(
@@ -63,38 +65,48 @@ class Rescuer(Service):
         for kind, job_id, definition, attempt, status, locked_by, _ in stale:
             if kind == "worker":
                 counts["workers_lost"] += 1
-                emissions.append(Emission(events.OrchestratorWorkerLost, {"worker_id": job_id}))
+                emitted.append(
+                    events.OrchestratorWorkerLost(**self.origin.header(), worker_id=job_id)
+                )
             else:
-                emissions.append(
-                    self._emission(job_id, definition, attempt, status, locked_by, "worker_lost")
+                emitted.append(
+                    self._taken_back(job_id, definition, attempt, status, locked_by, "worker_lost")
                 )
                 counts["rescued" if status == "available" else "failed"] += 1
         for job_id, definition, attempt, status, locked_by, _ in self._batches(
             conn, "job_rescue_expired", params
         ):
-            emissions.append(
-                self._emission(job_id, definition, attempt, status, locked_by, "lease_expired")
+            emitted.append(
+                self._taken_back(job_id, definition, attempt, status, locked_by, "lease_expired")
             )
             counts["rescued" if status == "available" else "failed"] += 1
         self._notify_finished(
-            conn,
-            [
-                e.fields["job_id"]
-                for e in emissions
-                if e.event_type is events.OrchestratorJobFinalized
-            ],
+            conn, [e.job_id for e in emitted if isinstance(e, events.OrchestratorJobFinalized)]
         )
-        return RunResult(self.name, counts, tuple(emissions))
+        return RunResult(self.name, counts, tuple(emitted))
 
-    @staticmethod
-    def _emission(
-        job_id: int, definition: str, attempt: int, status: str, locked_by: int | None, reason: str
-    ) -> Emission:
-        common = {"job_id": job_id, "definition": definition, "attempt": attempt}
+    def _taken_back(
+        self,
+        job_id: int,
+        definition: str,
+        attempt: int,
+        status: str,
+        locked_by: int | None,
+        reason: str,
+    ) -> events.OrchestratorJobRescued | events.OrchestratorJobFinalized:
         if status == "available":
-            return Emission(
-                events.OrchestratorJobRescued, {**common, "reason": reason, "locked_by": locked_by}
+            return events.OrchestratorJobRescued(
+                **self.origin.header(),
+                job_id=job_id,
+                definition=definition,
+                attempt=attempt,
+                reason=reason,
+                locked_by=locked_by,
             )
-        return Emission(
-            events.OrchestratorJobFinalized, {**common, "reason": "no_attempts_remaining"}
+        return events.OrchestratorJobFinalized(
+            **self.origin.header(),
+            job_id=job_id,
+            definition=definition,
+            attempt=attempt,
+            reason="no_attempts_remaining",
         )

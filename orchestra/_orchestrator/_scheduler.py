@@ -44,7 +44,7 @@ from croniter import croniter
 
 from orchestra import events
 from orchestra._definition import JobDefinition
-from orchestra._orchestrator._service import Emission, RunResult, Service
+from orchestra._orchestrator._service import RunResult, Service
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -138,7 +138,7 @@ class RepeatScheduler(Service):
                 {"names": [d.name for d in repeatable]},
             ).fetchall()
         }
-        emissions: list[Emission] = []
+        emitted: list[events.Event] = []
         scheduled = skipped = 0
         soonest = now + dt.timedelta(milliseconds=self.interval_ms)
         for definition in repeatable:
@@ -170,31 +170,27 @@ class RepeatScheduler(Service):
             job_id, due, busy = row[0], row[1], row[2]
             if job_id is not None:
                 scheduled += 1
-                emissions.append(
-                    Emission(
-                        events.OrchestratorJobScheduled,
-                        {
-                            "job_id": job_id,
-                            "definition": definition.name,
-                            "tick_at": tick,
-                        },
+                emitted.append(
+                    events.OrchestratorJobScheduled(
+                        **self.origin.header(),
+                        job_id=job_id,
+                        definition=definition.name,
+                        tick_at=tick,
                     )
                 )
             elif due and busy and not definition.overlap:
                 skipped += 1
-                emissions.append(
-                    Emission(
-                        events.OrchestratorTickSkipped,
-                        {
-                            "definition": definition.name,
-                            "tick_at": tick,
-                            "reason": "overlap",
-                        },
+                emitted.append(
+                    events.OrchestratorTickSkipped(
+                        **self.origin.header(),
+                        definition=definition.name,
+                        tick_at=tick,
+                        reason="overlap",
                     )
                 )
         wait = max(0.0, (soonest - now).total_seconds())
         return RunResult(
-            self.name, {"scheduled": scheduled, "skipped": skipped}, tuple(emissions), wait
+            self.name, {"scheduled": scheduled, "skipped": skipped}, tuple(emitted), wait
         )
 
     def _plan(

@@ -3,7 +3,8 @@
 A service is a small object with a ``run_once(conn, now)`` that does one
 bounded pass and returns a :class:`RunResult`: counts, the events to emit (its
 statements are committed by then: each runs in autocommit), and optionally how
-soon it wants to run again. It never loops on its interval itself: the
+soon it wants to run again. A service builds its events itself, typed, with
+the origin its Orchestrator gave it. It never loops on its interval itself: the
 Orchestrator's one loop does that, and runs leader-only services only while it
 holds the lease. ``now`` is None in production (the database clock decides)
 and a fixed time in tests, so that hour-long thresholds pass in milliseconds.
@@ -19,21 +20,14 @@ from typing import Any, ClassVar
 import attrs
 import psycopg
 
-from orchestra import events
 from orchestra._config import Config
+from orchestra._event_origin import STANDALONE_ORCHESTRATOR, EventOrigin
+from orchestra.events import Event
 
 #: Rows per statement, and statements per pass: a pass is bounded even when
 #: a backlog is huge; the next pass continues.
 BATCH_SIZE_DEFAULT = 1_000
 MAX_BATCHES_PER_PASS = 50
-
-
-@attrs.frozen
-class Emission:
-    """An event a pass wants emitted (its daemon fills in the envelope)."""
-
-    event_type: type[events.Event]
-    fields: Mapping[str, Any]
 
 
 @attrs.frozen
@@ -43,13 +37,13 @@ class RunResult:
     Attributes:
         service: the service's name.
         counts: what was done, by kind (``rescued``, ``swept`` ...).
-        emissions: the events to emit, in order.
+        events: the events to emit, in order.
         next_run_in_s: run again this soon (None: at the service's interval).
     """
 
     service: str
     counts: Mapping[str, int] = attrs.field(factory=dict)
-    emissions: tuple[Emission, ...] = ()
+    events: tuple[Event, ...] = ()
     next_run_in_s: float | None = None
 
 
@@ -61,11 +55,18 @@ class Service(abc.ABC):
     leader_only: ClassVar[bool] = True
 
     def __init__(
-        self, config: Config, *, interval_ms: int, batch_size: int = BATCH_SIZE_DEFAULT
+        self,
+        config: Config,
+        *,
+        interval_ms: int,
+        batch_size: int = BATCH_SIZE_DEFAULT,
+        origin: EventOrigin = STANDALONE_ORCHESTRATOR,
     ) -> None:
         self.config = config
         self.interval_ms = interval_ms
         self.batch_size = batch_size
+        #: Whose events these are: the Orchestrator running the service.
+        self.origin = origin
 
     @abc.abstractmethod
     def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:

@@ -48,10 +48,10 @@ from psycopg import errors
 
 from orchestra import events
 from orchestra._config import Config
+from orchestra._event_origin import STANDALONE_ORCHESTRATOR, EventOrigin
 from orchestra._orchestrator._service import (
     BATCH_SIZE_DEFAULT,
     MAX_BATCHES_PER_PASS,
-    Emission,
     RunResult,
     Service,
 )
@@ -79,8 +79,9 @@ class Sweeper(Service):
         archive: bool,
         archive_retention_ms: int | None = None,
         batch_size: int = BATCH_SIZE_DEFAULT,
+        origin: EventOrigin = STANDALONE_ORCHESTRATOR,
     ) -> None:
-        super().__init__(config, interval_ms=interval_ms, batch_size=batch_size)
+        super().__init__(config, interval_ms=interval_ms, batch_size=batch_size, origin=origin)
         self.finalized_job_threshold_ms = finalized_job_threshold_ms
         self.stale_definition_threshold_ms = stale_definition_threshold_ms
         self.archive = archive
@@ -105,7 +106,7 @@ class Sweeper(Service):
             "definitions_swept": 0,
             "history_lock_timeouts": 0,
         }
-        emissions: list[Emission] = []
+        emitted: list[events.Event] = []
         prepared = self._with_lock_timeout(conn, "job_history_prepare", {})
         if prepared is None:
             counts["history_lock_timeouts"] += 1
@@ -117,18 +118,19 @@ class Sweeper(Service):
             for partition, jobs, cutoff in self._drop_partitions(conn, params, counts):
                 counts["history_partitions_dropped"] += 1
                 counts["history_jobs_dropped"] += int(jobs)
-                emissions.append(
-                    Emission(
-                        events.OrchestratorHistoryPruned,
-                        {"partition": partition, "jobs": int(jobs), "cutoff": cutoff},
+                emitted.append(
+                    events.OrchestratorHistoryPruned(
+                        **self.origin.header(), partition=partition, jobs=int(jobs), cutoff=cutoff
                     )
                 )
             swept = self._batches(conn, "job_history_default_prune", params)
             counts["jobs_swept"] = len(swept)
-            emissions += [
-                Emission(
-                    events.OrchestratorFinalizedJobSwept,
-                    {"job_id": job_id, "definition": definition, "archived": self.archive},
+            emitted += [
+                events.OrchestratorFinalizedJobSwept(
+                    **self.origin.header(),
+                    job_id=job_id,
+                    definition=definition,
+                    archived=self.archive,
                 )
                 for job_id, definition in swept
             ]
@@ -142,11 +144,11 @@ class Sweeper(Service):
             {"now": now, "threshold_ms": self.stale_definition_threshold_ms},
         )
         counts["definitions_swept"] = len(stale)
-        emissions += [
-            Emission(events.OrchestratorStaleDefinitionSwept, {"definition": name})
+        emitted += [
+            events.OrchestratorStaleDefinitionSwept(**self.origin.header(), definition=name)
             for (name,) in stale
         ]
-        return RunResult(self.name, counts, tuple(emissions))
+        return RunResult(self.name, counts, tuple(emitted))
 
     def _drop_partitions(
         self, conn: psycopg.Connection[Any], params: dict[str, Any], counts: dict[str, int]

@@ -1,24 +1,23 @@
-"""One attempt of a claimed job: how it runs, and the Finish that records how it ended.
+"""One attempt of a claimed job: the claimed row, and the Finish that records how it ended.
 
-Everything here is a plain function of the claimed row and the definition, so
-that a sync attempt can run whole in a job thread (decode the payload, call the
-function, encode the return value) and hand the event loop a finished record
-instead of waking it per step.
+Every constructor here is a plain function of the claimed row and the
+definition, so that a sync attempt can run whole in a job thread (decode the
+payload, call the function, encode the return value) and hand the event loop a
+finished record instead of waking it per step (:mod:`._executor` runs them).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
-import traceback
 import uuid
 from typing import Any, Literal
 
 import attrs
 
 from orchestra import _converter
-from orchestra._definition import JobContext, JobDefinition
+from orchestra._definition import JobDefinition
+from orchestra._worker._describe import describe, format_traceback, storable, type_name
 from orchestra.errors import PayloadError
 
 #: Errors and tracebacks are stored bounded: a job must not be able to bloat
@@ -85,41 +84,6 @@ def finish(job: Claimed, outcome: Outcome, **fields: Any) -> Finish:
     )
 
 
-def run_sync(
-    job: Claimed,
-    definition: JobDefinition[Any],
-    *,
-    stop: threading.Event,
-    cut: threading.Event | None,
-    max_payload_bytes: int,
-) -> Finish:
-    """Run a ``def`` job function start to end (in a job thread); never raises."""
-    started = time.monotonic()
-    try:
-        try:
-            payload = _converter.decode_stored_payload(job.payload, definition.payload_type)
-        except Exception as exc:
-            return failure(job, definition, started, exc, payload_invalid=True)
-        ctx = JobContext(
-            job_id=job.id,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            definition=definition,
-            stop=stop,
-            cut=cut,
-        )
-        try:
-            value = definition.call(payload, ctx)
-            return succeeded(job, definition, value, started, max_payload_bytes)
-        except BaseException as exc:  # KeyboardInterrupt or SystemExit raised by the job too
-            return failure(job, definition, started, exc)
-    except BaseException as exc:
-        # Recording the failure failed (an exception whose rendering raises
-        # something exotic): the attempt still ends, or its job would stay
-        # running for as long as this worker heartbeats.
-        return unrecordable(job, definition, started, exc)
-
-
 def succeeded(
     job: Claimed,
     definition: JobDefinition[Any],
@@ -177,7 +141,7 @@ def unrecordable(
         job,
         definition,
         started,
-        f"{_type_name(exc)}: <the error of this attempt could not be rendered>",
+        f"{type_name(exc)}: <the error of this attempt could not be rendered>",
         None,
     )
 
@@ -225,48 +189,6 @@ def interrupted(job: Claimed, started: float) -> Finish:
     )
 
 
-def storable(text: str, limit: int) -> str:
-    """Text a PostgreSQL text column accepts (no NUL) and bounded in size, keeping both ends."""
-    text = text.replace("\x00", "\\x00")
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
-
-
 def elapsed_ms(started: float) -> int:
     """Milliseconds since the ``time.monotonic()`` reading ``started``."""
     return round((time.monotonic() - started) * 1000)
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message``, or the type alone when the message is empty.
-
-    Never raises: an exception whose ``__str__`` raises is described by its
-    type and a note saying so.
-    """
-    name = _type_name(exc)
-    try:
-        text = str(exc).strip()
-    except BaseException:  # any __str__ of a job's exception, however broken
-        text = "<str() of the exception raised>"
-    return f"{name}: {text}" if text else name
-
-
-def format_traceback(exc: BaseException) -> str:
-    """The formatted traceback of ``exc``; never raises."""
-    try:
-        return "".join(traceback.format_exception(exc))
-    except BaseException:
-        try:
-            frames = "".join(traceback.format_tb(exc.__traceback__))
-        except BaseException:
-            frames = ""
-        return f"Traceback (most recent call last):\n{frames}{_type_name(exc)}: <unprintable>\n"
-
-
-def _type_name(exc: BaseException) -> str:
-    try:
-        return type(exc).__name__
-    except BaseException:
-        return "BaseException"

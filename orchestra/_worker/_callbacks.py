@@ -12,9 +12,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from orchestra import _db
 from orchestra._definition import JobDefinition
-from orchestra._jobs import job_from_row
+from orchestra._records import job_from_row
 from orchestra._sql import Queries
-from orchestra._worker._attempts import Finish, describe
+from orchestra._worker._attempts import Finish
+from orchestra._worker._describe import describe
 
 logger = logging.getLogger("orchestra.worker")
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import inspect
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -47,13 +46,14 @@ import multiprocessing.context
 import multiprocessing.synchronize
 import pickle
 import signal
-import traceback
 from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
 
-from orchestra import _converter
+from orchestra import _callables, _converter
+from orchestra._checks import is_int
+from orchestra._worker._describe import describe, format_traceback, storable
 
 logger = logging.getLogger("orchestra.worker.children")
 
@@ -212,7 +212,7 @@ def _serve(message: bytes, stop: multiprocessing.synchronize.Event) -> ChildRepl
         call: dict[str, Any] = pickle.loads(message)  # noqa: S301 (our own parent's frame)
     except BaseException as exc:  # a bug, not a job failure: report it rather than die
         return ChildReply(
-            ok=False, error=_cut(f"bad call frame: {_describe(exc)}", ERROR_MAX_CHARS)
+            ok=False, error=storable(f"bad call frame: {describe(exc)}", ERROR_MAX_CHARS)
         )
     name: str = call["definition_name"]
     try:
@@ -220,25 +220,25 @@ def _serve(message: bytes, stop: multiprocessing.synchronize.Event) -> ChildRepl
     except BaseException as exc:
         return ChildReply(
             ok=False,
-            error=_cut(
+            error=storable(
                 f"the job function {call['function_label']} of {name!r} cannot be imported in "
-                f"the child process ({_describe(exc)}); Worker(processes=N) needs module-level "
+                f"the child process ({describe(exc)}); Worker(processes=N) needs module-level "
                 "functions that a child process can import",
                 ERROR_MAX_CHARS,
             ),
-            traceback=_format_traceback(exc),
+            traceback=_traceback(exc),
         )
     try:
         payload_type = pickle.loads(call["payload_type"])  # noqa: S301
     except BaseException as exc:
         return ChildReply(
             ok=False,
-            error=_cut(
+            error=storable(
                 f"the payload type of {name!r} cannot be imported in the child process "
-                f"({_describe(exc)}); Worker(processes=N) needs module-level types",
+                f"({describe(exc)}); Worker(processes=N) needs module-level types",
                 ERROR_MAX_CHARS,
             ),
-            traceback=_format_traceback(exc),
+            traceback=_traceback(exc),
         )
     try:
         payload = _converter.decode_stored_payload(call["payload"], payload_type)
@@ -247,7 +247,7 @@ def _serve(message: bytes, stop: multiprocessing.synchronize.Event) -> ChildRepl
         return ChildReply(
             ok=False,
             payload_invalid=True,
-            error=_cut(
+            error=storable(
                 f"PayloadError: stored payload cannot be read: {exc}"
                 if isinstance(exc, _converter.UnreadablePayloadError)
                 else f"PayloadError: stored payload does not fit {payload_type!r}: "
@@ -270,45 +270,21 @@ def _serve(message: bytes, stop: multiprocessing.synchronize.Event) -> ChildRepl
     except BaseException as exc:
         return ChildReply(
             ok=False,
-            error=_cut(_describe(exc), ERROR_MAX_CHARS),
-            traceback=_format_traceback(exc),
+            error=storable(describe(exc), ERROR_MAX_CHARS),
+            traceback=_traceback(exc),
         )
     return ChildReply(ok=True, result=result)
 
 
 def _invoke(function: Callable[..., Any], arity: int, payload: Any, ctx: ChildJobContext) -> Any:
-    args: tuple[Any, ...] = (payload, ctx)[:arity]
-    # Same test as JobDefinition.is_async: an instance with ``async def __call__`` is async too.
-    is_async = inspect.iscoroutinefunction(function) or (
-        not inspect.isroutine(function) and inspect.iscoroutinefunction(type(function).__call__)
-    )
-    if is_async:
+    if _callables.is_async(function):
         # A fresh loop per call: nothing of one job's loop leaks into the next.
-        return asyncio.run(function(*args))
-    return function(*args)
+        return asyncio.run(_callables.call(function, arity, payload, ctx))
+    return _callables.call(function, arity, payload, ctx)
 
 
-def _describe(exc: BaseException) -> str:
-    try:
-        text = str(exc).strip()
-    except Exception:
-        text = "<str() of the exception failed>"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _format_traceback(exc: BaseException) -> str | None:
-    try:
-        return _cut("".join(traceback.format_exception(exc)), TRACEBACK_MAX_CHARS)
-    except Exception:
-        return None
-
-
-def _cut(text: str, limit: int) -> str:
-    """``text`` bounded to about ``limit`` characters, keeping both ends."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
+def _traceback(exc: BaseException) -> str:
+    return storable(format_traceback(exc), TRACEBACK_MAX_CHARS)
 
 
 # -------------------------------------------------------------------------- parent side
@@ -340,7 +316,7 @@ def _encode(request: ChildRequest) -> bytes:
     except Exception as exc:
         raise _NotSendableError(
             f"the job function {label} of {owner!r} cannot be sent to a child process "
-            f"({_describe(exc)}); Worker(processes=N) needs module-level functions (or "
+            f"({describe(exc)}); Worker(processes=N) needs module-level functions (or "
             "picklable callables) that a child process can import: not lambdas, nested "
             "functions or callables holding locks or connections"
         ) from None
@@ -349,7 +325,7 @@ def _encode(request: ChildRequest) -> bytes:
     except Exception as exc:
         raise _NotSendableError(
             f"the payload type {request.payload_type!r} of {owner!r} cannot be sent to a child "
-            f"process ({_describe(exc)}); Worker(processes=N) needs module-level types"
+            f"process ({describe(exc)}); Worker(processes=N) needs module-level types"
         ) from None
     call = {
         "definition_name": owner,
@@ -366,7 +342,7 @@ def _encode(request: ChildRequest) -> bytes:
         return pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # the payload should be plain JSON; say so if it is not
         raise _NotSendableError(
-            f"the payload of {owner!r} cannot be sent to a child process ({_describe(exc)})"
+            f"the payload of {owner!r} cannot be sent to a child process ({describe(exc)})"
         ) from None
 
 
@@ -454,7 +430,7 @@ class ChildPool:
     """
 
     def __init__(self, size: int, *, name: str = "orchestra") -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        if not is_int(size) or size < 1:
             raise ValueError(f"size must be an int >= 1, got {size!r}")
         self._size = size
         self._name = name
@@ -730,7 +706,7 @@ class ChildPool:
         try:
             reply = pickle.loads(frame)  # noqa: S301 (our own child's frame)
         except Exception as exc:
-            return self._crash(f"the child process sent an unreadable reply ({_describe(exc)})")
+            return self._crash(f"the child process sent an unreadable reply ({describe(exc)})")
         if not isinstance(reply, ChildReply):
             return self._crash(f"the child process sent an unexpected {type(reply).__name__}")
         return reply, True

@@ -24,7 +24,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestra import __version__, _db
-from orchestra._config import DEFAULT_SCHEMA, DSN_ENV, Config
+from orchestra._config import Config
+from orchestra._database import DEFAULT_SCHEMA, DSN_ENV
 from orchestra._names import check_printable
 from orchestra.errors import (
     AppImportError,

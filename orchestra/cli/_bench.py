@@ -114,12 +114,14 @@ def bench(
     printed next to it, and their ratio is what orchestra's design costs.
     Compare ratios across runs, not absolute rates.
     """
-    from orchestra import _bench  # noqa: PLC0415 (keeps `orchestra --help` fast)
+    # Imported here only: the bench is no part of what a Config or a daemon loads,
+    # and `orchestra --help` stays fast.
+    from orchestra import _bench  # noqa: PLC0415
 
     _warn_password_on_argv(dsn, _dsn_source(ctx))
     if "pgqueuer" in peers:
         try:
-            from orchestra import _bench_pgqueuer  # noqa: F401, PLC0415
+            from orchestra._bench import _pgqueuer  # noqa: F401, PLC0415
         except ImportError:
             raise ConfigurationError(
                 "--peers",

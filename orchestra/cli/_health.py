@@ -11,7 +11,8 @@ import psycopg
 from rich.markup import escape
 
 from orchestra import _db
-from orchestra._config import DSN_ENV, Config
+from orchestra._config import Config
+from orchestra._database import DSN_ENV
 from orchestra._orchestrator._gauges import (
     MONITOR_HINT,
     TRANSACTION_WARNING_S_DEFAULT,

@@ -17,8 +17,9 @@ from rich.text import Text
 
 from orchestra import _db
 from orchestra._config import Config
-from orchestra._jobs import STATUSES, DefinitionInfo, Job, Jobs
+from orchestra._jobs import Jobs
 from orchestra._names import escape_unprintable
+from orchestra._records import STATUSES, DefinitionInfo, Job
 from orchestra.cli._app import (
     _dsn_option,
     _dsn_source,

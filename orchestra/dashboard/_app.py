@@ -1,7 +1,7 @@
 """The dashboard's Starlette app: HTML pages, the JSON API under ``/api``, and the actions.
 
 Pages and API read through ``config.jobs_async`` (orchestra/_jobs.py) and the
-read-only queries of ``orchestra/sql/dashboard.sql``. Retry, cancel and delete
+read-only queries of ``orchestra/sql/monitoring.sql``. Retry, cancel and delete
 are refused (buttons hidden, POST answered 403) unless the app is created with
 ``allow_actions=True``. In the HTML pages an action takes two steps: a
 confirmation page (GET) and its form (POST, with a CSRF token and a ticked

@@ -2,8 +2,8 @@
 
 Jobs and definitions come from the management API (``config.jobs_async``);
 what it does not offer (counts by channel, throughput, workers, the leader,
-dependents) comes from the read-only queries of ``orchestra/sql/dashboard.sql``,
-and what holds back vacuum from ``health_vacuum_horizon`` (``health.sql``).
+dependents) comes from the read-only queries of ``orchestra/sql/monitoring.sql``,
+and what holds back vacuum from ``health_vacuum_horizon`` (the same file).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from orchestra._orchestrator._gauges import (
     TRANSACTION_WARNING_S_DEFAULT,
     VacuumHorizon,
 )
-from orchestra._orchestrator._leader import LEASE_NAME
+from orchestra._schema_names import LEASE_NAME
 
 if TYPE_CHECKING:
     from orchestra._config import Config

@@ -24,9 +24,10 @@
 -- that statement's snapshot; Python then runs the statement once more, and its
 -- new snapshot sees where the job went.
 --
--- Wake-ups follow job.sql: one pg_notify per statement and channel on the
--- workers' channel (identical notifications of a transaction are folded into
--- one), and the finalized job ids on the result waiters' channel.
+-- Wake-ups as in producer.sql and worker.sql: one pg_notify per statement and
+-- channel on the workers' channel (identical notifications of a transaction
+-- are folded into one), and the finalized job ids on the result waiters'
+-- channel.
 --
 -- The attempt log of a finished job: `attempts` holds every attempt that did
 -- not succeed; a success has no entry there, its history row is its record

@@ -2,7 +2,6 @@
 
 Exit codes (``orchestra/cli/``): 0 success, 1 runtime error, 2 usage error.
 Errors must be readable, without a traceback and without the password.
-Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3.
 """
 
 from __future__ import annotations
@@ -91,7 +90,7 @@ def test_help_lists_commands_and_every_daemon_option(e2e_env: dict[str, str]) ->
 def test_a1_migrate_applies_then_reports_up_to_date(
     e2e_env: dict[str, str], test_dsn: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
-    """A1: ``orchestra migrate`` creates the schema, and a second run has nothing to do."""
+    """``orchestra migrate`` creates the schema, and a second run has nothing to do."""
     first = run_cli("migrate", "--dsn", test_dsn, "--schema", schema, env=e2e_env)
     assert first.returncode == 0, output_of(first)
     assert "applied 0001_initial" in one_line(first.stderr)
@@ -228,7 +227,7 @@ def test_daemon_on_an_unmigrated_schema_says_to_migrate(
 def test_h1_json_log_format_writes_one_json_object_per_line(
     queue: Queue, jobs: dict[str, JobDefinition[Any]], daemons: DaemonFactory
 ) -> None:
-    """H1: with ``--log-format json`` every log line is a JSON object, lifecycle events included."""
+    """With ``--log-format json`` every log line is a JSON object, lifecycle events included."""
     worker = daemons.start(extra=["--log-format", "json"])
     job_id = jobs["quick"].defer({"n": 1}).id
     wait_until(lambda: queue.job(job_id)["status"] == "succeeded", message="job not run")

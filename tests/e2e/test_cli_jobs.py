@@ -1,8 +1,8 @@
 """``orchestra jobs ...`` and ``orchestra definitions list`` run as real processes.
 
-Behaviours (``shared/reference/seed-analysis.md`` §3): I8 (failed jobs listed,
-retried with a fresh budget, deleted in bulk) and I9 (find by id, list by
-status with limit, offset and order, no hidden time window). Exit codes
+Failed jobs are listed, retried with a fresh budget and deleted in bulk; jobs
+are found by id and listed by status with limit, offset and order, with no
+hidden time window. Exit codes
 (``orchestra/cli/``): 0 success, 1 unknown id or wrong state, 2 usage error;
 errors are one line on stderr, without a traceback.
 """
@@ -137,7 +137,7 @@ def test_i9_jobs_list_as_a_table_and_as_json(
     db: psycopg.Connection[Any],
     definitions: dict[str, JobDefinition[Any]],
 ) -> None:
-    """``jobs list`` shows every job, newest first, filters by status, and pages (I9)."""
+    """``jobs list`` shows every job, newest first, filters by status, and pages."""
     mail = definitions["mail"]
     ids = [mail.defer({"to": f"u{i}@example.com"}).id for i in range(3)]
     report = definitions["report"].defer()
@@ -239,7 +239,7 @@ def test_i8_jobs_retry_by_id_and_every_failed_job(
     db: psycopg.Connection[Any],
     definitions: dict[str, JobDefinition[Any]],
 ) -> None:
-    """``jobs retry ID`` and ``jobs retry --failed`` put failed jobs back with a fresh budget (I8)."""
+    """``jobs retry ID`` and ``jobs retry --failed`` put failed jobs back with a fresh budget."""
     ids = [definitions["mail"].defer({}).id for _ in range(3)]
     for job_id in ids:
         fail(db, config, job_id)
@@ -306,7 +306,7 @@ def test_i8_jobs_delete_by_id_and_every_failed_job_after_confirmation(
     db: psycopg.Connection[Any],
     definitions: dict[str, JobDefinition[Any]],
 ) -> None:
-    """``jobs delete ID`` deletes; ``jobs delete --failed`` asks first, unless --yes (I8)."""
+    """``jobs delete ID`` deletes; ``jobs delete --failed`` asks first, unless --yes."""
     mail = definitions["mail"]
     single, *failed = (mail.defer({}).id for _ in range(4))
     for job_id in failed:

@@ -7,7 +7,6 @@ every even second, plus the ledger-writing jobs of ``tests/e2e/apps/_jobs.py``.
 Orchestrators log JSON lines (``--log-format json``) unless a test reads the
 text form; what happened is checked on the rows of the jobs (unfinished ones in
 ``job``, finished ones in ``job_history``), the leader and the attempt log.
-Behaviour ids refer to ``shared/reference/seed-analysis.md`` sections F-H.
 """
 
 from __future__ import annotations
@@ -207,7 +206,7 @@ def stop(daemon: Daemon) -> int:
 def test_f4_g8_three_orchestrators_schedule_each_tick_exactly_once(
     queue: Queue, daemons: DaemonFactory
 ) -> None:
-    """F4/F1/G8: of three orchestrator processes one leads and enqueues every tick exactly once."""
+    """Of three orchestrator processes one leads and enqueues every tick exactly once."""
     worker = daemons.start(app=APP, name="w", wait_started=False)
     orchestrators = start_orchestrators(daemons, 3)
     worker.wait_for_log("DaemonStarted")
@@ -232,7 +231,7 @@ def test_f4_g8_three_orchestrators_schedule_each_tick_exactly_once(
     interval = ticks(queue, INTERVAL)
     assert all(on_grid(tick, 1) for tick in interval), interval
     assert missing_ticks(interval, 1) == [], f"interval ticks were lost: {interval}"
-    # F1/G8: the scheduler runs as soon as leadership is acquired, then on every tick. A
+    # The scheduler runs as soon as leadership is acquired, then on every tick. A
     # new definition's first tick is the first whole second at or after that first pass,
     # never one from before it was seen.
     assert interval[0] >= current.elected_at
@@ -265,7 +264,7 @@ def test_f4_g8_three_orchestrators_schedule_each_tick_exactly_once(
 def test_f4_killed_leader_is_replaced_within_the_lease_and_ticks_continue(
     queue: Queue, daemons: DaemonFactory
 ) -> None:
-    """F4/F8: a SIGKILLed leader is replaced within a lease plus a try; only gap ticks coalesce."""
+    """A SIGKILLed leader is replaced within a lease plus a try; only gap ticks coalesce."""
     worker = daemons.start(app=APP, name="w", wait_started=False)
     orchestrators = start_orchestrators(daemons, 3)
     worker.wait_for_log("DaemonStarted")
@@ -273,7 +272,7 @@ def test_f4_killed_leader_is_replaced_within_the_lease_and_ticks_continue(
     wait_until(lambda: len(ticks(queue, INTERVAL)) >= 3, timeout=20, message="no ticks")
 
     # Kill late in a second: the dead leader's lease then (normally) outlives the next tick
-    # boundary, so that a tick falls into the gap and must coalesce (F8).
+    # boundary, so that a tick falls into the gap and must coalesce.
     wait_until(
         lambda: (
             0.9 <= float(queue.value("SELECT mod(extract(epoch FROM clock_timestamp()), 1)")) < 0.97
@@ -329,7 +328,7 @@ def test_f4_killed_leader_is_replaced_within_the_lease_and_ticks_continue(
     missing = missing_ticks(interval, 1)
     assert all(gap_start < tick <= gap_end for tick in missing), (missing, gap_start, gap_end)
     assert len(missing) <= 3, missing
-    # No back-fill (F8): the seconds after the kill's and before the takeover's never get a job.
+    # No back-fill: the seconds after the kill's and before the takeover's never get a job.
     killed_second = killed_db.replace(microsecond=0)
     takeover_second = int((new.elected_at - killed_second).total_seconds())
     coalesced = {killed_second + k * SECOND for k in range(1, takeover_second)}
@@ -362,7 +361,7 @@ def test_f4_killed_leader_is_replaced_within_the_lease_and_ticks_continue(
 def test_h_sigterm_leader_resigns_and_another_takes_over_at_once(
     queue: Queue, daemons: DaemonFactory
 ) -> None:
-    """H1: on SIGTERM the leader gives its lease up before exiting 0, so a follower leads at once."""
+    """On SIGTERM the leader gives its lease up before exiting 0, so a follower leads at once."""
     orchestrators = start_orchestrators(daemons, 2, log_format="text")
     old, leader = wait_for_leader(queue, orchestrators)
     other = next(o for o in orchestrators if o is not leader)
@@ -395,7 +394,7 @@ def test_h_sigterm_leader_resigns_and_another_takes_over_at_once(
 def test_f1_f3_role_all_runs_its_own_repeat_and_cron_jobs(
     queue: Queue, daemons: DaemonFactory
 ) -> None:
-    """F1-F3: ``--role all`` in one process schedules interval and cron jobs and runs them."""
+    """``--role all`` in one process schedules interval and cron jobs and runs them."""
     solo = daemons.start(role="all", app=APP, name="solo", concurrency=2)
     solo.wait_for_log("solo-orchestrator OrchestratorLeadershipAcquired")
 
@@ -441,7 +440,7 @@ def test_f1_f3_role_all_runs_its_own_repeat_and_cron_jobs(
 def test_c4_orchestrator_rescues_a_sigkilled_workers_job_for_another_worker(
     queue: Queue, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
-    """C4/C13: a running orchestrator rescues a SIGKILLed worker's job once its lease expires."""
+    """A running orchestrator rescues a SIGKILLed worker's job once its lease expires."""
     orchestrator = daemons.start(
         role="orchestrator",
         app=APP,

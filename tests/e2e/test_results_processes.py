@@ -1,11 +1,10 @@
-"""Result waiting across processes (I1): a requester that dies loses nothing.
+"""Result waiting across processes: a requester that dies loses nothing.
 
-A child process (``tests/e2e/apps/seed_results_app.py request``) defers a
+A child process (``tests/e2e/apps/results_app.py request``) defers a
 job that waits on a gate row, prints its id and blocks in
 ``handle.result()``. It is SIGKILLed while it waits; the gate is then opened,
 a worker runs the job, and anyone asking by id (this process, or a second
 child process) gets the job function's return value from the job's history row.
-Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from orchestra import Config, JobHandle, Worker
 from orchestra.testing import wait_until
 from tests.e2e._support import REPO, DaemonFactory, Queue
 
-APP_MODULE = "tests.e2e.apps.seed_results_app"
+APP_MODULE = "tests.e2e.apps.results_app"
 APP = f"{APP_MODULE}:config"
 #: A generous deadline for a result that should come at once.
 RESULT_TIMEOUT_S = 30.0
@@ -92,7 +91,7 @@ def outcome_readers(queue: Queue) -> int:
 
     A waiter reads once on a pooled connection, then LISTENs on a connection
     of its own and reads again: two such sessions mean it is listening. The
-    read is the ``job_outcome`` query (orchestra/sql/job.sql): the only one
+    read is the ``job_outcome`` query (orchestra/sql/producer.sql): the only one
     that selects a NULL result from ``job`` next to ``job_history``.
     """
     return int(
@@ -129,7 +128,7 @@ def test_i1_requester_killed_while_waiting_gets_the_result_by_id(
     e2e_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    """I1: a requester SIGKILLed while blocked in result() (job running on a worker process) gets the value when asked again by id."""
+    """A requester SIGKILLed while blocked in result() (job running on a worker process) gets the value when asked again by id."""
     worker = daemons.start(app=APP, concurrency=2)
     with requester(e2e_env, tmp_path / "requester.log", "request", "gated_once", "g1") as child:
         job_id = int(child.line("job "))
@@ -162,7 +161,7 @@ def test_i1_job_run_only_after_its_requester_died_still_delivers(
     e2e_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    """I1: with no worker at all while the requester waits, a worker started after its SIGKILL runs the job, and a second process waiting by id gets the value."""
+    """With no worker at all while the requester waits, a worker started after its SIGKILL runs the job, and a second process waiting by id gets the value."""
     with requester(e2e_env, tmp_path / "requester.log", "request", "gated_once", "g2") as child:
         job_id = int(child.line("job "))
         kill_while_waiting(queue, child)

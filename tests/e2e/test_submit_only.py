@@ -1,4 +1,4 @@
-"""A producer that only defers loads no daemon code and opens no LISTEN (seed redis-dist-job-queue).
+"""A producer that only defers loads no daemon code and opens no LISTEN.
 
 The producer runs as a real process, so that what it imported and which
 connections it opened are its own and nothing else's.

@@ -1,7 +1,4 @@
-"""The built wheel is complete: it migrates a schema with no help from the source tree.
-
-Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3.
-"""
+"""The built wheel is complete: it migrates a schema with no help from the source tree."""
 
 from __future__ import annotations
 
@@ -48,14 +45,14 @@ def _run(argv: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> st
 
 
 @pytest.mark.slow
-def test_a1_wheel_ships_sql_and_migrates_outside_the_repo(
+def test_wheel_ships_sql_and_migrates_outside_the_repo(
     tmp_path: Path,
     e2e_env: dict[str, str],
     test_dsn: str,
     schema: str,
     db: psycopg.Connection[Any],
 ) -> None:
-    """A1: the wheel carries its SQL files and py.typed, and prepare_schema works from it alone."""
+    """The wheel carries its SQL files and py.typed, and prepare_schema works from it alone."""
     dist = tmp_path / "dist"
     _run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist)],
@@ -65,9 +62,14 @@ def test_a1_wheel_ships_sql_and_migrates_outside_the_repo(
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as archive:
         names = set(archive.namelist())
-    required = {"orchestra/schemas/0001_initial.sql", "orchestra/sql/job.sql", "orchestra/py.typed"}
+    required = {
+        "orchestra/schemas/0001_initial.sql",
+        "orchestra/sql/worker.sql",
+        "orchestra/py.typed",
+    }
     required |= {f"orchestra/schemas/{p.name}" for p in (REPO / "schemas").glob("*.sql")}
     required |= {f"orchestra/sql/{p.name}" for p in (REPO / "orchestra" / "sql").glob("*.sql")}
+    required.add("orchestra/_bench/bench.sql")  # `orchestra bench` loads it from the package
     assert sorted(required - names) == [], sorted(names)
     assert not [n for n in names if n.startswith("tests/")], "the wheel ships the tests"
 

@@ -1,4 +1,4 @@
-"""Worker(processes=N): job functions run in child processes (seed redis-dist-job-queue).
+"""Worker(processes=N): job functions run in child processes.
 
 A crash of a child is contained: that attempt fails (it spends one attempt),
 the job is retried and the child is replaced; ``attempt_timeout_ms``
@@ -15,7 +15,7 @@ import pytest
 
 from orchestra import Config, ConfigurationError, JobDefinition, Worker
 from tests._running import running
-from tests.e2e.apps import seed_child_worker_jobs as jobs
+from tests.e2e.apps import worker_process_jobs as jobs
 
 
 def attempts(db: psycopg.Connection[Any], config: Config, job_id: int) -> list[tuple[int, str]]:

@@ -3,8 +3,7 @@
 Each test starts ``orchestra daemon --role worker`` child processes on a schema
 of its own. Jobs record every execution in the ``ledger`` table on a separate
 connection (see ``tests/e2e/apps/_jobs.py``), so what really ran is observable
-even when an attempt's finish is refused or never written. Behaviour ids refer
-to ``shared/reference/seed-analysis.md`` section 3.
+even when an attempt's finish is refused or never written.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ def rescue_expired(config: Config, now: dt.datetime | None = None) -> list[tuple
 def test_d1_d3_rate_limit_holds_across_worker_processes(
     queue: Queue, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
-    """D1/D3: starts of a rate-limited definition over two worker processes are >= R apart, and others are not held up."""
+    """Starts of a rate-limited definition over two worker processes are >= R apart, and others are not held up."""
     workers = [daemons.start(concurrency=4, name=f"w{i}") for i in range(2)]
     limited = {h.id for h in jobs["limited"].defer_many([{} for _ in range(6)])}
     quick = {h.id for h in jobs["quick"].defer_many([{} for _ in range(40)])}
@@ -67,7 +66,7 @@ def test_d1_d3_rate_limit_holds_across_worker_processes(
 def test_c5_three_workers_run_each_of_300_jobs_exactly_once(
     queue: Queue, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
-    """C5: three worker processes (concurrency 4) run each of 300 jobs exactly once."""
+    """Three worker processes (concurrency 4) run each of 300 jobs exactly once."""
     workers = [daemons.start(concurrency=4, name=f"w{i}") for i in range(3)]
     handles = jobs["quick"].defer_many([{"n": n} for n in range(300)])
     ids = {h.id for h in handles}
@@ -106,7 +105,7 @@ def test_c5_three_workers_run_each_of_300_jobs_exactly_once(
 def test_c12_h1_sigterm_finishes_running_jobs_and_claims_nothing_new(
     queue: Queue, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
-    """C12/H1: after SIGTERM a worker claims no new job, lets running ones finish, exits 0."""
+    """After SIGTERM a worker claims no new job, lets running ones finish, exits 0."""
     worker = daemons.start(concurrency=5, shutdown_grace_ms=30_000)
     running = [h.id for h in jobs["quick"].defer_many([{"gate": "release"}] * 3)]
     wait_until(
@@ -168,7 +167,7 @@ def test_c12_grace_exceeded_interrupts_the_job_and_exits(
     status: str,
     finalized: bool,
 ) -> None:
-    """C12: a job still running when the grace period ends is recorded as interrupted."""
+    """A job still running when the grace period ends is recorded as interrupted."""
     worker = daemons.start(shutdown_grace_ms=500)
     job_id = jobs[definition].defer({"gate": "never"}).id
     wait_until(lambda: queue.ledger(job_id), message="the job did not start")
@@ -193,7 +192,7 @@ def test_c12_grace_exceeded_interrupts_the_job_and_exits(
 def test_c4_sigkilled_worker_job_is_rescued_after_its_lease_and_its_late_finish_is_fenced(
     queue: Queue, config: Config, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
-    """C4: a SIGKILLed worker's job stays leased, then is rescued; its late finish is refused."""
+    """A SIGKILLed worker's job stays leased, then is rescued; its late finish is refused."""
     worker_a = daemons.start(name="a")
     job_id = jobs["gated"].defer({"gate": "second-attempt"}).id
     wait_until(lambda: queue.ledger(job_id), message="worker A did not start the job")
@@ -271,7 +270,7 @@ def test_c4_sigkilled_worker_job_is_rescued_after_its_lease_and_its_late_finish_
 def test_c4_g7_frozen_worker_that_wakes_after_the_rescue_is_fenced(
     queue: Queue, config: Config, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
-    """C4/G7: a worker frozen past its lease (SIGSTOP) finishes its job late and is refused."""
+    """A worker frozen past its lease (SIGSTOP) finishes its job late and is refused."""
     worker_a = daemons.start(name="a")
     worker_b = daemons.start(name="b")
     job_id = jobs["gated"].defer({"gate": "open"}).id
@@ -331,7 +330,7 @@ def test_c12_second_signal_stops_at_once(
     first: signal.Signals,
     second: signal.Signals,
 ) -> None:
-    """C12: a second stop signal ends the worker at once despite a long grace and a blocked job."""
+    """A second stop signal ends the worker at once despite a long grace and a blocked job."""
     worker = daemons.start(shutdown_grace_ms=60_000)
     job_id = jobs["gated"].defer({"gate": "never"}).id
     wait_until(lambda: queue.ledger(job_id), message="the job did not start")

@@ -1,10 +1,9 @@
-"""``attempt_timeout_ms`` against a real PostgreSQL: one attempt cut short (DESIGN §4.10).
+"""``attempt_timeout_ms`` against a real PostgreSQL: one attempt cut short.
 
 An ``async def`` attempt past its limit is cancelled; a ``def`` attempt cannot
 be killed, so it is recorded as ``timed_out`` and ``ctx.should_stop`` turns
 true. Either way the attempt log says ``timed_out`` and the job is retried
-while attempts remain (C7, I4), then failed. Behaviour ids refer to
-``shared/reference/seed-analysis.md`` section 3.
+while attempts remain, then failed.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ class TestAsyncAttempts:
     def test_i4_async_attempt_past_its_limit_is_cancelled_retried_then_failed(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """An async attempt running past attempt_timeout_ms is cancelled and logged timed_out; retried while attempts remain, then failed (C7, I4)."""
+        """An async attempt running past attempt_timeout_ms is cancelled and logged timed_out; retried while attempts remain, then failed."""
         cancelled: list[int] = []
 
         async def hang(payload: Any, ctx: JobContext) -> None:
@@ -84,7 +83,7 @@ class TestAsyncAttempts:
     def test_i4_async_retry_within_the_limit_succeeds(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """A timed-out first attempt is followed by a second attempt that finishes in time and succeeds (I4)."""
+        """A timed-out first attempt is followed by a second attempt that finishes in time and succeeds."""
 
         async def slow_then_fast(payload: Any, ctx: JobContext) -> str:
             if ctx.attempt == 1:
@@ -159,7 +158,7 @@ class TestSyncAttempts:
     def test_sync_attempt_timed_out_is_retried(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """A def attempt cut by its limit is retried while attempts remain; a quick retry succeeds (C7, I4)."""
+        """A def attempt cut by its limit is retried while attempts remain; a quick retry succeeds."""
 
         def first_slow(payload: Any, ctx: JobContext) -> int:
             if ctx.attempt == 1:
@@ -225,7 +224,7 @@ class TestSyncAttempts:
     def test_i7_timed_out_sync_attempt_still_running_keeps_its_key(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """I7: the next job of a key must not start while the function of a timed-out def attempt of that key still runs."""
+        """The next job of a key must not start while the function of a timed-out def attempt of that key still runs."""
         release = threading.Event()
         lock = threading.Lock()
         state = {"now": 0, "peak": 0}

@@ -1,4 +1,4 @@
-"""Lifecycle callbacks on_success, on_failure and on_attempt (seed steve, I5).
+"""Lifecycle callbacks on_success, on_failure and on_attempt.
 
 Each fires once per qualifying attempt, in the worker process, after the
 attempt's end is committed, with the updated job read back from the database.

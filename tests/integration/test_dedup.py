@@ -1,10 +1,9 @@
-"""Deduplication against a real PostgreSQL: ``unique_key=`` and ``dedup=`` (I6).
+"""Deduplication against a real PostgreSQL: ``unique_key=`` and ``dedup=``.
 
 While an unfinished job of a definition holds a unique key, ``defer`` inserts
 nothing and returns that job's handle with ``deduplicated=True``; the partial
 unique index ``(definition, unique_key) WHERE finalized_at IS NULL`` decides,
-so racing producers cannot both insert. Behaviour ids refer to
-``shared/reference/seed-analysis.md`` section 3.
+so racing producers cannot both insert.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from orchestra import Config, ConfigurationError, JobDefinition, JobHandle, UnknownJobError
-from orchestra._definition import KEY_MAX_LENGTH
+from orchestra._checks import KEY_MAX_LENGTH
 from orchestra.testing import wait_until
 from tests._finished_jobs import finish_by_sql
 from tests._worker_sql import claim, finish
@@ -85,7 +84,7 @@ class TestUniqueKey:
     def test_i6_second_defer_returns_the_holder_and_inserts_nothing(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: a defer whose unique_key an unfinished job holds returns that job's handle, deduplicated, and writes no row."""
+        """A defer whose unique_key an unfinished job holds returns that job's handle, deduplicated, and writes no row."""
         definition = plain(config)
         first = definition.defer({"n": 1}, unique_key="user-42")
         second = definition.defer({"n": 2}, unique_key="user-42", priority=50)
@@ -98,7 +97,7 @@ class TestUniqueKey:
     def test_i6_running_holder_and_holder_awaiting_retry_still_hold_the_key(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: a job that is running, or failed with attempts left (available again), still holds its key."""
+        """A job that is running, or failed with attempts left (available again), still holds its key."""
         definition = plain(config, num_attempts=3, backoff="none")
         holder = definition.defer({}, unique_key="k")
         claimed = claim(db, config)
@@ -113,7 +112,7 @@ class TestUniqueKey:
     def test_i6_same_key_of_another_definition_is_not_a_duplicate(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: unique keys are per definition: another definition's job with the same key is a new job."""
+        """Unique keys are per definition: another definition's job with the same key is a new job."""
         a = plain(config, "a").defer({}, unique_key="shared")
         b = plain(config, "b").defer({}, unique_key="shared")
         assert a.id != b.id
@@ -124,7 +123,7 @@ class TestUniqueKey:
     def test_i6_key_is_free_again_once_the_holder_is_finalized(
         self, config: Config, db: psycopg.Connection[Any], final_status: str
     ) -> None:
-        """I6: after the holder is finalized (succeeded, failed or cancelled) the key makes a new job, which then holds it."""
+        """After the holder is finalized (succeeded, failed or cancelled) the key makes a new job, which then holds it."""
         definition = plain(config)
         old = definition.defer({"n": 1}, unique_key="k")
         finalize(db, config, old.id, final_status)
@@ -140,7 +139,7 @@ class TestUniqueKey:
     def test_i6_key_freed_by_a_real_final_failure(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: a job finalized as failed by the worker's own finish statement frees its key."""
+        """A job finalized as failed by the worker's own finish statement frees its key."""
         definition = plain(config, num_attempts=1)
         old = definition.defer({}, unique_key="k")
         assert finish_failed(db, config, claim(db, config)[0]) == "failed"
@@ -150,7 +149,7 @@ class TestUniqueKey:
     def test_i6_unknown_dependency_still_raises_with_a_unique_key(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6/B3: with a unique key that nobody holds, an unknown dependency raises UnknownJobError and writes nothing."""
+        """With a unique key that nobody holds, an unknown dependency raises UnknownJobError and writes nothing."""
         definition = plain(config)
         with pytest.raises(UnknownJobError) as info:
             definition.defer({}, unique_key="k", depends_on=[987654])
@@ -162,7 +161,7 @@ class TestDedupPayload:
     def test_i6_dedup_ignores_the_key_order_of_objects(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: with dedup=True two payloads equal up to object key order (nested too) are one job."""
+        """With dedup=True two payloads equal up to object key order (nested too) are one job."""
         definition = plain(config)
         first = definition.defer({"a": 1, "b": {"x": [1, 2], "y": "z"}}, dedup=True)
         second = definition.defer({"b": {"y": "z", "x": [1, 2]}, "a": 1}, dedup=True)
@@ -176,7 +175,7 @@ class TestDedupPayload:
         [({"n": 1}, {"n": 1.0}), ({"n": [100, -0.0]}, {"n": [1e2, 0]})],
     )
     def test_i6_dedup_compares_numbers_by_value(self, config: Config, one: Any, other: Any) -> None:
-        """I6: 1 and 1.0 are the same JSON number (and equal as jsonb): one job."""
+        """1 and 1.0 are the same JSON number (and equal as jsonb): one job."""
         definition = plain(config)
         first = definition.defer(one, dedup=True)
         second = definition.defer(other, dedup=True)
@@ -195,7 +194,7 @@ class TestDedupPayload:
     def test_i6_dedup_distinguishes_different_payloads(
         self, config: Config, db: psycopg.Connection[Any], one: Any, other: Any
     ) -> None:
-        """I6: with dedup=True payloads that differ (value, list order, extra key, type) are two jobs."""
+        """With dedup=True payloads that differ (value, list order, extra key, type) are two jobs."""
         definition = plain(config)
         first = definition.defer(one, dedup=True)
         second = definition.defer(other, dedup=True)
@@ -205,7 +204,7 @@ class TestDedupPayload:
         assert len(keys) == 2 and keys[0] != keys[1]
 
     def test_i6_dedup_of_typed_payloads(self, config: Config, db: psycopg.Connection[Any]) -> None:
-        """I6: equal attrs payloads deduplicate; different ones do not."""
+        """Equal attrs payloads deduplicate; different ones do not."""
         definition: JobDefinition[Invoice] = JobDefinition(
             config, name="invoice", job_function=noop, payload_type=Invoice
         )
@@ -219,7 +218,7 @@ class TestDedupPayload:
     def test_i6_dedup_key_is_per_definition(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: the same payload deferred with dedup=True to two definitions makes two jobs."""
+        """The same payload deferred with dedup=True to two definitions makes two jobs."""
         a = plain(config, "a").defer({"n": 1}, dedup=True)
         b = plain(config, "b").defer({"n": 1}, dedup=True)
         assert a.id != b.id and not b.deduplicated
@@ -228,7 +227,7 @@ class TestDedupPayload:
     def test_i6_definition_default_and_per_call_override(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: JobDefinition(dedup=True) deduplicates by default; defer(dedup=False) inserts a job without a key."""
+        """JobDefinition(dedup=True) deduplicates by default; defer(dedup=False) inserts a job without a key."""
         definition = plain(config, dedup=True)
         first = definition.defer({"n": 1})
         second = definition.defer({"n": 1})
@@ -244,7 +243,7 @@ class TestDedupPayload:
     def test_i6_plain_definition_does_not_dedup_unless_asked(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6/B5: without dedup, identical payloads are two jobs; defer(dedup=True) opts in per call."""
+        """Without dedup, identical payloads are two jobs; defer(dedup=True) opts in per call."""
         definition = plain(config)
         a = definition.defer({"n": 1})
         b = definition.defer({"n": 1})
@@ -257,7 +256,7 @@ class TestDedupPayload:
     def test_i6_explicit_unique_key_wins_over_the_definition_default(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: on a dedup=True definition, an explicit unique_key is the key (not the payload hash)."""
+        """On a dedup=True definition, an explicit unique_key is the key (not the payload hash)."""
         definition = plain(config, dedup=True)
         a = definition.defer({"n": 1}, unique_key="mine")
         b = definition.defer({"n": 2}, unique_key="mine")
@@ -270,7 +269,7 @@ class TestValidation:
     def test_i6_unique_key_with_dedup_true_is_refused_naming_dedup(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: unique_key together with dedup=True raises ConfigurationError naming ``dedup``; nothing is written."""
+        """unique_key together with dedup=True raises ConfigurationError naming ``dedup``; nothing is written."""
         definition = plain(config)
         with pytest.raises(ConfigurationError) as info:
             definition.defer({}, unique_key="k", dedup=True)
@@ -296,7 +295,7 @@ class TestValidation:
     def test_i6_bad_unique_key_is_refused_naming_it(
         self, config: Config, db: psycopg.Connection[Any], key: Any
     ) -> None:
-        """I6: an empty, over-long (> 512), non-str or NUL-carrying unique_key raises ConfigurationError naming it."""
+        """An empty, over-long (> 512), non-str or NUL-carrying unique_key raises ConfigurationError naming it."""
         definition = plain(config)
         with pytest.raises(ConfigurationError) as info:
             definition.defer({}, unique_key=key)
@@ -307,7 +306,7 @@ class TestValidation:
     def test_i6_longest_unique_key_is_accepted(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: a unique_key of exactly 512 characters is accepted and deduplicates."""
+        """A unique_key of exactly 512 characters is accepted and deduplicates."""
         definition = plain(config)
         key = "é" * KEY_MAX_LENGTH
         a = definition.defer({}, unique_key=key)
@@ -319,7 +318,7 @@ class TestValidation:
     def test_i6_bad_dedup_flag_is_refused(
         self, config: Config, db: psycopg.Connection[Any], dedup: Any
     ) -> None:
-        """I6: dedup must be a bool (or None), on defer and on the definition."""
+        """dedup must be a bool (or None), on defer and on the definition."""
         definition = plain(config)
         with pytest.raises(ConfigurationError) as info:
             definition.defer({}, dedup=dedup)
@@ -334,7 +333,7 @@ class TestTransactions:
     def test_i6_dedup_inside_the_callers_transaction(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: two defers with one key in the caller's transaction make one job, which exists once committed."""
+        """Two defers with one key in the caller's transaction make one job, which exists once committed."""
         definition = plain(config)
         with config.connect() as conn, conn.transaction():
             first = definition.defer({"n": 1}, unique_key="k", conn=conn)
@@ -349,7 +348,7 @@ class TestTransactions:
     def test_i6_rolled_back_holder_leaves_the_key_free(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: a job deferred with a key in a transaction that rolls back does not hold the key."""
+        """A job deferred with a key in a transaction that rolls back does not hold the key."""
         definition = plain(config)
         with config.connect() as conn, conn.transaction(force_rollback=True):
             ghost = definition.defer({}, unique_key="k", conn=conn)
@@ -361,7 +360,7 @@ class TestTransactions:
     def test_i6_producer_waits_for_an_uncommitted_holder(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], outcome: str
     ) -> None:
-        """I6: a defer racing an open transaction that holds the key waits for it: committed, it dedups to it; rolled back, it inserts."""
+        """A defer racing an open transaction that holds the key waits for it: committed, it dedups to it; rolled back, it inserts."""
         definition = plain(config)
         other = Config(test_dsn, schema=config.schema)
         rival = plain(other)
@@ -395,7 +394,7 @@ class TestTransactions:
 
 class TestAsync:
     def test_i6_defer_async_deduplicates(self, config: Config, db: psycopg.Connection[Any]) -> None:
-        """I6: defer_async returns the holder's handle for a held unique_key and for an equal payload with dedup=True."""
+        """defer_async returns the holder's handle for a held unique_key and for an equal payload with dedup=True."""
         definition = plain(config)
 
         async def deferring() -> list[JobHandle]:
@@ -418,7 +417,7 @@ class TestAsync:
     def test_i6_defer_async_in_the_callers_transaction(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: defer_async(conn=...) dedups inside the transaction; a rollback frees the key."""
+        """defer_async(conn=...) dedups inside the transaction; a rollback frees the key."""
         definition = plain(config)
 
         async def deferring() -> tuple[JobHandle, JobHandle, JobHandle]:
@@ -446,7 +445,7 @@ class TestConcurrentProducers:
     def test_i6_racing_threads_on_one_unique_key_create_one_job(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: 8 producers, each with its own Config and connection, released together by a barrier, make one job per key."""
+        """8 producers, each with its own Config and connection, released together by a barrier, make one job per key."""
         barrier = threading.Barrier(self.PRODUCERS, timeout=30)
 
         def producer(index: int) -> list[JobHandle]:
@@ -479,7 +478,7 @@ class TestConcurrentProducers:
     def test_i6_racing_defer_async_with_equal_payloads_create_one_job(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6: 8 concurrent defer_async(dedup=True) of payloads equal up to key order make one job."""
+        """8 concurrent defer_async(dedup=True) of payloads equal up to key order make one job."""
         definition = plain(config, "raced")
         payloads = [
             {"a": 1, "b": [1, 2], "c": {"d": None}},

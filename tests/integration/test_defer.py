@@ -1,7 +1,4 @@
-"""Deferring jobs against a real PostgreSQL: rows, delays, dependencies, transactions, notifies.
-
-Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3.
-"""
+"""Deferring jobs against a real PostgreSQL: rows, delays, dependencies, transactions, notifies."""
 
 from __future__ import annotations
 
@@ -151,7 +148,7 @@ class TestDeferRow:
     def test_b1_defer_returns_handle_and_writes_available_row(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """defer returns a JobHandle with an int id whose row is available, unfinalized, attempt 0 (B1)."""
+        """defer returns a JobHandle with an int id whose row is available, unfinalized, attempt 0."""
         definition = plain(config, "mail")
         handle = definition.defer({"to": "a@example.com", "tags": ["x", "y"]})
         assert isinstance(handle, JobHandle)
@@ -180,14 +177,14 @@ class TestDeferRow:
     def test_b1_plain_json_payload_stored_verbatim(
         self, config: Config, db: psycopg.Connection[Any], payload: Any
     ) -> None:
-        """Any plain JSON value is stored as exactly that JSON (B1)."""
+        """Any plain JSON value is stored as exactly that JSON."""
         handle = plain(config).defer(payload)
         assert job(db, config, handle.id)["payload"] == payload
 
     def test_b1_typed_payload_round_trips(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """An attrs payload is stored with ISO datetimes and string uuids and structures back equal (B1)."""
+        """An attrs payload is stored with ISO datetimes and string uuids and structures back equal."""
         definition: JobDefinition[Order] = JobDefinition(
             config, name="order", job_function=noop, payload_type=Order
         )
@@ -208,7 +205,7 @@ class TestDeferRow:
     def test_b1_dataclass_and_typeddict_payloads_stored(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Dataclass and TypedDict payloads are stored as their JSON objects (B1)."""
+        """Dataclass and TypedDict payloads are stored as their JSON objects."""
         pings: JobDefinition[Ping] = JobDefinition(
             config, name="ping", job_function=noop, payload_type=Ping
         )
@@ -225,7 +222,7 @@ class TestDelay:
     def test_b2_delay_sets_run_at_and_hides_job_until_due(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """delay_ms=5000 gives run_at = created_at + 5 s; the job is claimable only from then (B2)."""
+        """delay_ms=5000 gives run_at = created_at + 5 s; the job is claimable only from then."""
         handle = plain(config).defer({"n": 1}, delay_ms=5000)
         row = job(db, config, handle.id)
         assert row["run_at"] - row["created_at"] == dt.timedelta(seconds=5)
@@ -234,7 +231,7 @@ class TestDelay:
         assert claim(db, config, now=row["created_at"] + dt.timedelta(seconds=6)) == [handle.id]
 
     def test_b2_delay_accepts_timedelta(self, config: Config, db: psycopg.Connection[Any]) -> None:
-        """delay_ms given as a timedelta delays by that much (B2)."""
+        """delay_ms given as a timedelta delays by that much."""
         handle = plain(config).defer(None, delay_ms=dt.timedelta(minutes=2, milliseconds=250))
         row = job(db, config, handle.id)
         assert row["run_at"] - row["created_at"] == dt.timedelta(minutes=2, milliseconds=250)
@@ -242,7 +239,7 @@ class TestDelay:
     def test_b2_explicit_run_at_is_honoured(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """run_at as an aware datetime in any zone is stored as that instant and gates the claim (B2)."""
+        """run_at as an aware datetime in any zone is stored as that instant and gates the claim."""
         when = dt.datetime(
             2031, 5, 17, 12, 30, 15, 123456, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")
         )
@@ -255,7 +252,7 @@ class TestDelay:
     def test_b2_defer_many_delay_applies_to_every_job(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """defer_many with delay_ms delays every job of the batch (B2)."""
+        """defer_many with delay_ms delays every job of the batch."""
         handles = plain(config).defer_many([{"n": 1}, {"n": 2}], delay_ms=5000)
         rows = jobs(db, config)
         assert [r["id"] for r in rows] == [h.id for h in handles]
@@ -273,7 +270,7 @@ class TestDelay:
     def test_b2_bad_timing_rejected_and_nothing_written(
         self, config: Config, db: psycopg.Connection[Any], kwargs: dict[str, Any]
     ) -> None:
-        """A naive run_at, run_at with delay_ms, or a negative delay raises ConfigurationError (B2)."""
+        """A naive run_at, run_at with delay_ms, or a negative delay raises ConfigurationError."""
         with pytest.raises(ConfigurationError):
             plain(config).defer({"n": 1}, **kwargs)
         assert count(db, config) == 0
@@ -283,7 +280,7 @@ class TestDependencies:
     def test_b3_unknown_dependency_writes_nothing(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A dependency on a missing job raises UnknownJobError and writes no job and no edge (B3)."""
+        """A dependency on a missing job raises UnknownJobError and writes no job and no edge."""
         with pytest.raises(UnknownJobError) as info:
             plain(config).defer({"n": 1}, depends_on=[987654321])
         assert 987654321 in info.value.job_ids
@@ -293,7 +290,7 @@ class TestDependencies:
     def test_b3_one_unknown_among_known_dependencies_writes_nothing(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """One missing id among existing dependencies still writes nothing new (B3)."""
+        """One missing id among existing dependencies still writes nothing new."""
         definition = plain(config)
         existing = definition.defer({"n": 1})
         with pytest.raises(UnknownJobError):
@@ -304,7 +301,7 @@ class TestDependencies:
     def test_b3_error_names_only_the_missing_ids(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """UnknownJobError.job_ids lists only the dependency ids that do not exist (B3)."""
+        """UnknownJobError.job_ids lists only the dependency ids that do not exist."""
         definition = plain(config)
         existing = definition.defer({"n": 1})
         with pytest.raises(UnknownJobError) as info:
@@ -314,7 +311,7 @@ class TestDependencies:
     def test_b3_unknown_dependency_async_writes_nothing(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """defer_async with a missing dependency raises UnknownJobError and writes nothing (B3)."""
+        """defer_async with a missing dependency raises UnknownJobError and writes nothing."""
         definition = plain(config)
 
         async def defer_unknown() -> None:
@@ -332,7 +329,7 @@ class TestDependencies:
     def test_b3_malformed_dependency_rejected_before_writing(
         self, config: Config, db: psycopg.Connection[Any], bad: Any
     ) -> None:
-        """A dependency that is not a positive int or JobHandle raises ConfigurationError (B3)."""
+        """A dependency that is not a positive int or JobHandle raises ConfigurationError."""
         with pytest.raises(ConfigurationError):
             plain(config).defer({"n": 1}, depends_on=[bad])
         assert count(db, config) == 0
@@ -340,7 +337,7 @@ class TestDependencies:
     def test_b4_two_dependencies_make_two_edges_and_wait(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """depends_on [a, b] writes exactly the edges (new, a), (new, b) and the job waits (B4)."""
+        """depends_on [a, b] writes exactly the edges (new, a), (new, b) and the job waits."""
         definition = plain(config)
         a = definition.defer({"n": "a"})
         b = definition.defer({"n": "b"})
@@ -353,7 +350,7 @@ class TestDependencies:
     def test_b4_waits_while_one_dependency_is_unfinished(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A job is waiting when one of its dependencies succeeded and the other has not (B4)."""
+        """A job is waiting when one of its dependencies succeeded and the other has not."""
         definition = plain(config)
         a = definition.defer({"n": "a"})
         b = definition.defer({"n": "b"})
@@ -364,7 +361,7 @@ class TestDependencies:
     def test_b4_available_when_every_dependency_succeeded(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A job whose dependencies all succeeded already is available at once (B4)."""
+        """A job whose dependencies all succeeded already is available at once."""
         definition = plain(config)
         a = definition.defer({"n": "a"})
         b = definition.defer({"n": "b"})
@@ -376,7 +373,7 @@ class TestDependencies:
     def test_b4_repeated_dependency_makes_one_edge(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """The same dependency given twice, as handle and as id, makes one edge (B4)."""
+        """The same dependency given twice, as handle and as id, makes one edge."""
         definition = plain(config)
         a = definition.defer({"n": "a"})
         child = definition.defer({"n": "child"}, depends_on=[a, a.id, a])
@@ -385,7 +382,7 @@ class TestDependencies:
     def test_b4_dependency_deferred_in_the_same_transaction(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
-        """A job may depend on a job deferred earlier in the same, still open, transaction (B4)."""
+        """A job may depend on a job deferred earlier in the same, still open, transaction."""
         definition = plain(config)
         with psycopg.connect(test_dsn, autocommit=True) as conn, conn.transaction():
             parent = definition.defer({"n": "parent"}, conn=conn)
@@ -398,7 +395,7 @@ class TestDuplicates:
     def test_b5_identical_defers_create_two_jobs(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Two identical defers are not deduplicated: two rows with the same payload (B5)."""
+        """Two identical defers are not deduplicated: two rows with the same payload."""
         definition = plain(config)
         first = definition.defer({"same": 1})
         second = definition.defer({"same": 1})
@@ -454,7 +451,7 @@ class TestTransactionalEnqueue:
     def test_open_transaction_deferring_a_dependent_does_not_block_claim(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
-        """A job stays claimable while another transaction is deferring a job that depends on it (B4, C1)."""
+        """A job stays claimable while another transaction is deferring a job that depends on it."""
         definition = plain(config)
         parent = definition.defer({"n": "parent"})
         with psycopg.connect(test_dsn, autocommit=True) as conn, conn.transaction():
@@ -723,7 +720,7 @@ class TestAsync:
 
 class TestJobHandle:
     def test_i9_status_of_a_new_job_is_available(self, config: Config) -> None:
-        """JobHandle.status() of a freshly deferred job is 'available', also from a rebuilt handle (I9)."""
+        """JobHandle.status() of a freshly deferred job is 'available', also from a rebuilt handle."""
         handle = plain(config).defer({"n": 1})
         assert handle.status() == "available"
         rebuilt = JobHandle(handle.id, config)
@@ -731,7 +728,7 @@ class TestJobHandle:
         assert rebuilt.status() == "available"
 
     def test_i9_status_of_a_missing_job_raises(self, config: Config) -> None:
-        """JobHandle.status() for an id that does not exist raises UnknownJobError (I9)."""
+        """JobHandle.status() for an id that does not exist raises UnknownJobError."""
         with pytest.raises(UnknownJobError) as info:
             JobHandle(999999, config).status()
         assert info.value.job_ids == (999999,)

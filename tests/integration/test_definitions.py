@@ -1,8 +1,4 @@
-"""Job definitions against a real PostgreSQL: upsert, clamping, attempts, re-creation.
-
-Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3; "seed bug N"
-to its section 4.
-"""
+"""Job definitions against a real PostgreSQL: upsert, clamping, attempts, re-creation."""
 
 from __future__ import annotations
 
@@ -84,7 +80,7 @@ class TestUpsert:
     def test_a2_last_writer_wins_across_configs(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], second_first: bool
     ) -> None:
-        """Two same-named definitions from two Configs leave one row holding the last writer's settings (A2)."""
+        """Two same-named definitions from two Configs leave one row holding the last writer's settings."""
         with Config(test_dsn, schema=config.schema) as other:
             first: JobDefinition[Any] = JobDefinition(
                 config,
@@ -126,7 +122,7 @@ class TestUpsert:
     def test_a3_upsert_refreshes_heartbeat_and_keeps_daemon_timestamps(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Re-upserting sets last_heartbeat_at to now and keeps last_repeated_at and last_released_at (A3)."""
+        """Re-upserting sets last_heartbeat_at to now and keeps last_repeated_at and last_released_at."""
         definition: JobDefinition[Any] = JobDefinition(config, name="tick", job_function=noop)
         upsert(definition)
         row = definition_row(db, config, "tick")
@@ -151,7 +147,7 @@ class TestClamping:
     def test_a4_upsert_query_clamps_raw_values(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """definition_upsert fed out-of-range values stores num_attempts 1 and intervals 0 (A4)."""
+        """definition_upsert fed out-of-range values stores num_attempts 1 and intervals 0."""
         definition: JobDefinition[Any] = JobDefinition(config, name="raw", job_function=noop)
         params = definition.row_params() | {
             "num_attempts": 0,
@@ -179,7 +175,7 @@ class TestClamping:
     def test_a4_upsert_query_clamps_negative_attempts_on_update(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A raw upsert over an existing row clamps too: num_attempts -3 becomes 1 (A4)."""
+        """A raw upsert over an existing row clamps too: num_attempts -3 becomes 1."""
         definition: JobDefinition[Any] = JobDefinition(
             config, name="raw", job_function=noop, num_attempts=5
         )
@@ -192,7 +188,7 @@ class TestClamping:
     def test_a4_upsert_query_keeps_valid_values(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Values already in range are stored unchanged by definition_upsert (A4)."""
+        """Values already in range are stored unchanged by definition_upsert."""
         definition: JobDefinition[Any] = JobDefinition(
             config,
             name="fine",
@@ -211,7 +207,7 @@ class TestClamping:
     def test_a4_unset_repeat_interval_is_stored_as_null(
         self, config: Config, db: psycopg.Connection[Any], path: str
     ) -> None:
-        """A definition without a repeat interval is stored with repeat_interval_ms NULL (A4, A6)."""
+        """A definition without a repeat interval is stored with repeat_interval_ms NULL."""
         definition: JobDefinition[Any] = JobDefinition(config, name="once", job_function=noop)
         assert definition.repeat_interval_ms is None
         if path == "api":
@@ -225,7 +221,7 @@ class TestAttempts:
     def test_a5_job_max_attempts_equals_definition_num_attempts(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Jobs from defer, defer_many and defer_async carry the definition's num_attempts (A5)."""
+        """Jobs from defer, defer_many and defer_async carry the definition's num_attempts."""
         definition: JobDefinition[Any] = JobDefinition(
             config, name="thrice", job_function=noop, num_attempts=3
         )
@@ -247,10 +243,10 @@ class TestAttempts:
 
 
 class TestDefinitionRecreated:
-    def test_seed_bug_13_defer_recreates_a_deleted_definition(
+    def test_defer_recreates_a_deleted_definition(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """After its row was deleted and the cache aged past DEFINITION_REFRESH_S, defer works again (seed bug 13)."""
+        """After its row was deleted and the cache aged past DEFINITION_REFRESH_S, defer re-creates the row with its settings."""
         definition: JobDefinition[Any] = JobDefinition(
             config, name="nightly", job_function=noop, num_attempts=2
         )
@@ -265,10 +261,10 @@ class TestDefinitionRecreated:
         assert definition_row(db, config, "nightly")["num_attempts"] == 2
         assert count(db, config, "job") == 1
 
-    def test_seed_bug_13_defer_async_recreates_a_deleted_definition(
+    def test_defer_async_recreates_a_deleted_definition(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """The async path re-creates a deleted definition once its cache has aged (seed bug 13)."""
+        """The async path re-creates a deleted definition once its cache has aged."""
         definition: JobDefinition[Any] = JobDefinition(config, name="nightly", job_function=noop)
         upsert(definition)
         db.execute(
@@ -331,7 +327,7 @@ class TestDefinitionRecreated:
             conn.commit()
         assert count(db, config, "job") == 1
 
-    def test_seed_bug_13_defer_refreshes_heartbeat_only_when_cache_aged(
+    def test_defer_refreshes_heartbeat_only_when_cache_aged(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """defer does not rewrite the definition on every call but does once the cache is older than the refresh period."""

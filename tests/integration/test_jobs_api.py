@@ -1,11 +1,11 @@
 """The job management API (``config.jobs`` and ``config.jobs_async``) against a real PostgreSQL.
 
-Behaviours (``shared/reference/seed-analysis.md`` §3):
+What it guarantees:
 
-* I8: failed jobs can be listed, retried (back to available, with a fresh
+* failed jobs can be listed, retried (back to available, with a fresh
   attempt budget) or deleted, in bulk;
-* I9: find by id, list by status with limit, offset and order, and no hidden
-  time window (seed steve's ``fetchAll`` only saw the last 30 minutes).
+* find by id, list by status with limit, offset and order, and no hidden
+  time window (old jobs are listed like new ones).
 
 Most tests run twice, through the sync :class:`~orchestra._jobs.Jobs` and the
 async :class:`~orchestra._jobs.AsyncJobs` (driven by an :class:`asyncio.Runner`),
@@ -202,14 +202,14 @@ def notifications(db: psycopg.Connection[Any], channel: str, count: int) -> list
     return [n.payload for n in db.notifies(timeout=5, stop_after=count) if n.channel == channel]
 
 
-# -- get (I9) -----------------------------------------------------------------------
+# -- get -----------------------------------------------------------------------
 
 
 class TestGet:
     def test_i9_get_returns_the_job_with_attempts_errors_and_tracebacks(
         self, api: JobsApi, config: Config
     ) -> None:
-        """get() finds a job by id with its fields, dependencies and full attempt log (I4, I9)."""
+        """get() finds a job by id with its fields, dependencies and full attempt log."""
         failing = define(config, "failing", boom, num_attempts=2)
         first = failing.defer({"n": 1}, priority=7)
         run_until_empty(config)
@@ -337,14 +337,14 @@ class TestGet:
         ) == [(1, "failed", None), (2, "succeeded", token)]
 
 
-# -- list and count (I9) --------------------------------------------------------------
+# -- list and count --------------------------------------------------------------
 
 
 class TestList:
     def test_i9_list_filters_by_status_definition_and_channel_with_limit_offset_order(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """list() filters by one or several statuses, definition and channel, and pages by id (I9)."""
+        """list() filters by one or several statuses, definition and channel, and pages by id."""
         mail = define(config, "mail", channel="mail")
         report = define(config, "report")
         ids = [mail.defer({"i": i}).id for i in range(4)] + [report.defer({}).id]
@@ -372,7 +372,7 @@ class TestList:
     def test_i9_list_has_no_hidden_time_window(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A job created 30 days ago is listed and counted like a new one (I9; seed bug 19)."""
+        """A job created 30 days ago is listed and counted like a new one: no hidden time window."""
         definition = define(config, "old")
         old = definition.defer({})
         new = definition.defer({})
@@ -459,14 +459,14 @@ class TestArguments:
         assert config.jobs_async is config.jobs_async
 
 
-# -- retry (I8) --------------------------------------------------------------------------
+# -- retry --------------------------------------------------------------------------
 
 
 class TestRetry:
     def test_i8_retry_gives_a_finalized_job_a_fresh_budget(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Succeeded, failed and cancelled jobs go back to available, attempt 0, no result (I8)."""
+        """Succeeded, failed and cancelled jobs go back to available, attempt 0, no result."""
         definition = define(config, "job", num_attempts=3)
         handles = {status: definition.defer({}) for status in ("succeeded", "failed", "cancelled")}
         for status, handle in handles.items():
@@ -613,7 +613,7 @@ class TestRetryWithWorker:
     def test_i8_failed_jobs_listed_retried_with_fresh_budget_and_deleted_in_bulk(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Failed jobs are listed, retried in bulk with a fresh budget (run again), then deleted in bulk (I8)."""
+        """Failed jobs are listed, retried in bulk with a fresh budget (run again), then deleted in bulk."""
         failing = define(config, "failing", boom, num_attempts=2)
         other = define(config, "other", boom)
         handles = [failing.defer({"i": i}) for i in range(3)]

@@ -1,4 +1,4 @@
-"""Rate limits and max_concurrency across workers (D1-D4), through the guarded claim."""
+"""Rate limits and max_concurrency across workers, through the guarded claim."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class TestReleaseInterval:
     def test_d1_d2_d3_starts_are_spaced_fleet_wide_and_others_are_not_slowed(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """Starts of a rate-limited definition over three workers are >= R apart (D1, D2); another definition runs at once (D3)."""
+        """Starts of a rate-limited definition over three workers are >= R apart; another definition runs at once."""
         limited = JobDefinition(
             config, name="limited", job_function=lambda p: None, release_interval_ms=250
         )
@@ -88,7 +88,7 @@ class TestReleaseInterval:
     def test_d2_retries_count_as_releases(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """A retried attempt also waits for the release interval (D2)."""
+        """A retried attempt also waits for the release interval."""
 
         def flaky(payload: dict[str, Any], ctx: JobContext) -> None:
             if ctx.attempt < 3:
@@ -111,7 +111,7 @@ class TestReleaseInterval:
     def test_d4_zero_interval_is_not_limited(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """With release_interval_ms 0 (and no max_concurrency) jobs take the fast, unguarded path (D4)."""
+        """With release_interval_ms 0 (and no max_concurrency) jobs take the fast, unguarded path."""
         JobDefinition(
             config, name="plain", job_function=lambda p: None, release_interval_ms=0
         ).defer({})

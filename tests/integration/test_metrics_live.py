@@ -131,9 +131,9 @@ class TestGaugesService:
             db
         )
         assert result.service == "gauges"
-        (emission,) = result.emissions
-        assert emission.event_type is events.OrchestratorQueueGauges
-        assert emission.fields["depth"] == (
+        (gauges,) = result.events
+        assert type(gauges) is events.OrchestratorQueueGauges
+        assert gauges.depth == (
             ("available", "_default", 0),
             ("available", "idle", 0),
             ("available", "mail", 2),
@@ -144,19 +144,11 @@ class TestGaugesService:
             ("waiting", "idle", 0),
             ("waiting", "mail", 0),
         )
-        assert emission.fields["workers"] == {"orchestrator": 0, "worker": 0}
+        assert gauges.workers == {"orchestrator": 0, "worker": 0}
 
-        # The emission drives the gauges as the Orchestrator would emit it.
+        # The event drives the gauges as the Orchestrator would emit it.
         registry = CollectorRegistry()
-        PrometheusHandler(registry)(
-            events.OrchestratorQueueGauges(
-                timestamp=db_now(db),
-                daemon_id=1,
-                daemon_name="t-orchestrator",
-                role="orchestrator",
-                **emission.fields,
-            )
-        )
+        PrometheusHandler(registry)(gauges)
         assert sample(registry, "orchestra_jobs", status="available", channel="mail") == 2
         assert sample(registry, "orchestra_jobs", status="waiting", channel="_default") == 1
         assert (
@@ -177,12 +169,14 @@ class TestGaugesService:
             " WHERE name = 'w2'"
         )
         service = QueueGauges(config, interval_ms=15_000, worker_stale_threshold_ms=60_000)
-        (emission,) = service.run_once(db).emissions
-        assert emission.fields["workers"] == {"orchestrator": 1, "worker": 1}
+        (gauges,) = service.run_once(db).events
+        assert type(gauges) is events.OrchestratorQueueGauges
+        assert gauges.workers == {"orchestrator": 1, "worker": 1}
         # Two minutes later, with no heartbeat meanwhile, none is live.
         later = db_now(db) + dt.timedelta(minutes=2)
-        (emission,) = service.run_once(db, later).emissions
-        assert emission.fields["workers"] == {"orchestrator": 0, "worker": 0}
+        (gauges,) = service.run_once(db, later).events
+        assert type(gauges) is events.OrchestratorQueueGauges
+        assert gauges.workers == {"orchestrator": 0, "worker": 0}
 
 
 class TestOrchestratorGauges:

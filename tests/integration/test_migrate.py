@@ -1,7 +1,4 @@
-"""Schema migrations against a real PostgreSQL: creation, idempotence, concurrency, checks.
-
-Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3.
-"""
+"""Schema migrations against a real PostgreSQL: creation, idempotence, concurrency, checks."""
 
 from __future__ import annotations
 
@@ -105,14 +102,14 @@ class TestPrepareSchema:
     def test_a1_fresh_schema_gets_every_table(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """prepare_schema on a fresh schema creates exactly the queue tables (A1)."""
+        """prepare_schema on a fresh schema creates exactly the queue tables."""
         assert not schema_exists(db, fresh.schema)
         applied = fresh.prepare_schema()
         assert applied == all_migrations()
         assert tables_in(db, fresh.schema) == TABLES
 
     def test_a1_second_prepare_is_a_no_op(self, fresh: Config, db: psycopg.Connection[Any]) -> None:
-        """Preparing twice succeeds, the second time applies nothing and records nothing (A1)."""
+        """Preparing twice succeeds, the second time applies nothing and records nothing."""
         assert fresh.prepare_schema() == all_migrations()
         assert fresh.prepare_schema() == []
         assert tables_in(db, fresh.schema) == TABLES
@@ -122,7 +119,7 @@ class TestPrepareSchema:
     def test_a1_second_config_on_migrated_schema_applies_nothing(
         self, fresh: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
-        """A second Config preparing an already migrated schema applies nothing (A1)."""
+        """A second Config preparing an already migrated schema applies nothing."""
         fresh.prepare_schema()
         with Config(test_dsn, schema=fresh.schema) as other:
             assert other.prepare_schema() == []
@@ -131,7 +128,7 @@ class TestPrepareSchema:
     def test_a1_existing_empty_schema_is_migrated(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A schema the user created beforehand, still empty, is migrated in place (A1)."""
+        """A schema the user created beforehand, still empty, is migrated in place."""
         db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(fresh.schema)))
         assert fresh.prepare_schema() == all_migrations()
         assert tables_in(db, fresh.schema) == TABLES
@@ -139,7 +136,7 @@ class TestPrepareSchema:
     def test_a1_migration_touches_only_the_configured_schema(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Every object is created in the configured schema and nothing in public (A1)."""
+        """Every object is created in the configured schema and nothing in public."""
         before = public_objects(db)
         fresh.prepare_schema()
         assert public_objects(db) == before
@@ -155,7 +152,7 @@ class TestConcurrentMigration:
     def test_a1_two_processes_migrating_at_once_both_succeed(
         self, test_dsn: str, schema: str, db: psycopg.Connection[Any]
     ) -> None:
-        """Two processes released together on a fresh schema both succeed; one applies it all (A1)."""
+        """Two processes released together on a fresh schema both succeed; one applies it all."""
         key = random.randrange(1, 2**31)
         gate = psycopg.connect(test_dsn, autocommit=True)
         procs: list[subprocess.Popen[str]] = []
@@ -205,7 +202,7 @@ class TestVersionCheck:
     def test_a1_current_version_zero_before_and_required_after(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """current_version is 0 for a missing schema and the required version after migrating (A1)."""
+        """current_version is 0 for a missing schema and the required version after migrating."""
         assert _migrate.current_version(db, fresh.schema) == 0
         fresh.prepare_schema()
         assert _migrate.current_version(db, fresh.schema) == _migrate.required_version()
@@ -213,12 +210,12 @@ class TestVersionCheck:
     def test_a1_current_version_zero_for_schema_without_version_table(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A schema that exists but holds no schema_version table is at version 0 (A1)."""
+        """A schema that exists but holds no schema_version table is at version 0."""
         db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(fresh.schema)))
         assert _migrate.current_version(db, fresh.schema) == 0
 
     def test_a1_check_schema_raises_before_migration(self, fresh: Config) -> None:
-        """check_schema on an unmigrated schema raises SchemaNotReadyError naming `orchestra migrate` (A1)."""
+        """check_schema on an unmigrated schema raises SchemaNotReadyError naming `orchestra migrate`."""
         with pytest.raises(SchemaNotReadyError, match="orchestra migrate") as info:
             fresh.check_schema()
         assert info.value.schema == fresh.schema
@@ -226,7 +223,7 @@ class TestVersionCheck:
         assert info.value.required == _migrate.required_version()
 
     def test_a1_check_schema_passes_after_migration(self, fresh: Config) -> None:
-        """check_schema is silent once the schema is migrated (A1)."""
+        """check_schema is silent once the schema is migrated."""
         fresh.prepare_schema()
         fresh.check_schema()
 
@@ -261,7 +258,7 @@ class TestSchemaName:
     def test_a1_invalid_schema_name_rejected_by_config(
         self, name: str, db: psycopg.Connection[Any]
     ) -> None:
-        """Config refuses an unsafe schema name with ConfigurationError and creates nothing (A1)."""
+        """Config refuses an unsafe schema name with ConfigurationError and creates nothing."""
         with pytest.raises(ConfigurationError) as info:
             Config("postgresql://unused", schema=name)
         assert info.value.argument == "schema"
@@ -272,7 +269,7 @@ class TestSchemaName:
     def test_a1_invalid_schema_name_rejected_by_migrate(
         self, name: str, db: psycopg.Connection[Any]
     ) -> None:
-        """The migrator itself refuses an unsafe schema name before running any SQL (A1)."""
+        """The migrator itself refuses an unsafe schema name before running any SQL."""
         with pytest.raises(ConfigurationError):
             _migrate.migrate(db, name)
         with pytest.raises(ConfigurationError):
@@ -282,6 +279,6 @@ class TestSchemaName:
         assert db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
     def test_a1_non_string_schema_rejected(self) -> None:
-        """A schema that is not a string is a ConfigurationError, not a TypeError (A1)."""
+        """A schema that is not a string is a ConfigurationError, not a TypeError."""
         with pytest.raises(ConfigurationError):
             Config("postgresql://unused", schema=cast(Any, 42))

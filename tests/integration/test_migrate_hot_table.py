@@ -557,14 +557,19 @@ def outcomes(config: Config, job_id: int) -> list[tuple[int, str]]:
 
 def signature(result: RunResult) -> list[tuple[str, int, str | None]]:
     """A maintenance pass's events as (event, job or worker id, reason), sorted."""
-    return sorted(
-        (
-            e.event_type.__name__,
-            int(e.fields.get("job_id", e.fields.get("worker_id"))),
-            e.fields.get("reason"),
-        )
-        for e in result.emissions
-    )
+
+    def one(event: events.Event) -> tuple[str, int, str | None]:
+        if isinstance(event, events.OrchestratorWorkerLost):
+            return type(event).__name__, event.worker_id, None
+        assert isinstance(
+            event,
+            events.OrchestratorJobRescued
+            | events.OrchestratorJobFinalized
+            | events.OrchestratorJobReleased,
+        ), event
+        return type(event).__name__, event.job_id, event.reason
+
+    return sorted(one(e) for e in result.events)
 
 
 def wait_for_empty_hot_table(db: psycopg.Connection[Any], schema: str) -> None:

@@ -1,13 +1,13 @@
 """Orchestrator services against a real PostgreSQL, driven by ``run_once(conn, now)``.
 
 Time is passed explicitly as ``now``, so hour-long thresholds pass in
-milliseconds. Behaviour ids refer to ``shared/reference/seed-analysis.md`` §3.
+milliseconds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import psycopg
@@ -27,11 +27,29 @@ from tests._history_partitions import finish_at, history_partitions, partition_o
 from tests._worker_sql import claim, finish
 
 T0 = dt.datetime(2030, 1, 7, 12, 0, 0, tzinfo=dt.UTC)  # a Monday, on a whole minute
+E = TypeVar("E", bound=events.Event)
+HEADER_FIELDS = {field.name for field in attrs.fields(events.Event)}
 
 
 def kinds(result: RunResult) -> list[str]:
     """The event class names a pass emitted."""
-    return [e.event_type.__name__ for e in result.emissions]
+    return [type(e).__name__ for e in result.events]
+
+
+def only(result: RunResult, event_type: type[E]) -> list[E]:
+    """The events a pass emitted, every one of them checked to be an ``event_type``."""
+    typed = [e for e in result.events if isinstance(e, event_type)]
+    assert len(typed) == len(result.events), kinds(result)
+    return typed
+
+
+def own_fields(event: events.Event) -> dict[str, Any]:
+    """An event's fields without those every event has (timestamp, daemon ...)."""
+    return {
+        name: value
+        for name, value in attrs.asdict(event, recurse=False).items()
+        if name not in HEADER_FIELDS
+    }
 
 
 def rows(
@@ -84,7 +102,7 @@ class TestScheduler:
         ) == [({}, 4, T0 + dt.timedelta(minutes=1), "available")]
 
     def test_f2_one_job_per_tick(self, config: Config, db: psycopg.Connection[Any]) -> None:
-        """Further passes within a tick enqueue nothing; the next tick enqueues one more (F2)."""
+        """Further passes within a tick enqueue nothing; the next tick enqueues one more."""
         JobDefinition(
             config, name="tick", job_function=noop, repeat_interval_ms=60_000, overlap=True
         ).upsert(db)
@@ -97,7 +115,7 @@ class TestScheduler:
     def test_f4_two_schedulers_enqueue_each_tick_once(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
-        """Two orchestrators (two processes' configs) scheduling the same tick create one job (F4)."""
+        """Two orchestrators (two processes' configs) scheduling the same tick create one job."""
         other = Config(test_dsn, schema=config.schema)
         for cfg in (config, other):
             JobDefinition(
@@ -110,9 +128,7 @@ class TestScheduler:
         emitted = 0
         for step in range(20):
             now = T0 + dt.timedelta(milliseconds=250 * step)
-            emitted += len(first.run_once(db, now).emissions) + len(
-                second.run_once(db, now).emissions
-            )
+            emitted += len(first.run_once(db, now).events) + len(second.run_once(db, now).events)
         other.close()
         ticks = [r[0] for r in rows(db, config, "SELECT tick_at FROM {s}.job ORDER BY tick_at")]
         assert ticks == [T0 + dt.timedelta(seconds=s) for s in range(5)]
@@ -121,7 +137,7 @@ class TestScheduler:
     def test_missed_ticks_coalesce_into_one(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """After downtime, the missed ticks give one job, for the latest tick (F8 decided: coalesce)."""
+        """After downtime, the missed ticks give one job, for the latest tick."""
         JobDefinition(
             config, name="tick", job_function=noop, repeat_interval_ms=60_000, overlap=True
         ).upsert(db)
@@ -165,7 +181,7 @@ class TestScheduler:
     def test_f6_g9_definition_without_repeat_or_absent_from_code_is_not_scheduled(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
-        """A definition whose repeat was turned off, or that this code no longer has, gets no job (F6, G9)."""
+        """A definition whose repeat was turned off, or that this code no longer has, gets no job."""
         old = Config(test_dsn, schema=config.schema)
         JobDefinition(
             old, name="was-repeating", job_function=noop, repeat_interval_ms=1_000
@@ -181,7 +197,7 @@ class TestScheduler:
     def test_empty_attrs_payload_type_is_accepted_for_repeat(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A repeat definition with an empty attrs payload type is scheduled with that empty payload (F7)."""
+        """A repeat definition with an empty attrs payload type is scheduled with that empty payload."""
 
         @attrs.frozen
         class Nothing:
@@ -199,12 +215,14 @@ class TestHeartbeat:
     def test_g1_heartbeat_refreshes_and_rewrites_missing_rows(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Each pass sets last_heartbeat_at of every carried definition and writes missing rows again (G1)."""
+        """Each pass sets last_heartbeat_at of every carried definition and writes missing rows again."""
         kept = JobDefinition(config, name="kept", job_function=noop)
         JobDefinition(config, name="lost", job_function=noop)
         kept.upsert(db)
         result = DefinitionHeartbeat(config, interval_ms=60_000).run_once(db, T0)
-        assert sorted(e.fields["definition"] for e in result.emissions) == ["kept", "lost"]
+        assert sorted(
+            e.definition for e in only(result, events.OrchestratorDefinitionHeartbeat)
+        ) == ["kept", "lost"]
         assert result.counts["rewritten"] == 1
         stamps = dict(rows(db, config, "SELECT name, last_heartbeat_at FROM {s}.job_definition"))
         assert stamps["kept"] == T0 and "lost" in stamps
@@ -214,14 +232,14 @@ class TestRescuer:
     def test_expired_lease_goes_back_with_a_lost_attempt(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A running job whose lease expired is available again, its attempt logged as lost (C4, C13 decided)."""
+        """A running job whose lease expired is available again, its attempt logged as lost."""
         JobDefinition(config, name="job", job_function=noop, num_attempts=2).defer({})
         claimed = claim(db, config)[0]
         rescuer = Rescuer(config, interval_ms=5_000, worker_stale_threshold_ms=60_000)
         assert kinds(rescuer.run_once(db, None)) == []  # the lease is still live
         result = rescuer.run_once(db, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2))
         assert kinds(result) == ["OrchestratorJobRescued"]
-        assert result.emissions[0].fields["reason"] == "lease_expired"
+        assert only(result, events.OrchestratorJobRescued)[0].reason == "lease_expired"
         assert rows(db, config, "SELECT status::text, attempt FROM {s}.job") == [("available", 1)]
         assert rows(db, config, "SELECT outcome FROM {s}.job_attempt") == [("lost",)]
         assert finish(db, config, claimed, "succeeded") == []  # the fence refuses the late finish
@@ -229,15 +247,15 @@ class TestRescuer:
     def test_c9_no_attempts_left_finalizes_as_failed(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A rescued job with no attempt left is finalized as failed: no_attempts_remaining (C9)."""
+        """A rescued job with no attempt left is finalized as failed: no_attempts_remaining."""
         JobDefinition(config, name="job", job_function=noop, num_attempts=1).defer({})
         claim(db, config)
         result = Rescuer(config, interval_ms=5_000, worker_stale_threshold_ms=60_000).run_once(
             db, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2)
         )
-        assert [(e.event_type.__name__, e.fields["reason"]) for e in result.emissions] == [
-            ("OrchestratorJobFinalized", "no_attempts_remaining")
-        ]
+        assert [
+            (type(e).__name__, e.reason) for e in only(result, events.OrchestratorJobFinalized)
+        ] == [("OrchestratorJobFinalized", "no_attempts_remaining")]
         assert rows(db, config, "SELECT count(*) FROM {s}.job") == [(0,)]
         ((status, attempts),) = rows(
             db, config, "SELECT status::text, attempts FROM {s}.job_history"
@@ -307,9 +325,7 @@ class TestRescuer:
         result = Rescuer(config, interval_ms=5_000, worker_stale_threshold_ms=60_000).run_once(
             db, None
         )
-        assert sorted(
-            (e.event_type.__name__, e.fields.get("reason")) for e in result.emissions
-        ) == [
+        assert sorted((type(e).__name__, getattr(e, "reason", None)) for e in result.events) == [
             ("OrchestratorJobFinalized", "no_attempts_remaining"),
             ("OrchestratorWorkerLost", None),
         ]
@@ -331,7 +347,7 @@ class TestFinalizer:
     def test_g5_timeout_counts_from_run_at_not_creation(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A delayed job is timed out timeout_interval_ms after its run_at, not after its creation (seed bug 5)."""
+        """A delayed job is timed out timeout_interval_ms after its run_at, not after its creation."""
         definition = JobDefinition(
             config, name="job", job_function=noop, timeout_interval_ms=60_000
         )
@@ -341,14 +357,14 @@ class TestFinalizer:
         assert kinds(finalizer.run_once(db, now + dt.timedelta(minutes=30))) == []
         assert kinds(finalizer.run_once(db, now + dt.timedelta(minutes=59))) == []
         result = finalizer.run_once(db, now + dt.timedelta(minutes=62))
-        assert [(e.event_type.__name__, e.fields["reason"]) for e in result.emissions] == [
-            ("OrchestratorJobFinalized", "timeout")
-        ]
+        assert [
+            (type(e).__name__, e.reason) for e in only(result, events.OrchestratorJobFinalized)
+        ] == [("OrchestratorJobFinalized", "timeout")]
 
     def test_running_job_timed_out_cannot_be_finished_later(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Timing out a running attempt logs it as timed_out, and its late success is refused (G7)."""
+        """Timing out a running attempt logs it as timed_out, and its late success is refused."""
         JobDefinition(config, name="job", job_function=noop, timeout_interval_ms=1_000).defer({})
         claimed = claim(db, config)[0]
         Finalizer(config, interval_ms=5_000).run_once(
@@ -375,7 +391,7 @@ class TestFinalizer:
         result = Finalizer(config, interval_ms=5_000).run_once(
             db, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
         )
-        assert [(e.fields["job_id"], e.fields["reason"]) for e in result.emissions] == [
+        assert [(e.job_id, e.reason) for e in only(result, events.OrchestratorJobFinalized)] == [
             (handle.id, "timeout")
         ]
         assert rows(db, config, "SELECT status::text, attempt, attempts FROM {s}.job_history") == [
@@ -385,7 +401,7 @@ class TestFinalizer:
     def test_e3_e4_failure_cascades_down_the_chain_in_one_pass(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """After A fails, one pass finalizes B and C (A <- B <- C) as unmet_dependencies (E3, E4, E6)."""
+        """After A fails, one pass finalizes B and C (A <- B <- C) as unmet_dependencies."""
         a = JobDefinition(config, name="a", job_function=noop).defer({})
         b = JobDefinition(config, name="b", job_function=noop, channel="other").defer(
             {}, depends_on=[a]
@@ -393,7 +409,7 @@ class TestFinalizer:
         c = JobDefinition(config, name="c", job_function=noop).defer({}, depends_on=[b])
         finish(db, config, claim(db, config)[0], "failed")
         result = Finalizer(config, interval_ms=5_000).run_once(db, None)
-        assert [(e.fields["job_id"], e.fields["reason"]) for e in result.emissions] == [
+        assert [(e.job_id, e.reason) for e in only(result, events.OrchestratorJobFinalized)] == [
             (b.id, "unmet_dependencies"),
             (c.id, "unmet_dependencies"),
         ]
@@ -422,7 +438,7 @@ class TestFinalizer:
         finish_at(db, config, gone.id, "succeeded")
         rows(db, config, "DELETE FROM {s}.job_history WHERE id = %s RETURNING id", gone.id)
         result = Finalizer(config, interval_ms=5_000).run_once(db, None)
-        assert [(e.fields["job_id"], e.fields["reason"]) for e in result.emissions] == [
+        assert [(e.job_id, e.reason) for e in only(result, events.OrchestratorJobFinalized)] == [
             (on_cancelled.id, "unmet_dependencies"),
             (on_gone.id, "unmet_dependencies"),
         ]
@@ -434,7 +450,7 @@ class TestFinalizer:
     def test_g6_g7_one_finalization_per_job_by_precedence(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A job both timed out and with a failed dependency is finalized once, as timeout (G6); a second pass does nothing (G7)."""
+        """A job both timed out and with a failed dependency is finalized once, as timeout; a second pass does nothing."""
         a = JobDefinition(config, name="a", job_function=noop).defer({})
         JobDefinition(config, name="b", job_function=noop, timeout_interval_ms=1_000).defer(
             {}, depends_on=[a]
@@ -443,20 +459,20 @@ class TestFinalizer:
         finalizer = Finalizer(config, interval_ms=5_000)
         later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
         first = finalizer.run_once(db, later)
-        assert [e.fields["reason"] for e in first.emissions] == ["timeout"]
+        assert [e.reason for e in only(first, events.OrchestratorJobFinalized)] == ["timeout"]
         assert kinds(finalizer.run_once(db, later)) == []
 
     def test_catch_up_releases_jobs_whose_dependencies_succeeded(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A waiting job whose dependencies all succeeded is released by the finalizer if nothing else did (E2)."""
+        """A waiting job whose dependencies all succeeded is released by the finalizer if nothing else did."""
         a = JobDefinition(config, name="a", job_function=noop).defer({})
         b = JobDefinition(config, name="b", job_function=noop).defer({}, depends_on=[a])
         finish_at(db, config, a.id, "succeeded")  # as a finish would, without releasing b
         result = Finalizer(config, interval_ms=5_000).run_once(db, None)
-        assert [(e.event_type.__name__, e.fields["job_id"]) for e in result.emissions] == [
-            ("OrchestratorJobReleased", b.id)
-        ]
+        assert [
+            (type(e).__name__, e.job_id) for e in only(result, events.OrchestratorJobReleased)
+        ] == [("OrchestratorJobReleased", b.id)]
         assert b.status() == "available"
 
 
@@ -483,7 +499,7 @@ class TestSweeper:
     def test_g4_a_partition_past_the_retention_is_dropped_whole(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A partition whose jobs all finished before the retention goes in one pass, with its edges; a newer one stays (G4)."""
+        """A partition whose jobs all finished before the retention goes in one pass, with its edges; a newer one stays."""
         definition = JobDefinition(config, name="job", job_function=noop)
         two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
         first = definition.defer({})
@@ -498,9 +514,9 @@ class TestSweeper:
         assert partition_of(db, config, newer.id) == "job_history_1000000"
         result = self.sweeper(config).run_once(db, None)
         assert kinds(result) == ["OrchestratorHistoryPruned"]
-        fields = result.emissions[0].fields
-        assert (fields["partition"], fields["jobs"]) == ("job_history_0", 2)
-        assert two_days_ago < fields["cutoff"] < dt.datetime.now(dt.UTC)
+        (pruned,) = only(result, events.OrchestratorHistoryPruned)
+        assert (pruned.partition, pruned.jobs) == ("job_history_0", 2)
+        assert two_days_ago < pruned.cutoff < dt.datetime.now(dt.UTC)
         assert result.counts["history_partitions_dropped"] == 1
         assert result.counts["history_jobs_dropped"] == 2
         assert "job_history_0" not in history_partitions(db, config)
@@ -545,16 +561,14 @@ class TestSweeper:
         definition.defer({})  # the highest id: partitions are made from there on
         assert partition_of(db, config, stray.id) == "job_history_default"
         result = self.sweeper(config).run_once(db, None)
-        swept = [
-            e for e in result.emissions if e.event_type is events.OrchestratorFinalizedJobSwept
-        ]
-        assert [dict(e.fields) for e in swept] == [
+        swept = [e for e in result.events if isinstance(e, events.OrchestratorFinalizedJobSwept)]
+        assert [own_fields(e) for e in swept] == [
             {"job_id": stray.id, "definition": "job", "archived": False}
         ]
         # The empty partitions of the ids skipped over go too; base's is kept
         # (its job finished within the retention).
-        pruned = [e for e in result.emissions if e.event_type is events.OrchestratorHistoryPruned]
-        assert {e.fields["jobs"] for e in pruned} <= {0}
+        pruned = [e for e in result.events if isinstance(e, events.OrchestratorHistoryPruned)]
+        assert {e.jobs for e in pruned} <= {0}
         assert "job_history_0" in history_partitions(db, config)
         assert result.counts["jobs_swept"] == 1
         assert rows(db, config, "SELECT id FROM {s}.job_history") == [(base.id,)]
@@ -641,7 +655,9 @@ class TestSweeper:
         skip_ids_to(db, config, 2_000_000)
         week = 7 * 24 * 3_600_000
         result = self.sweeper(config, archive=True, archive_retention_ms=week).run_once(db, None)
-        assert [e.fields["partition"] for e in result.emissions] == ["job_history_0"]
+        assert [e.partition for e in only(result, events.OrchestratorHistoryPruned)] == [
+            "job_history_0"
+        ]
         assert rows(db, config, "SELECT id FROM {s}.job_history") == [(recent.id,)]
 
     @pytest.mark.parametrize("bad", [-1, "7 days", 1.5, True])
@@ -655,7 +671,7 @@ class TestSweeper:
     def test_e5_a_dependency_dropped_with_its_partition_fails_its_waiting_dependent(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A finished job is not kept past the retention for a waiting dependent, which then fails (E5)."""
+        """A finished job is not kept past the retention for a waiting dependent, which then fails."""
         a = JobDefinition(config, name="a", job_function=noop).defer({})
         other = JobDefinition(config, name="other", job_function=noop).defer({})
         finish_at(
@@ -668,10 +684,12 @@ class TestSweeper:
         skip_ids_to(db, config, 1_000_000)
         b = JobDefinition(config, name="b", job_function=noop).defer({}, depends_on=[a, other])
         result = self.sweeper(config).run_once(db, None)
-        assert [e.fields["partition"] for e in result.emissions] == ["job_history_0"]
+        assert [e.partition for e in only(result, events.OrchestratorHistoryPruned)] == [
+            "job_history_0"
+        ]
         assert b.status() == "waiting"  # its edges stay: they are in another range
         finalized = Finalizer(config, interval_ms=5_000).run_once(db, None)
-        assert [(e.fields["job_id"], e.fields["reason"]) for e in finalized.emissions] == [
+        assert [(e.job_id, e.reason) for e in only(finalized, events.OrchestratorJobFinalized)] == [
             (b.id, "unmet_dependencies")
         ]
 
@@ -683,7 +701,10 @@ class TestSweeper:
         b = JobDefinition(config, name="b", job_function=noop).defer({}, depends_on=[pending])
         skip_ids_to(db, config, 1_000_000)
         result = self.sweeper(config).run_once(db, None)
-        assert [e.fields["partition"] for e in result.emissions] == ["job_history_0"]  # empty
+        # Its range held no finished job: it is dropped all the same.
+        assert [e.partition for e in only(result, events.OrchestratorHistoryPruned)] == [
+            "job_history_0"
+        ]
         Finalizer(config, interval_ms=5_000).run_once(db, None)
         assert b.status() == "waiting"  # `pending` has not run
 
@@ -728,16 +749,17 @@ class TestSweeper:
     def test_g2_g3_stale_definitions_without_jobs_are_swept(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A definition not heartbeated for the threshold goes once it has no job at all, finished ones included (G2, G3)."""
+        """A definition not heartbeated for the threshold goes once it has no job at all, finished ones included."""
         JobDefinition(config, name="with-job", job_function=noop).defer({})
         finished = JobDefinition(config, name="with-finished-job", job_function=noop).defer({})
         finish_at(db, config, finished.id, "succeeded")
         JobDefinition(config, name="idle", job_function=noop).upsert(db)
         later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
         result = self.sweeper(config).run_once(db, later)
-        assert [(e.event_type.__name__, e.fields["definition"]) for e in result.emissions] == [
-            ("OrchestratorStaleDefinitionSwept", "idle")
-        ]
+        assert [
+            (type(e).__name__, e.definition)
+            for e in only(result, events.OrchestratorStaleDefinitionSwept)
+        ] == [("OrchestratorStaleDefinitionSwept", "idle")]
         assert rows(db, config, "SELECT name FROM {s}.job_definition ORDER BY name") == [
             ("with-finished-job",),
             ("with-job",),
@@ -768,7 +790,7 @@ class TestDaemon:
     def test_g8_every_service_runs_at_start_and_one_leader(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """Each maintenance service runs once at start (G8); of two orchestrators, one leads at a time."""
+        """Each maintenance service runs once at start; of two orchestrators, one leads at a time."""
         slow = {
             "repeat_interval_ms": 3_600_000,
             "heartbeat_interval_ms": 3_600_000,
@@ -800,6 +822,29 @@ class TestDaemon:
             for daemon in (first, second):
                 daemon.stop()
                 daemon.join(timeout=10)
+
+    def test_events_of_its_passes_carry_the_orchestrators_identity(
+        self, config: Config, recorder: EventRecorder
+    ) -> None:
+        """Events built by the maintenance services name the orchestrator that ran the pass."""
+        JobDefinition(config, name="carried", job_function=noop)
+        orchestrator = Orchestrator(config, name="passes", event_handler=recorder)
+        orchestrator.start()
+        try:
+            heartbeat = recorder.wait_for(events.OrchestratorDefinitionHeartbeat)[0]
+            gauges = recorder.wait_for(events.OrchestratorQueueGauges)[0]
+        finally:
+            orchestrator.stop()
+            orchestrator.join(timeout=10)
+        assert heartbeat.definition == "carried"
+        for event in (heartbeat, gauges):
+            assert (event.daemon_id, event.daemon_name, event.role) == (
+                orchestrator.daemon_id,
+                "passes-orchestrator",
+                "orchestrator",
+            )
+        started = recorder.of_type(events.DaemonStarted)[0]
+        assert started.timestamp <= heartbeat.timestamp <= dt.datetime.now(dt.UTC)
 
     def test_worker_and_orchestrator_run_a_repeat_job(
         self, config: Config, recorder: EventRecorder

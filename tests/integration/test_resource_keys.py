@@ -1,11 +1,10 @@
-"""Resource keys against a real PostgreSQL: at most one running job per key (I7).
+"""Resource keys against a real PostgreSQL: at most one running job per key.
 
 A job deferred with ``resource_key=`` is claimed only when it heads its key
-(priority, then FIFO: I2) and no job of that key runs; a job held back spends
+(higher priority first, then in id order) and no job of that key runs; a job held back spends
 no attempt and is never failed. Two claims racing on one key from different
 channels are refused by the unique index ``job_resource_running_uniq``, and
-the worker claims again. Behaviour ids refer to
-``shared/reference/seed-analysis.md`` section 3.
+the worker claims again.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import psycopg
 import pytest
 
 from orchestra import Config, ConfigurationError, JobDefinition, JobHandle, Worker, events
-from orchestra._definition import KEY_MAX_LENGTH
+from orchestra._checks import KEY_MAX_LENGTH
 from orchestra.testing import EventRecorder, wait_until
 from tests._running import running
 from tests._worker_sql import claim as claim_rows
@@ -124,7 +123,7 @@ class TestExclusion:
     def test_i7_jobs_sharing_a_key_never_overlap_across_workers(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
-        """I7: three workers (own Config each, concurrency 4) over 60 jobs on 3 keys: no two jobs of a key overlap, each runs once."""
+        """Three workers (own Config each, concurrency 4) over 60 jobs on 3 keys: no two jobs of a key overlap, each runs once."""
         tracker = Tracker()
 
         def work(payload: dict[str, Any]) -> None:
@@ -173,7 +172,7 @@ class TestExclusion:
     def test_i7_jobs_with_different_keys_run_at_the_same_time(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I7: two jobs with different keys are both running at once (each waits at a barrier for the other)."""
+        """Two jobs with different keys are both running at once (each waits at a barrier for the other)."""
         barrier = threading.Barrier(2, timeout=10)
         met: list[str] = []
 
@@ -193,7 +192,7 @@ class TestExclusion:
     def test_i7_blocked_job_spends_nothing_and_the_worker_does_not_spin(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I7: while a long job holds its key, the next job of that key stays available (attempt 0) and the idle worker issues few claims."""
+        """While a long job holds its key, the next job of that key stays available (attempt 0) and the idle worker issues few claims."""
         started = threading.Event()
         release = threading.Event()
         window: dict[str, float] = {}
@@ -235,7 +234,7 @@ class TestExclusion:
     def test_i7_keyed_jobs_do_not_block_plain_jobs_of_the_channel(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I7: with a key held, its blocked jobs take no slot: plain jobs of the channel run through the free slot meanwhile."""
+        """With a key held, its blocked jobs take no slot: plain jobs of the channel run through the free slot meanwhile."""
         started = threading.Event()
         release = threading.Event()
 
@@ -265,7 +264,7 @@ class TestOrder:
     def test_i2_i7_priority_then_fifo_within_a_key(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """I2/I7: jobs of one key run one at a time, higher priority first, then in id order."""
+        """Jobs of one key run one at a time, higher priority first, then in id order."""
         order: list[int] = []
         definition = JobDefinition(
             config, name="ordered", job_function=lambda p: order.append(p["n"])
@@ -279,7 +278,7 @@ class TestOrder:
     def test_i2_i7_job_deferred_while_the_key_is_held_jumps_the_queue_by_priority(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """I2/I7: a higher-priority job deferred while the key is busy runs before older lower-priority ones of that key."""
+        """A higher-priority job deferred while the key is busy runs before older lower-priority ones of that key."""
         order: list[str] = []
         started = threading.Event()
         release = threading.Event()
@@ -305,7 +304,7 @@ class TestDeferring:
     def test_i7_defer_many_with_a_resource_key_runs_one_at_a_time_in_order(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I7: defer_many(resource_key=...) keys every job; they run one at a time, FIFO."""
+        """defer_many(resource_key=...) keys every job; they run one at a time, FIFO."""
         tracker = Tracker()
 
         def work(payload: dict[str, Any]) -> None:
@@ -342,7 +341,7 @@ class TestDeferring:
     def test_i7_bad_resource_key_is_refused_naming_it(
         self, config: Config, db: psycopg.Connection[Any], key: Any
     ) -> None:
-        """I7: an empty, over-long, non-str or NUL-carrying resource_key raises ConfigurationError naming it; nothing is written."""
+        """An empty, over-long, non-str or NUL-carrying resource_key raises ConfigurationError naming it; nothing is written."""
         definition = JobDefinition(config, name="bad", job_function=lambda p: None)
         with pytest.raises(ConfigurationError) as info:
             definition.defer({}, resource_key=key)
@@ -355,7 +354,7 @@ class TestDeferring:
     def test_i7_resource_key_and_unique_key_together(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I6/I7: a job can carry both keys; the duplicate returns the holder, the keys are stored."""
+        """A job can carry both keys; the duplicate returns the holder, the keys are stored."""
         definition = JobDefinition(config, name="both", job_function=lambda p: None)
         a = definition.defer({}, unique_key="u", resource_key="r")
         b = definition.defer({}, unique_key="u", resource_key="other")
@@ -370,7 +369,7 @@ class TestLimitedDefinitions:
     def test_i7_key_on_a_max_concurrency_definition_respects_both_limits(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I7/D: keyed jobs of a max_concurrency=2 definition over two workers: never 2 of a key, never 3 in all."""
+        """Keyed jobs of a max_concurrency=2 definition over two workers: never 2 of a key, never 3 in all."""
         tracker = Tracker()
 
         def work(payload: dict[str, Any]) -> None:
@@ -406,7 +405,7 @@ class TestLimitedDefinitions:
     def test_i7_key_on_a_rate_limited_definition_respects_both_limits(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I7/D1: keyed jobs of a rate-limited definition start >= R apart and never overlap within a key."""
+        """Keyed jobs of a rate-limited definition start >= R apart and never overlap within a key."""
         tracker = Tracker()
 
         def work(payload: dict[str, Any]) -> None:
@@ -441,7 +440,7 @@ class TestUniqueIndexSafetyNet:
     def test_i7_second_claim_of_a_key_from_another_channel_is_refused_by_the_index(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
-        """I7: tx1 claims A (channel a); tx2's claim of B (channel b, same key) waits on the unique index, then raises UniqueViolation."""
+        """tx1 claims A (channel a); tx2's claim of B (channel b, same key) waits on the unique index, then raises UniqueViolation."""
         job_a, job_b = self._two_channels(config)
         with (
             psycopg.connect(test_dsn, autocommit=True) as tx1,
@@ -479,7 +478,7 @@ class TestUniqueIndexSafetyNet:
     def test_i7_waiting_claim_succeeds_when_the_rival_rolls_back(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
-        """I7: when the transaction that claimed the key rolls back, the waiting claim of the other channel gets its job."""
+        """When the transaction that claimed the key rolls back, the waiting claim of the other channel gets its job."""
         job_a, job_b = self._two_channels(config)
         with (
             psycopg.connect(test_dsn, autocommit=True) as tx1,
@@ -497,7 +496,7 @@ class TestUniqueIndexSafetyNet:
     def test_i7_worker_claims_again_after_the_index_refused_its_claim(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I7: a worker whose claim hits the unique index retries at once, reports no error, and runs the job once the key is free."""
+        """A worker whose claim hits the unique index retries at once, reports no error, and runs the job once the key is free."""
         a = JobDefinition(config, name="on-a", job_function=lambda p: None, channel="a")
         b = JobDefinition(config, name="on-b", job_function=lambda p: None, channel="b")
         job_a = a.defer({}, resource_key="shared")
@@ -532,7 +531,7 @@ class TestWakeUps:
     def test_i7_freed_key_wakes_the_worker_of_another_channel(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I7: when a job frees its key, an idle worker of another channel holding a job of that key is woken, not left to its poll."""
+        """When a job frees its key, an idle worker of another channel holding a job of that key is woken, not left to its poll."""
         started = threading.Event()
         release = threading.Event()
 

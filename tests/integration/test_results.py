@@ -1,10 +1,9 @@
-"""Waiting for a job's result against a real PostgreSQL: ``JobHandle.result()`` (I1).
+"""Waiting for a job's result against a real PostgreSQL: ``JobHandle.result()``.
 
 The result is the job function's return value, stored in the job's history
 row; a waiter LISTENs on the schema's finished channel with a
 polling fallback, and raises ``JobFailed`` once the job finally fails or is
-cancelled. Behaviour ids refer to ``shared/reference/seed-analysis.md``
-section 3.
+cancelled.
 """
 
 from __future__ import annotations
@@ -101,7 +100,7 @@ class TestSuccess:
     def test_i1_result_waits_for_a_worker_started_after_the_call(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I1: result() called before any worker runs returns the function's JSON return value once a worker ran it."""
+        """result() called before any worker runs returns the function's JSON return value once a worker ran it."""
         double = JobDefinition(
             config, name="double", job_function=lambda p: {"double": p["n"] * 2, "of": [p]}
         )
@@ -117,7 +116,7 @@ class TestSuccess:
     def test_i1_attrs_result_with_as_type(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I1: a job returning an attrs instance is read back as that class with as_type=, as JSON without it."""
+        """A job returning an attrs instance is read back as that class with as_type=, as JSON without it."""
         checkout = JobDefinition(
             config, name="checkout", job_function=lambda p: Receipt(order=p["order"], total="9.50")
         )
@@ -137,7 +136,7 @@ class TestSuccess:
     def test_i1_any_json_return_value_is_the_result(
         self, config: Config, recorder: EventRecorder, value: Any
     ) -> None:
-        """I1 (seed bug 16): whatever JSON the function returns, None and falsy values included, is the result, not a failure."""
+        """Whatever JSON the function returns, None and falsy values included, is the result, not a failure."""
         handle = JobDefinition(config, name="returns", job_function=lambda p: value).defer({})
         with running(Worker(config, event_handler=recorder)):
             recorder.wait_for(events.WorkerJobSucceeded)
@@ -147,7 +146,7 @@ class TestSuccess:
     def test_i1_result_async_waits_for_the_worker(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I1: result_async() started before the worker returns the value; with as_type too."""
+        """result_async() started before the worker returns the value; with as_type too."""
         definition = JobDefinition(
             config, name="async-result", job_function=lambda p: {"order": p, "total": "1"}
         )
@@ -182,7 +181,7 @@ class TestSuccess:
     def test_i1_finish_between_first_read_and_listen_is_not_missed(
         self, config: Config, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """I1 (seed bug 17): a job that finishes after the waiter's first read but before its LISTEN is still seen (re-read after LISTEN)."""
+        """A job that finishes after the waiter's first read but before its LISTEN is still seen (re-read after LISTEN)."""
         from orchestra import _results
 
         handle = JobDefinition(config, name="racy", job_function=lambda p: None).defer({})
@@ -200,7 +199,7 @@ class TestSuccess:
     def test_i1_many_waiters_of_jobs_finished_together_all_get_their_results(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """I1: several waiters on several jobs finished by one worker batch each get their own job's value (one notification lists many ids)."""
+        """Several waiters on several jobs finished by one worker batch each get their own job's value (one notification lists many ids)."""
         definition = JobDefinition(config, name="square", job_function=lambda p: p * p)
         handles = definition.defer_many(list(range(8)))
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(handles) + 2) as pool:
@@ -216,7 +215,7 @@ class TestSuccess:
     def test_i1_rebuilt_handle_in_another_config_gets_the_result(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I1: JobHandle(id, other_config) built in another Config waits for and returns the result, and asks again later."""
+        """JobHandle(id, other_config) built in another Config waits for and returns the result, and asks again later."""
         handle = JobDefinition(config, name="echo", job_function=lambda p: {"echo": p}).defer("hi")
         other = Config(test_dsn, schema=config.schema)
         try:
@@ -237,7 +236,7 @@ class TestFailure:
     def test_i1_final_failure_raises_job_failed_with_the_last_error(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """I1: a waiter is not woken by a retried failure; after the last attempt it gets JobFailed(status failed, last error)."""
+        """A waiter is not woken by a retried failure; after the last attempt it gets JobFailed(status failed, last error)."""
 
         def boom(payload: Any, ctx: JobContext) -> None:
             raise ValueError(f"nope {ctx.attempt}")
@@ -267,7 +266,7 @@ class TestFailure:
     def test_i1_cancelled_job_wakes_a_waiter_through_the_notification(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1: a job cancelled by SQL plus a notification on the finished channel ends the wait with JobFailed(status cancelled)."""
+        """A job cancelled by SQL plus a notification on the finished channel ends the wait with JobFailed(status cancelled)."""
         handle = JobDefinition(config, name="victim", job_function=lambda p: None).defer({})
         with waiting(lambda: handle.result(timeout=60, poll_interval_s=NO_POLLING_S)) as future:
             wait_listening(db, config)
@@ -283,7 +282,7 @@ class TestFailure:
     def test_i1_cancelled_job_without_notification_is_found_by_polling(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1: when no notification comes, the waiter's polling fallback (poll_interval_s=0.2) still sees the cancellation."""
+        """When no notification comes, the waiter's polling fallback (poll_interval_s=0.2) still sees the cancellation."""
         handle = JobDefinition(config, name="victim", job_function=lambda p: None).defer({})
         with waiting(lambda: handle.result(timeout=60, poll_interval_s=0.2)) as future:
             wait_listening(db, config)
@@ -295,7 +294,7 @@ class TestFailure:
     def test_i1_unrelated_notifications_do_not_end_the_wait(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1: a notification about other jobs neither ends the wait nor raises; the job's own one does."""
+        """A notification about other jobs neither ends the wait nor raises; the job's own one does."""
         definition = JobDefinition(config, name="victim", job_function=lambda p: None)
         mine, other = definition.defer({}), definition.defer({})
         with waiting(lambda: mine.result(timeout=60, poll_interval_s=NO_POLLING_S)) as future:
@@ -312,7 +311,7 @@ class TestFailure:
 
 class TestTimeoutAndUnknown:
     def test_i1_no_worker_raises_result_timeout_error_with_the_status(self, config: Config) -> None:
-        """I1: without a worker the wait ends with ResultTimeoutError (a TimeoutError) carrying the job's status."""
+        """Without a worker the wait ends with ResultTimeoutError (a TimeoutError) carrying the job's status."""
         handle = JobDefinition(config, name="idle", job_function=lambda p: None).defer({})
         with pytest.raises(ResultTimeoutError) as info:
             handle.result(timeout=0.3, poll_interval_s=0.1)
@@ -326,7 +325,7 @@ class TestTimeoutAndUnknown:
     def test_i1_timeout_reports_a_running_or_waiting_status(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1: ResultTimeoutError names the status the job had when the wait ended (running, waiting)."""
+        """ResultTimeoutError names the status the job had when the wait ended (running, waiting)."""
         definition = JobDefinition(config, name="busy", job_function=lambda p: None)
         first = definition.defer({})
         assert [c[0] for c in claim(db, config)] == [first.id]
@@ -339,7 +338,7 @@ class TestTimeoutAndUnknown:
         assert waiting_info.value.status == "waiting"
 
     def test_i1_result_async_timeout(self, config: Config) -> None:
-        """I1: result_async raises ResultTimeoutError too."""
+        """result_async raises ResultTimeoutError too."""
         handle = JobDefinition(config, name="idle", job_function=lambda p: None).defer({})
 
         async def main() -> None:
@@ -353,7 +352,7 @@ class TestTimeoutAndUnknown:
         assert info.value.status == "available"
 
     def test_i1_unknown_job_raises_unknown_job_error(self, config: Config) -> None:
-        """I1: waiting for an id that never existed raises UnknownJobError at once, sync and async."""
+        """Waiting for an id that never existed raises UnknownJobError at once, sync and async."""
         with pytest.raises(UnknownJobError) as info:
             JobHandle(987654321, config).result(timeout=30)
         assert info.value.job_ids == (987654321,)
@@ -382,7 +381,7 @@ class TestTimeoutAndUnknown:
     def test_i1_bad_wait_arguments_raise_configuration_error(
         self, config: Config, argument: str, value: Any
     ) -> None:
-        """I1: a bad timeout or poll_interval_s raises ConfigurationError naming it, before any lookup (the id does not exist)."""
+        """A bad timeout or poll_interval_s raises ConfigurationError naming it, before any lookup (the id does not exist)."""
         handle = JobHandle(987654321, config)
         kwargs: dict[str, Any] = {argument: value}
         with pytest.raises(ConfigurationError) as info:
@@ -414,7 +413,7 @@ class TestDurability:
     def test_i1_result_survives_sweeper_passes_while_the_history_keeps_the_job(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1: with archive=True (kept for ever) a finished job stays in the history: result() still returns the value, or raises JobFailed."""
+        """With archive=True (kept for ever) a finished job stays in the history: result() still returns the value, or raises JobFailed."""
         definition = JobDefinition(config, name="archived", job_function=lambda p: None)
         good, bad = definition.defer({"n": 1}), definition.defer({"n": 2})
         claimed = {c[0]: c for c in claim(db, config)}
@@ -431,7 +430,7 @@ class TestDurability:
     def test_i1_result_of_a_job_past_the_retention_is_unknown(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1: once the history's retention dropped a finished job, result() raises UnknownJobError."""
+        """Once the history's retention dropped a finished job, result() raises UnknownJobError."""
         handle = JobDefinition(config, name="gone", job_function=lambda p: None).defer({})
         finish(db, config, claim(db, config)[0], "succeeded", '"done"')
         assert handle.result(timeout=0) == "done"
@@ -446,14 +445,16 @@ class TestOrchestratorFinalization:
     def test_i1_timeout_by_the_finalizer_wakes_the_waiter(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1/G5: a job finalized by the orchestrator's finalizer (timeout) wakes its waiter with JobFailed."""
+        """A job finalized by the orchestrator's finalizer (timeout) wakes its waiter with JobFailed."""
         handle = JobDefinition(
             config, name="slow", job_function=lambda p: None, timeout_interval_ms=1_000
         ).defer({})
         with waiting(lambda: handle.result(timeout=60, poll_interval_s=NO_POLLING_S)) as future:
             wait_listening(db, config)
             result = Finalizer(config, interval_ms=5_000).run_once(db, in_an_hour())
-            assert [e.fields["reason"] for e in result.emissions] == ["timeout"]
+            (finalized,) = result.events
+            assert type(finalized) is events.OrchestratorJobFinalized
+            assert finalized.reason == "timeout"
             with pytest.raises(JobFailed) as info:
                 future.result(timeout=WAKE_DEADLINE_S)
         assert info.value.status == "failed"
@@ -462,7 +463,7 @@ class TestOrchestratorFinalization:
     def test_i1_unmet_dependency_cascade_wakes_the_waiter(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1/E3: a dependent finalized as unmet_dependencies by the finalizer wakes its waiter with JobFailed."""
+        """A dependent finalized as unmet_dependencies by the finalizer wakes its waiter with JobFailed."""
         definition = JobDefinition(config, name="chain", job_function=lambda p: None)
         first = definition.defer({})
         dependent = definition.defer({}, depends_on=[first])
@@ -479,7 +480,7 @@ class TestOrchestratorFinalization:
     def test_i1_job_failed_by_the_rescuer_wakes_the_waiter(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """I1: a running job whose lease expired with no attempt left is failed by the rescuer, which wakes its waiter."""
+        """A running job whose lease expired with no attempt left is failed by the rescuer, which wakes its waiter."""
         handle = JobDefinition(config, name="lost", job_function=lambda p: None).defer({})
         assert [c[0] for c in claim(db, config)] == [handle.id]
         with waiting(lambda: handle.result(timeout=60, poll_interval_s=NO_POLLING_S)) as future:

@@ -111,7 +111,7 @@ class TestNewIntervalDefinition:
         result = RepeatScheduler(config, interval_ms=TEN_MINUTES_MS).run_once(
             db, T0 + 59 * MINUTE + dt.timedelta(seconds=59)
         )
-        assert result.emissions == ()
+        assert result.events == ()
         assert result.next_run_in_s == pytest.approx(1.0)  # wakes for its first tick
         assert tick_jobs(db, config) == []
         assert definition_state(db, config, "hourly") == (None, T0 + HOUR)
@@ -146,11 +146,11 @@ class TestNewIntervalDefinition:
                 ).upsert(db)
             first = RepeatScheduler(config, interval_ms=30_000)
             second = RepeatScheduler(other, interval_ms=30_000)
-            assert first.run_once(db, T0 + dt.timedelta(seconds=10)).emissions == ()
-            assert second.run_once(db, T0 + dt.timedelta(seconds=40)).emissions == ()
+            assert first.run_once(db, T0 + dt.timedelta(seconds=10)).events == ()
+            assert second.run_once(db, T0 + dt.timedelta(seconds=40)).events == ()
             assert definition_state(db, config, "minutely") == (None, T0 + MINUTE)
-            assert len(second.run_once(db, T0 + MINUTE).emissions) == 1
-            assert first.run_once(db, T0 + MINUTE).emissions == ()
+            assert len(second.run_once(db, T0 + MINUTE).events) == 1
+            assert first.run_once(db, T0 + MINUTE).events == ()
         finally:
             other.close()
         assert [tick for tick, _ in tick_jobs(db, config)] == [T0 + MINUTE]

@@ -255,30 +255,24 @@ class TestMetrics:
         """The gauges pass carries the oldest transaction's age and the job table's rows to Prometheus."""
         wait_until_oldest(db, config, holder.pid)
         service = QueueGauges(config, interval_ms=15_000, worker_stale_threshold_ms=60_000)
-        (emission,) = service.run_once(db).emissions
-        age = emission.fields["oldest_transaction_age_s"]
+        (gauges,) = service.run_once(db).events
+        assert type(gauges) is events.OrchestratorQueueGauges
+        age = gauges.oldest_transaction_age_s
         assert age is not None and age >= 0
-        assert emission.fields["oldest_transaction_xid_age"] >= 0
-        assert emission.fields["job_live_tuples"] is not None  # a migrated table has stats
-        assert emission.fields["job_dead_tuples"] is not None
+        assert gauges.oldest_transaction_xid_age is not None
+        assert gauges.oldest_transaction_xid_age >= 0
+        assert gauges.job_live_tuples is not None  # a migrated table has stats
+        assert gauges.job_dead_tuples is not None
 
         registry = CollectorRegistry()
         handler = PrometheusHandler(registry)
-        handler(
-            events.OrchestratorQueueGauges(
-                timestamp=dt.datetime.now(dt.UTC),
-                daemon_id=1,
-                daemon_name="t-orchestrator",
-                role="orchestrator",
-                **emission.fields,
-            )
-        )
+        handler(gauges)
         assert registry.get_sample_value("orchestra_oldest_transaction_age_seconds") == age
         assert registry.get_sample_value("orchestra_job_table_dead_tuples") == float(
-            emission.fields["job_dead_tuples"]
+            gauges.job_dead_tuples
         )
         assert registry.get_sample_value("orchestra_job_table_live_tuples") == float(
-            emission.fields["job_live_tuples"]
+            gauges.job_live_tuples
         )
 
         holder.conn.commit()

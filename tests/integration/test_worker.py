@@ -1,7 +1,4 @@
-"""The Worker against a real PostgreSQL: claiming, running, retrying, events, stopping.
-
-Behaviour ids refer to ``shared/reference/seed-analysis.md`` section 3.
-"""
+"""The Worker against a real PostgreSQL: claiming, running, retrying, events, stopping."""
 
 from __future__ import annotations
 
@@ -50,7 +47,7 @@ class TestRunning:
     def test_c6_success_stores_result_and_finalizes(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """A job whose function returns is finalized as succeeded with its return value (C6)."""
+        """A job whose function returns is finalized as succeeded with its return value."""
         double = make(config, "double", lambda item: {"double": item.n * 2}, payload_type=Item)
         handle = double.defer(Item(21))
         with running(Worker(config, event_handler=recorder)):
@@ -108,7 +105,7 @@ class TestRunning:
     def test_c1_worker_only_claims_its_channel(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """A worker dequeues only jobs whose channel is its own (C1)."""
+        """A worker dequeues only jobs whose channel is its own."""
         mine = make(config, "mine", lambda p: None, channel="alpha").defer({})
         theirs = make(config, "theirs", lambda p: None, channel="beta").defer({})
         with running(
@@ -122,7 +119,7 @@ class TestRunning:
     def test_c2_finalized_job_is_never_claimed(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """A finalized job is never dequeued again (C2)."""
+        """A finalized job is never dequeued again."""
         handle = make(config, "done", lambda p: None).defer({})
         finish_by_sql(db, config, handle.id, "cancelled")
         with running(Worker(config, process_interval_ms=50)) as worker:
@@ -175,7 +172,7 @@ class TestRunning:
 
 class TestClaiming:
     def test_i2_priority_then_fifo(self, config: Config) -> None:
-        """Higher priority runs first and ties run in id order (I2)."""
+        """Higher priority runs first and ties run in id order."""
         order: list[int] = []
         definition = make(config, "ordered", lambda item: order.append(item.n), payload_type=Item)
         for n, priority in [(1, 0), (2, 5), (3, 0), (4, 5), (5, -3), (6, 100)]:
@@ -188,7 +185,7 @@ class TestClaiming:
     def test_c11_concurrency_bound(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """A worker with concurrency k never runs more than k jobs, nor holds more than k claims (C11)."""
+        """A worker with concurrency k never runs more than k jobs, nor holds more than k claims."""
         lock = threading.Lock()
         state = {"now": 0, "peak": 0, "db_peak": 0}
         count_running = (
@@ -218,7 +215,7 @@ class TestClaiming:
     def test_c14_claims_back_to_back_while_work_exists(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """With work available the worker claims again at once, not after process_interval_ms (C14)."""
+        """With work available the worker claims again at once, not after process_interval_ms."""
         make(config, "quick", lambda item: None, payload_type=Item).defer_many(
             [Item(i) for i in range(40)]
         )
@@ -234,7 +231,7 @@ class TestClaiming:
             recorder.wait_for(events.WorkerJobSucceeded, count=40, timeout=20)
 
     def test_c14_idle_worker_polls_at_its_interval(self, config: Config) -> None:
-        """An idle worker without NOTIFY polls about once per process_interval_ms, not in a busy loop (C14)."""
+        """An idle worker without NOTIFY polls about once per process_interval_ms, not in a busy loop."""
         worker = Worker(config, listen_notify=False, process_interval_ms=100)
         with running(worker):
             started = time.monotonic()
@@ -276,7 +273,7 @@ class TestRetries:
     def test_c7_c9_failing_job_runs_num_attempts_times_then_fails(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """A job that always raises runs exactly num_attempts times, then is finalized as failed (C7-C9, I4)."""
+        """A job that always raises runs exactly num_attempts times, then is finalized as failed."""
         calls: list[int] = []
 
         def boom(payload: dict[str, Any], ctx: JobContext) -> None:
@@ -311,7 +308,7 @@ class TestRetries:
     def test_i4_success_after_failure_logs_both_attempts(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """Every attempt writes an attempt-log row with its outcome (I4)."""
+        """Every attempt writes an attempt-log row with its outcome."""
 
         def flaky(payload: dict[str, Any], ctx: JobContext) -> str:
             if ctx.attempt == 1:
@@ -330,7 +327,7 @@ class TestRetries:
     def test_i3_exponential_backoff_waits_at_least_two_to_the_k_seconds(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """After the k-th failure the retry is scheduled no earlier than 2^k s later, plus bounded jitter (I3)."""
+        """After the k-th failure the retry is scheduled no earlier than 2^k s later, plus bounded jitter."""
 
         def boom(payload: dict[str, Any]) -> None:
             raise RuntimeError("x")
@@ -391,7 +388,7 @@ class TestUnknownDefinition:
     def test_job_of_unknown_definition_is_released_not_destroyed(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """A job whose definition this worker lacks goes back to available, attempt refunded (seed bug 8)."""
+        """A job whose definition this worker lacks goes back to available, its attempt refunded, and no attempt is logged."""
         producer = Config(test_dsn, schema=config.schema)
         ghost: JobDefinition[Any] = JobDefinition(
             producer, name="ghost", job_function=lambda p: None
@@ -415,7 +412,7 @@ class TestLeases:
     def test_heartbeat_extends_the_lease_of_a_long_job(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """While a job runs past its lock interval, heartbeats keep its lease alive and rescue finds nothing (C4)."""
+        """While a job runs past its lock interval, heartbeats keep its lease alive and rescue finds nothing."""
         release = threading.Event()
         handle = make(config, "long", lambda p: release.wait(20), lock_interval_ms=600).defer({})
         query = f'SELECT locked_until FROM "{config.schema}".all_jobs WHERE id = %s'
@@ -477,7 +474,7 @@ class TestEvents:
     def test_h1_events_of_a_job_life_in_order(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """A daemon emits start, job and stop events in order, with the envelope filled (H1, H2)."""
+        """A daemon emits start, job and stop events in order, with the envelope filled."""
 
         def twice(payload: dict[str, Any], ctx: JobContext) -> None:
             if ctx.attempt == 1:
@@ -509,7 +506,7 @@ class TestEvents:
         assert stopped.error is None and stopped.handed_back == 0
 
     def test_h4_events_are_emitted_after_commit(self, config: Config, test_dsn: str) -> None:
-        """When a job event is handled, the state it reports is already visible to other sessions (H4)."""
+        """When a job event is handled, the state it reports is already visible to other sessions."""
         seen: list[tuple[str, str]] = []
 
         def handler(event: events.Event) -> None:
@@ -531,7 +528,7 @@ class TestEvents:
     def test_h5_handler_that_raises_does_not_stop_the_worker(
         self, config: Config, recorder: EventRecorder, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A handler that raises is logged; the worker and the other handlers carry on (H5)."""
+        """A handler that raises is logged; the worker and the other handlers carry on."""
 
         def broken(event: events.Event) -> None:
             raise RuntimeError("handler bug")
@@ -549,7 +546,7 @@ class TestLifecycle:
     def test_c12_stop_waits_for_in_flight_jobs(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """After stop, no new job is claimed, running ones finish, then DaemonStopped (C12)."""
+        """After stop, no new job is claimed, running ones finish, then DaemonStopped."""
         release = threading.Event()
         definition = make(config, "slow", lambda item: release.wait(20), payload_type=Item)
         first = definition.defer(Item(1))
@@ -619,7 +616,7 @@ class TestLifecycle:
     def test_e1_dependent_starts_when_its_dependency_succeeds(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
-        """A job waits for its dependency and is released by the dependency's own finish (E1, E2)."""
+        """A job waits for its dependency and is released by the dependency's own finish."""
         order: list[str] = []
         a = make(config, "a", lambda p: order.append("a"))
         b = make(config, "b", lambda p: order.append("b"))
@@ -637,10 +634,10 @@ class TestDefinitionHeartbeat:
     def test_g1_worker_heartbeats_the_definitions_it_carries(
         self, config: Config, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A running worker keeps last_heartbeat_at of its definitions fresh, so they are not swept (G1)."""
-        from orchestra._worker import _worker
+        """A running worker keeps last_heartbeat_at of its definitions fresh, so they are not swept."""
+        from orchestra._worker import _heartbeat
 
-        monkeypatch.setattr(_worker, "DEFINITION_HEARTBEAT_S", 0.05)
+        monkeypatch.setattr(_heartbeat, "DEFINITION_HEARTBEAT_S", 0.05)
         make(config, "carried", lambda p: None)
         query = f"SELECT last_heartbeat_at FROM \"{config.schema}\".job_definition WHERE name = 'carried'"
         with running(Worker(config, heartbeat_interval_ms=50)):
@@ -653,7 +650,7 @@ class TestDependencyRace:
     def test_dependent_deferred_while_its_dependency_finishes_is_never_stranded(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """Deferring B right as its dependency A finishes still releases B, with no orchestrator (E1)."""
+        """Deferring B right as its dependency A finishes still releases B, with no orchestrator."""
         step = make(config, "step", lambda p: None)
         with running(Worker(config, concurrency=8, event_handler=recorder)):
             for _ in range(150):
@@ -676,7 +673,7 @@ class TestDependencyRace:
     def test_e2_diamond_runs_each_join_after_both_branches(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """In a diamond A -> (B, C) -> D, B and C start after A, and D after both (E2)."""
+        """In a diamond A -> (B, C) -> D, B and C start after A, and D after both."""
         order: list[str] = []
         step = make(config, "diamond", lambda p: order.append(p["name"]))
         a = step.defer({"name": "a"})

@@ -9,14 +9,14 @@ import attrs
 import pytest
 
 from orchestra import Backoff, ConfigurationError
-from orchestra._backoff import milliseconds
+from orchestra._checks import milliseconds
 
 
 class TestBackoffParse:
     """Backoff.parse turns a name or a Backoff into a policy."""
 
     def test_none(self) -> None:
-        """``none`` retries at once (I3)."""
+        """``none`` retries at once."""
         backoff = Backoff.parse("none")
         assert backoff.kind == "none"
         assert backoff.nominal_delay_ms(1) == 0
@@ -91,7 +91,7 @@ class TestBackoffDelays:
     """nominal_delay_ms and delay_ms give the wait after a failed attempt."""
 
     def test_exponential_nominal_delays(self) -> None:
-        """Failed attempts 1, 2, 3 wait 2, 4, 8 s: the k-th retry waits at least 2^k s (I3)."""
+        """Failed attempts 1, 2, 3 wait 2, 4, 8 s: the k-th retry waits at least 2^k s."""
         backoff = Backoff.parse("exponential")
         assert [backoff.nominal_delay_ms(k) for k in (1, 2, 3)] == [2_000, 4_000, 8_000]
         for k in range(1, 12):
@@ -120,7 +120,7 @@ class TestBackoffDelays:
     @pytest.mark.parametrize("seed", range(20))
     @pytest.mark.parametrize("kind", ["fixed", "exponential"])
     def test_jitter_only_adds(self, seed: int, kind: str) -> None:
-        """delay_ms lies between nominal and nominal * (1 + jitter), never below (I3)."""
+        """delay_ms lies between nominal and nominal * (1 + jitter), never below."""
         rng = random.Random(seed)
         backoff = Backoff.parse(kind)
         for attempt in range(1, 8):
@@ -141,7 +141,7 @@ class TestBackoffDelays:
         assert backoff.delay_ms(3, random.Random(1)) == 400
 
     def test_none_is_zero(self) -> None:
-        """``none`` waits 0 ms after any failure (I3)."""
+        """``none`` waits 0 ms after any failure."""
         backoff = Backoff.none()
         assert [backoff.delay_ms(k, random.Random(0)) for k in range(1, 5)] == [0, 0, 0, 0]
 

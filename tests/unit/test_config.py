@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from orchestra import Config, ConfigurationError
-from orchestra._config import notify_channel_for
+from orchestra._schema_names import notify_channel_for
 from tests.unit._support import SECRET, SECRET_URI, UNREACHABLE_DSN, ConnectionAttemptedError
 
 

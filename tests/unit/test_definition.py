@@ -51,10 +51,10 @@ def _argument_of(config: Config, **overrides: Any) -> str:
 
 
 class TestDefaults:
-    """A definition built with only a name and a function gets the A6 defaults."""
+    """A definition built with only a name and a function gets the documented defaults."""
 
     def test_defaults(self, cfg: Config) -> None:
-        """Channel ``_default``, 1 attempt, no release gap, 60 s lock, 12 h timeout, no repeat (A6)."""
+        """Channel ``_default``, 1 attempt, no release gap, 60 s lock, 12 h timeout, no repeat."""
         definition = define(cfg)
         assert definition.channel == "_default"
         assert definition.num_attempts == 1
@@ -72,7 +72,7 @@ class TestDefaults:
         assert not definition.is_async
 
     def test_row_params_reflect_settings(self, cfg: Config) -> None:
-        """The upsert parameters carry the validated settings (A4: stored values are the clamped ones)."""
+        """The upsert parameters carry the validated settings: what is stored is the clamped value."""
         definition = define(
             cfg, num_attempts=3, backoff="fixed", repeat_interval_ms=dt.timedelta(minutes=1)
         )
@@ -170,12 +170,12 @@ class TestSettingsValidation:
 
     @pytest.mark.parametrize("value", [0, -1, "3", 3.0, True, 1_000_001])
     def test_bad_num_attempts(self, cfg: Config, value: object) -> None:
-        """num_attempts must be an int of at least 1 (A4)."""
+        """num_attempts must be an int of at least 1."""
         assert _argument_of(cfg, num_attempts=value) == "num_attempts"
 
     @pytest.mark.parametrize("value", [101, -101, "1", 1.0, False])
     def test_bad_priority(self, cfg: Config, value: object) -> None:
-        """priority must be an int from -100 to 100 (I2)."""
+        """priority must be an int from -100 to 100."""
         assert _argument_of(cfg, priority=value) == "priority"
 
     @pytest.mark.parametrize("value", [100, -100])
@@ -195,12 +195,12 @@ class TestSettingsValidation:
     @pytest.mark.parametrize("argument", ["timeout_interval_ms", "release_interval_ms"])
     @pytest.mark.parametrize("value", [-1, dt.timedelta(seconds=-1), None, 1.5])
     def test_bad_intervals(self, cfg: Config, argument: str, value: object) -> None:
-        """Negative or non-integer timeout and release intervals are refused (A4)."""
+        """Negative or non-integer timeout and release intervals are refused."""
         assert _argument_of(cfg, **{argument: value}) == argument
 
     @pytest.mark.parametrize("value", [0, -5, dt.timedelta(0), 2.5])
     def test_bad_repeat_interval(self, cfg: Config, value: object) -> None:
-        """repeat_interval_ms must be positive, or None for no repeat (A4)."""
+        """repeat_interval_ms must be positive, or None for no repeat."""
         assert _argument_of(cfg, repeat_interval_ms=value) == "repeat_interval_ms"
 
     @pytest.mark.parametrize("value", [0, -1, "2"])
@@ -228,7 +228,7 @@ class TestSettingsValidation:
         assert definition.is_repeatable
 
     def test_zero_timeout_and_release_accepted(self, cfg: Config) -> None:
-        """A timeout or release interval of 0 is allowed (D4: no rate limit)."""
+        """A timeout or release interval of 0 is allowed (0: no rate limit)."""
         definition = define(cfg, timeout_interval_ms=0, release_interval_ms=0)
         assert (definition.timeout_interval_ms, definition.release_interval_ms) == (0, 0)
 
@@ -264,12 +264,12 @@ class TestCronAndRepeat:
 
     @pytest.mark.parametrize("schedule", [{"repeat_interval_ms": 1_000}, {"cron": "* * * * *"}])
     def test_repeatable_refuses_payload_type(self, cfg: Config, schedule: dict[str, Any]) -> None:
-        """A repeatable definition with a non-empty attrs payload_type is refused (F7)."""
+        """A repeatable definition with a non-empty attrs payload_type is refused."""
         assert _argument_of(cfg, payload_type=Report, **schedule) == "payload_type"
 
     @pytest.mark.parametrize("payload_type", [None, NoFields, EmptyData])
     def test_repeatable_accepts_empty_payload_type(self, cfg: Config, payload_type: object) -> None:
-        """A repeatable definition with no payload type or an empty class is accepted (F7)."""
+        """A repeatable definition with no payload type or an empty class is accepted."""
         definition = define(cfg, payload_type=payload_type, repeat_interval_ms=1_000)
         assert definition.is_repeatable
 
@@ -283,7 +283,7 @@ class TestRegistration:
         assert cfg.definitions["a"] is definition
 
     def test_same_name_replaces(self, cfg: Config) -> None:
-        """A later definition with the same name replaces the earlier one (A2: last writer wins)."""
+        """A later definition with the same name replaces the earlier one: the last writer wins."""
         define(cfg, name="a", num_attempts=1)
         later = define(cfg, name="a", num_attempts=5)
         assert cfg.definitions["a"] is later
@@ -459,13 +459,13 @@ class TestDeferValidation:
     def test_repeatable_with_empty_class_defers_without_payload(
         self, cfg: Config, payload_type: object
     ) -> None:
-        """defer() of a repeatable definition with an empty payload class passes validation (F3, F7)."""
+        """defer() of a repeatable definition with an empty payload class passes validation."""
         definition = define(cfg, payload_type=payload_type, repeat_interval_ms=1_000)
         with pytest.raises(ConnectionAttemptedError):
             definition.defer()
 
     def test_repeatable_without_type_defers_without_payload(self, cfg: Config) -> None:
-        """defer() of a repeatable definition without payload type gets past validation (F3)."""
+        """defer() of a repeatable definition without payload type gets past validation."""
         with pytest.raises(ConnectionAttemptedError):
             define(cfg, repeat_interval_ms=1_000).defer()
 

@@ -136,7 +136,7 @@ def test_roles_sql_knows_every_table_of_the_migrations() -> None:
     Tables a later migration drops (job_archive) are no longer there to grant on.
     """
     created = set()
-    for migration in sorted((REPO / "schemas").glob("*.sql")):
+    for migration in sorted((REPO / "schemas").glob("[0-9][0-9][0-9][0-9]_*.sql")):
         text = migration.read_text("utf-8")
         created |= set(
             re.findall(
@@ -162,7 +162,7 @@ def test_roles_sql_knows_every_function_of_the_migrations() -> None:
     given only to the roles that call them.
     """
     created: dict[str, str] = {}
-    for migration in sorted((REPO / "schemas").glob("*.sql")):
+    for migration in sorted((REPO / "schemas").glob("[0-9][0-9][0-9][0-9]_*.sql")):
         for name, arguments in re.findall(
             r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+\{schema\}\.(\w+)\(([^)]*)\)",
             migration.read_text("utf-8"),

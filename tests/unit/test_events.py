@@ -71,7 +71,7 @@ def _started() -> events.DaemonStarted:
 
 
 class TestEventClasses:
-    """Every public event class is a frozen, keyword-only attrs class (H3)."""
+    """Every public event class is a frozen, keyword-only attrs class."""
 
     def test_all_event_classes_found(self) -> None:
         """events.__all__ exports the base class and every kind of event."""
@@ -98,7 +98,7 @@ class TestEventClasses:
 
     @pytest.mark.parametrize("cls", EVENT_CLASSES, ids=lambda cls: cls.__name__)
     def test_common_fields(self, cls: type[events.Event]) -> None:
-        """Every event carries timestamp, daemon_id, daemon_name and role (H2)."""
+        """Every event carries timestamp, daemon_id, daemon_name and role."""
         names = {field.name for field in attrs.fields(cls)}
         assert {"timestamp", "daemon_id", "daemon_name", "role"} <= names
 
@@ -113,7 +113,7 @@ class TestEventClasses:
 
 
 class TestDispatch:
-    """dispatch hands an event to every handler and survives handlers that raise (H5)."""
+    """dispatch hands an event to every handler and survives handlers that raise."""
 
     def test_calls_every_handler_in_order(self) -> None:
         """Each handler receives the event, in the order given."""
@@ -127,7 +127,7 @@ class TestDispatch:
     def test_raising_handler_is_logged_and_later_handlers_run(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A handler that raises is logged on ``orchestra.events`` and the next one still runs (H5)."""
+        """A handler that raises is logged on ``orchestra.events`` and the next one still runs."""
         received: list[events.Event] = []
 
         def broken(event: events.Event) -> None:

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from orchestra._worker import _lanes
+from orchestra._worker import _lanes, _slots
 from orchestra._worker._attempts import Finish, Outcome
-from orchestra._worker._lanes import FLUSH_WINDOW_S, Lane
+from orchestra._worker._slots import FLUSH_WINDOW_S, Lane
 from orchestra._worker._threads import ThreadRunner
 
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
@@ -53,7 +53,7 @@ class TestSplit:
     def test_slots_are_split_in_at_most_two_lanes_of_fifty_or_more(
         self, concurrency: int, sizes: list[int]
     ) -> None:
-        lanes = _lanes.split(concurrency)
+        lanes = _slots.split(concurrency)
         assert [lane.size for lane in lanes] == sizes
         assert sum(lane.free for lane in lanes) == concurrency
 

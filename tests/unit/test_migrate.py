@@ -27,14 +27,14 @@ class TestMigrations:
         assert _migrate.required_version() == _migrate.migrations()[-1].version
 
     def test_migrations_render_for_a_schema(self) -> None:
-        """Every migration renders with the schema quoted and no placeholder left (A1)."""
+        """Every migration renders with the schema quoted and no placeholder left."""
         for migration in _migrate.migrations():
             rendered = _sql.render(migration.sql, "_queue")
             assert b"{schema}" not in rendered
             assert b'"_queue".' in rendered
 
     def test_initial_creates_the_core_tables(self) -> None:
-        """0001_initial creates the definition, job and dependency tables (A1)."""
+        """0001_initial creates the definition, job and dependency tables."""
         sql = _migrate.migrations()[0].sql
         for table in ("job_definition", "job", "job_dependency"):
             assert f"CREATE TABLE {{schema}}.{table} (" in sql

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from orchestra import ConfigurationError, _definition, events
+from orchestra import ConfigurationError, JobDefinition, _defer, events
 from orchestra.otel import MAX_OPEN_SPANS, OpenTelemetryHandler
 
 E = TypeVar("E", bound=events.Event)
@@ -120,7 +120,7 @@ def handler(provider: TracerProvider) -> OpenTelemetryHandler:
 def producer_context(provider: TracerProvider) -> tuple[str, trace.SpanContext]:
     """A trace context as defer stores it, from inside a producer span; and that span's context."""
     with provider.get_tracer("producer").start_as_current_span("deferring") as span:
-        stored = _definition.current_trace_context()
+        stored = _defer.current_trace_context()
     assert stored is not None
     return stored, span.get_span_context()
 
@@ -135,12 +135,12 @@ def only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
 class TestProducerContext:
     def test_none_outside_a_span(self) -> None:
         """Without a current valid span, defer stores NULL."""
-        assert _definition.current_trace_context() is None
+        assert _defer.current_trace_context() is None
 
     def test_none_inside_an_invalid_span(self) -> None:
         """The non-recording INVALID_SPAN (what a tracer without SDK returns) stores nothing."""
         with trace.use_span(trace.INVALID_SPAN):
-            assert _definition.current_trace_context() is None
+            assert _defer.current_trace_context() is None
 
     def test_w3c_traceparent_as_compact_json(self, provider: TracerProvider) -> None:
         """Inside a span, the global (W3C) propagator's carrier is stored as compact JSON."""
@@ -157,7 +157,7 @@ class TestProducerContext:
         """Without opentelemetry.trace in sys.modules (not installed, or never imported), nothing is stored."""
         with provider.get_tracer("producer").start_as_current_span("deferring"):
             monkeypatch.delitem(sys.modules, "opentelemetry.trace")
-            assert _definition.current_trace_context() is None
+            assert _defer.current_trace_context() is None
 
     def test_import_orchestra_does_not_import_opentelemetry(self) -> None:
         """A producer that does not trace pays no OpenTelemetry import."""
@@ -169,7 +169,7 @@ class TestProducerContext:
 
     def test_the_insert_parameters_carry_it(self, cfg: Any, provider: TracerProvider) -> None:
         """defer and defer_many pass it as %(trace_context)s; NULL outside a span."""
-        definition = _definition.JobDefinition(cfg, name="send", job_function=lambda: None)
+        definition = JobDefinition(cfg, name="send", job_function=lambda: None)
         params = definition._insert_params({}, 0, None, None, (), None, None, None)
         many = definition._many_params([{}, {}], 0, None, None, None)
         assert params["trace_context"] is None

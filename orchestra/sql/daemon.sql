@@ -1,4 +1,21 @@
--- Queries on job_definition.
+-- What every daemon, worker or orchestrator, runs about itself: its row in the
+-- worker table (registration, heartbeat, removal) and the job definitions it
+-- carries (their settings when it starts, their heartbeat while it runs).
+
+-- name: worker_register
+-- %(secret)s is the daemon's own, kept in its memory: the row stores its
+-- SHA-256, and worker_touch / worker_deregister want the secret.
+INSERT INTO {schema}.worker (name, role, host, pid, channel, concurrency, secret_hash)
+VALUES (%(name)s, %(role)s, %(host)s, %(pid)s, %(channel)s, %(concurrency)s,
+        sha256(convert_to(%(secret)s, 'UTF8')))
+RETURNING id;
+
+-- name: worker_touch
+-- Refresh a daemon's heartbeat; false means its row was removed (reaped).
+SELECT {schema}.worker_touch(%(worker_id)s, %(secret)s);
+
+-- name: worker_delete
+SELECT {schema}.worker_deregister(%(worker_id)s, %(secret)s);
 
 -- name: definition_upsert
 -- Store a definition's settings; the last writer wins. Values are clamped
@@ -46,20 +63,9 @@ RETURNING name, num_attempts, release_interval_ms > 0 OR max_concurrency IS NOT 
 )
 SELECT num_attempts FROM upserted;
 
--- name: definition_get
-SELECT * FROM {schema}.job_definition WHERE name = %(name)s;
-
--- name: definition_ensure
--- What defer writes (JobDefinition._ensure, and again when an insert finds
--- the definition missing): the row when it is missing, otherwise a fresh
--- heartbeat only. The settings of an existing definition belong to the
--- daemons that carry its code (definition_upsert at their start), so that a
--- producer, which may hold an older or a different copy of them, never
--- changes a lease or a limit under running jobs. A SECURITY DEFINER function
--- (schemas/0006_least_privilege.sql): producer roles need no write privilege
--- on job_definition.
-SELECT {schema}.definition_ensure(
-    %(name)s::text, %(channel)s::text, %(num_attempts)s::integer, %(backoff)s::text,
-    %(backoff_base_ms)s::bigint, %(backoff_max_ms)s::bigint, %(priority)s::smallint,
-    %(repeat_interval_ms)s::bigint, %(cron)s::text, %(release_interval_ms)s::bigint,
-    %(max_concurrency)s::integer, %(lock_interval_ms)s::bigint, %(timeout_interval_ms)s::bigint);
+-- name: definition_heartbeat_many
+-- Record that a daemon still carries these definitions.
+UPDATE {schema}.job_definition
+SET last_heartbeat_at = coalesce(%(now)s::timestamptz, clock_timestamp())
+WHERE name = ANY(%(names)s::text[])
+RETURNING name;

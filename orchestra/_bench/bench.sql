@@ -1,4 +1,5 @@
--- Queries of `orchestra bench`. They run on throwaway schemas dropped at the end.
+-- Queries of `orchestra bench`, loaded by the bench alone (never by a Config).
+-- They run on throwaway schemas dropped at the end.
 --
 -- Three groups: the lean floor (a queue table of the bench's own, the least
 -- a SKIP LOCKED queue can do), the few queries that read or load orchestra's

@@ -1,13 +1,53 @@
--- Queries of the orchestrator's maintenance services. Each takes %(now)s:
--- NULL in production (the database clock decides), a fixed time in tests.
--- Each works on a bounded batch and locks its rows with SKIP LOCKED, so two
--- orchestrators that both believe they lead never act twice on one row.
+-- The orchestrator (orchestra/_orchestrator/): its leader lease, and the
+-- maintenance services the leader runs (scheduler of repeated jobs, rescuer,
+-- finalizer, sweeper). A query that reads the time takes %(now)s: NULL in
+-- production (the database clock decides), a fixed time in tests. A query
+-- that changes jobs works on a bounded batch and locks its rows with SKIP
+-- LOCKED, so two orchestrators that both believe they lead never act twice
+-- on one row.
 
--- name: definition_heartbeat_many
--- Record that a daemon still carries these definitions.
+-- == Leader lease ============================================================
+
+-- name: leader_attempt_elect
+-- Take the lease if it is free or expired, or renew it if we hold it. A row
+-- comes back only when we hold the lease afterwards.
+INSERT INTO {schema}.leader AS l (name, holder, elected_at, expires_at)
+VALUES (%(name)s, %(holder)s, clock_timestamp(),
+        clock_timestamp() + %(lease_ms)s * interval '1 millisecond')
+ON CONFLICT (name) DO UPDATE SET
+    holder = excluded.holder,
+    elected_at = CASE WHEN l.holder = excluded.holder THEN l.elected_at ELSE excluded.elected_at END,
+    expires_at = excluded.expires_at
+WHERE l.holder = excluded.holder OR l.expires_at < clock_timestamp()
+RETURNING holder, elected_at, expires_at;
+
+-- name: leader_resign
+DELETE FROM {schema}.leader WHERE name = %(name)s AND holder = %(holder)s;
+
+-- name: clock_now
+-- The database clock: the scheduler plans ticks on it, the dashboard shows it.
+SELECT clock_timestamp();
+
+-- == Scheduler: repeated jobs ================================================
+
+-- name: definition_repeat_state
+-- The last handled tick and the next planned one of the definitions a
+-- scheduler carries.
+SELECT name, last_repeated_at, next_tick_at
+FROM {schema}.job_definition
+WHERE name = ANY(%(names)s::text[]);
+
+-- name: definition_plan_tick
+-- Plan the first tick of a new definition (or of a changed interval) without
+-- enqueueing anything: its job is enqueued once that tick is reached, so a
+-- tick from before the definition was seen is never run. Compare-and-set on
+-- the two columns the scheduler read: when another scheduler changed them in
+-- between, nothing is written (no row returned) and the next pass decides.
 UPDATE {schema}.job_definition
-SET last_heartbeat_at = coalesce(%(now)s::timestamptz, clock_timestamp())
-WHERE name = ANY(%(names)s::text[])
+SET next_tick_at = %(next_tick_at)s::timestamptz
+WHERE name = %(definition)s
+  AND last_repeated_at IS NOT DISTINCT FROM %(seen_last)s::timestamptz
+  AND next_tick_at IS NOT DISTINCT FROM %(seen_next)s::timestamptz
 RETURNING name;
 
 -- name: job_insert_tick
@@ -49,25 +89,79 @@ SELECT (SELECT id FROM inserted) AS job_id,
        (SELECT busy FROM busy) AS busy,
        (SELECT n FROM woken) AS woken;
 
--- name: definition_plan_tick
--- Plan the first tick of a new definition (or of a changed interval) without
--- enqueueing anything: its job is enqueued once that tick is reached, so a
--- tick from before the definition was seen is never run. Compare-and-set on
--- the two columns the scheduler read: when another scheduler changed them in
--- between, nothing is written (no row returned) and the next pass decides.
-UPDATE {schema}.job_definition
-SET next_tick_at = %(next_tick_at)s::timestamptz
-WHERE name = %(definition)s
-  AND last_repeated_at IS NOT DISTINCT FROM %(seen_last)s::timestamptz
-  AND next_tick_at IS NOT DISTINCT FROM %(seen_next)s::timestamptz
-RETURNING name;
+-- == Rescuer: jobs of dead workers ===========================================
 
--- name: definition_repeat_state
--- The last handled tick and the next planned one of the definitions a
--- scheduler carries.
-SELECT name, last_repeated_at, next_tick_at
-FROM {schema}.job_definition
-WHERE name = ANY(%(names)s::text[]);
+-- name: job_rescue_expired
+-- Take back up to %(limit)s running jobs whose lease expired: the worker died
+-- or stopped heartbeating. The crashed attempt counts (it is logged as lost),
+-- so a job that kills its worker cannot loop forever: with no attempt left it
+-- fails and moves to the history. Rows are locked and the expiry re-checked
+-- in the UPDATE or DELETE, so a live attempt is never stolen. Running jobs are
+-- found through job_locked_by_idx: there are at most as many as the fleet's
+-- concurrency.
+WITH expired AS MATERIALIZED (
+    SELECT id, locked_by, lock_token, started_at, attempt,
+           attempt >= max_attempts AS ends
+    FROM {schema}.job
+    WHERE status = 'running' AND locked_by IS NOT NULL
+      AND locked_until < coalesce(%(now)s::timestamptz, clock_timestamp())
+    ORDER BY locked_until
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), retried AS (
+    UPDATE {schema}.job j
+    SET status = 'available',
+        run_at = coalesce(%(now)s::timestamptz, clock_timestamp()),
+        last_error = 'lease expired: the worker stopped heartbeating before the job finished',
+        locked_by = NULL, lock_token = NULL, locked_until = NULL
+    FROM expired e
+    WHERE NOT e.ends AND j.id = e.id AND j.status = 'running' AND j.lock_token = e.lock_token
+    RETURNING j.id, j.definition, j.attempt, j.status::text AS status, j.channel, e.locked_by,
+              e.started_at
+), ended AS (
+    DELETE FROM {schema}.job j
+    USING expired e
+    WHERE e.ends AND j.id = e.id AND j.status = 'running' AND j.lock_token = e.lock_token
+    RETURNING j.*, e.locked_by AS lost_by, e.started_at AS lost_started_at
+), earlier AS (
+    DELETE FROM {schema}.job_attempt a USING ended e WHERE a.job_id = e.id
+    RETURNING a.*
+), historied AS (
+    INSERT INTO {schema}.job_history (
+        id, definition, channel, status, priority, payload, result, attempt, max_attempts,
+        run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
+        last_error, attempts, trace_context, created_by)
+    SELECT e.id, e.definition, e.channel, 'failed', e.priority, e.payload, NULL, e.attempt,
+           e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at, e.created_at,
+           e.started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
+           'lease expired: the worker stopped heartbeating before the job finished',
+           coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
+                     FROM earlier a WHERE a.job_id = e.id), '[]'::jsonb)
+           || jsonb_build_array(jsonb_build_object(
+                  'attempt', e.attempt, 'worker_id', e.lost_by, 'worker_name', NULL,
+                  'started_at', e.lost_started_at,
+                  'finished_at', coalesce(%(now)s::timestamptz, clock_timestamp()),
+                  'outcome', 'lost',
+                  'error', 'lease expired: the worker stopped heartbeating before the job finished',
+                  'traceback', NULL, 'lock_token', NULL)),
+           e.trace_context, e.created_by
+    FROM ended e
+    RETURNING id, definition, attempt, status::text AS status, channel
+), rescued AS (
+    SELECT id, definition, attempt, status, channel, locked_by FROM retried
+    UNION ALL
+    SELECT h.id, h.definition, h.attempt, h.status, h.channel, e.lost_by
+    FROM historied h JOIN ended e ON e.id = h.id
+), logged AS (
+    INSERT INTO {schema}.job_attempt (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, attempt, locked_by, started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
+           'lost', 'lease expired: the worker stopped heartbeating before the job finished'
+    FROM retried
+), woken AS (
+    SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
+    FROM (SELECT DISTINCT channel FROM retried) c
+)
+SELECT id, definition, attempt, status, locked_by, (SELECT n FROM woken) AS woken FROM rescued;
 
 -- name: job_rescue_stale_workers
 -- Take back the running jobs of workers whose heartbeat is older than the
@@ -148,6 +242,8 @@ SELECT 'job' AS kind, id, definition, attempt, status, locked_by, (SELECT n FROM
 FROM rescued
 UNION ALL
 SELECT 'worker', id, NULL, NULL, NULL, NULL, NULL FROM removed;
+
+-- == Finalizer: jobs that can no longer finish by themselves =================
 
 -- name: job_finalize_timed_out
 -- Fail up to %(limit)s unfinished jobs whose overall timeout, counted from
@@ -274,6 +370,13 @@ WITH ready AS MATERIALIZED (
     FROM (SELECT DISTINCT channel FROM released) c
 )
 SELECT id, definition, (SELECT n FROM woken) AS woken FROM released;
+
+-- name: job_notify_finished
+-- Wake result waiters of jobs finalized outside job_finish_many (timeouts,
+-- unmet dependencies, lost workers, cancel). %(ids)s: comma-separated ids.
+SELECT pg_notify(%(finished_channel)s, %(ids)s);
+
+-- == Sweeper: history partitions, retention, orphans =========================
 
 -- name: job_history_prepare
 -- Make the history's partitions ahead of the ids being given out: those of

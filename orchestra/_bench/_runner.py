@@ -1,42 +1,10 @@
-"""``orchestra bench``: how fast orchestra moves jobs, next to the lean floor.
-
-Every figure is measured in the same run through orchestra and through the
-*lean floor*: the least a ``SKIP LOCKED`` queue can do, on a table of the
-bench's own (``lean_q``: id, payload, status, two timestamps, one partial
-index; finished rows deleted). The floor carries none of orchestra's costs
-(definitions, channels, priorities, attempts, leases, kept rows, their
-indexes), so the ratio to it is what those cost. The machine is shared and
-noisy: compare ratios across runs, not absolute rates.
-
-Runs, on a throwaway schema dropped at the end:
-
-* enqueue: ``defer`` one job per transaction vs one INSERT, autocommit;
-  ``defer_many`` in batches vs one COPY;
-* processing: N no-op jobs drained by worker processes (``--processes``,
-  ``--concurrency``) vs one connection claiming 100 with ``SKIP LOCKED``,
-  calling a no-op per row and deleting the 100; end to end (from starting
-  the workers) and steady state (10 % to 90 % done);
-* latency: jobs deferred at a fixed low rate to an idle worker, from the
-  enqueueing call to the start of the job function (p50, p95, p99), vs an
-  INSERT + NOTIFY woken listener that claims the job;
-* idle: CPU and statements of a worker with nothing to do.
-
-With ``peers=("pgqueuer",)`` the same workloads also run through PgQueuer
-(:mod:`orchestra._bench_pgqueuer`), in a schema of its own.
-
-Worker processes are this module run as ``python -m orchestra._bench worker``
-(orchestra) or ``pgqueuer-worker`` (PgQueuer).
-"""
+"""orchestra's side of each workload, the figures, and orchestra's bench worker."""
 
 from __future__ import annotations
 
 import argparse
 import collections
 import contextlib
-import json
-import os
-import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -49,12 +17,25 @@ import psycopg
 from psycopg import sql
 
 from orchestra import _db
+from orchestra._bench._floor import LeanFloor
+from orchestra._bench._measure import (
+    POLL_S,
+    Drained,
+    Settings,
+    bench_queries,
+    noop,
+    paced,
+    percentile,
+    start_workers,
+    stop_workers,
+    wait_drained,
+)
 from orchestra._config import Config
 from orchestra._definition import JobDefinition
 from orchestra.testing import wait_until
 
 if TYPE_CHECKING:
-    from orchestra._bench_pgqueuer import PgQueuerPeer
+    from orchestra._bench._pgqueuer import PgQueuerPeer
 
 CHANNEL = "bench"
 NOOP = "bench-noop"
@@ -63,17 +44,6 @@ LATENCY = "bench-latency"
 FILLER = "bench-finalized"
 #: Jobs per defer_many call: what an application would batch.
 DEFER_MANY_BATCH = 1_000
-POLL_S = 0.02
-#: Peers the bench knows how to run.
-PEERS = ("pgqueuer",)
-#: Below this many jobs a processing run is mostly start-up and ramp.
-MEANINGFUL_JOBS = 5_000
-#: Below this many latency jobs p99 is the slowest sample or close to it.
-MEANINGFUL_LATENCY_JOBS = 100
-
-
-def noop() -> None:
-    """The no-op job of the processing runs (and the floor's per-row call)."""
 
 
 #: Seconds from enqueueing to start of the latency jobs this process ran, until
@@ -124,48 +94,6 @@ class Figure:
         return _ratio(self.orchestra, self.pgqueuer, self.higher_is_better)
 
 
-@attrs.define
-class Settings:
-    """What to measure (the command's options)."""
-
-    jobs: int = 20_000
-    processes: int = 1
-    concurrency: int = 100
-    single_defers: int = 2_000
-    latency_jobs: int = 100
-    latency_rate: float = 20.0
-    idle_seconds: float = 5.0
-    process_interval_ms: int = 1_000
-    #: Finalized jobs left in the table for a second processing run (0: none).
-    finalized_rows: int = 0
-    #: Other queues measured on the same workloads (names from PEERS).
-    peers: tuple[str, ...] = ()
-
-    def warnings(self) -> list[str]:
-        """Why some figures of these settings will not mean much (empty: none)."""
-        found = []
-        if self.jobs < MEANINGFUL_JOBS:
-            found.append(
-                f"--jobs {self.jobs:,} is too few for the processing figures to mean anything "
-                f"(start-up and ramp dominate): use at least {MEANINGFUL_JOBS:,}"
-            )
-        if self.latency_jobs < MEANINGFUL_LATENCY_JOBS:
-            found.append(
-                f"--latency-jobs {self.latency_jobs} is too few for p95/p99 to mean anything: "
-                f"use at least {MEANINGFUL_LATENCY_JOBS}"
-            )
-        return found
-
-
-@attrs.frozen
-class Drained:
-    """A processing run: seconds to the last job, seconds from 10 % to 90 %, RSS growth %."""
-
-    total_s: float
-    steady_s: float
-    rss_growth: float
-
-
 class Bench:
     """One bench run against ``dsn`` on a fresh schema."""
 
@@ -177,10 +105,12 @@ class Bench:
         self.config = Config(dsn, schema=self.schema)
         self.noop, self.latency = define(self.config)
         self.filler = JobDefinition(self.config, name=FILLER, job_function=noop, channel=CHANNEL)
-        self.queries = self.config.queries
+        self.queries = bench_queries(self.schema)
+        self.floor = LeanFloor(dsn, self.schema, self.queries)
         self.pgqueuer: PgQueuerPeer | None = None
         if "pgqueuer" in settings.peers:
-            from orchestra._bench_pgqueuer import PgQueuerPeer  # noqa: PLC0415 (optional extra)
+            # An optional extra: imported only when asked for.
+            from orchestra._bench._pgqueuer import PgQueuerPeer  # noqa: PLC0415
 
             self.pgqueuer = PgQueuerPeer(dsn, f"{self.schema}_pgqueuer", settings, log=log)
 
@@ -195,10 +125,6 @@ class Bench:
         with self._conn() as conn:
             conn.execute(self.queries["bench_reset"])
 
-    def _lean_reset(self) -> None:
-        with self._conn() as conn:
-            conn.execute(self.queries["bench_lean_reset"])
-
     def _copy(self, definition: str, count: int) -> None:
         row = (definition, CHANNEL, "{}", 1)
         with (
@@ -208,15 +134,6 @@ class Bench:
         ):
             for _ in range(count):
                 copy.write_row(row)
-
-    def _lean_copy(self, count: int) -> None:
-        with (
-            self._conn() as conn,
-            conn.cursor() as cursor,
-            cursor.copy(self.queries["bench_lean_copy"]) as copy,
-        ):
-            for _ in range(count):
-                copy.write_row(("{}",))
 
     def _unfinished(self, definition: str) -> int:
         with self._conn() as conn:
@@ -232,8 +149,7 @@ class Bench:
             with self._conn() as conn:
                 for definition in (self.noop, self.latency, self.filler):
                     definition.upsert(conn)
-                conn.execute(self.queries["bench_lean_create_table"])
-                conn.execute(self.queries["bench_lean_create_index"])
+            self.floor.create()
             if self.pgqueuer is not None:
                 self.pgqueuer.install()
             return [*self.enqueue(), *self.processing(), *self.latency_run(), *self.idle()]
@@ -252,12 +168,7 @@ class Bench:
         """Single defers vs single INSERTs; defer_many vs COPY."""
         n = self.settings.single_defers
         self.log(f"enqueue: {n} single defers, {self.settings.jobs} with defer_many")
-        with self._conn() as conn:
-            started = time.perf_counter()
-            for _ in range(n):
-                conn.execute(self.queries["bench_lean_insert"], {"payload": "{}"})
-            floor_single = n / (time.perf_counter() - started)
-        self._lean_reset()
+        floor_single = self.floor.single_inserts(n)
         self.noop.defer({})  # the pool is opened outside the timing
         started = time.perf_counter()
         for _ in range(n):
@@ -265,10 +176,7 @@ class Bench:
         single = n / (time.perf_counter() - started)
         self._reset()
 
-        started = time.perf_counter()
-        self._lean_copy(self.settings.jobs)
-        floor_copy = self.settings.jobs / (time.perf_counter() - started)
-        self._lean_reset()
+        floor_copy = self.floor.copy(self.settings.jobs)
         payloads: list[dict[str, Any]] = [{} for _ in range(self.settings.jobs)]
         started = time.perf_counter()
         for i in range(0, len(payloads), DEFER_MANY_BATCH):
@@ -295,11 +203,7 @@ class Bench:
             f"processing: {s.jobs} no-op jobs, first the lean floor, then {s.processes} "
             f"worker process(es) x concurrency {s.concurrency}"
         )
-        self._lean_copy(s.jobs)
-        with self._conn() as conn:
-            conn.execute(self.queries["bench_lean_analyze"])
-        floor_total, floor_steady = self._lean_loop(s.jobs)
-        self._lean_reset()
+        floor_total, floor_steady = self.floor.processing(s.jobs)
 
         run = self._orchestra_run()
         peer: Drained | None = None
@@ -379,27 +283,6 @@ class Bench:
             )
             conn.execute(self.queries["bench_analyze_history"])
 
-    def _lean_loop(self, total: int) -> tuple[float, float]:
-        """The floor: one connection claims 100, runs a no-op per row, deletes the 100."""
-        done = 0
-        marks: dict[str, float] = {}
-        with self._conn() as conn:
-            started = time.perf_counter()
-            while True:
-                # Autocommit: each statement is its own transaction, no BEGIN/COMMIT trips.
-                rows = conn.execute(self.queries["bench_lean_claim"]).fetchall()
-                if not rows:
-                    break
-                for _ in rows:
-                    noop()
-                conn.execute(self.queries["bench_lean_delete"], {"ids": [r[0] for r in rows]})
-                done += len(rows)
-                _mark(marks, done, total, time.perf_counter())
-            elapsed = time.perf_counter() - started
-        if done != total:
-            raise RuntimeError(f"the lean floor drained {done} of {total} jobs")
-        return elapsed, marks["90"] - marks["10"]
-
     def _worker_argv(self, concurrency: int) -> list[str]:
         return [
             sys.executable,
@@ -437,8 +320,7 @@ class Bench:
         finally:
             stop_workers(workers)
         self._reset()
-        floor = self._lean_latency(s.latency_jobs)
-        self._lean_reset()
+        floor = self.floor.latency(s.latency_jobs, s.latency_rate)
         peer: list[float] | None = None
         if self.pgqueuer is not None:
             peer = self.pgqueuer.latency()
@@ -466,43 +348,6 @@ class Bench:
                 interval=POLL_S,
                 message="bench workers did not start within 60 s",
             )
-
-    def _lean_latency(self, count: int) -> list[float]:
-        """A listener woken by NOTIFY claims each job from lean_q; INSERT + NOTIFY to claim."""
-        channel = f"bench_{self.schema}"
-        ready = threading.Event()
-        values: list[float] = []
-
-        def listen() -> None:
-            with self._conn() as conn:
-                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                ready.set()
-                while len(values) < count:
-                    # Drained before the claim: the generator holds the connection.
-                    if not list(conn.notifies(timeout=1.0, stop_after=1)):
-                        continue
-                    rows = conn.execute(self.queries["bench_lean_claim"]).fetchall()
-                    now = time.time()
-                    values.extend(now - float(payload["t0"]) for _, payload in rows)
-                    if rows:
-                        conn.execute(
-                            self.queries["bench_lean_delete"], {"ids": [r[0] for r in rows]}
-                        )
-
-        thread = threading.Thread(target=listen, name="bench-floor-listener", daemon=True)
-        thread.start()
-        ready.wait(30)
-        with self._conn() as conn:
-
-            def insert() -> None:
-                conn.execute(
-                    self.queries["bench_lean_insert_notify"],
-                    {"payload": json.dumps({"t0": time.time()}), "notify_channel": channel},
-                )
-
-            paced(count, self.settings.latency_rate, insert)
-        thread.join(30)
-        return values
 
     # -- idle -------------------------------------------------------------------------
 
@@ -545,136 +390,6 @@ class Bench:
         ]
 
 
-# -- worker processes, shared by orchestra's and the peers' runs -------------------------
-
-
-def start_workers(
-    argv: list[str],
-    processes: int,
-    env: dict[str, str],
-    latencies: list[float] | None = None,
-) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    """Start ``processes`` bench worker processes; the list their counts of jobs done go to.
-
-    A worker prints its count of jobs done every POLL_S, and may print
-    ``latency <seconds>`` lines, which go to ``latencies``.
-    """
-    workers = [
-        subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-        )
-        for _ in range(processes)
-    ]
-    counts = [0] * processes
-    for index, worker in enumerate(workers):
-        threading.Thread(
-            target=_follow, args=(worker, counts, index, latencies), daemon=True
-        ).start()
-    return workers, counts
-
-
-def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM, then SIGKILL whatever has not exited within 30 s."""
-    for process in workers:
-        process.terminate()
-    for process in workers:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_drained(
-    total: int,
-    workers: list[subprocess.Popen[bytes]],
-    counts: list[int],
-    *,
-    started: float,
-) -> Drained:
-    """Follow the jobs done that the workers report until every job is done.
-
-    The workers print their count of jobs done every POLL_S: counting rows in
-    the tables instead would load the database being measured. The RSS growth
-    is the workers' resident memory from the 10 % mark to the end.
-    """
-    pids = [worker.pid for worker in workers]
-    marks: dict[str, float] = {}
-    rss_at_10: int | None = None
-    # Generous: a slow configuration (concurrency 1) is a figure, not an error.
-    deadline = started + max(300.0, total / 50)
-    while True:
-        done = sum(counts)
-        now = time.perf_counter()
-        _mark(marks, done, total, now)
-        if rss_at_10 is None and "10" in marks:
-            rss_at_10 = _rss(pids)
-        if done >= total:
-            growth = 100 * (_rss(pids) - rss_at_10) / rss_at_10 if rss_at_10 else 0.0
-            return Drained(now - started, marks["90"] - marks["10"], growth)
-        if now > deadline or not any(worker.poll() is None for worker in workers):
-            raise RuntimeError(f"workers finished only {done} of {total} jobs")
-        time.sleep(POLL_S)
-
-
-def paced(count: int, rate: float, action: Callable[[], object]) -> None:
-    """Call ``action`` ``count`` times at ``rate`` per second."""
-    interval = 1 / rate
-    next_at = time.perf_counter()
-    for _ in range(count):
-        action()
-        next_at += interval
-        time.sleep(max(0.0, next_at - time.perf_counter()))
-
-
-def _mark(marks: dict[str, float], done: int, total: int, now: float) -> None:
-    """Remember when 10 % and 90 % of the jobs were done."""
-    if "10" not in marks and done >= total * 0.1:
-        marks["10"] = now
-    if "90" not in marks and done >= total * 0.9:
-        marks["90"] = now
-
-
-def _follow(
-    worker: subprocess.Popen[bytes],
-    counts: list[int],
-    index: int,
-    latencies: list[float] | None,
-) -> None:
-    """Keep ``counts[index]`` at the last count a bench worker printed."""
-    assert worker.stdout is not None
-    for line in worker.stdout:
-        with contextlib.suppress(ValueError):
-            if line.startswith(b"latency "):
-                if latencies is not None:
-                    latencies.append(float(line.split()[1]))
-            else:
-                counts[index] = int(line)
-
-
-def _rss(pids: list[int]) -> int:
-    """Resident memory of these processes in kB (Linux /proc; 0 where unreadable)."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
-
-
-def percentile(values: list[float], q: int) -> float:
-    """The q-th percentile of ``values`` (NaN for none)."""
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -703,8 +418,11 @@ def figures_as_json(bench: Bench, figures: list[Figure]) -> dict[str, Any]:
     }
 
 
-def _worker_main(argv: list[str]) -> None:
-    """``python -m orchestra._bench worker``: a worker process of the bench."""
+# -- orchestra's worker process ------------------------------------------------------------
+
+
+def worker_main(argv: list[str]) -> None:
+    """``python -m orchestra._bench worker``: an orchestra worker process of the bench."""
     from orchestra._worker import Worker  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="orchestra._bench worker")
@@ -733,16 +451,3 @@ def _worker_main(argv: list[str]) -> None:
 
     threading.Thread(target=report, name="bench-report", daemon=True).start()
     worker.run()
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["worker"]:
-        _worker_main(sys.argv[2:])
-    elif sys.argv[1:2] == ["pgqueuer-worker"]:
-        from orchestra._bench_pgqueuer import worker_main
-
-        worker_main(sys.argv[2:])
-    else:
-        sys.exit(
-            "usage: python -m orchestra._bench worker|pgqueuer-worker --schema S --concurrency N"
-        )

@@ -56,7 +56,16 @@ from pgqueuer.types import JOB_STATUS, Channel
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from orchestra import _bench, _db, _sql
+from orchestra import _db, _sql
+from orchestra._bench._measure import (
+    POLL_S,
+    Drained,
+    Settings,
+    bench_queries,
+    start_workers,
+    stop_workers,
+    wait_drained,
+)
 from orchestra.testing import wait_until
 
 T = TypeVar("T")
@@ -173,7 +182,7 @@ class PgQueuerPeer:
         self,
         dsn: str,
         schema: str,
-        settings: _bench.Settings,
+        settings: Settings,
         *,
         log: Callable[[str], None],
     ) -> None:
@@ -182,7 +191,7 @@ class PgQueuerPeer:
         self.settings = settings
         self.log = log
         self.channel = f"ch_{schema}"
-        self.queries = _sql.Queries(schema)
+        self.queries = bench_queries(self.schema)
         self.batch_size, self.max_concurrent_tasks = knobs(settings.concurrency)
         #: Jobs the last processing run logged as successful.
         self.processed = 0
@@ -274,7 +283,7 @@ class PgQueuerPeer:
             str(self.max_concurrent_tasks),
         ]
 
-    def processing(self) -> _bench.Drained:
+    def processing(self) -> Drained:
         """Load the jobs, drain them with PgQueuer worker processes."""
         s = self.settings
         self.log(
@@ -285,13 +294,13 @@ class PgQueuerPeer:
         with _db.connect(self.dsn) as conn:
             conn.execute(self.queries["bench_pgqueuer_analyze"])
         started = time.perf_counter()
-        workers, counts = _bench.start_workers(
+        workers, counts = start_workers(
             self._worker_argv(), s.processes, {"ORCHESTRA_DSN": self.dsn}
         )
         try:
-            drained = _bench.wait_drained(s.jobs, workers, counts, started=started)
+            drained = wait_drained(s.jobs, workers, counts, started=started)
         finally:
-            _bench.stop_workers(workers)
+            stop_workers(workers)
         with _db.connect(self.dsn) as conn:
             row = conn.execute(self.queries["bench_pgqueuer_done"], {"entrypoint": NOOP}).fetchone()
         logged, queued = (int(row[0]), int(row[1])) if row else (0, 0)
@@ -311,7 +320,7 @@ class PgQueuerPeer:
         s = self.settings
         self.log(f"latency through PgQueuer: {s.latency_jobs} jobs at {s.latency_rate:g}/s")
         latencies: list[float] = []
-        workers, counts = _bench.start_workers(
+        workers, counts = start_workers(
             self._worker_argv(), 1, {"ORCHESTRA_DSN": self.dsn}, latencies
         )
         try:
@@ -320,18 +329,18 @@ class PgQueuerPeer:
             wait_until(
                 lambda: counts[0] >= 1,
                 timeout=60,
-                interval=_bench.POLL_S,
+                interval=POLL_S,
                 message="the PgQueuer worker did not start within 60 s",
             )
             _run(self._paced_latency_jobs())
             wait_until(
                 lambda: len(latencies) >= s.latency_jobs,
                 timeout=60,
-                interval=_bench.POLL_S,
+                interval=POLL_S,
                 message="PgQueuer's latency jobs did not start within 60 s",
             )
         finally:
-            _bench.stop_workers(workers)
+            stop_workers(workers)
         self._reset()
         return latencies
 
@@ -396,7 +405,7 @@ async def _work(
                     sys.stdout.write(f"latency {latencies.popleft()}\n")
                 sys.stdout.write(f"{queries.succeeded}\n")
                 sys.stdout.flush()
-                time.sleep(_bench.POLL_S)
+                time.sleep(POLL_S)
 
         threading.Thread(target=report, name="bench-report", daemon=True).start()
         await manager.run(batch_size=batch_size, max_concurrent_tasks=max_concurrent_tasks)

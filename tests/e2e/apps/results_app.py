@@ -1,13 +1,13 @@
-"""The e2e app of the result-waiting tests (I1), and the requester it runs as a process.
+"""The e2e app of the result-waiting tests, and the requester it runs as a process.
 
-As an app (``--app tests.e2e.apps.seed_results_app:config``) it registers the
+As an app (``--app tests.e2e.apps.results_app:config``) it registers the
 definitions of :mod:`tests.e2e.apps._jobs` on the schema named by
 ``E2E_SCHEMA``. As a program it plays the requester:
 
-* ``python -m tests.e2e.apps.seed_results_app request DEFINITION GATE`` defers
+* ``python -m tests.e2e.apps.results_app request DEFINITION GATE`` defers
   ``{"gate": GATE}`` to DEFINITION, prints ``job <id>``, then waits for the
   result without a timeout and prints ``result <json>``;
-* ``python -m tests.e2e.apps.seed_results_app ask JOB_ID TIMEOUT_S`` waits for
+* ``python -m tests.e2e.apps.results_app ask JOB_ID TIMEOUT_S`` waits for
   the result of an existing job by id and prints ``result <json>``, or
   ``failed <status> <error>``.
 """

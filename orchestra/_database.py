@@ -1,0 +1,187 @@
+"""One queue's database: where it lives, how to reach it, what to say to it.
+
+:class:`Database` is the bottom of everything that talks to PostgreSQL: the
+DSN (given, from ``ORCHESTRA_DSN``, or the embedded server), the schema, its
+pools, its rendered queries and channel names, its migrations, and the
+definitions registered with it. :class:`orchestra.Config` is a Database whose
+definitions are JobDefinitions, with the management API on top; everything
+between the two (definitions, handles, management) is written against this
+class, so that the arrows between modules point down only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, Generic, Protocol, Self
+
+import psycopg
+from psycopg_pool import ConnectionPool
+from typing_extensions import TypeVar
+
+from orchestra import _db, _embedded, _migrate, _sql
+from orchestra._checks import is_int
+from orchestra._pools import Pools
+from orchestra._schema_names import finished_channel_for, notify_channel_for
+from orchestra.errors import ConfigurationError
+
+DEFAULT_SCHEMA = "_queue"
+MAX_PAYLOAD_BYTES_DEFAULT = 1024 * 1024
+POOL_MAX_SIZE_DEFAULT = 10
+DSN_ENV = "ORCHESTRA_DSN"
+
+
+class Named(Protocol):
+    """What a registered definition must have: its name."""
+
+    @property
+    def name(self) -> str: ...
+
+
+#: What a Database registers (JobDefinition, for orchestra.Config).
+D = TypeVar("D", bound=Named, default=Any)
+
+
+def resolve_dsn(dsn: str | None, pool: ConnectionPool[Any] | None) -> str:
+    """The DSN given, else the pool's, else ``ORCHESTRA_DSN``, else the embedded server's."""
+    if dsn is not None:
+        return dsn
+    if pool is not None:
+        conninfo = pool.conninfo
+        return conninfo() if callable(conninfo) else conninfo
+    from_environment = os.environ.get(DSN_ENV, "").strip()
+    if from_environment:
+        return from_environment
+    return _embedded.embedded_dsn()
+
+
+class Database(Generic[D]):
+    """Where a queue lives and how to reach it; see :class:`orchestra.Config` for the arguments.
+
+    Nothing connects until the first use.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: ConnectionPool[Any] | None = None,
+        schema: str = DEFAULT_SCHEMA,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES_DEFAULT,
+        pool_max_size: int = POOL_MAX_SIZE_DEFAULT,
+        connect_attempts: int = 5,
+    ) -> None:
+        self.schema: str = _sql.validate_schema_name(schema)
+        if dsn is not None and (not isinstance(dsn, str) or not dsn.strip()):
+            raise ConfigurationError("dsn", "must be a non-empty connection string or None")
+        if pool is not None and not isinstance(pool, ConnectionPool):
+            raise ConfigurationError(
+                "pool", f"must be a psycopg_pool.ConnectionPool, not {type(pool).__name__}"
+            )
+        for argument, value, minimum in (
+            ("max_payload_bytes", max_payload_bytes, 2),
+            ("pool_max_size", pool_max_size, 1),
+            ("connect_attempts", connect_attempts, 1),
+        ):
+            if not is_int(value) or value < minimum:
+                raise ConfigurationError(argument, f"must be an int >= {minimum}, got {value!r}")
+        self._dsn = dsn
+        self._user_pool = pool
+        self.max_payload_bytes = max_payload_bytes
+        self.pool_max_size = pool_max_size
+        self.connect_attempts = connect_attempts
+        self.queries = _sql.Queries(self.schema)
+        self.notify_channel = notify_channel_for(self.schema)
+        self.finished_channel = finished_channel_for(self.schema)
+        self._resolved_dsn: str | None = None
+        self._pools = Pools(
+            lambda: self.dsn,
+            attempts=connect_attempts,
+            max_size=pool_max_size,
+            name=f"orchestra-{self.schema}",
+            user_pool=pool,
+        )
+        self._definitions: dict[str, D] = {}
+        self._definitions_lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """The DSN in use (resolving ORCHESTRA_DSN or starting the embedded server on first use)."""
+        if self._resolved_dsn is None:
+            self._resolved_dsn = resolve_dsn(self._dsn, self._user_pool)
+        return self._resolved_dsn
+
+    @property
+    def redacted_dsn(self) -> str:
+        """The DSN with its password replaced by ``***``."""
+        return _db.redact_dsn(self.dsn)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new autocommit connection of your own (you close it), with bounded retries."""
+        return _db.connect(self.dsn, attempts=self.connect_attempts)
+
+    async def connect_async(self) -> psycopg.AsyncConnection[Any]:
+        """Async twin of :meth:`connect`."""
+        return await _db.connect_async(self.dsn, attempts=self.connect_attempts)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """Borrow a pooled autocommit connection."""
+        with self._pools.sync_pool().connection() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def connection_async(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """Borrow a pooled autocommit connection from this event loop's async pool."""
+        pool = await self._pools.async_pool()
+        async with pool.connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        """Close the pools orchestra opened (not a pool you passed in)."""
+        self._pools.close()
+
+    async def close_async(self) -> None:
+        """Close this event loop's async pool and the sync pool."""
+        await self._pools.close_async()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema -------------------------------------------------------------
+
+    def prepare_schema(self) -> list[str]:
+        """Create or upgrade the queue schema; idempotent. Returns the migrations applied."""
+        with self.connection() as conn:
+            return [f"{m.version:04d}_{m.name}" for m in _migrate.migrate(conn, self.schema)]
+
+    def check_schema(self) -> None:
+        """Raise SchemaNotReadyError unless the schema is migrated to this version."""
+        with self.connection() as conn:
+            _migrate.check(conn, self.schema)
+
+    # -- registry -----------------------------------------------------------
+
+    def register(self, definition: D) -> None:
+        """Add a definition (JobDefinition does this itself); the last one of a name wins."""
+        with self._definitions_lock:
+            self._definitions[definition.name] = definition
+
+    @property
+    def definitions(self) -> Mapping[str, D]:
+        """The definitions registered in this process, by name."""
+        return dict(self._definitions)
+
+    def __repr__(self) -> str:
+        dsn = _db.redact_dsn(self._resolved_dsn or self._dsn or "") or "<unresolved>"
+        return (
+            f"{type(self).__name__}(dsn={dsn!r}, schema={self.schema!r}, "
+            f"definitions={len(self._definitions)})"
+        )

@@ -1,0 +1,321 @@
+"""The executor: runs one attempt of a claimed job and reports how it ended.
+
+Three ways to run a job function, one outcome type: every attempt handed to
+:meth:`Executor.run` ends in exactly one :class:`~._attempts.Finish`, given to
+``on_finish`` on the event loop, whatever the function does (returns, raises
+any ``BaseException``, hangs past its timeout, crashes its child process) and
+whatever the worker does (its stop interrupts what still runs).
+
+* ``def`` functions run start to end on a job thread (:class:`~._threads.ThreadRunner`);
+  a thread cannot be killed, so ``attempt_timeout_ms`` sets ``ctx.should_stop``
+  and the attempt keeps its slot until the function returns;
+* ``async def`` functions run in a task on the worker's loop, cancelled at
+  their timeout or by the stop;
+* with ``processes``, every function runs in a child process
+  (:class:`~._children.ChildPool`), terminated at its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from orchestra import _converter
+from orchestra._definition import JobContext, JobDefinition
+from orchestra._worker import _attempts
+from orchestra._worker._attempts import Claimed, Finish
+from orchestra._worker._children import ChildPool, ChildRequest
+from orchestra._worker._describe import describe
+from orchestra._worker._threads import ThreadRunner
+from orchestra.errors import PayloadError
+
+logger = logging.getLogger("orchestra.worker")
+
+
+@attrs.define(eq=False)
+class _Attempt:
+    """An attempt under way, until its Finish was handed over."""
+
+    job: Claimed
+    definition: JobDefinition[Any]
+    #: time.monotonic() when it started.
+    started: float
+    #: The task of an ``async def`` or child-process attempt; None on a job thread.
+    task: asyncio.Task[None] | None = None
+    #: Set when a job-thread attempt runs past attempt_timeout_ms (ctx.should_stop).
+    cut: threading.Event | None = None
+    timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
+
+
+class Executor:
+    """Runs attempts on job threads, on the loop or in child processes.
+
+    Args:
+        concurrency: most attempts at once (the job threads' limit).
+        processes: run every attempt in this many child processes instead.
+        stop: the worker's stop, read by ``ctx.should_stop``.
+        max_payload_bytes: the cap on a return value's JSON.
+        on_finish: receives each attempt's Finish, once, on the event loop.
+        name: prefix of the threads' and children's names.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        processes: int | None,
+        stop: threading.Event,
+        max_payload_bytes: int,
+        on_finish: Callable[[Finish], None],
+        name: str,
+    ) -> None:
+        self._concurrency = concurrency
+        self._processes = processes
+        self._stop = stop
+        self._max_payload_bytes = max_payload_bytes
+        self._on_finish = on_finish
+        self._name = name
+        self._attempts: dict[tuple[int, object], _Attempt] = {}
+        self._threads: ThreadRunner[Finish] | None = None
+        self._children: ChildPool | None = None
+
+    async def start(self) -> None:
+        """Start the job threads' runner and the children (on the worker's loop)."""
+        self._threads = ThreadRunner(
+            self._concurrency,
+            loop=asyncio.get_running_loop(),
+            on_done=self._threads_done,
+            name=self._name,
+        )
+        if self._processes is not None:
+            self._children = ChildPool(self._processes, name=self._name)
+            # Started before claiming: a child takes a fraction of a second to
+            # import the app, which must not count against the first jobs.
+            await asyncio.to_thread(self._children.start)
+
+    def run(self, job: Claimed, definition: JobDefinition[Any]) -> None:
+        """Start an attempt of ``job``; its Finish goes to ``on_finish``."""
+        attempt = _Attempt(job, definition, time.monotonic())
+        self._attempts[job.id, job.token] = attempt
+        if self._children is not None or definition.is_async:
+            attempt.task = asyncio.create_task(
+                self._run_task(attempt), name=f"orchestra-job-{job.id}"
+            )
+        else:
+            self._run_in_thread(attempt)
+
+    def _report(self, attempt: _Attempt, finish: Finish) -> None:
+        if self._attempts.pop((attempt.job.id, attempt.job.token), None) is attempt:
+            self._on_finish(finish)
+
+    # -- stop -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Tell attempts in child processes to wrap up (the threads read ``stop``)."""
+        if self._children is not None:
+            self._children.request_stop()
+
+    async def interrupt(self) -> None:
+        """End every attempt still under way as interrupted (it counts and is retried).
+
+        An ``async def`` or child attempt is cancelled. The thread of a ``def``
+        attempt runs on until the function returns; what it returns then is
+        discarded.
+        """
+        tasks = []
+        for attempt in list(self._attempts.values()):
+            if attempt.task is not None:
+                attempt.task.cancel()  # the task records the interruption
+                tasks.append(attempt.task)
+            else:
+                if attempt.timer is not None:
+                    attempt.timer.cancel()
+                self._report(attempt, _attempts.interrupted(attempt.job, attempt.started))
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop the children, let idle job threads end."""
+        if self._children is not None:
+            await self._children.close()
+        if self._threads is not None:
+            # Threads of sync jobs that ignored the stop keep running until they
+            # return; their attempts were already recorded as interrupted.
+            self._threads.close()
+
+    # -- job threads --------------------------------------------------------------------
+
+    def _run_in_thread(self, attempt: _Attempt) -> None:
+        limit_ms = attempt.definition.attempt_timeout_ms
+        if limit_ms is not None:
+            attempt.cut = threading.Event()
+            attempt.timer = asyncio.get_running_loop().call_later(
+                limit_ms / 1000, self._cut, attempt
+            )
+        assert self._threads is not None
+        job, definition, cut = attempt.job, attempt.definition, attempt.cut
+        self._threads.submit(lambda: self._run_sync(job, definition, cut))
+
+    def _run_sync(
+        self, job: Claimed, definition: JobDefinition[Any], cut: threading.Event | None
+    ) -> Finish:
+        """Run a ``def`` job function start to end (on a job thread); never raises."""
+        started = time.monotonic()
+        try:
+            try:
+                payload = _converter.decode_stored_payload(job.payload, definition.payload_type)
+            except Exception as exc:
+                return _attempts.failure(job, definition, started, exc, payload_invalid=True)
+            ctx = JobContext(
+                job_id=job.id,
+                attempt=job.attempt,
+                max_attempts=job.max_attempts,
+                definition=definition,
+                stop=self._stop,
+                cut=cut,
+            )
+            try:
+                value = definition.call(payload, ctx)
+                return _attempts.succeeded(job, definition, value, started, self._max_payload_bytes)
+            except BaseException as exc:  # KeyboardInterrupt or SystemExit raised by the job too
+                return _attempts.failure(job, definition, started, exc)
+        except BaseException as exc:
+            # Recording the failure failed (an exception whose rendering raises
+            # something exotic): the attempt still ends, or its job would stay
+            # running for as long as this worker heartbeats.
+            return _attempts.unrecordable(job, definition, started, exc)
+
+    def _cut(self, attempt: _Attempt) -> None:
+        """A job-thread attempt ran past its attempt_timeout_ms.
+
+        A thread cannot be killed: tell the function to wrap up
+        (``ctx.should_stop``), and keep the job running (lease, slot, resource
+        key) until it has returned, so that no other attempt of it, nor of its
+        resource key, overlaps this one. What it returns is discarded:
+        the attempt timed out.
+        """
+        if self._attempts.get((attempt.job.id, attempt.job.token)) is not attempt:
+            return  # ended already (interrupted by the stop)
+        attempt.timed_out = True
+        assert attempt.cut is not None
+        attempt.cut.set()
+
+    def _threads_done(self, finishes: list[Finish]) -> None:
+        """Attempts returned by job threads: report them."""
+        for finish in finishes:
+            attempt = self._attempts.get((finish.job_id, finish.token))
+            if attempt is None:
+                continue  # interrupted by the stop: reported already
+            if attempt.timer is not None:
+                attempt.timer.cancel()
+            if attempt.timed_out:
+                finish = _attempts.timed_out(attempt.job, attempt.definition, attempt.started)
+            self._report(attempt, finish)
+
+    # -- tasks: async def and child processes ------------------------------------------
+
+    async def _run_task(self, attempt: _Attempt) -> None:
+        """An ``async def`` or child-process attempt; a cancellation interrupts it."""
+        try:
+            if self._children is not None:
+                finish = await self._run_in_child(attempt, self._children)
+            else:
+                finish = await self._run_async(attempt)
+        except asyncio.CancelledError:
+            finish = _attempts.interrupted(attempt.job, attempt.started)
+        except BaseException as exc:
+            # A defect of ours, not of the job: the attempt must still end, or
+            # the job would stay running for as long as this worker heartbeats.
+            logger.exception(
+                "job %d attempt %d: the worker failed to run it",
+                attempt.job.id,
+                attempt.job.attempt,
+            )
+            finish = _attempts.unrecordable(attempt.job, attempt.definition, attempt.started, exc)
+        self._report(attempt, finish)
+
+    async def _run_async(self, attempt: _Attempt) -> Finish:
+        job, definition, started = attempt.job, attempt.definition, attempt.started
+        try:
+            payload = _converter.decode_stored_payload(job.payload, definition.payload_type)
+        except Exception as exc:
+            return _attempts.failure(job, definition, started, exc, payload_invalid=True)
+        ctx = JobContext(
+            job_id=job.id,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            definition=definition,
+            stop=self._stop,
+        )
+        limit_ms = definition.attempt_timeout_ms
+        # No timeout context without a limit: entering one costs about as
+        # much per attempt as the rest of a no-op job's dispatch.
+        deadline = None if limit_ms is None else asyncio.timeout(limit_ms / 1000)
+        try:
+            if deadline is None:
+                value = await definition.call(payload, ctx)
+            else:
+                async with deadline:
+                    value = await definition.call(payload, ctx)
+            return _attempts.succeeded(job, definition, value, started, self._max_payload_bytes)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the stop interrupts this attempt (_run_task records it)
+            # Raised by the job itself, nobody cancelled it: its failure.
+            return _attempts.failure(job, definition, started, exc)
+        except BaseException as exc:
+            # Any BaseException of the job's, KeyboardInterrupt and SystemExit
+            # included, fails this attempt only: it must neither leave the job
+            # running nor end the worker and its other jobs (the job thread
+            # and child paths record them alike).
+            if deadline is not None and deadline.expired():
+                return _attempts.timed_out(job, definition, started)
+            return _attempts.failure(job, definition, started, exc)
+
+    async def _run_in_child(self, attempt: _Attempt, pool: ChildPool) -> Finish:
+        """Run the attempt in a child process; a crash of the child fails only this attempt."""
+        job, definition, started = attempt.job, attempt.definition, attempt.started
+        limit_ms = definition.attempt_timeout_ms
+        reply = await pool.run(
+            ChildRequest(
+                function=definition.job_function,
+                payload_type=definition.payload_type,
+                payload=job.payload,
+                arity=definition.arity,
+                job_id=job.id,
+                attempt=job.attempt,
+                max_attempts=job.max_attempts,
+                definition_name=definition.name,
+            ),
+            timeout_s=None if limit_ms is None else limit_ms / 1000,
+        )
+        if reply.timed_out:
+            return _attempts.timed_out(job, definition, started)
+        if reply.ok:
+            assert reply.result is not None
+            try:
+                _attempts.check_result_size(reply.result, definition, self._max_payload_bytes)
+            except PayloadError as exc:
+                return _attempts.failed(job, definition, started, describe(exc), None)
+            return _attempts.finish(
+                job,
+                "succeeded",
+                result=reply.result,
+                duration_ms=_attempts.elapsed_ms(started),
+            )
+        return _attempts.failed(
+            job,
+            definition,
+            started,
+            reply.error or "the child process failed without a message",
+            reply.traceback,
+            payload_invalid=reply.payload_invalid,
+        )

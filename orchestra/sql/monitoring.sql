@@ -1,0 +1,205 @@
+-- Read-only queries that report on the queue: the web dashboard's
+-- (orchestra/dashboard/), the probes of `orchestra health`, and the metrics
+-- gauges (orchestra/_orchestrator/_gauges.py, read by the leader every
+-- gauges_interval_ms, default 15 s). None takes a row lock or writes anything,
+-- so that a dashboard role needs SELECT only. What the job management API
+-- offers (one job, a page of jobs, counts by filter, definitions with their
+-- counts) the dashboard takes from manage.sql.
+
+-- == Dashboard ===============================================================
+
+-- name: dashboard_job_counts
+-- How many jobs each channel has in each status (the overview's table of
+-- counts; statuses without jobs are absent): one grouped pass over the hot
+-- table (unfinished jobs) and one over the history (finished jobs). A status
+-- is in one table only, so no pair comes back twice. Cost: the history's pass
+-- scans every partition the retention keeps, at each load of the overview:
+-- with a long retention of a busy queue, that is the overview's main cost.
+SELECT j.channel, j.status::text AS status, count(*) AS n
+FROM {schema}.job j
+GROUP BY j.channel, j.status
+UNION ALL
+SELECT h.channel, h.status::text, count(*)
+FROM {schema}.job_history h
+GROUP BY h.channel, h.status
+ORDER BY 1, 2;
+
+-- name: dashboard_throughput
+-- Jobs finalized per minute over the last hour, by final status: 60 buckets,
+-- the last one the current (partial) minute, on the database clock. Every
+-- finished job is in the history: a range scan of job_history_finalized_idx
+-- (each partition's part of it).
+WITH bounds AS (
+    SELECT date_trunc('minute', clock_timestamp()) AS last_minute
+), minutes AS (
+    SELECT generate_series(b.last_minute - interval '59 minutes', b.last_minute,
+                           interval '1 minute') AS minute
+    FROM bounds b
+), finished AS (
+    SELECT date_trunc('minute', h.finalized_at) AS minute, h.status::text AS status
+    FROM {schema}.job_history h, bounds b
+    WHERE h.finalized_at >= b.last_minute - interval '59 minutes'
+)
+SELECT m.minute,
+       count(f.status) FILTER (WHERE f.status = 'succeeded') AS succeeded,
+       count(f.status) FILTER (WHERE f.status = 'failed') AS failed,
+       count(f.status) FILTER (WHERE f.status = 'cancelled') AS cancelled
+FROM minutes m LEFT JOIN finished f ON f.minute = m.minute
+GROUP BY m.minute
+ORDER BY m.minute;
+
+-- name: dashboard_workers
+-- Every daemon registered in the worker table, with the age of its heartbeat
+-- on the database clock and how many jobs it is running now (through
+-- job_locked_by_idx: running jobs are in the hot table). A crashed daemon's
+-- row stays until the orchestrator's rescuer removes it, so the age tells
+-- live from silent.
+SELECT w.id, w.name, w.role, w.host, w.pid, w.channel, w.concurrency, w.started_at,
+       w.heartbeat_at,
+       (extract(epoch FROM clock_timestamp() - w.heartbeat_at) * 1000)::bigint AS heartbeat_age_ms,
+       (SELECT count(*) FROM {schema}.job j
+        WHERE j.locked_by = w.id AND j.status = 'running') AS running
+FROM {schema}.worker w
+ORDER BY w.role DESC, w.name, w.id;
+
+-- name: dashboard_job_links
+-- The jobs one job depends on (`requires`) and the jobs that depend on it
+-- (`required_by`), with their definition and status, for the job page's
+-- links. Both directions are served by an index of job_dependency; each id is
+-- looked up in the hot table and the history (a primary-key probe each). An
+-- id in neither (no longer kept by the history) is left out: the job's
+-- depends_on still lists it.
+(SELECT 'requires' AS relation, d.required_job_id AS id, r.definition, r.status
+ FROM {schema}.job_dependency d
+ CROSS JOIN LATERAL (
+     SELECT j.definition, j.status::text AS status FROM {schema}.job j
+     WHERE j.id = d.required_job_id
+     UNION ALL
+     SELECT h.definition, h.status::text FROM {schema}.job_history h
+     WHERE h.id = d.required_job_id) r
+ WHERE d.job_id = %(id)s
+ ORDER BY d.required_job_id
+ LIMIT %(limit)s)
+UNION ALL
+(SELECT 'required_by', d.job_id, w.definition, w.status
+ FROM {schema}.job_dependency d
+ CROSS JOIN LATERAL (
+     SELECT j.definition, j.status::text AS status FROM {schema}.job j
+     WHERE j.id = d.job_id
+     UNION ALL
+     SELECT h.definition, h.status::text FROM {schema}.job_history h
+     WHERE h.id = d.job_id) w
+ WHERE d.required_job_id = %(id)s
+ ORDER BY d.job_id
+ LIMIT %(limit)s);
+
+-- name: leader_get
+-- The orchestrator leader lease as the dashboard shows it.
+SELECT holder, elected_at, expires_at, expires_at > clock_timestamp() AS live
+FROM {schema}.leader WHERE name = %(name)s;
+
+-- == Health probes and metrics gauges ========================================
+
+-- name: health_heartbeats
+-- Daemons of a role (on a host, with a name) and how fresh their heartbeats
+-- are, on the database clock. The worker table holds one row per live daemon
+-- (workers heartbeat every few seconds, orchestrators at each lease attempt).
+SELECT count(*) FILTER (
+           WHERE heartbeat_at >= clock_timestamp() - %(max_age_ms)s * interval '1 millisecond'
+       ) AS fresh,
+       count(*) AS registered,
+       extract(epoch FROM clock_timestamp() - max(heartbeat_at))::float8 AS latest_age_s
+FROM {schema}.worker
+WHERE role = %(role)s
+  AND (%(host)s::text IS NULL OR host = %(host)s::text)
+  AND (%(name)s::text IS NULL OR name = %(name)s::text);
+
+-- name: health_vacuum_horizon
+-- What keeps autovacuum from cleaning the job table, in one row: the holder
+-- of the oldest snapshot or transaction id on this database (a session, a
+-- prepared transaction, or a replication slot's xmin, which holds back every
+-- database), and the job table's live and dead row counts. Also read by the
+-- orchestrator's gauges (metrics) and the dashboard's overview.
+--
+-- The query text of a session is never read: it may carry secrets. A role
+-- without pg_read_all_stats (pg_monitor) sees other roles' backend_xmin but
+-- not their xact_start or state: such a holder comes back with a NULL age_s
+-- and hidden = true. The holder is the one whose snapshot is oldest in
+-- transactions (what vacuum is held back by), then in time. Without any
+-- holder every holder column is NULL; without statistics for the job table
+-- its columns are NULL. Cost: a scan of pg_stat_activity (one row per
+-- connection of the server); no lock on any queue table.
+WITH holders AS (
+    SELECT 'session' AS kind, a.pid, a.state, a.application_name,
+           a.usename::text AS user_name, NULL::text AS name,
+           extract(epoch FROM clock_timestamp() - a.xact_start)::float8 AS age_s,
+           greatest(age(a.backend_xmin), age(a.backend_xid)) AS xid_age,
+           NOT coalesce(pg_has_role('pg_read_all_stats', 'USAGE')
+                        OR pg_has_role(a.usesysid, 'USAGE'), false) AS hidden
+    FROM pg_stat_activity a
+    WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
+      AND a.pid <> pg_backend_pid()
+      -- Sessions of other databases do not hold back this one's tables;
+      -- a physical walsender (no database) does.
+      AND (a.datname IS NULL OR a.datname = current_database())
+    UNION ALL
+    SELECT 'prepared', NULL, 'prepared', NULL, p.owner::text, p.gid,
+           extract(epoch FROM clock_timestamp() - p.prepared)::float8,
+           age(p.transaction), false
+    FROM pg_prepared_xacts p
+    WHERE p.database = current_database()
+    UNION ALL
+    SELECT 'replication_slot', s.active_pid, CASE WHEN s.active THEN 'active' ELSE 'inactive' END,
+           NULL, NULL, s.slot_name::text, NULL, age(s.xmin), false
+    FROM pg_replication_slots s
+    WHERE s.xmin IS NOT NULL
+), oldest AS (
+    SELECT * FROM holders ORDER BY xid_age DESC NULLS LAST, age_s DESC NULLS LAST LIMIT 1
+), job_table AS (
+    SELECT t.n_live_tup, t.n_dead_tup, t.last_autovacuum, t.last_vacuum
+    FROM pg_stat_user_tables t
+    WHERE t.schemaname = %(schema)s AND t.relname = 'job'
+)
+SELECT o.kind, o.pid, o.state, o.application_name, o.user_name, o.name, o.age_s,
+       o.xid_age, o.hidden,
+       (SELECT count(*) FROM holders) AS holders,
+       t.n_live_tup AS job_live_tuples, t.n_dead_tup AS job_dead_tuples,
+       t.last_autovacuum AS job_last_autovacuum, t.last_vacuum AS job_last_vacuum
+FROM (SELECT) AS one
+LEFT JOIN oldest o ON true
+LEFT JOIN job_table t ON true;
+
+-- name: metrics_gauges
+-- Unfinished jobs per status and channel, and live daemons per role, in one
+-- statement (one snapshot, one round trip). Rows: (kind, label, channel, n)
+-- with kind 'depth' (label = status) or 'workers' (label = role, channel NULL).
+--
+-- Cost: the hot table holds unfinished jobs only (finished ones are in
+-- job_history), so the pass is one scan of it and grows with the backlog, not
+-- with the finished jobs the history keeps: a few ms for thousands of
+-- unfinished jobs, about a second per few million. Finished statuses are not
+-- counted: their rates are the job counters. Every channel of a definition is
+-- reported with its three statuses, 0 included, so a drained queue reads 0
+-- rather than vanishing. The worker table is small.
+WITH counted AS (
+    SELECT status::text AS status, channel, count(*) AS n
+    FROM {schema}.job
+    GROUP BY status, channel
+), channels AS (
+    SELECT channel FROM {schema}.job_definition
+    UNION
+    SELECT channel FROM counted
+)
+SELECT 'depth' AS kind, s.status AS label, c.channel, coalesce(counted.n, 0)::bigint AS n
+FROM channels c
+CROSS JOIN unnest(ARRAY['waiting', 'available', 'running']) AS s(status)
+LEFT JOIN counted ON counted.status = s.status AND counted.channel = c.channel
+UNION ALL
+SELECT 'workers', r.role, NULL, count(w.id)
+FROM unnest(ARRAY['worker', 'orchestrator']) AS r(role)
+LEFT JOIN {schema}.worker w
+    ON w.role = r.role
+    AND w.heartbeat_at >= coalesce(%(now)s::timestamptz, clock_timestamp())
+                          - %(threshold_ms)s * interval '1 millisecond'
+GROUP BY r.role
+ORDER BY 1, 2, 3;
