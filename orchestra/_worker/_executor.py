@@ -140,6 +140,10 @@ class Executor:
                 self._report(attempt, _attempts.interrupted(attempt.job, attempt.started))
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        # A task cancelled before its first step never ran its coroutine, so
+        # nothing recorded its interruption: do it here.
+        for attempt in list(self._attempts.values()):
+            self._report(attempt, _attempts.interrupted(attempt.job, attempt.started))
 
     async def close(self) -> None:
         """Stop the children, let idle job threads end."""

@@ -59,6 +59,18 @@ class WorkerRow:
             "secret": self.secret,
         }
 
+    async def deregister(self, pool: AsyncConnectionPool[Any], queries: Queries) -> None:
+        """Delete the row (at the stop); a failure is logged: the orchestrator reaps it."""
+        if self.worker_id is None:
+            return
+        try:
+            async with pool.connection(timeout=5) as conn:
+                await conn.execute(
+                    queries["worker_delete"], {"worker_id": self.worker_id, "secret": self.secret}
+                )
+        except Exception:
+            logger.warning("%s-worker: could not delete the worker row", self.name, exc_info=True)
+
     def register(self, conn: psycopg.Connection[Any], queries: Queries) -> int:
         """Insert the row (at start-up); return its id."""
         row = conn.execute(queries["worker_register"], self.registration()).fetchone()
@@ -69,9 +81,8 @@ class WorkerRow:
 
 @attrs.frozen
 class HeartbeatResult:
-    """What one pass did: statements run, and whether the worker row was inserted again."""
+    """What one pass did: whether the worker row was inserted again."""
 
-    statements: int
     registered_again: bool = False
 
 
@@ -84,6 +95,7 @@ class WorkerHeartbeat:
         definitions: the names of the definitions this worker carries.
         held: the jobs the worker holds now.
         now: a ``time.monotonic()`` clock (tests pass their own).
+        stats: counts the statements sent (``heartbeat_queries``).
     """
 
     name = "heartbeat"
@@ -96,7 +108,9 @@ class WorkerHeartbeat:
         definitions: Iterable[str],
         held: Callable[[], Iterable[Claimed]],
         now: Callable[[], float],
+        stats: WorkerStats,
     ) -> None:
+        self._stats = stats
         self._queries = queries
         self._row = row
         self._definitions = list(definitions)
@@ -111,15 +125,15 @@ class WorkerHeartbeat:
 
     async def run_once(self, conn: psycopg.AsyncConnection[Any]) -> HeartbeatResult:
         """One heartbeat: the definitions when due, then the worker row and leases."""
-        statements = 0
         if self._now() >= self._definitions_due:
             await conn.execute(
                 self._queries["definition_heartbeat_many"],
                 {"names": self._definitions, "now": None},
             )
             self._definitions_due = self._now() + DEFINITION_HEARTBEAT_S
-            statements += 1
+            self._stats.heartbeat_queries += 1
         held = list(self._held())
+        self._stats.heartbeat_queries += 1
         cursor = await conn.execute(
             self._queries["worker_heartbeat"],
             {
@@ -129,15 +143,14 @@ class WorkerHeartbeat:
                 "tokens": [job.token for job in held],
             },
         )
-        statements += 1
         row = await cursor.fetchone()
         if row is None or row[0]:
-            return HeartbeatResult(statements)
+            return HeartbeatResult()
         cursor = await conn.execute(self._queries["worker_register"], self._row.registration())
         registered = await cursor.fetchone()
         assert registered is not None
         self._row.worker_id = int(registered[0])
-        return HeartbeatResult(statements, registered_again=True)
+        return HeartbeatResult(registered_again=True)
 
 
 async def beat(
@@ -148,7 +161,6 @@ async def beat(
     errors: DatabaseErrors,
     origin: EventOrigin,
     emit: Callable[[events.Event], None],
-    stats: WorkerStats,
 ) -> None:
     """Run ``heartbeat`` every ``interval_ms()`` until cancelled; failures are
     reported and retried sooner (a terminated connection is replaced at once):
@@ -161,7 +173,6 @@ async def beat(
         try:
             async with pool.connection() as conn:
                 result = await heartbeat.run_once(conn)
-            stats.heartbeat_queries += result.statements
             if result.registered_again:
                 logger.warning(
                     "%s: worker row %s vanished; registered again as %s",

@@ -25,13 +25,14 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from orchestra._definition import JobDefinition
 from orchestra._sql import Queries
 from orchestra._worker._attempts import Claimed, Finish
 from orchestra._worker._heartbeat import WorkerRow
@@ -43,6 +44,20 @@ logger = logging.getLogger("orchestra.worker")
 #: Claims refused in a row by the running-resource-key index before the
 #: worker backs off as for a database error (each retry normally succeeds).
 KEY_CONFLICT_RETRIES = 3
+
+
+def limited_definitions(
+    definitions: Iterable[JobDefinition[Any]], channel: str
+) -> tuple[list[str], float]:
+    """The channel's rate- or concurrency-limited definitions, and their shortest
+    release interval in seconds (0.0 without one): what the guarded claim locks."""
+    limited = [
+        d
+        for d in definitions
+        if d.channel == channel and (d.release_interval_ms > 0 or d.max_concurrency is not None)
+    ]
+    intervals = [d.release_interval_ms for d in limited if d.release_interval_ms > 0]
+    return [d.name for d in limited], (min(intervals) / 1000 if intervals else 0.0)
 
 
 def finish_params(
@@ -344,6 +359,7 @@ class LaneWriter:
                 # Refused by the database: nothing committed.
                 if not to_write:
                     await self._errors.report("claim", exc)
+                    claim, look_again = 0, True
                     break  # given up: the next kick claims again
                 # The data of some row is refused (not the connection):
                 # write the rows one by one so that one bad row cannot

@@ -59,6 +59,7 @@ class WorkerOptions:
         process_interval = milliseconds(process_interval_ms, "process_interval_ms") or 0
         if process_interval < 10:
             raise ConfigurationError("process_interval_ms", "must be at least 10 ms")
+        shutdown_grace = milliseconds(shutdown_grace_ms, "shutdown_grace_ms") or 0
         heartbeat_interval = milliseconds(
             heartbeat_interval_ms, "heartbeat_interval_ms", allow_none=True
         )
@@ -69,7 +70,7 @@ class WorkerOptions:
             concurrency=concurrency,
             processes=processes,
             process_interval_ms=process_interval,
-            shutdown_grace_ms=milliseconds(shutdown_grace_ms, "shutdown_grace_ms") or 0,
+            shutdown_grace_ms=shutdown_grace,
             heartbeat_interval_ms=heartbeat_interval,
             listen_notify=bool(listen_notify),
             unknown_definition_delay_ms=(

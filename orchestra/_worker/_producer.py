@@ -182,9 +182,9 @@ class Producer:
         for finish in batch:
             self._reporter.committed(finish)
             if self._slots.attempt_of(finish) is None:
-                continue
+                continue  # its job was claimed again, which took over the slot
             definition = self._config.definitions.get(finish.definition)
-            if definition is not None and definition.has_callbacks:
+            if definition is not None and self._slots.keeps_slot_after_commit(finish):
                 # The slot stays taken until the callbacks return: slow
                 # callbacks slow this worker's claiming rather than pile up.
                 self._spawn(self._callbacks_then_free(finish, definition))

@@ -157,8 +157,9 @@ class Slots:
         if self.maybe_more and claims_allowed:
             # The batch's jobs hold their slots until the commit, where the
             # claim takes them over; except a job with callbacks, which keeps
-            # its slot until they return.
-            claim = lane.free + sum(1 for f in batch if not self._has_callbacks(f.definition))
+            # its slot until they return, and a finish whose job was claimed
+            # again meanwhile (its lease lapsed), which gave its slot back then.
+            claim = lane.free + sum(1 for f in batch if self._hands_over_slot(f))
         lone = not batch
         if lone:
             if claim <= 0 or self._lone_claim:
@@ -252,6 +253,10 @@ class Slots:
     def keeps_slot_after_commit(self, finish: Finish) -> bool:
         """The committed ``finish``'s job keeps its slot until its callbacks returned."""
         return self.attempt_of(finish) is not None and self._has_callbacks(finish.definition)
+
+    def _hands_over_slot(self, finish: Finish) -> bool:
+        """Whether ``finish``'s slot is free once it is committed."""
+        return self.attempt_of(finish) is not None and not self._has_callbacks(finish.definition)
 
     # -- reading ------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from orchestra._daemon import Daemon
 from orchestra._definition import JobDefinition
 from orchestra._worker._executor import Executor
 from orchestra._worker._heartbeat import WorkerHeartbeat, WorkerRow, beat
-from orchestra._worker._lanes import LaneWriter
+from orchestra._worker._lanes import LaneWriter, limited_definitions
 from orchestra._worker._listener import Listener
 from orchestra._worker._options import (
     PROCESS_INTERVAL_MS_DEFAULT,
@@ -195,10 +195,9 @@ class Worker(Daemon):
     # -- start and stop -------------------------------------------------------
 
     async def _main(self) -> None:
-        dsn = self.config.dsn
         await asyncio.to_thread(self._start_up)
         self._pool = AsyncConnectionPool(
-            dsn,
+            self.config.dsn,
             # A statement per lane, the heartbeat, the callbacks' reads.
             min_size=len(self._slots.lanes),
             max_size=len(self._slots.lanes) + 2,
@@ -206,10 +205,38 @@ class Worker(Daemon):
             open=False,
             name=f"orchestra-{self.daemon_name}",
         )
-        await self._pool.open(wait=True, timeout=30)
-        self._errors.pool = self._pool
+        side_tasks: list[asyncio.Task[None]] = []
+        started = False
+        handed_back = 0
+        error: str | None = None
+        try:
+            # Inside the try: a pool or a child process that fails to start
+            # still gets the worker row deleted and the job threads ended.
+            await self._pool.open(wait=True, timeout=30)
+            await self._executor.start()
+            side_tasks = self._start_side_tasks(self._pool)
+            self._emit(events.DaemonStarted(**self._origin.header(), host=self.host, pid=self.pid))
+            started = True
+            self._ready()
+            await self._wake_loop()
+            handed_back = await self._drain()
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            await self._shutdown(side_tasks)
+            if started:
+                self._emit(
+                    events.DaemonStopped(
+                        **self._origin.header(), error=error, handed_back=handed_back
+                    )
+                )
+
+    def _start_side_tasks(self, pool: AsyncConnectionPool[Any]) -> list[asyncio.Task[None]]:
+        """Wire the lane writer; start the heartbeat and the listener."""
+        self._errors.pool = pool
         writer = LaneWriter(
-            self._pool,
+            pool,
             self.config.queries,
             self._row,
             channel=self.channel,
@@ -218,31 +245,30 @@ class Worker(Daemon):
             finished_channel=self.config.finished_channel,
             errors=self._errors,
             claims_allowed=lambda: not self._no_more_claims,
-            limited=self._limited_definitions(),
+            limited=limited_definitions(self._definitions(), self.channel),
             stats=self.stats,
         )
-        self._producer.attach(writer, self._executor, self._pool)
-        await self._executor.start()
+        self._producer.attach(writer, self._executor, pool)
         heartbeat = WorkerHeartbeat(
             self.config.queries,
             self._row,
             definitions=list(self.config.definitions),
             held=lambda: [held.job for held in self._slots.held.values()],
             now=time.monotonic,
+            stats=self.stats,
         )
         beating = beat(
             heartbeat,
-            self._pool,
+            pool,
             interval_ms=lambda: self.heartbeat_interval_ms,
             errors=self._errors,
             origin=self._origin,
             emit=self._emit,
-            stats=self.stats,
         )
-        side_tasks = [asyncio.create_task(beating, name="orchestra-heartbeat")]
+        tasks = [asyncio.create_task(beating, name="orchestra-heartbeat")]
         if self.listen_notify:
             self._listener = listener = Listener(
-                dsn,
+                self.config.dsn,
                 self.config.notify_channel,
                 self.channel,
                 on_wakeup=self._on_notify,
@@ -253,22 +279,8 @@ class Worker(Daemon):
                     events.WorkerListenRestored(**self._origin.header())
                 ),
             )
-            side_tasks.append(asyncio.create_task(listener.run(), name="orchestra-listener"))
-        self._emit(events.DaemonStarted(**self._origin.header(), host=self.host, pid=self.pid))
-        self._ready()
-        handed_back = 0
-        error: str | None = None
-        try:
-            await self._wake_loop()
-            handed_back = await self._drain()
-        except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            await self._shutdown(side_tasks)
-            self._emit(
-                events.DaemonStopped(**self._origin.header(), error=error, handed_back=handed_back)
-            )
+            tasks.append(asyncio.create_task(listener.run(), name="orchestra-listener"))
+        return tasks
 
     def _start_up(self) -> None:
         """Check the schema, write the definitions, register: one connection, in a thread.
@@ -282,20 +294,6 @@ class Worker(Daemon):
             for definition in self._definitions():
                 definition.upsert(conn)
             self._row.register(conn, self.config.queries)
-
-    def _limited_definitions(self) -> tuple[list[str], float]:
-        """This channel's rate- or concurrency-limited definitions; the shortest interval (s).
-
-        Read at the start, as the definitions are written then.
-        """
-        limited = [
-            d
-            for d in self._definitions()
-            if d.channel == self.channel
-            and (d.release_interval_ms > 0 or d.max_concurrency is not None)
-        ]
-        intervals = [d.release_interval_ms for d in limited if d.release_interval_ms > 0]
-        return [d.name for d in limited], (min(intervals) / 1000 if intervals else 0.0)
 
     async def _drain(self) -> int:
         """Wait for running jobs within the grace period; interrupt the rest.
@@ -345,21 +343,9 @@ class Worker(Daemon):
             task.cancel()
         await asyncio.gather(*side_tasks, return_exceptions=True)
         if self._pool is not None:
-            await self._deregister(self._pool)
+            await self._row.deregister(self._pool, self.config.queries)
             await self._pool.close()
         await self._executor.close()
-
-    async def _deregister(self, pool: AsyncConnectionPool[Any]) -> None:
-        if self._row.worker_id is None:
-            return
-        try:
-            async with pool.connection(timeout=5) as conn:
-                await conn.execute(
-                    self.config.queries["worker_delete"],
-                    {"worker_id": self._row.worker_id, "secret": self.secret},
-                )
-        except Exception:
-            logger.warning("%s: could not delete the worker row", self.daemon_name, exc_info=True)
 
     # -- claiming and writing ---------------------------------------------------
 

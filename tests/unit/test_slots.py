@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 
 from orchestra._worker import _attempts
 from orchestra._worker._attempts import Claimed, Finish
-from orchestra._worker._slots import FLUSH_WINDOW_S, Slots, Write
+from orchestra._worker._slots import FLUSH_WINDOW_S, Lane, Slots, Write
 
 NOW = dt.datetime(2026, 12, 3, tzinfo=dt.UTC)
 WITH_CALLBACKS = "with-callbacks"
@@ -55,7 +55,12 @@ class SlotMachine(RuleBasedStateMachine):
         super().__init__()
         self.slots = Slots(1, has_callbacks=lambda name: name == WITH_CALLBACKS)
         self.writes: dict[int, tuple[Write, int]] = {}
+        #: Lane statements whose guarded claim (of limited definitions) is still out:
+        #: the write, the notifications seen at its plan, its claim, the jobs taken so far.
+        self.guarded: dict[int, tuple[Write, int, int, int]] = {}
         self.callbacks: list[Finish] = []
+        #: Attempts that lost their job to a newer claim of it, still running here.
+        self.superseded: list[Claimed] = []
         self.ids = itertools.count(1)
         self.now = 0.0
         self.stopped = False
@@ -81,6 +86,16 @@ class SlotMachine(RuleBasedStateMachine):
             assert len(plan.batch) > 0 or plan.claim > 0
             if self.stopped:
                 assert plan.claim == 0
+            # The claim may fill only the slots free once the batch committed:
+            # a batch finish frees its job's slot if that job is still held by
+            # that very attempt and has no callbacks to run first.
+            freed = {(f.job_id, f.token) for f in plan.batch if f.definition != WITH_CALLBACKS}
+            staying = [
+                held
+                for held in self.slots.held.values()
+                if held.lane is target and (held.job.id, held.job.token) not in freed
+            ]
+            assert len(staying) + plan.claim <= target.size, "the claim would overfill the lane"
             self.writes[target.index] = (plan, self.slots.notifications)
         elif isinstance(plan, float):
             assert 0 < plan <= FLUSH_WINDOW_S + 1e-9  # float rounding of the window's end
@@ -91,7 +106,8 @@ class SlotMachine(RuleBasedStateMachine):
         with_callbacks=st.booleans(),
         limited=st.booleans(),
         lease_lost=st.booleans(),
-        gave_up_claim=st.booleans(),
+        # A claim given up after an error: now and then.
+        gave_up_claim=st.sampled_from([False, False, False, True]),
     )
     def commit(
         self,
@@ -104,12 +120,14 @@ class SlotMachine(RuleBasedStateMachine):
         self.steps += 1
         index = data.draw(st.sampled_from(sorted(self.writes)))
         write, notifications = self.writes.pop(index)
+        guarded = False
         try:
-            self._commit(
+            guarded = self._commit(
                 write, notifications, data, with_callbacks, limited, lease_lost, gave_up_claim
             )
         finally:
-            self.slots.written(write)  # also when an assertion failed: teardown drains
+            if not guarded:
+                self.slots.written(write)  # also when an assertion failed: teardown drains
 
     def _commit(
         self,
@@ -120,7 +138,8 @@ class SlotMachine(RuleBasedStateMachine):
         limited: bool,
         lease_lost: bool,
         gave_up_claim: bool,
-    ) -> None:
+    ) -> bool:
+        """Commit ``write``; True if its guarded claim is still out."""
         lane = write.lane
         fenced = (
             data.draw(st.sets(st.sampled_from(range(len(write.batch))))) if write.batch else set()
@@ -136,19 +155,56 @@ class SlotMachine(RuleBasedStateMachine):
                 self.slots.free(finish, limited=limited)
         claim = 0 if gave_up_claim else write.claim
         got = data.draw(st.integers(0, claim))
-        # A job of ours whose lease lapsed may come back in this claim
-        # (rescued, then claimed again): never one whose finish committed.
-        awaiting_callbacks = {f.job_id for f in self.callbacks}
-        candidates = sorted(set(self.slots.held) - awaiting_callbacks)
-        for taken in range(got):
-            if lease_lost and taken == 0 and candidates:
-                job_id = data.draw(st.sampled_from(candidates))
+        self._take(lane, got, data, with_callbacks=with_callbacks, lease_lost=lease_lost)
+        if claim and got < claim and not self.stopped and data.draw(st.booleans()):
+            # The guarded claim of limited definitions follows after an await:
+            # anything may happen meanwhile, and the lane is still writing.
+            self.guarded[lane.index] = (write, notifications, claim, got)
+            return True
+        self.slots.claim_answered(claim, got, notifications)
+        return False
+
+    def _take(
+        self, lane: Lane, count: int, data: st.DataObject, *, with_callbacks: bool, lease_lost: bool
+    ) -> None:
+        for _ in range(count):
+            # A job of ours whose lease lapsed may come back in a claim
+            # (rescued, then claimed again), its earlier attempt still running
+            # here or its finish not yet committed.
+            held = sorted(self.slots.held)
+            if lease_lost and held and data.draw(st.booleans()):
+                job_id = data.draw(st.sampled_from(held))
+                self.superseded.append(self.slots.held[job_id].job)
             else:
                 job_id = next(self.ids)
             definition = WITH_CALLBACKS if with_callbacks else "plain"
             self.slots.take(claimed(job_id, definition), lane)
             assert lane.running <= lane.size, "a claim took more jobs than its lane has slots"
-        self.slots.claim_answered(claim, got, notifications)
+
+    @precondition(lambda self: bool(self.guarded))
+    @rule(data=st.data(), with_callbacks=st.booleans(), lease_lost=st.booleans())
+    def guarded_claim_returns(
+        self, data: st.DataObject, with_callbacks: bool, lease_lost: bool
+    ) -> None:
+        self.steps += 1
+        index = data.draw(st.sampled_from(sorted(self.guarded)))
+        write, notifications, claim, got = self.guarded.pop(index)
+        try:
+            more = data.draw(st.integers(0, claim - got))
+            self._take(write.lane, more, data, with_callbacks=with_callbacks, lease_lost=lease_lost)
+            self.slots.claim_answered(claim, got + more, notifications)
+        finally:
+            self.slots.written(write)
+
+    @precondition(lambda self: bool(self.superseded))
+    @rule(data=st.data())
+    def a_superseded_attempt_ends(self, data: st.DataObject) -> None:
+        """The finish of an attempt whose job was claimed again changes nothing."""
+        job = self.superseded.pop(data.draw(st.integers(0, len(self.superseded) - 1)))
+        before = [(lane.running, lane.unfinished, len(lane.pending)) for lane in self.slots.lanes]
+        assert not self.slots.submit(_attempts.finish(job, "succeeded"), self.now)
+        after = [(lane.running, lane.unfinished, len(lane.pending)) for lane in self.slots.lanes]
+        assert after == before
 
     @precondition(lambda self: bool(self.slots.unsubmitted()))
     @rule(data=st.data(), outcome=st.sampled_from(["succeeded", "failed", "released"]))
@@ -157,11 +213,10 @@ class SlotMachine(RuleBasedStateMachine):
         assert self.slots.submit(_attempts.finish(held.job, outcome), self.now)
 
     @rule(job_id=st.integers(1, 50))
-    def a_superseded_attempt_ends(self, job_id: int) -> None:
-        """The finish of an attempt that is not (or no longer) ours changes nothing."""
+    def a_strangers_attempt_ends(self, job_id: int) -> None:
+        """A finish with a token no claim of ours returned changes nothing."""
         before = [(lane.running, lane.unfinished, len(lane.pending)) for lane in self.slots.lanes]
-        stranger = claimed(job_id, "plain")  # a token no claim of ours returned
-        assert not self.slots.submit(_attempts.finish(stranger, "succeeded"), self.now)
+        assert not self.slots.submit(_attempts.finish(claimed(job_id, "plain"), "failed"), self.now)
         after = [(lane.running, lane.unfinished, len(lane.pending)) for lane in self.slots.lanes]
         assert after == before
 
@@ -197,7 +252,7 @@ class SlotMachine(RuleBasedStateMachine):
             assert lane.running == len(mine)
             assert lane.unfinished == sum(1 for held in mine if not held.submitted)
             assert 0 <= lane.unfinished <= lane.running <= lane.size
-            assert lane.writing == (lane.index in self.writes)
+            assert lane.writing == (lane.index in self.writes or lane.index in self.guarded)
         assert sum(lane.size for lane in self.slots.lanes) == self.slots.concurrency
 
     def teardown(self) -> None:
@@ -205,6 +260,10 @@ class SlotMachine(RuleBasedStateMachine):
         self.stopped = True
         for held in self.slots.unsubmitted():
             assert self.slots.submit(_attempts.interrupted(held.job, 0.0), self.now)
+        for index in sorted(self.guarded):
+            write, notifications, claim, got = self.guarded.pop(index)
+            self.slots.claim_answered(claim, got, notifications)
+            self.slots.written(write)
         for _ in range(10_000):
             for index in sorted(self.writes):
                 write, notifications = self.writes.pop(index)
@@ -301,3 +360,14 @@ class TestPlan:
         assert (first.running, first.unfinished, second.running) == (0, 0, 1)
         assert not slots.submit(_attempts.finish(old, "succeeded"), 0.0)
         assert slots.submit(_attempts.finish(new, "succeeded"), 0.0)
+
+    def test_a_finish_superseded_before_its_write_hands_no_slot_to_the_claim(self) -> None:
+        slots = Slots(2, has_callbacks=lambda name: False)
+        (lane,) = slots.lanes
+        old = claimed(7, "plain")
+        slots.take(old, lane)
+        slots.submit(_attempts.finish(old, "succeeded"), 0.0)
+        slots.take(claimed(7, "plain"), lane)  # its lease lapsed: claimed again
+        write = slots.plan(lane, 1.0, claims_allowed=True)
+        assert isinstance(write, Write)
+        assert write.claim == lane.free == 1  # the stale finish gave its slot back already
