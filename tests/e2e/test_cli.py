@@ -87,7 +87,7 @@ def test_help_lists_commands_and_every_daemon_option(e2e_env: dict[str, str]) ->
     assert missing == [], daemon.stdout
 
 
-def test_a1_migrate_applies_then_reports_up_to_date(
+def test_migrate_applies_then_reports_up_to_date(
     e2e_env: dict[str, str], test_dsn: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
     """``orchestra migrate`` creates the schema, and a second run has nothing to do."""
@@ -224,7 +224,7 @@ def test_daemon_on_an_unmigrated_schema_says_to_migrate(
     assert schema in output
 
 
-def test_h1_json_log_format_writes_one_json_object_per_line(
+def test_json_log_format_writes_one_json_object_per_line(
     queue: Queue, jobs: dict[str, JobDefinition[Any]], daemons: DaemonFactory
 ) -> None:
     """With ``--log-format json`` every log line is a JSON object, lifecycle events included."""

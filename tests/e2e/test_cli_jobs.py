@@ -130,7 +130,7 @@ def test_help_lists_the_management_commands(e2e_env: dict[str, str]) -> None:
         assert option in listing
 
 
-def test_i9_jobs_list_as_a_table_and_as_json(
+def test_jobs_list_as_a_table_and_as_json(
     e2e_env: dict[str, str],
     target: list[str],
     config: Config,
@@ -232,7 +232,7 @@ def test_jobs_show_with_attempts_error_and_traceback(
     assert dt.datetime.fromisoformat(attempt["finished_at"]).tzinfo is not None
 
 
-def test_i8_jobs_retry_by_id_and_every_failed_job(
+def test_jobs_retry_by_id_and_every_failed_job(
     e2e_env: dict[str, str],
     target: list[str],
     config: Config,
@@ -299,7 +299,7 @@ def test_jobs_cancel(
     assert error_lines(again, 1) == [f"error: cannot cancel job {first}: it was already cancelled"]
 
 
-def test_i8_jobs_delete_by_id_and_every_failed_job_after_confirmation(
+def test_jobs_delete_by_id_and_every_failed_job_after_confirmation(
     e2e_env: dict[str, str],
     target: list[str],
     config: Config,

@@ -203,7 +203,7 @@ def stop(daemon: Daemon) -> int:
     return daemon.wait(timeout=20)
 
 
-def test_f4_g8_three_orchestrators_schedule_each_tick_exactly_once(
+def test_three_orchestrators_schedule_each_tick_exactly_once(
     queue: Queue, daemons: DaemonFactory
 ) -> None:
     """Of three orchestrator processes one leads and enqueues every tick exactly once."""
@@ -261,7 +261,7 @@ def test_f4_g8_three_orchestrators_schedule_each_tick_exactly_once(
     assert scheduled(leader) == tick_jobs(queue)
 
 
-def test_f4_killed_leader_is_replaced_within_the_lease_and_ticks_continue(
+def test_killed_leader_is_replaced_within_the_lease_and_ticks_continue(
     queue: Queue, daemons: DaemonFactory
 ) -> None:
     """A SIGKILLed leader is replaced within a lease plus a try; only gap ticks coalesce."""
@@ -391,7 +391,7 @@ def test_h_sigterm_leader_resigns_and_another_takes_over_at_once(
     assert queue.workers() == 0
 
 
-def test_f1_f3_role_all_runs_its_own_repeat_and_cron_jobs(
+def test_role_all_runs_its_own_repeat_and_cron_jobs(
     queue: Queue, daemons: DaemonFactory
 ) -> None:
     """``--role all`` in one process schedules interval and cron jobs and runs them."""
@@ -437,7 +437,7 @@ def test_f1_f3_role_all_runs_its_own_repeat_and_cron_jobs(
     assert queue.workers() == 0
 
 
-def test_c4_orchestrator_rescues_a_sigkilled_workers_job_for_another_worker(
+def test_orchestrator_rescues_a_sigkilled_workers_job_for_another_worker(
     queue: Queue, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
     """A running orchestrator rescues a SIGKILLed worker's job once its lease expires."""

@@ -121,7 +121,7 @@ def kill_while_waiting(queue: Queue, child: Requester) -> None:
     )
 
 
-def test_i1_requester_killed_while_waiting_gets_the_result_by_id(
+def test_requester_killed_while_waiting_gets_the_result_by_id(
     queue: Queue,
     config: Config,
     daemons: DaemonFactory,
@@ -155,7 +155,7 @@ def test_i1_requester_killed_while_waiting_gets_the_result_by_id(
 
 
 @pytest.mark.usefixtures("jobs")  # the in-process worker needs the definitions
-def test_i1_job_run_only_after_its_requester_died_still_delivers(
+def test_job_run_only_after_its_requester_died_still_delivers(
     queue: Queue,
     config: Config,
     e2e_env: dict[str, str],

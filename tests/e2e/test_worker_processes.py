@@ -36,7 +36,7 @@ def rescue_expired(config: Config, now: dt.datetime | None = None) -> list[tuple
         ).fetchall()
 
 
-def test_d1_d3_rate_limit_holds_across_worker_processes(
+def test_rate_limit_holds_across_worker_processes(
     queue: Queue, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
     """Starts of a rate-limited definition over two worker processes are >= R apart, and others are not held up."""
@@ -63,7 +63,7 @@ def test_d1_d3_rate_limit_holds_across_worker_processes(
         assert worker.wait(timeout=30) == 0
 
 
-def test_c5_three_workers_run_each_of_300_jobs_exactly_once(
+def test_three_workers_run_each_of_300_jobs_exactly_once(
     queue: Queue, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
     """Three worker processes (concurrency 4) run each of 300 jobs exactly once."""
@@ -102,7 +102,7 @@ def test_c5_three_workers_run_each_of_300_jobs_exactly_once(
     assert queue.workers() == 0
 
 
-def test_c12_h1_sigterm_finishes_running_jobs_and_claims_nothing_new(
+def test_sigterm_finishes_running_jobs_and_claims_nothing_new(
     queue: Queue, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
     """After SIGTERM a worker claims no new job, lets running ones finish, exits 0."""
@@ -159,7 +159,7 @@ def test_c12_h1_sigterm_finishes_running_jobs_and_claims_nothing_new(
     ],
     ids=["attempts-left", "last-attempt", "async-job"],
 )
-def test_c12_grace_exceeded_interrupts_the_job_and_exits(
+def test_grace_exceeded_interrupts_the_job_and_exits(
     queue: Queue,
     jobs: Jobs,
     daemons: DaemonFactory,
@@ -189,7 +189,7 @@ def test_c12_grace_exceeded_interrupts_the_job_and_exits(
     assert "DaemonStopped error=None handed_back=1" in worker.log()
 
 
-def test_c4_sigkilled_worker_job_is_rescued_after_its_lease_and_its_late_finish_is_fenced(
+def test_sigkilled_worker_job_is_rescued_after_its_lease_and_its_late_finish_is_fenced(
     queue: Queue, config: Config, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
     """A SIGKILLed worker's job stays leased, then is rescued; its late finish is refused."""
@@ -267,7 +267,7 @@ def test_c4_sigkilled_worker_job_is_rescued_after_its_lease_and_its_late_finish_
     assert worker_b.wait(timeout=20) == 0
 
 
-def test_c4_g7_frozen_worker_that_wakes_after_the_rescue_is_fenced(
+def test_frozen_worker_that_wakes_after_the_rescue_is_fenced(
     queue: Queue, config: Config, jobs: Jobs, daemons: DaemonFactory
 ) -> None:
     """A worker frozen past its lease (SIGSTOP) finishes its job late and is refused."""
@@ -323,7 +323,7 @@ def test_c4_g7_frozen_worker_that_wakes_after_the_rescue_is_fenced(
     ],
     ids=["term-term", "int-int", "term-int"],
 )
-def test_c12_second_signal_stops_at_once(
+def test_second_signal_stops_at_once(
     queue: Queue,
     jobs: Jobs,
     daemons: DaemonFactory,

@@ -46,7 +46,7 @@ def job_row(db: psycopg.Connection[Any], config: Config, job_id: int) -> tuple[A
 
 
 class TestAsyncAttempts:
-    def test_i4_async_attempt_past_its_limit_is_cancelled_retried_then_failed(
+    def test_async_attempt_past_its_limit_is_cancelled_retried_then_failed(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """An async attempt running past attempt_timeout_ms is cancelled and logged timed_out; retried while attempts remain, then failed."""
@@ -80,7 +80,7 @@ class TestAsyncAttempts:
             handle.result(timeout=0)
         assert info.value.error == last_error
 
-    def test_i4_async_retry_within_the_limit_succeeds(
+    def test_async_retry_within_the_limit_succeeds(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """A timed-out first attempt is followed by a second attempt that finishes in time and succeeds."""
@@ -221,7 +221,7 @@ class TestSyncAttempts:
         assert attempts(db, config, later.id) == [(1, "succeeded")], called
         assert called == ["stuck", "quick"]
 
-    def test_i7_timed_out_sync_attempt_still_running_keeps_its_key(
+    def test_timed_out_sync_attempt_still_running_keeps_its_key(
         self, config: Config, recorder: EventRecorder
     ) -> None:
         """The next job of a key must not start while the function of a timed-out def attempt of that key still runs."""

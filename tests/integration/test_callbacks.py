@@ -35,7 +35,7 @@ class Calls:
             return [(name, job.attempt, job.status) for name, job in self.calls]
 
 
-def test_i5_success_after_retries_fires_on_attempt_each_time_and_on_success_once(
+def test_success_after_retries_fires_on_attempt_each_time_and_on_success_once(
     config: Config,
 ) -> None:
     """Two failed attempts, then success: on_attempt x3, on_success x1, on_failure never."""
@@ -74,7 +74,7 @@ def test_i5_success_after_retries_fires_on_attempt_each_time_and_on_success_once
     assert [a.outcome for a in success_job.attempts] == ["failed", "failed", "succeeded"]
 
 
-def test_i5_on_failure_fires_only_after_the_final_attempt(config: Config) -> None:
+def test_on_failure_fires_only_after_the_final_attempt(config: Config) -> None:
     """Every attempt fails: on_failure once, after attempt 2 of 2, with the last error."""
     calls = Calls()
 
@@ -101,7 +101,7 @@ def test_i5_on_failure_fires_only_after_the_final_attempt(config: Config) -> Non
     assert calls.calls[-1][1].last_error == "ValueError: always"
 
 
-def test_i5_async_callbacks_and_a_raising_callback_change_nothing(config: Config) -> None:
+def test_async_callbacks_and_a_raising_callback_change_nothing(config: Config) -> None:
     """An async callback is awaited; one that raises is logged, the job and worker go on."""
     seen: list[int] = []
 

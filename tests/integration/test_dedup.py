@@ -81,7 +81,7 @@ def lock_waiters(db: psycopg.Connection[Any], config: Config) -> int:
 
 
 class TestUniqueKey:
-    def test_i6_second_defer_returns_the_holder_and_inserts_nothing(
+    def test_second_defer_returns_the_holder_and_inserts_nothing(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A defer whose unique_key an unfinished job holds returns that job's handle, deduplicated, and writes no row."""
@@ -94,7 +94,7 @@ class TestUniqueKey:
         # The holder's own payload and priority stand.
         assert job_rows(db, config) == [(first.id, "plain", {"n": 1}, 0, "user-42", "available")]
 
-    def test_i6_running_holder_and_holder_awaiting_retry_still_hold_the_key(
+    def test_running_holder_and_holder_awaiting_retry_still_hold_the_key(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A job that is running, or failed with attempts left (available again), still holds its key."""
@@ -109,7 +109,7 @@ class TestUniqueKey:
         assert (retrying.id, retrying.deduplicated) == (holder.id, True)
         assert count(db, config) == 1
 
-    def test_i6_same_key_of_another_definition_is_not_a_duplicate(
+    def test_same_key_of_another_definition_is_not_a_duplicate(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Unique keys are per definition: another definition's job with the same key is a new job."""
@@ -120,7 +120,7 @@ class TestUniqueKey:
         assert [(r[1], r[4]) for r in job_rows(db, config)] == [("a", "shared"), ("b", "shared")]
 
     @pytest.mark.parametrize("final_status", ["succeeded", "failed", "cancelled"])
-    def test_i6_key_is_free_again_once_the_holder_is_finalized(
+    def test_key_is_free_again_once_the_holder_is_finalized(
         self, config: Config, db: psycopg.Connection[Any], final_status: str
     ) -> None:
         """After the holder is finalized (succeeded, failed or cancelled) the key makes a new job, which then holds it."""
@@ -136,7 +136,7 @@ class TestUniqueKey:
             (new.id, "available"),
         ]
 
-    def test_i6_key_freed_by_a_real_final_failure(
+    def test_key_freed_by_a_real_final_failure(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A job finalized as failed by the worker's own finish statement frees its key."""
@@ -146,7 +146,7 @@ class TestUniqueKey:
         new = definition.defer({}, unique_key="k")
         assert new.id != old.id and not new.deduplicated
 
-    def test_i6_unknown_dependency_still_raises_with_a_unique_key(
+    def test_unknown_dependency_still_raises_with_a_unique_key(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """With a unique key that nobody holds, an unknown dependency raises UnknownJobError and writes nothing."""
@@ -158,7 +158,7 @@ class TestUniqueKey:
 
 
 class TestDedupPayload:
-    def test_i6_dedup_ignores_the_key_order_of_objects(
+    def test_dedup_ignores_the_key_order_of_objects(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """With dedup=True two payloads equal up to object key order (nested too) are one job."""
@@ -174,7 +174,7 @@ class TestDedupPayload:
         ("one", "other"),
         [({"n": 1}, {"n": 1.0}), ({"n": [100, -0.0]}, {"n": [1e2, 0]})],
     )
-    def test_i6_dedup_compares_numbers_by_value(self, config: Config, one: Any, other: Any) -> None:
+    def test_dedup_compares_numbers_by_value(self, config: Config, one: Any, other: Any) -> None:
         """1 and 1.0 are the same JSON number (and equal as jsonb): one job."""
         definition = plain(config)
         first = definition.defer(one, dedup=True)
@@ -191,7 +191,7 @@ class TestDedupPayload:
             ({"a": "1"}, {"a": 1}),
         ],
     )
-    def test_i6_dedup_distinguishes_different_payloads(
+    def test_dedup_distinguishes_different_payloads(
         self, config: Config, db: psycopg.Connection[Any], one: Any, other: Any
     ) -> None:
         """With dedup=True payloads that differ (value, list order, extra key, type) are two jobs."""
@@ -203,7 +203,7 @@ class TestDedupPayload:
         keys = [r[4] for r in job_rows(db, config)]
         assert len(keys) == 2 and keys[0] != keys[1]
 
-    def test_i6_dedup_of_typed_payloads(self, config: Config, db: psycopg.Connection[Any]) -> None:
+    def test_dedup_of_typed_payloads(self, config: Config, db: psycopg.Connection[Any]) -> None:
         """Equal attrs payloads deduplicate; different ones do not."""
         definition: JobDefinition[Invoice] = JobDefinition(
             config, name="invoice", job_function=noop, payload_type=Invoice
@@ -215,7 +215,7 @@ class TestDedupPayload:
         assert c.id != a.id and not c.deduplicated
         assert count(db, config) == 2
 
-    def test_i6_dedup_key_is_per_definition(
+    def test_dedup_key_is_per_definition(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """The same payload deferred with dedup=True to two definitions makes two jobs."""
@@ -224,7 +224,7 @@ class TestDedupPayload:
         assert a.id != b.id and not b.deduplicated
         assert count(db, config) == 2
 
-    def test_i6_definition_default_and_per_call_override(
+    def test_definition_default_and_per_call_override(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """JobDefinition(dedup=True) deduplicates by default; defer(dedup=False) inserts a job without a key."""
@@ -240,7 +240,7 @@ class TestDedupPayload:
         assert [r[0] for r in rows] == [first.id, forced.id]
         assert rows[0][4] is not None and rows[1][4] is None
 
-    def test_i6_plain_definition_does_not_dedup_unless_asked(
+    def test_plain_definition_does_not_dedup_unless_asked(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Without dedup, identical payloads are two jobs; defer(dedup=True) opts in per call."""
@@ -253,7 +253,7 @@ class TestDedupPayload:
         assert (d.id, d.deduplicated) == (c.id, True)
         assert count(db, config) == 3
 
-    def test_i6_explicit_unique_key_wins_over_the_definition_default(
+    def test_explicit_unique_key_wins_over_the_definition_default(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """On a dedup=True definition, an explicit unique_key is the key (not the payload hash)."""
@@ -266,7 +266,7 @@ class TestDedupPayload:
 
 
 class TestValidation:
-    def test_i6_unique_key_with_dedup_true_is_refused_naming_dedup(
+    def test_unique_key_with_dedup_true_is_refused_naming_dedup(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """unique_key together with dedup=True raises ConfigurationError naming ``dedup``; nothing is written."""
@@ -292,7 +292,7 @@ class TestValidation:
         ["", "k" * (KEY_MAX_LENGTH + 1), 42, b"bytes", ["k"], "nul\x00inside"],
         ids=["empty", "too-long", "int", "bytes", "list", "nul"],
     )
-    def test_i6_bad_unique_key_is_refused_naming_it(
+    def test_bad_unique_key_is_refused_naming_it(
         self, config: Config, db: psycopg.Connection[Any], key: Any
     ) -> None:
         """An empty, over-long (> 512), non-str or NUL-carrying unique_key raises ConfigurationError naming it."""
@@ -303,7 +303,7 @@ class TestValidation:
         assert count(db, config) == 0
         assert count(db, config, "job_definition") == 0
 
-    def test_i6_longest_unique_key_is_accepted(
+    def test_longest_unique_key_is_accepted(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A unique_key of exactly 512 characters is accepted and deduplicates."""
@@ -315,7 +315,7 @@ class TestValidation:
         assert [r[4] for r in job_rows(db, config)] == [key]
 
     @pytest.mark.parametrize("dedup", ["yes", 1, 0])
-    def test_i6_bad_dedup_flag_is_refused(
+    def test_bad_dedup_flag_is_refused(
         self, config: Config, db: psycopg.Connection[Any], dedup: Any
     ) -> None:
         """dedup must be a bool (or None), on defer and on the definition."""
@@ -330,7 +330,7 @@ class TestValidation:
 
 
 class TestTransactions:
-    def test_i6_dedup_inside_the_callers_transaction(
+    def test_dedup_inside_the_callers_transaction(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Two defers with one key in the caller's transaction make one job, which exists once committed."""
@@ -345,7 +345,7 @@ class TestTransactions:
         assert (same.id, same.deduplicated) == (also.id, True)
         assert [r[0] for r in job_rows(db, config)] == [first.id, also.id]
 
-    def test_i6_rolled_back_holder_leaves_the_key_free(
+    def test_rolled_back_holder_leaves_the_key_free(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A job deferred with a key in a transaction that rolls back does not hold the key."""
@@ -357,7 +357,7 @@ class TestTransactions:
         assert [r[0] for r in job_rows(db, config)] == [fresh.id]
 
     @pytest.mark.parametrize("outcome", ["commit", "rollback"])
-    def test_i6_producer_waits_for_an_uncommitted_holder(
+    def test_producer_waits_for_an_uncommitted_holder(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], outcome: str
     ) -> None:
         """A defer racing an open transaction that holds the key waits for it: committed, it dedups to it; rolled back, it inserts."""
@@ -393,7 +393,7 @@ class TestTransactions:
 
 
 class TestAsync:
-    def test_i6_defer_async_deduplicates(self, config: Config, db: psycopg.Connection[Any]) -> None:
+    def test_defer_async_deduplicates(self, config: Config, db: psycopg.Connection[Any]) -> None:
         """defer_async returns the holder's handle for a held unique_key and for an equal payload with dedup=True."""
         definition = plain(config)
 
@@ -414,7 +414,7 @@ class TestAsync:
         assert not keyed.deduplicated and not hashed.deduplicated
         assert [r[0] for r in job_rows(db, config)] == [keyed.id, hashed.id]
 
-    def test_i6_defer_async_in_the_callers_transaction(
+    def test_defer_async_in_the_callers_transaction(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
         """defer_async(conn=...) dedups inside the transaction; a rollback frees the key."""
@@ -442,7 +442,7 @@ class TestConcurrentProducers:
     PRODUCERS = 8
     ROUNDS = 5
 
-    def test_i6_racing_threads_on_one_unique_key_create_one_job(
+    def test_racing_threads_on_one_unique_key_create_one_job(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
         """8 producers, each with its own Config and connection, released together by a barrier, make one job per key."""
@@ -475,7 +475,7 @@ class TestConcurrentProducers:
                 self.PRODUCERS - 1
             )
 
-    def test_i6_racing_defer_async_with_equal_payloads_create_one_job(
+    def test_racing_defer_async_with_equal_payloads_create_one_job(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """8 concurrent defer_async(dedup=True) of payloads equal up to key order make one job."""

@@ -145,7 +145,7 @@ def notifications(
 
 
 class TestDeferRow:
-    def test_b1_defer_returns_handle_and_writes_available_row(
+    def test_defer_returns_handle_and_writes_available_row(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """defer returns a JobHandle with an int id whose row is available, unfinalized, attempt 0."""
@@ -174,14 +174,14 @@ class TestDeferRow:
             None,
         ],
     )
-    def test_b1_plain_json_payload_stored_verbatim(
+    def test_plain_json_payload_stored_verbatim(
         self, config: Config, db: psycopg.Connection[Any], payload: Any
     ) -> None:
         """Any plain JSON value is stored as exactly that JSON."""
         handle = plain(config).defer(payload)
         assert job(db, config, handle.id)["payload"] == payload
 
-    def test_b1_typed_payload_round_trips(
+    def test_typed_payload_round_trips(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """An attrs payload is stored with ISO datetimes and string uuids and structures back equal."""
@@ -202,7 +202,7 @@ class TestDeferRow:
         }
         assert _converter.decode_payload(stored, Order) == order
 
-    def test_b1_dataclass_and_typeddict_payloads_stored(
+    def test_dataclass_and_typeddict_payloads_stored(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Dataclass and TypedDict payloads are stored as their JSON objects."""
@@ -219,7 +219,7 @@ class TestDeferRow:
 
 
 class TestDelay:
-    def test_b2_delay_sets_run_at_and_hides_job_until_due(
+    def test_delay_sets_run_at_and_hides_job_until_due(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """delay_ms=5000 gives run_at = created_at + 5 s; the job is claimable only from then."""
@@ -230,13 +230,13 @@ class TestDelay:
         assert claim(db, config, now=row["created_at"] + dt.timedelta(seconds=4)) == []
         assert claim(db, config, now=row["created_at"] + dt.timedelta(seconds=6)) == [handle.id]
 
-    def test_b2_delay_accepts_timedelta(self, config: Config, db: psycopg.Connection[Any]) -> None:
+    def test_delay_accepts_timedelta(self, config: Config, db: psycopg.Connection[Any]) -> None:
         """delay_ms given as a timedelta delays by that much."""
         handle = plain(config).defer(None, delay_ms=dt.timedelta(minutes=2, milliseconds=250))
         row = job(db, config, handle.id)
         assert row["run_at"] - row["created_at"] == dt.timedelta(minutes=2, milliseconds=250)
 
-    def test_b2_explicit_run_at_is_honoured(
+    def test_explicit_run_at_is_honoured(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """run_at as an aware datetime in any zone is stored as that instant and gates the claim."""
@@ -249,7 +249,7 @@ class TestDelay:
         assert claim(db, config, now=when - dt.timedelta(seconds=1)) == []
         assert claim(db, config, now=when) == [handle.id]
 
-    def test_b2_defer_many_delay_applies_to_every_job(
+    def test_defer_many_delay_applies_to_every_job(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """defer_many with delay_ms delays every job of the batch."""
@@ -267,7 +267,7 @@ class TestDelay:
             {"delay_ms": -1},
         ],
     )
-    def test_b2_bad_timing_rejected_and_nothing_written(
+    def test_bad_timing_rejected_and_nothing_written(
         self, config: Config, db: psycopg.Connection[Any], kwargs: dict[str, Any]
     ) -> None:
         """A naive run_at, run_at with delay_ms, or a negative delay raises ConfigurationError."""
@@ -277,7 +277,7 @@ class TestDelay:
 
 
 class TestDependencies:
-    def test_b3_unknown_dependency_writes_nothing(
+    def test_unknown_dependency_writes_nothing(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A dependency on a missing job raises UnknownJobError and writes no job and no edge."""
@@ -287,7 +287,7 @@ class TestDependencies:
         assert count(db, config, "job") == 0
         assert count(db, config, "job_dependency") == 0
 
-    def test_b3_one_unknown_among_known_dependencies_writes_nothing(
+    def test_one_unknown_among_known_dependencies_writes_nothing(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """One missing id among existing dependencies still writes nothing new."""
@@ -298,7 +298,7 @@ class TestDependencies:
         assert [r["id"] for r in jobs(db, config)] == [existing.id]
         assert count(db, config, "job_dependency") == 0
 
-    def test_b3_error_names_only_the_missing_ids(
+    def test_error_names_only_the_missing_ids(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """UnknownJobError.job_ids lists only the dependency ids that do not exist."""
@@ -308,7 +308,7 @@ class TestDependencies:
             definition.defer({"n": 2}, depends_on=[existing, 987654321])
         assert info.value.job_ids == (987654321,)
 
-    def test_b3_unknown_dependency_async_writes_nothing(
+    def test_unknown_dependency_async_writes_nothing(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """defer_async with a missing dependency raises UnknownJobError and writes nothing."""
@@ -326,7 +326,7 @@ class TestDependencies:
         assert count(db, config, "job_dependency") == 0
 
     @pytest.mark.parametrize("bad", [0, -5, "12", 1.5, True])
-    def test_b3_malformed_dependency_rejected_before_writing(
+    def test_malformed_dependency_rejected_before_writing(
         self, config: Config, db: psycopg.Connection[Any], bad: Any
     ) -> None:
         """A dependency that is not a positive int or JobHandle raises ConfigurationError."""
@@ -334,7 +334,7 @@ class TestDependencies:
             plain(config).defer({"n": 1}, depends_on=[bad])
         assert count(db, config) == 0
 
-    def test_b4_two_dependencies_make_two_edges_and_wait(
+    def test_two_dependencies_make_two_edges_and_wait(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """depends_on [a, b] writes exactly the edges (new, a), (new, b) and the job waits."""
@@ -347,7 +347,7 @@ class TestDependencies:
         assert child.status() == "waiting"
         assert claim(db, config, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=1)) == [a.id, b.id]
 
-    def test_b4_waits_while_one_dependency_is_unfinished(
+    def test_waits_while_one_dependency_is_unfinished(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A job is waiting when one of its dependencies succeeded and the other has not."""
@@ -358,7 +358,7 @@ class TestDependencies:
         child = definition.defer({"n": "child"}, depends_on=[a, b])
         assert job(db, config, child.id)["status"] == "waiting"
 
-    def test_b4_available_when_every_dependency_succeeded(
+    def test_available_when_every_dependency_succeeded(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A job whose dependencies all succeeded already is available at once."""
@@ -370,7 +370,7 @@ class TestDependencies:
         assert job(db, config, child.id)["status"] == "available"
         assert dependencies(db, config) == {(child.id, a.id), (child.id, b.id)}
 
-    def test_b4_repeated_dependency_makes_one_edge(
+    def test_repeated_dependency_makes_one_edge(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """The same dependency given twice, as handle and as id, makes one edge."""
@@ -379,7 +379,7 @@ class TestDependencies:
         child = definition.defer({"n": "child"}, depends_on=[a, a.id, a])
         assert dependencies(db, config) == {(child.id, a.id)}
 
-    def test_b4_dependency_deferred_in_the_same_transaction(
+    def test_dependency_deferred_in_the_same_transaction(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
         """A job may depend on a job deferred earlier in the same, still open, transaction."""
@@ -392,7 +392,7 @@ class TestDependencies:
 
 
 class TestDuplicates:
-    def test_b5_identical_defers_create_two_jobs(
+    def test_identical_defers_create_two_jobs(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Two identical defers are not deduplicated: two rows with the same payload."""
@@ -719,7 +719,7 @@ class TestAsync:
 
 
 class TestJobHandle:
-    def test_i9_status_of_a_new_job_is_available(self, config: Config) -> None:
+    def test_status_of_a_new_job_is_available(self, config: Config) -> None:
         """JobHandle.status() of a freshly deferred job is 'available', also from a rebuilt handle."""
         handle = plain(config).defer({"n": 1})
         assert handle.status() == "available"
@@ -727,7 +727,7 @@ class TestJobHandle:
         assert rebuilt == handle
         assert rebuilt.status() == "available"
 
-    def test_i9_status_of_a_missing_job_raises(self, config: Config) -> None:
+    def test_status_of_a_missing_job_raises(self, config: Config) -> None:
         """JobHandle.status() for an id that does not exist raises UnknownJobError."""
         with pytest.raises(UnknownJobError) as info:
             JobHandle(999999, config).status()

@@ -77,7 +77,7 @@ def age_cache(definition: JobDefinition[Any]) -> None:
 
 class TestUpsert:
     @pytest.mark.parametrize("second_first", [False, True])
-    def test_a2_last_writer_wins_across_configs(
+    def test_last_writer_wins_across_configs(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], second_first: bool
     ) -> None:
         """Two same-named definitions from two Configs leave one row holding the last writer's settings."""
@@ -119,7 +119,7 @@ class TestUpsert:
             assert {k: row[k] for k in SETTINGS} == {k: params[k] for k in SETTINGS}
             assert row["cron"] == last.cron
 
-    def test_a3_upsert_refreshes_heartbeat_and_keeps_daemon_timestamps(
+    def test_upsert_refreshes_heartbeat_and_keeps_daemon_timestamps(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Re-upserting sets last_heartbeat_at to now and keeps last_repeated_at and last_released_at."""
@@ -144,7 +144,7 @@ class TestUpsert:
 
 
 class TestClamping:
-    def test_a4_upsert_query_clamps_raw_values(
+    def test_upsert_query_clamps_raw_values(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """definition_upsert fed out-of-range values stores num_attempts 1 and intervals 0."""
@@ -172,7 +172,7 @@ class TestClamping:
         ):
             assert row[column] == 0, column
 
-    def test_a4_upsert_query_clamps_negative_attempts_on_update(
+    def test_upsert_query_clamps_negative_attempts_on_update(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A raw upsert over an existing row clamps too: num_attempts -3 becomes 1."""
@@ -185,7 +185,7 @@ class TestClamping:
         row = definition_row(db, config, "raw")
         assert (row["num_attempts"], row["lock_interval_ms"]) == (1, 0)
 
-    def test_a4_upsert_query_keeps_valid_values(
+    def test_upsert_query_keeps_valid_values(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Values already in range are stored unchanged by definition_upsert."""
@@ -204,7 +204,7 @@ class TestClamping:
         assert {k: row[k] for k in SETTINGS} == {k: definition.row_params()[k] for k in SETTINGS}
 
     @pytest.mark.parametrize("path", ["api", "raw_query"])
-    def test_a4_unset_repeat_interval_is_stored_as_null(
+    def test_unset_repeat_interval_is_stored_as_null(
         self, config: Config, db: psycopg.Connection[Any], path: str
     ) -> None:
         """A definition without a repeat interval is stored with repeat_interval_ms NULL."""
@@ -218,7 +218,7 @@ class TestClamping:
 
 
 class TestAttempts:
-    def test_a5_job_max_attempts_equals_definition_num_attempts(
+    def test_job_max_attempts_equals_definition_num_attempts(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Jobs from defer, defer_many and defer_async carry the definition's num_attempts."""

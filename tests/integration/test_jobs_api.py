@@ -206,7 +206,7 @@ def notifications(db: psycopg.Connection[Any], channel: str, count: int) -> list
 
 
 class TestGet:
-    def test_i9_get_returns_the_job_with_attempts_errors_and_tracebacks(
+    def test_get_returns_the_job_with_attempts_errors_and_tracebacks(
         self, api: JobsApi, config: Config
     ) -> None:
         """get() finds a job by id with its fields, dependencies and full attempt log."""
@@ -341,7 +341,7 @@ class TestGet:
 
 
 class TestList:
-    def test_i9_list_filters_by_status_definition_and_channel_with_limit_offset_order(
+    def test_list_filters_by_status_definition_and_channel_with_limit_offset_order(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """list() filters by one or several statuses, definition and channel, and pages by id."""
@@ -369,7 +369,7 @@ class TestList:
         assert api.count(status=["failed", "cancelled"], definition="mail") == 2
         assert api.count(channel="mail") == 4
 
-    def test_i9_list_has_no_hidden_time_window(
+    def test_list_has_no_hidden_time_window(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A job created 30 days ago is listed and counted like a new one: no hidden time window."""
@@ -463,7 +463,7 @@ class TestArguments:
 
 
 class TestRetry:
-    def test_i8_retry_gives_a_finalized_job_a_fresh_budget(
+    def test_retry_gives_a_finalized_job_a_fresh_budget(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Succeeded, failed and cancelled jobs go back to available, attempt 0, no result."""
@@ -581,7 +581,7 @@ class TestRetry:
         api.cancel(new.id)
         assert api.retry(old.id).status == "available"
 
-    def test_i8_retry_failed_keeps_one_job_per_unique_key(
+    def test_retry_failed_keeps_one_job_per_unique_key(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Of two failed jobs with one unique_key, the bulk retry takes the newer and keeps the other failed."""
@@ -610,7 +610,7 @@ class TestRetry:
 
 
 class TestRetryWithWorker:
-    def test_i8_failed_jobs_listed_retried_with_fresh_budget_and_deleted_in_bulk(
+    def test_failed_jobs_listed_retried_with_fresh_budget_and_deleted_in_bulk(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Failed jobs are listed, retried in bulk with a fresh budget (run again), then deleted in bulk."""
@@ -648,7 +648,7 @@ class TestRetryWithWorker:
         assert jobs.delete_failed() == 1
         assert jobs.count() == 0
 
-    def test_i8_retry_of_a_job_that_exhausted_its_attempts_runs_it_to_success(
+    def test_retry_of_a_job_that_exhausted_its_attempts_runs_it_to_success(
         self, config: Config
     ) -> None:
         """A job that failed every attempt, once retried, runs again and succeeds with a result."""

@@ -52,7 +52,7 @@ def starts(db: psycopg.Connection[Any], config: Config, definition: str) -> list
 
 
 class TestReleaseInterval:
-    def test_d1_d2_d3_starts_are_spaced_fleet_wide_and_others_are_not_slowed(
+    def test_starts_are_spaced_fleet_wide_and_others_are_not_slowed(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """Starts of a rate-limited definition over three workers are >= R apart; another definition runs at once."""
@@ -85,7 +85,7 @@ class TestReleaseInterval:
             1
         }  # held back: no attempt spent
 
-    def test_d2_retries_count_as_releases(
+    def test_retries_count_as_releases(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """A retried attempt also waits for the release interval."""
@@ -108,7 +108,7 @@ class TestReleaseInterval:
         assert len(times) == 3
         assert all((b - a).total_seconds() >= 0.3 for a, b in itertools.pairwise(times))
 
-    def test_d4_zero_interval_is_not_limited(
+    def test_zero_interval_is_not_limited(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """With release_interval_ms 0 (and no max_concurrency) jobs take the fast, unguarded path."""

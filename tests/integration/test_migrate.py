@@ -99,7 +99,7 @@ def fresh(test_dsn: str, schema: str) -> Iterator[Config]:
 
 
 class TestPrepareSchema:
-    def test_a1_fresh_schema_gets_every_table(
+    def test_fresh_schema_gets_every_table(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
         """prepare_schema on a fresh schema creates exactly the queue tables."""
@@ -108,7 +108,7 @@ class TestPrepareSchema:
         assert applied == all_migrations()
         assert tables_in(db, fresh.schema) == TABLES
 
-    def test_a1_second_prepare_is_a_no_op(self, fresh: Config, db: psycopg.Connection[Any]) -> None:
+    def test_second_prepare_is_a_no_op(self, fresh: Config, db: psycopg.Connection[Any]) -> None:
         """Preparing twice succeeds, the second time applies nothing and records nothing."""
         assert fresh.prepare_schema() == all_migrations()
         assert fresh.prepare_schema() == []
@@ -116,7 +116,7 @@ class TestPrepareSchema:
         expected = [(m.version, m.name) for m in _migrate.migrations()]
         assert version_rows(db, fresh.schema) == expected
 
-    def test_a1_second_config_on_migrated_schema_applies_nothing(
+    def test_second_config_on_migrated_schema_applies_nothing(
         self, fresh: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
         """A second Config preparing an already migrated schema applies nothing."""
@@ -125,7 +125,7 @@ class TestPrepareSchema:
             assert other.prepare_schema() == []
         assert len(version_rows(db, fresh.schema)) == len(_migrate.migrations())
 
-    def test_a1_existing_empty_schema_is_migrated(
+    def test_existing_empty_schema_is_migrated(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A schema the user created beforehand, still empty, is migrated in place."""
@@ -133,7 +133,7 @@ class TestPrepareSchema:
         assert fresh.prepare_schema() == all_migrations()
         assert tables_in(db, fresh.schema) == TABLES
 
-    def test_a1_migration_touches_only_the_configured_schema(
+    def test_migration_touches_only_the_configured_schema(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Every object is created in the configured schema and nothing in public."""
@@ -149,7 +149,7 @@ class TestPrepareSchema:
 
 
 class TestConcurrentMigration:
-    def test_a1_two_processes_migrating_at_once_both_succeed(
+    def test_two_processes_migrating_at_once_both_succeed(
         self, test_dsn: str, schema: str, db: psycopg.Connection[Any]
     ) -> None:
         """Two processes released together on a fresh schema both succeed; one applies it all."""
@@ -199,7 +199,7 @@ class TestConcurrentMigration:
 
 
 class TestVersionCheck:
-    def test_a1_current_version_zero_before_and_required_after(
+    def test_current_version_zero_before_and_required_after(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
         """current_version is 0 for a missing schema and the required version after migrating."""
@@ -207,14 +207,14 @@ class TestVersionCheck:
         fresh.prepare_schema()
         assert _migrate.current_version(db, fresh.schema) == _migrate.required_version()
 
-    def test_a1_current_version_zero_for_schema_without_version_table(
+    def test_current_version_zero_for_schema_without_version_table(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A schema that exists but holds no schema_version table is at version 0."""
         db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(fresh.schema)))
         assert _migrate.current_version(db, fresh.schema) == 0
 
-    def test_a1_check_schema_raises_before_migration(self, fresh: Config) -> None:
+    def test_check_schema_raises_before_migration(self, fresh: Config) -> None:
         """check_schema on an unmigrated schema raises SchemaNotReadyError naming `orchestra migrate`."""
         with pytest.raises(SchemaNotReadyError, match="orchestra migrate") as info:
             fresh.check_schema()
@@ -222,12 +222,12 @@ class TestVersionCheck:
         assert info.value.current == 0
         assert info.value.required == _migrate.required_version()
 
-    def test_a1_check_schema_passes_after_migration(self, fresh: Config) -> None:
+    def test_check_schema_passes_after_migration(self, fresh: Config) -> None:
         """check_schema is silent once the schema is migrated."""
         fresh.prepare_schema()
         fresh.check_schema()
 
-    def test_a1_check_schema_accepts_a_newer_schema(
+    def test_check_schema_accepts_a_newer_schema(
         self, fresh: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A schema migrated further than this version needs passes the check (rolling upgrades)."""
@@ -255,7 +255,7 @@ INVALID_SCHEMAS = [
 
 class TestSchemaName:
     @pytest.mark.parametrize("name", INVALID_SCHEMAS)
-    def test_a1_invalid_schema_name_rejected_by_config(
+    def test_invalid_schema_name_rejected_by_config(
         self, name: str, db: psycopg.Connection[Any]
     ) -> None:
         """Config refuses an unsafe schema name with ConfigurationError and creates nothing."""
@@ -266,7 +266,7 @@ class TestSchemaName:
         assert not schema_exists(db, name.lower())
 
     @pytest.mark.parametrize("name", INVALID_SCHEMAS)
-    def test_a1_invalid_schema_name_rejected_by_migrate(
+    def test_invalid_schema_name_rejected_by_migrate(
         self, name: str, db: psycopg.Connection[Any]
     ) -> None:
         """The migrator itself refuses an unsafe schema name before running any SQL."""
@@ -278,7 +278,7 @@ class TestSchemaName:
         assert not schema_exists(db, name.lower())
         assert db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
-    def test_a1_non_string_schema_rejected(self) -> None:
+    def test_non_string_schema_rejected(self) -> None:
         """A schema that is not a string is a ConfigurationError, not a TypeError."""
         with pytest.raises(ConfigurationError):
             Config("postgresql://unused", schema=cast(Any, 42))

@@ -101,7 +101,7 @@ class TestScheduler:
             db, config, "SELECT payload, max_attempts, tick_at, status::text FROM {s}.job"
         ) == [({}, 4, T0 + dt.timedelta(minutes=1), "available")]
 
-    def test_f2_one_job_per_tick(self, config: Config, db: psycopg.Connection[Any]) -> None:
+    def test_one_job_per_tick(self, config: Config, db: psycopg.Connection[Any]) -> None:
         """Further passes within a tick enqueue nothing; the next tick enqueues one more."""
         JobDefinition(
             config, name="tick", job_function=noop, repeat_interval_ms=60_000, overlap=True
@@ -112,7 +112,7 @@ class TestScheduler:
         ticks = [r[0] for r in rows(db, config, "SELECT tick_at FROM {s}.job ORDER BY tick_at")]
         assert ticks == [T0 + dt.timedelta(minutes=1), T0 + dt.timedelta(minutes=2)]
 
-    def test_f4_two_schedulers_enqueue_each_tick_once(
+    def test_two_schedulers_enqueue_each_tick_once(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
         """Two orchestrators (two processes' configs) scheduling the same tick create one job."""
@@ -178,7 +178,7 @@ class TestScheduler:
             (dt.datetime(2030, 1, 8, 3, tzinfo=dt.UTC),)
         ]
 
-    def test_f6_g9_definition_without_repeat_or_absent_from_code_is_not_scheduled(
+    def test_definition_without_repeat_or_absent_from_code_is_not_scheduled(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
         """A definition whose repeat was turned off, or that this code no longer has, gets no job."""
@@ -212,7 +212,7 @@ class TestScheduler:
 
 
 class TestHeartbeat:
-    def test_g1_heartbeat_refreshes_and_rewrites_missing_rows(
+    def test_heartbeat_refreshes_and_rewrites_missing_rows(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Each pass sets last_heartbeat_at of every carried definition and writes missing rows again."""
@@ -244,7 +244,7 @@ class TestRescuer:
         assert rows(db, config, "SELECT outcome FROM {s}.job_attempt") == [("lost",)]
         assert finish(db, config, claimed, "succeeded") == []  # the fence refuses the late finish
 
-    def test_c9_no_attempts_left_finalizes_as_failed(
+    def test_no_attempts_left_finalizes_as_failed(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A rescued job with no attempt left is finalized as failed: no_attempts_remaining."""
@@ -344,7 +344,7 @@ class TestRescuer:
 
 
 class TestFinalizer:
-    def test_g5_timeout_counts_from_run_at_not_creation(
+    def test_timeout_counts_from_run_at_not_creation(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A delayed job is timed out timeout_interval_ms after its run_at, not after its creation."""
@@ -398,7 +398,7 @@ class TestFinalizer:
             ("failed", 0, [])
         ]
 
-    def test_e3_e4_failure_cascades_down_the_chain_in_one_pass(
+    def test_failure_cascades_down_the_chain_in_one_pass(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """After A fails, one pass finalizes B and C (A <- B <- C) as unmet_dependencies."""
@@ -447,7 +447,7 @@ class TestFinalizer:
             db, config, "SELECT id FROM {s}.job_history WHERE definition = 'dependent' ORDER BY id"
         ) == [(on_cancelled.id,), (on_gone.id,)]
 
-    def test_g6_g7_one_finalization_per_job_by_precedence(
+    def test_one_finalization_per_job_by_precedence(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A job both timed out and with a failed dependency is finalized once, as timeout; a second pass does nothing."""
@@ -496,7 +496,7 @@ class TestSweeper:
             batch_size=batch_size,
         )
 
-    def test_g4_a_partition_past_the_retention_is_dropped_whole(
+    def test_a_partition_past_the_retention_is_dropped_whole(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A partition whose jobs all finished before the retention goes in one pass, with its edges; a newer one stays."""
@@ -668,7 +668,7 @@ class TestSweeper:
         with pytest.raises(ConfigurationError, match="archive_retention_ms"):
             Orchestrator(config, archive=True, archive_retention_ms=bad)
 
-    def test_e5_a_dependency_dropped_with_its_partition_fails_its_waiting_dependent(
+    def test_a_dependency_dropped_with_its_partition_fails_its_waiting_dependent(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A finished job is not kept past the retention for a waiting dependent, which then fails."""
@@ -746,7 +746,7 @@ class TestSweeper:
         ]
         assert rows(db, config, "SELECT job_id FROM {s}.job_attempt") == [(a.id,)]
 
-    def test_g2_g3_stale_definitions_without_jobs_are_swept(
+    def test_stale_definitions_without_jobs_are_swept(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A definition not heartbeated for the threshold goes once it has no job at all, finished ones included."""
@@ -787,7 +787,7 @@ class TestLeaderLease:
 
 
 class TestDaemon:
-    def test_g8_every_service_runs_at_start_and_one_leader(
+    def test_every_service_runs_at_start_and_one_leader(
         self, config: Config, recorder: EventRecorder
     ) -> None:
         """Each maintenance service runs once at start; of two orchestrators, one leads at a time."""

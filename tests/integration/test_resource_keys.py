@@ -120,7 +120,7 @@ class TestExclusion:
     KEYS = 3
     WORKERS = 3
 
-    def test_i7_jobs_sharing_a_key_never_overlap_across_workers(
+    def test_jobs_sharing_a_key_never_overlap_across_workers(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
         """Three workers (own Config each, concurrency 4) over 60 jobs on 3 keys: no two jobs of a key overlap, each runs once."""
@@ -169,7 +169,7 @@ class TestExclusion:
         assert attempts == [(1, "succeeded", self.JOBS)]  # nobody failed or spent an attempt
         assert sum(w.stats.claimed for w in workers) == self.JOBS
 
-    def test_i7_jobs_with_different_keys_run_at_the_same_time(
+    def test_jobs_with_different_keys_run_at_the_same_time(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """Two jobs with different keys are both running at once (each waits at a barrier for the other)."""
@@ -189,7 +189,7 @@ class TestExclusion:
         assert statuses(db, config, [a.id, b.id]) == [("succeeded", 1)] * 2
         assert recorder.of_type(events.WorkerJobFailed) == []
 
-    def test_i7_blocked_job_spends_nothing_and_the_worker_does_not_spin(
+    def test_blocked_job_spends_nothing_and_the_worker_does_not_spin(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """While a long job holds its key, the next job of that key stays available (attempt 0) and the idle worker issues few claims."""
@@ -231,7 +231,7 @@ class TestExclusion:
         assert overlapping_attempts(db, config) == []
         assert recorder.of_type(events.WorkerJobFailed) == []
 
-    def test_i7_keyed_jobs_do_not_block_plain_jobs_of_the_channel(
+    def test_keyed_jobs_do_not_block_plain_jobs_of_the_channel(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """With a key held, its blocked jobs take no slot: plain jobs of the channel run through the free slot meanwhile."""
@@ -261,7 +261,7 @@ class TestExclusion:
 
 
 class TestOrder:
-    def test_i2_i7_priority_then_fifo_within_a_key(
+    def test_priority_then_fifo_within_a_key(
         self, config: Config, recorder: EventRecorder
     ) -> None:
         """Jobs of one key run one at a time, higher priority first, then in id order."""
@@ -275,7 +275,7 @@ class TestOrder:
             recorder.wait_for(events.WorkerJobSucceeded, count=6, timeout=20)
         assert order == [6, 2, 4, 1, 3, 5]
 
-    def test_i2_i7_job_deferred_while_the_key_is_held_jumps_the_queue_by_priority(
+    def test_job_deferred_while_the_key_is_held_jumps_the_queue_by_priority(
         self, config: Config, recorder: EventRecorder
     ) -> None:
         """A higher-priority job deferred while the key is busy runs before older lower-priority ones of that key."""
@@ -301,7 +301,7 @@ class TestOrder:
 
 
 class TestDeferring:
-    def test_i7_defer_many_with_a_resource_key_runs_one_at_a_time_in_order(
+    def test_defer_many_with_a_resource_key_runs_one_at_a_time_in_order(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """defer_many(resource_key=...) keys every job; they run one at a time, FIFO."""
@@ -338,7 +338,7 @@ class TestDeferring:
         ["", "k" * (KEY_MAX_LENGTH + 1), 7, b"k", "nul\x00"],
         ids=["empty", "too-long", "int", "bytes", "nul"],
     )
-    def test_i7_bad_resource_key_is_refused_naming_it(
+    def test_bad_resource_key_is_refused_naming_it(
         self, config: Config, db: psycopg.Connection[Any], key: Any
     ) -> None:
         """An empty, over-long, non-str or NUL-carrying resource_key raises ConfigurationError naming it; nothing is written."""
@@ -351,7 +351,7 @@ class TestDeferring:
         assert many_info.value.argument == "resource_key"
         assert db.execute(f'SELECT count(*) FROM "{config.schema}".all_jobs').fetchone() == (0,)
 
-    def test_i7_resource_key_and_unique_key_together(
+    def test_resource_key_and_unique_key_together(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A job can carry both keys; the duplicate returns the holder, the keys are stored."""
@@ -366,7 +366,7 @@ class TestDeferring:
 
 
 class TestLimitedDefinitions:
-    def test_i7_key_on_a_max_concurrency_definition_respects_both_limits(
+    def test_key_on_a_max_concurrency_definition_respects_both_limits(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """Keyed jobs of a max_concurrency=2 definition over two workers: never 2 of a key, never 3 in all."""
@@ -402,7 +402,7 @@ class TestLimitedDefinitions:
         assert statuses(db, config, [h.id for h in handles]) == [("succeeded", 1)] * 12
         assert overlapping_attempts(db, config) == []
 
-    def test_i7_key_on_a_rate_limited_definition_respects_both_limits(
+    def test_key_on_a_rate_limited_definition_respects_both_limits(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """Keyed jobs of a rate-limited definition start >= R apart and never overlap within a key."""
@@ -437,7 +437,7 @@ class TestUniqueIndexSafetyNet:
         b = JobDefinition(config, name="on-b", job_function=lambda p: None, channel="b")
         return a.defer({}, resource_key="shared"), b.defer({}, resource_key="shared")
 
-    def test_i7_second_claim_of_a_key_from_another_channel_is_refused_by_the_index(
+    def test_second_claim_of_a_key_from_another_channel_is_refused_by_the_index(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
         """tx1 claims A (channel a); tx2's claim of B (channel b, same key) waits on the unique index, then raises UniqueViolation."""
@@ -475,7 +475,7 @@ class TestUniqueIndexSafetyNet:
             assert finish_succeeded(tx1, config, claimed_a[0])
             assert [r[0] for r in claim(tx2, config, "b", worker_id=2)] == [job_b.id]
 
-    def test_i7_waiting_claim_succeeds_when_the_rival_rolls_back(
+    def test_waiting_claim_succeeds_when_the_rival_rolls_back(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any]
     ) -> None:
         """When the transaction that claimed the key rolls back, the waiting claim of the other channel gets its job."""
@@ -493,7 +493,7 @@ class TestUniqueIndexSafetyNet:
             assert [r[0] for r in future.result(timeout=10)] == [job_b.id]
         assert statuses(db, config, [job_a.id, job_b.id]) == [("available", 0), ("running", 1)]
 
-    def test_i7_worker_claims_again_after_the_index_refused_its_claim(
+    def test_worker_claims_again_after_the_index_refused_its_claim(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """A worker whose claim hits the unique index retries at once, reports no error, and runs the job once the key is free."""
@@ -528,7 +528,7 @@ class TestUniqueIndexSafetyNet:
 
 
 class TestWakeUps:
-    def test_i7_freed_key_wakes_the_worker_of_another_channel(
+    def test_freed_key_wakes_the_worker_of_another_channel(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """When a job frees its key, an idle worker of another channel holding a job of that key is woken, not left to its poll."""

@@ -97,7 +97,7 @@ def in_an_hour() -> dt.datetime:
 
 
 class TestSuccess:
-    def test_i1_result_waits_for_a_worker_started_after_the_call(
+    def test_result_waits_for_a_worker_started_after_the_call(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """result() called before any worker runs returns the function's JSON return value once a worker ran it."""
@@ -113,7 +113,7 @@ class TestSuccess:
         assert value == {"double": 42, "of": [{"n": 21}]}
         assert handle.result(timeout=0) == value  # asked again: the same stored value
 
-    def test_i1_attrs_result_with_as_type(
+    def test_attrs_result_with_as_type(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """A job returning an attrs instance is read back as that class with as_type=, as JSON without it."""
@@ -133,7 +133,7 @@ class TestSuccess:
     @pytest.mark.parametrize(
         "value", [None, 0, "", [], {}, "text", [1, "two", None], 3.5, False], ids=repr
     )
-    def test_i1_any_json_return_value_is_the_result(
+    def test_any_json_return_value_is_the_result(
         self, config: Config, recorder: EventRecorder, value: Any
     ) -> None:
         """Whatever JSON the function returns, None and falsy values included, is the result, not a failure."""
@@ -143,7 +143,7 @@ class TestSuccess:
         assert handle.result(timeout=5) == value
         assert handle.status() == "succeeded"
 
-    def test_i1_result_async_waits_for_the_worker(
+    def test_result_async_waits_for_the_worker(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """result_async() started before the worker returns the value; with as_type too."""
@@ -178,7 +178,7 @@ class TestSuccess:
         assert plain == {"order": 1, "total": "1"}
         assert typed == Receipt(order=2, total="1")
 
-    def test_i1_finish_between_first_read_and_listen_is_not_missed(
+    def test_finish_between_first_read_and_listen_is_not_missed(
         self, config: Config, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A job that finishes after the waiter's first read but before its LISTEN is still seen (re-read after LISTEN)."""
@@ -196,7 +196,7 @@ class TestSuccess:
         with waiting(lambda: handle.result(timeout=60, poll_interval_s=NO_POLLING_S)) as future:
             assert future.result(timeout=WAKE_DEADLINE_S) == "early"
 
-    def test_i1_many_waiters_of_jobs_finished_together_all_get_their_results(
+    def test_many_waiters_of_jobs_finished_together_all_get_their_results(
         self, config: Config, recorder: EventRecorder
     ) -> None:
         """Several waiters on several jobs finished by one worker batch each get their own job's value (one notification lists many ids)."""
@@ -212,7 +212,7 @@ class TestSuccess:
                 values = [f.result(timeout=WAKE_DEADLINE_S) for f in futures]
         assert values == [n * n for n in range(8)] + [9]
 
-    def test_i1_rebuilt_handle_in_another_config_gets_the_result(
+    def test_rebuilt_handle_in_another_config_gets_the_result(
         self, config: Config, test_dsn: str, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """JobHandle(id, other_config) built in another Config waits for and returns the result, and asks again later."""
@@ -233,7 +233,7 @@ class TestSuccess:
 
 
 class TestFailure:
-    def test_i1_final_failure_raises_job_failed_with_the_last_error(
+    def test_final_failure_raises_job_failed_with_the_last_error(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """A waiter is not woken by a retried failure; after the last attempt it gets JobFailed(status failed, last error)."""
@@ -263,7 +263,7 @@ class TestFailure:
         with pytest.raises(JobFailed):
             handle.result(timeout=0)  # asked again later: the same verdict
 
-    def test_i1_cancelled_job_wakes_a_waiter_through_the_notification(
+    def test_cancelled_job_wakes_a_waiter_through_the_notification(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A job cancelled by SQL plus a notification on the finished channel ends the wait with JobFailed(status cancelled)."""
@@ -279,7 +279,7 @@ class TestFailure:
             None,
         )
 
-    def test_i1_cancelled_job_without_notification_is_found_by_polling(
+    def test_cancelled_job_without_notification_is_found_by_polling(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """When no notification comes, the waiter's polling fallback (poll_interval_s=0.2) still sees the cancellation."""
@@ -291,7 +291,7 @@ class TestFailure:
                 future.result(timeout=WAKE_DEADLINE_S)
         assert info.value.status == "cancelled"
 
-    def test_i1_unrelated_notifications_do_not_end_the_wait(
+    def test_unrelated_notifications_do_not_end_the_wait(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A notification about other jobs neither ends the wait nor raises; the job's own one does."""
@@ -310,7 +310,7 @@ class TestFailure:
 
 
 class TestTimeoutAndUnknown:
-    def test_i1_no_worker_raises_result_timeout_error_with_the_status(self, config: Config) -> None:
+    def test_no_worker_raises_result_timeout_error_with_the_status(self, config: Config) -> None:
         """Without a worker the wait ends with ResultTimeoutError (a TimeoutError) carrying the job's status."""
         handle = JobDefinition(config, name="idle", job_function=lambda p: None).defer({})
         with pytest.raises(ResultTimeoutError) as info:
@@ -322,7 +322,7 @@ class TestTimeoutAndUnknown:
             handle.result(timeout=0)
         assert handle.status() == "available"  # the job itself is untouched
 
-    def test_i1_timeout_reports_a_running_or_waiting_status(
+    def test_timeout_reports_a_running_or_waiting_status(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """ResultTimeoutError names the status the job had when the wait ended (running, waiting)."""
@@ -337,7 +337,7 @@ class TestTimeoutAndUnknown:
         assert running_info.value.status == "running"
         assert waiting_info.value.status == "waiting"
 
-    def test_i1_result_async_timeout(self, config: Config) -> None:
+    def test_result_async_timeout(self, config: Config) -> None:
         """result_async raises ResultTimeoutError too."""
         handle = JobDefinition(config, name="idle", job_function=lambda p: None).defer({})
 
@@ -351,7 +351,7 @@ class TestTimeoutAndUnknown:
             asyncio.run(main())
         assert info.value.status == "available"
 
-    def test_i1_unknown_job_raises_unknown_job_error(self, config: Config) -> None:
+    def test_unknown_job_raises_unknown_job_error(self, config: Config) -> None:
         """Waiting for an id that never existed raises UnknownJobError at once, sync and async."""
         with pytest.raises(UnknownJobError) as info:
             JobHandle(987654321, config).result(timeout=30)
@@ -378,7 +378,7 @@ class TestTimeoutAndUnknown:
             ("poll_interval_s", "1"),
         ],
     )
-    def test_i1_bad_wait_arguments_raise_configuration_error(
+    def test_bad_wait_arguments_raise_configuration_error(
         self, config: Config, argument: str, value: Any
     ) -> None:
         """A bad timeout or poll_interval_s raises ConfigurationError naming it, before any lookup (the id does not exist)."""
@@ -410,7 +410,7 @@ class TestDurability:
             archive=archive,
         )
 
-    def test_i1_result_survives_sweeper_passes_while_the_history_keeps_the_job(
+    def test_result_survives_sweeper_passes_while_the_history_keeps_the_job(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """With archive=True (kept for ever) a finished job stays in the history: result() still returns the value, or raises JobFailed."""
@@ -427,7 +427,7 @@ class TestDurability:
             bad.result(timeout=0)
         assert (info.value.status, info.value.error) == ("failed", "RuntimeError: boom")
 
-    def test_i1_result_of_a_job_past_the_retention_is_unknown(
+    def test_result_of_a_job_past_the_retention_is_unknown(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """Once the history's retention dropped a finished job, result() raises UnknownJobError."""
@@ -442,7 +442,7 @@ class TestDurability:
 
 
 class TestOrchestratorFinalization:
-    def test_i1_timeout_by_the_finalizer_wakes_the_waiter(
+    def test_timeout_by_the_finalizer_wakes_the_waiter(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A job finalized by the orchestrator's finalizer (timeout) wakes its waiter with JobFailed."""
@@ -460,7 +460,7 @@ class TestOrchestratorFinalization:
         assert info.value.status == "failed"
         assert (info.value.error or "").startswith("timeout")
 
-    def test_i1_unmet_dependency_cascade_wakes_the_waiter(
+    def test_unmet_dependency_cascade_wakes_the_waiter(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A dependent finalized as unmet_dependencies by the finalizer wakes its waiter with JobFailed."""
@@ -477,7 +477,7 @@ class TestOrchestratorFinalization:
                 future.result(timeout=WAKE_DEADLINE_S)
         assert (info.value.error or "").startswith("unmet_dependencies")
 
-    def test_i1_job_failed_by_the_rescuer_wakes_the_waiter(
+    def test_job_failed_by_the_rescuer_wakes_the_waiter(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A running job whose lease expired with no attempt left is failed by the rescuer, which wakes its waiter."""

@@ -44,7 +44,7 @@ def make(
 
 
 class TestRunning:
-    def test_c6_success_stores_result_and_finalizes(
+    def test_success_stores_result_and_finalizes(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """A job whose function returns is finalized as succeeded with its return value."""
@@ -102,7 +102,7 @@ class TestRunning:
         worker.join(timeout=10)
         assert seen == {"id": handle.id, "attempt": 1, "before": False, "after": True}
 
-    def test_c1_worker_only_claims_its_channel(
+    def test_worker_only_claims_its_channel(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """A worker dequeues only jobs whose channel is its own."""
@@ -116,7 +116,7 @@ class TestRunning:
         assert status_of(db, config, mine.id) == "succeeded"
         assert status_of(db, config, theirs.id) == "available"
 
-    def test_c2_finalized_job_is_never_claimed(
+    def test_finalized_job_is_never_claimed(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:
         """A finalized job is never dequeued again."""
@@ -171,7 +171,7 @@ class TestRunning:
 
 
 class TestClaiming:
-    def test_i2_priority_then_fifo(self, config: Config) -> None:
+    def test_priority_then_fifo(self, config: Config) -> None:
         """Higher priority runs first and ties run in id order."""
         order: list[int] = []
         definition = make(config, "ordered", lambda item: order.append(item.n), payload_type=Item)
@@ -182,7 +182,7 @@ class TestClaiming:
             recorder.wait_for(events.WorkerJobSucceeded, count=6)
         assert order == [6, 2, 4, 1, 3, 5]
 
-    def test_c11_concurrency_bound(
+    def test_concurrency_bound(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """A worker with concurrency k never runs more than k jobs, nor holds more than k claims."""
@@ -212,7 +212,7 @@ class TestClaiming:
         assert state["db_peak"] <= 3
         assert worker.stats.max_running <= 3
 
-    def test_c14_claims_back_to_back_while_work_exists(
+    def test_claims_back_to_back_while_work_exists(
         self, config: Config, recorder: EventRecorder
     ) -> None:
         """With work available the worker claims again at once, not after process_interval_ms."""
@@ -230,7 +230,7 @@ class TestClaiming:
             # 20 batches of 2: waiting a poll interval between batches would take 20 minutes.
             recorder.wait_for(events.WorkerJobSucceeded, count=40, timeout=20)
 
-    def test_c14_idle_worker_polls_at_its_interval(self, config: Config) -> None:
+    def test_idle_worker_polls_at_its_interval(self, config: Config) -> None:
         """An idle worker without NOTIFY polls about once per process_interval_ms, not in a busy loop."""
         worker = Worker(config, listen_notify=False, process_interval_ms=100)
         with running(worker):
@@ -270,7 +270,7 @@ class TestClaiming:
 
 
 class TestRetries:
-    def test_c7_c9_failing_job_runs_num_attempts_times_then_fails(
+    def test_failing_job_runs_num_attempts_times_then_fails(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """A job that always raises runs exactly num_attempts times, then is finalized as failed."""
@@ -305,7 +305,7 @@ class TestRetries:
         assert all("Traceback" in a[3] and "boom" in a[3] for a in attempts)
         assert all(a[4] == "anon-worker" and a[5] for a in attempts)
 
-    def test_i4_success_after_failure_logs_both_attempts(
+    def test_success_after_failure_logs_both_attempts(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """Every attempt writes an attempt-log row with its outcome."""
@@ -324,7 +324,7 @@ class TestRetries:
         ).fetchall()
         assert rows == [(1, "failed", "RuntimeError: first"), (2, "succeeded", None)]
 
-    def test_i3_exponential_backoff_waits_at_least_two_to_the_k_seconds(
+    def test_exponential_backoff_waits_at_least_two_to_the_k_seconds(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """After the k-th failure the retry is scheduled no earlier than 2^k s later, plus bounded jitter."""
@@ -471,7 +471,7 @@ class TestLeases:
 
 
 class TestEvents:
-    def test_h1_events_of_a_job_life_in_order(
+    def test_events_of_a_job_life_in_order(
         self, config: Config, recorder: EventRecorder
     ) -> None:
         """A daemon emits start, job and stop events in order, with the envelope filled."""
@@ -505,7 +505,7 @@ class TestEvents:
         stopped = recorder.of_type(events.DaemonStopped)[0]
         assert stopped.error is None and stopped.handed_back == 0
 
-    def test_h4_events_are_emitted_after_commit(self, config: Config, test_dsn: str) -> None:
+    def test_events_are_emitted_after_commit(self, config: Config, test_dsn: str) -> None:
         """When a job event is handled, the state it reports is already visible to other sessions."""
         seen: list[tuple[str, str]] = []
 
@@ -525,7 +525,7 @@ class TestEvents:
             recorder.wait_for(events.WorkerJobSucceeded)
         assert seen == [("WorkerJobClaimed", "running"), ("WorkerJobSucceeded", "succeeded")]
 
-    def test_h5_handler_that_raises_does_not_stop_the_worker(
+    def test_handler_that_raises_does_not_stop_the_worker(
         self, config: Config, recorder: EventRecorder, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A handler that raises is logged; the worker and the other handlers carry on."""
@@ -543,7 +543,7 @@ class TestEvents:
 
 
 class TestLifecycle:
-    def test_c12_stop_waits_for_in_flight_jobs(
+    def test_stop_waits_for_in_flight_jobs(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """After stop, no new job is claimed, running ones finish, then DaemonStopped."""
@@ -613,7 +613,7 @@ class TestLifecycle:
         asyncio.run(asyncio.wait_for(main(), 20))
         assert [type(e).__name__ for e in recorder.events][-1] == "DaemonStopped"
 
-    def test_e1_dependent_starts_when_its_dependency_succeeds(
+    def test_dependent_starts_when_its_dependency_succeeds(
         self, config: Config, db: psycopg.Connection[Any], recorder: EventRecorder
     ) -> None:
         """A job waits for its dependency and is released by the dependency's own finish."""
@@ -631,7 +631,7 @@ class TestLifecycle:
 
 
 class TestDefinitionHeartbeat:
-    def test_g1_worker_heartbeats_the_definitions_it_carries(
+    def test_worker_heartbeats_the_definitions_it_carries(
         self, config: Config, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A running worker keeps last_heartbeat_at of its definitions fresh, so they are not swept."""
@@ -670,7 +670,7 @@ class TestDependencyRace:
             rows = db.execute(f'SELECT id FROM "{config.schema}".worker').fetchall()
             assert rows == [(worker.worker_id,)]
 
-    def test_e2_diamond_runs_each_join_after_both_branches(
+    def test_diamond_runs_each_join_after_both_branches(
         self, config: Config, recorder: EventRecorder
     ) -> None:
         """In a diamond A -> (B, C) -> D, B and C start after A, and D after both."""
