@@ -30,7 +30,8 @@ from orchestra import _converter
 from orchestra._definition import JobContext, JobDefinition
 from orchestra._worker import _attempts
 from orchestra._worker._attempts import Claimed, Finish
-from orchestra._worker._children import ChildPool, ChildRequest
+from orchestra._worker._child import ChildRequest
+from orchestra._worker._children import ChildPool
 from orchestra._worker._describe import describe
 from orchestra._worker._threads import ThreadRunner
 from orchestra.errors import PayloadError

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from orchestra._worker._children import ChildPool, ChildReply, ChildRequest
+from orchestra._worker._child import ChildReply, ChildRequest
+from orchestra._worker._children import ChildPool
 from orchestra.testing import wait_until
 from tests.e2e.apps import child_jobs
 

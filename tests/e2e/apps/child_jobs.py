@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from orchestra._worker._children import ChildJobContext
+from orchestra._worker._child import ChildJobContext
 
 #: How long a job waiting on the test gives up after, so a broken test cannot hang a child.
 GIVE_UP_S = 60.0
