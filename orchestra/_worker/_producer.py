@@ -22,9 +22,9 @@ from orchestra._worker import _attempts, _lanes
 from orchestra._worker._attempts import Claimed, Finish
 from orchestra._worker._callbacks import run_callbacks
 from orchestra._worker._executor import Executor
-from orchestra._worker._lanes import LaneWriter
 from orchestra._worker._report import JobReporter
 from orchestra._worker._slots import Lane, Slots, Write
+from orchestra._worker._writer import LaneWriter
 
 
 class Producer:

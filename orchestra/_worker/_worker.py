@@ -6,9 +6,9 @@ The shell that wires the parts together and owns their lifecycle and I/O:
   they claim;
 * :mod:`._slots` decides, without I/O, what each lane writes and claims and
   what a finish frees;
-* :mod:`._lanes` runs a lane's statement (finishes, then the next claim, in
-  one transaction) until it committed, finding out what committed after a
-  lost reply;
+* :mod:`._writer` runs a lane's statement (:mod:`._lanes`: finishes, then the
+  next claim, in one transaction) until it committed, finding out what
+  committed after a lost reply;
 * :mod:`._executor` runs each attempt on a job thread, on the loop or in a
   child process, and hands back its Finish;
 * :mod:`._heartbeat` refreshes the worker row and the leases of held jobs;
@@ -40,7 +40,7 @@ from orchestra._daemon import Daemon
 from orchestra._definition import JobDefinition
 from orchestra._worker._executor import Executor
 from orchestra._worker._heartbeat import WorkerHeartbeat, WorkerRow, beat
-from orchestra._worker._lanes import LaneWriter, limited_definitions
+from orchestra._worker._lanes import limited_definitions
 from orchestra._worker._listener import Listener
 from orchestra._worker._options import (
     PROCESS_INTERVAL_MS_DEFAULT,
@@ -52,6 +52,7 @@ from orchestra._worker._producer import Producer
 from orchestra._worker._report import JobReporter, WorkerStats
 from orchestra._worker._retry import DatabaseErrors
 from orchestra._worker._slots import Slots
+from orchestra._worker._writer import LaneWriter
 from orchestra.errors import ConfigurationError
 
 logger = logging.getLogger("orchestra.worker")
