@@ -7,8 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
+# Where `make docs` writes the site (build/ is ignored by git).
+DOCS_SITE ?= build/site
+# The Python of the documentation site, linted by name: ruff would also reformat
+# the code blocks of docs/*.md, snippet includes among them.
+DOCS_PY := docs/_hooks.py docs/_griffe_rst.py
 
-.PHONY: demo test lint typecheck unit integration e2e faults bench schema clean
+.PHONY: demo test lint typecheck docs unit integration e2e faults bench schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +25,8 @@ demo: $(STAMP)
 	$(BIN)/orchestra demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestra tests examples benchmarks
-	$(BIN)/ruff format --check orchestra tests examples benchmarks
+	$(BIN)/ruff check orchestra tests examples benchmarks $(DOCS_PY)
+	$(BIN)/ruff format --check orchestra tests examples benchmarks $(DOCS_PY)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -35,7 +40,13 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e -q -n $(PYTEST_WORKERS)
 
-test: lint typecheck $(STAMP)
+# The documentation site (mkdocs.yml), built strictly: a warning, a broken link
+# or anchor, or a docstring the reference cannot read fails it. (Not --quiet:
+# it hides the warnings from --strict too, and a broken site then passes.)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(DOCS_SITE)
+
+test: lint typecheck docs $(STAMP)
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 # The fault battery at full size (thousands of jobs per case, many faults), one

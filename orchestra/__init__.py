@@ -13,8 +13,8 @@ from orchestra import events
 from orchestra._backoff import Backoff
 from orchestra._config import Config
 from orchestra._definition import JobContext, JobDefinition
+from orchestra._jobs import JobHandle
 from orchestra._records import Attempt, DefinitionInfo, Job
-from orchestra._results import JobHandle
 from orchestra.errors import (
     ConfigurationError,
     DatabaseUnavailableError,

@@ -1,21 +1,20 @@
 """Config: the application's handle on one queue, its definitions and its jobs.
 
-The connection machinery lives in :mod:`orchestra._database` (below the
-definitions, which are written against it); Config adds what needs the layers
-above it: the registry typed as JobDefinitions, and the management API.
+The connection machinery lives in :mod:`orchestra._database` and the
+management API in :mod:`orchestra._jobs` (below the definitions, which are
+written against them); Config adds what needs the layer above them: the
+registry typed as JobDefinitions.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from orchestra._database import Database
 from orchestra._definition import JobDefinition
-from orchestra._jobs import AsyncJobs, Jobs
+from orchestra._jobs import ManagedDatabase
 
 
-class Config(Database[JobDefinition[Any]]):
+class Config(ManagedDatabase[JobDefinition[Any]]):
     """Where the queue lives and how to reach it.
 
     Args:
@@ -29,14 +28,6 @@ class Config(Database[JobDefinition[Any]]):
         connect_attempts: connection attempts before DatabaseUnavailableError.
 
     A Config is cheap to build: nothing connects until the first use.
+    ``config.jobs`` and ``config.jobs_async`` find, list, retry, cancel and
+    delete jobs.
     """
-
-    @functools.cached_property
-    def jobs(self) -> Jobs:
-        """Find, list, retry, cancel and delete jobs; describe definitions."""
-        return Jobs(self)
-
-    @functools.cached_property
-    def jobs_async(self) -> AsyncJobs:
-        """Async twin of :attr:`jobs`, on this event loop's async pool."""
-        return AsyncJobs(self)

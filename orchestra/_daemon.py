@@ -231,9 +231,12 @@ async def run_together(daemons: list[Daemon]) -> None:
     tasks = [asyncio.create_task(daemon.run_async()) for daemon in daemons]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if task.exception() is not None:
-                stop_all("another daemon of this process failed")
+        if any(task.exception() is not None for task in done):
+            # Once, and only the daemons still running: a second stop() would
+            # force an immediate stop, and the failed one needs none.
+            for daemon, task in zip(daemons, tasks, strict=True):
+                if not task.done():
+                    daemon.stop("another daemon of this process failed")
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):

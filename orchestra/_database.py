@@ -96,13 +96,9 @@ class Database(Generic[D]):
         self.notify_channel = notify_channel_for(self.schema)
         self.finished_channel = finished_channel_for(self.schema)
         self._resolved_dsn: str | None = None
-        self._pools = Pools(
-            lambda: self.dsn,
-            attempts=connect_attempts,
-            max_size=pool_max_size,
-            name=f"orchestra-{self.schema}",
-            user_pool=pool,
-        )
+        # The pools read dsn, pool_max_size and connect_attempts from here
+        # when they open, not now.
+        self._pools = Pools(name=f"orchestra-{self.schema}", user_pool=pool)
         self._definitions: dict[str, D] = {}
         self._definitions_lock = threading.Lock()
 
@@ -131,13 +127,13 @@ class Database(Generic[D]):
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """Borrow a pooled autocommit connection."""
-        with self._pools.sync_pool().connection() as conn:
+        with self._pools.sync_pool(self).connection() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
     async def connection_async(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """Borrow a pooled autocommit connection from this event loop's async pool."""
-        pool = await self._pools.async_pool()
+        pool = await self._pools.async_pool(self)
         async with pool.connection() as conn:
             yield conn
 

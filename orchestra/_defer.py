@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 
 from orchestra._checks import is_int
-from orchestra._database import Database
+from orchestra._jobs import JobHandle, ManagedDatabase
 from orchestra._ops import Op, Statement
-from orchestra._results import JobHandle
 from orchestra.errors import ConfigurationError, OrchestraError, UnknownJobError
 
 if TYPE_CHECKING:
@@ -51,13 +50,13 @@ class Deferring(Protocol):
     def name(self) -> str: ...
 
     @property
-    def config(self) -> Database: ...
+    def config(self) -> ManagedDatabase: ...
 
-    def ensure_op(self) -> Op[None]:
+    def _ensure_op(self) -> Op[None]:
         """Write the definition's row if it is missing, and remember it is written."""
         ...
 
-    def forget_ensured(self) -> None:
+    def _forget_ensured(self) -> None:
         """The row was found missing: it must be written again before it is relied on."""
         ...
 
@@ -70,11 +69,16 @@ def insert_one(definition: Deferring, params: dict[str, Any], *, own: bool) -> O
 
     ``own``: the connection is orchestra's own (autocommit), not the caller's
     transaction, so the insert is committed when the statement returns.
+
+    A plain defer is one statement, and runs in this one generator: the
+    sub-operations below start only when an insert came back empty or waiting.
     """
     config = definition.config
     query = "job_insert" if params["depends_on"] else "job_insert_simple"
     for _ in range(UNIQUE_RETRIES):
-        row = yield from _insert(definition, query, params, own=own)
+        row = yield Statement(query, params, "first")
+        if row is None:
+            row = yield from _insert_again(definition, query, params, own=own)
         if row is not None:
             if own and row[1] == "waiting":
                 # Committed: close the race with a finishing dependency.
@@ -84,7 +88,7 @@ def insert_one(definition: Deferring, params: dict[str, Any], *, own: bool) -> O
         if wanted:
             found = yield Statement("job_ids_existing", {"ids": wanted})
             _check_found((r["id"] for r in found), wanted, params)
-        holder = yield Statement("job_find_unique", params, reply="first")
+        holder = yield Statement("job_find_unique", params, "first")
         if holder is not None:
             return JobHandle(int(holder[0]), config, deduplicated=True)
         # The holder was finalized between the two statements: insert again.
@@ -96,31 +100,36 @@ def insert_one(definition: Deferring, params: dict[str, Any], *, own: bool) -> O
 
 def insert_many(definition: Deferring, params: dict[str, Any], *, own: bool) -> Op[list[JobHandle]]:
     """Insert every job of ``params["payloads"]`` in one statement; see ``defer_many``."""
-    row = yield from _insert(definition, "job_insert_many", params, own=own)
+    query = "job_insert_many"
+    row = yield Statement(query, params, "first")
+    if _inserted_nothing(row):
+        row = yield from _insert_again(definition, query, params, own=own)
     ids: list[int] = row[0] if row else []
     return [JobHandle(int(i), definition.config) for i in ids]
 
 
-def _insert(
+def _insert_again(
     definition: Deferring, query: str, params: dict[str, Any], *, own: bool
 ) -> Op[tuple[Any, ...] | None]:
-    row: tuple[Any, ...] | None = yield Statement(query, params, reply="first")
-    if not _inserted_nothing(row):
-        return row
-    exists = yield Statement("definition_exists", {"name": definition.name}, reply="first")
+    """After an insert that inserted nothing: insert again if the definition row was missing.
+
+    Returns the row of the insert run again, or None when the row is present
+    (the insert was empty for another reason: a dependency or a unique key).
+    """
+    exists = yield Statement("definition_exists", {"name": definition.name}, "first")
     if exists is not None and bool(exists[0]):
-        return row
+        return None
     # The definition row vanished while this process believed it present
     # (swept as stale, or deleted by hand): write it again.
-    definition.forget_ensured()
+    definition._forget_ensured()
     if not own:
         raise OrchestraError(
             f"definition {definition.name!r} is missing from the database (swept or deleted); "
             "nothing was inserted: defer again (outside your transaction, or after it), "
             "and the definition will be written again first"
         )
-    yield from definition.ensure_op()
-    row = yield Statement(query, params, reply="first")
+    yield from definition._ensure_op()
+    row: tuple[Any, ...] | None = yield Statement(query, params, "first")
     return row
 
 
@@ -135,7 +144,7 @@ def _recheck_waiting(definition: Deferring, row: tuple[Any, ...]) -> Op[None]:
     params = {"id": row[0], "notify_channel": definition.config.notify_channel}
     for _ in range(RECHECK_TRIES):
         try:
-            yield Statement("job_recheck_waiting", params, reply="none")
+            yield Statement("job_recheck_waiting", params, "none")
             return
         except psycopg.errors.DeadlockDetected:
             pass

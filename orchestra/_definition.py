@@ -7,9 +7,10 @@ Config. It checks its settings (:mod:`orchestra._checks`), writes its row in
 :meth:`JobDefinition.call`. :class:`JobContext` is what a job function may
 know about the attempt it runs in.
 
-JobDefinition is generic in its payload type ``P``: ``payload_type`` and the
-job function's first parameter fix it, so that a type checker refuses
-``defer`` of anything else.
+JobDefinition is generic in its payload type ``P``: ``payload_type`` fixes
+it, and the job function must take a ``P``, so that a type checker refuses
+``defer`` of anything else. Without ``payload_type`` the job function
+receives plain JSON, so ``P`` is ``Any`` whatever the function's annotation.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeAlias
+from typing import Any, Generic, TypeAlias, overload
 
 import attrs
 import psycopg
@@ -36,10 +37,10 @@ from orchestra._checks import (
     check_name,
     milliseconds,
 )
-from orchestra._database import Database
+from orchestra._jobs import JobHandle, ManagedDatabase
 from orchestra._ops import Op, Statement
+from orchestra._pools import LoopLocks
 from orchestra._records import Job
-from orchestra._results import JobHandle
 from orchestra.errors import ConfigurationError
 
 # The payload type; Any when a definition declares none (plain JSON).
@@ -65,7 +66,9 @@ class JobContext:
         attempt: this attempt's number, from 1.
         max_attempts: the job's attempt budget.
         definition: the JobDefinition being run.
-        logger: a logger that tags every record with the job id.
+        logger: a logger that tags every record with the job: ``job_id``,
+            ``definition`` (its name) and ``attempt``, which orchestra's log
+            formatters print (orchestra.handlers).
     """
 
     __slots__ = ("_cut", "_stop", "attempt", "definition", "job_id", "logger", "max_attempts")
@@ -86,7 +89,7 @@ class JobContext:
         self.definition = definition
         self.logger = logging.LoggerAdapter(
             logging.getLogger(f"orchestra.job.{definition.name}"),
-            {"job_id": job_id, "attempt": attempt},
+            {"job_id": job_id, "definition": definition.name, "attempt": attempt},
         )
         self._stop = stop
         self._cut = cut
@@ -156,9 +159,66 @@ class JobDefinition(Generic[P]):
     raise :class:`ConfigurationError` naming the argument.
     """
 
+    # With payload_type, P is that type and the job function must take it.
+    # Without, the function receives plain JSON whatever its annotation says,
+    # so P is Any: a typed parameter must not make defer() accept that type.
+    @overload
+    def __init__(
+        self: JobDefinition[P],
+        config: ManagedDatabase[JobDefinition[Any]],
+        *,
+        name: str,
+        job_function: JobFunction[P],
+        payload_type: type[P],
+        channel: str = "_default",
+        num_attempts: int = 1,
+        backoff: str | Backoff = "exponential",
+        priority: int = 0,
+        lock_interval_ms: int | dt.timedelta = 60_000,
+        timeout_interval_ms: int | dt.timedelta = 43_200_000,
+        release_interval_ms: int | dt.timedelta = 0,
+        max_concurrency: int | None = None,
+        repeat_interval_ms: int | dt.timedelta | None = None,
+        cron: str | None = None,
+        cron_timezone: str | None = None,
+        overlap: bool = False,
+        dedup: bool = False,
+        attempt_timeout_ms: int | dt.timedelta | None = None,
+        on_success: Callback | None = None,
+        on_failure: Callback | None = None,
+        on_attempt: Callback | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: JobDefinition[Any],
+        config: ManagedDatabase[JobDefinition[Any]],
+        *,
+        name: str,
+        job_function: JobFunction[Any],
+        payload_type: None = None,
+        channel: str = "_default",
+        num_attempts: int = 1,
+        backoff: str | Backoff = "exponential",
+        priority: int = 0,
+        lock_interval_ms: int | dt.timedelta = 60_000,
+        timeout_interval_ms: int | dt.timedelta = 43_200_000,
+        release_interval_ms: int | dt.timedelta = 0,
+        max_concurrency: int | None = None,
+        repeat_interval_ms: int | dt.timedelta | None = None,
+        cron: str | None = None,
+        cron_timezone: str | None = None,
+        overlap: bool = False,
+        dedup: bool = False,
+        attempt_timeout_ms: int | dt.timedelta | None = None,
+        on_success: Callback | None = None,
+        on_failure: Callback | None = None,
+        on_attempt: Callback | None = None,
+    ) -> None: ...
+
     def __init__(
         self,
-        config: Database[JobDefinition[Any]],
+        config: ManagedDatabase[JobDefinition[Any]],
         *,
         name: str,
         job_function: JobFunction[P],
@@ -181,13 +241,13 @@ class JobDefinition(Generic[P]):
         on_failure: Callback | None = None,
         on_attempt: Callback | None = None,
     ) -> None:
-        if not isinstance(config, Database):
+        if not isinstance(config, ManagedDatabase):
             raise ConfigurationError(
                 "config", f"must be an orchestra Config, not {type(config).__name__}"
             )
-        # Typed as the Database that Config is, so that this module need not
-        # import the one above it; at run time it is the Config passed in.
-        self.config: Database[JobDefinition[Any]] = config
+        # Typed as the ManagedDatabase that Config is, so that this module
+        # need not import the one above it; at run time it is the Config.
+        self.config: ManagedDatabase[JobDefinition[Any]] = config
         self.name = check_name(name, "name")
         self.job_function = job_function
         self._arity = _callables.arity(job_function)
@@ -248,6 +308,7 @@ class JobDefinition(Generic[P]):
         self.on_attempt = on_attempt
         self._ensured_at: float | None = None
         self._ensure_lock = threading.Lock()
+        self._ensure_locks_async = LoopLocks()
         config.register(self)
 
     @property
@@ -304,22 +365,22 @@ class JobDefinition(Generic[P]):
         an older copy of them cannot change a lease or a limit under running
         jobs, and needs no write privilege on definitions (decision 0018).
         """
-        _ops.run(conn, self.config.queries, self.ensure_op())
+        _ops.run(conn, self.config.queries, self._ensure_op())
 
     async def ensure_async(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Async twin of :meth:`ensure`."""
-        await _ops.run_async(conn, self.config.queries, self.ensure_op())
+        await _ops.run_async(conn, self.config.queries, self._ensure_op())
 
-    def ensure_op(self) -> Op[None]:
+    def _ensure_op(self) -> Op[None]:
         """What :meth:`ensure` sends, as an operation (see :mod:`orchestra._ops`)."""
         return self._write_row("definition_ensure")
 
-    def forget_ensured(self) -> None:
+    def _forget_ensured(self) -> None:
         """The row was found missing: write it again before the next defer."""
         self._ensured_at = None
 
     def _write_row(self, query: str) -> Op[None]:
-        yield Statement(query, self.row_params(), reply="none")
+        yield Statement(query, self.row_params(), "none")
         self._ensured_at = time.monotonic()
 
     def _needs_ensure(self) -> bool:
@@ -336,9 +397,14 @@ class JobDefinition(Generic[P]):
                     self.ensure(conn)
 
     async def _ensure_async(self) -> None:
+        # One ensure per event loop at a time, as the lock above does for
+        # threads: concurrent first defers wait for it instead of each
+        # sending one.
         if self._needs_ensure():
-            async with self.config.connection_async() as conn:
-                await self.ensure_async(conn)
+            async with self._ensure_locks_async.lock():
+                if self._needs_ensure():
+                    async with self.config.connection_async() as conn:
+                        await self.ensure_async(conn)
 
     # -- defer --------------------------------------------------------------
 

@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import random
+import shlex
 import threading
 import time
 from typing import Any
 
 import attrs
 import psycopg
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from orchestra import events
+from orchestra import _db, events
 from orchestra._backoff import Backoff
 from orchestra._config import Config
+from orchestra._database import DSN_ENV
 from orchestra._definition import JobContext, JobDefinition
+from orchestra._embedded import HOME_ENV
 from orchestra._orchestrator import Orchestrator
 from orchestra._worker import Worker
 
@@ -49,7 +55,7 @@ def charge(order: Order, ctx: JobContext) -> dict[str, Any]:
 def flaky(payload: dict[str, Any], ctx: JobContext) -> str:
     """Fails on its first two attempts, then succeeds."""
     if ctx.attempt < 3:
-        raise ConnectionError(f"upstream timed out (attempt {ctx.attempt})")
+        raise ConnectionError("upstream timed out")
     return "third time lucky"
 
 
@@ -88,10 +94,24 @@ def notify_partner(payload: dict[str, Any]) -> None:
     """Rate-limited: at most one start every 250 ms, fleet-wide."""
 
 
-def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
-    """Run the demo; return the exit code."""
+#: Failed attempts shown while the demo runs (it makes two; all stay visible).
+SHOWN_FAILURES = 10
+#: Other lines of the live log shown, the latest ones.
+SHOWN_LATEST = 6
+
+
+def run(*, dsn: str | None, schema: str, timeout_s: float, dsn_from_argv: bool = False) -> int:
+    """Run the demo; return the exit code.
+
+    ``dsn_from_argv``: the DSN was given with --dsn (not through ORCHESTRA_DSN),
+    so the commands printed at the end repeat it (unless it holds a password).
+    """
     config = Config(dsn, schema=schema)
-    console.print(f"[bold]orchestra demo[/] on {config.redacted_dsn}, schema [cyan]{schema}[/]")
+    shown_dsn = config.redacted_dsn  # starts the embedded server first, if it is the one
+    console.print("[bold]orchestra demo[/]")
+    # The DSN on a line of its own: an embedded server's is long (a socket path).
+    console.print(f"  database  {escape(shown_dsn)}", soft_wrap=True)
+    console.print(f"  schema    [cyan]{schema}[/] (dropped and created again)")
     with config.connection() as conn:
         conn.execute(
             psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
@@ -135,6 +155,7 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
 
     counts: collections.Counter[str] = collections.Counter()
     log: list[str] = []
+    failures: list[str] = []
     lock = threading.Lock()
 
     def on_event(event: events.Event) -> None:
@@ -146,9 +167,9 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
                     if event.retry_at
                     else "no retry"
                 )
-                log.append(
-                    f"[yellow]{event.definition}#{event.job_id}[/] attempt {event.attempt} "
-                    f"failed: {event.error} ({retry})"
+                failures.append(
+                    f"[yellow]{event.definition}#{event.job_id}[/] attempt {event.attempt}: "
+                    f"{escape(event.error)} ({retry})"
                 )
             elif isinstance(event, events.WorkerJobSucceeded) and event.definition != "charge":
                 log.append(
@@ -175,7 +196,7 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
         for i in range(200)
     ]
     charge_def.defer_many(orders)
-    defs["flaky"].defer({})
+    flaky_id = defs["flaky"].defer({}).id
     first = defs["fetch"].defer({})
     second = defs["transform"].defer({}, depends_on=[first])
     defs["publish"].defer({}, depends_on=[second])
@@ -184,16 +205,22 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
     defs["notify"].defer_many([{} for _ in range(8)])
     total = 214  # and at least 3 cron ticks
 
-    def render() -> Table:
+    def render() -> Group:
         table = Table(title=f"{time.monotonic() - started:4.1f} s", show_edge=False)
         table.add_column("event")
         table.add_column("count", justify="right")
         with lock:
             for name, count in sorted(counts.items()):
                 table.add_row(name, str(count))
-            for line in log[-8:]:
-                table.add_row(line, "")
-        return table
+            # Failed attempts apart from the rest: the successes that follow
+            # them must not push them out of sight.
+            lines = [Text.from_markup("[bold]failed attempts[/] (retried with backoff)")]
+            lines += [Text.from_markup(f"  {line}") for line in failures[:SHOWN_FAILURES]]
+            if not failures:
+                lines.append(Text("  none yet"))
+            lines.append(Text.from_markup("[bold]latest[/]"))
+            lines += [Text.from_markup(f"  {line}") for line in log[-SHOWN_LATEST:]]
+        return Group(table, *lines)
 
     ok = False
     with Live(render(), console=console, refresh_per_second=8, transient=False) as live:
@@ -218,6 +245,7 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
                 "min(started_at) FROM {}.all_jobs GROUP BY definition ORDER BY min(started_at)"
             ).format(psycopg.sql.Identifier(schema))
         ).fetchall()
+    console.print()
     summary = Table(title="jobs by definition (in order of first start)")
     for column in ("definition", "jobs", "succeeded", "most attempts"):
         summary.add_column(column)
@@ -239,28 +267,63 @@ def run(*, dsn: str | None, schema: str, timeout_s: float) -> int:
                 "WHERE definition = 'tick'"
             ).format(s=psycopg.sql.Identifier(schema))
         ).fetchone()
+    # soft_wrap: in a pipe or a log, a line stays one line.
     if gap and gap[0] is not None:
         console.print(
-            f"rate limit: 8 [cyan]notify[/] jobs started at least "
-            f"{gap[0].total_seconds() * 1000:.0f} ms apart (release_interval_ms=250)"
+            f"rate limit: 8 [cyan]notify[/] jobs started >= "
+            f"{gap[0].total_seconds() * 1000:.0f} ms apart (release_interval_ms=250)",
+            soft_wrap=True,
         )
     if tick_counts:
         console.print(
             f"cron: {tick_counts[0]} [cyan]tick[/] jobs for {tick_counts[1]} distinct ticks "
-            "(one per second)"
+            "(one per second)",
+            soft_wrap=True,
         )
-    console.print("dependencies: fetch -> transform -> publish ran in that order (see the table)")
+    console.print(
+        "dependencies: fetch -> transform -> publish ran in that order (see the table)",
+        soft_wrap=True,
+    )
     elapsed = time.monotonic() - started
     if ok:
         console.print(
             f"[bold green]{worker.stats.succeeded} jobs succeeded in {elapsed:.1f} s[/] "
-            f"({worker.stats.failed} failed attempts retried). "
-            f"Schema {schema!r} is left for you to inspect."
+            f"({worker.stats.failed} failed attempts retried)."
         )
-        config.close()
-        return 0
-    console.print(
-        f"[bold red]only {worker.stats.succeeded} of {total} jobs succeeded within {timeout_s} s[/]"
-    )
+    else:
+        console.print(
+            f"[bold red]only {worker.stats.succeeded} of {total} jobs succeeded "
+            f"within {timeout_s} s[/]"
+        )
+    _print_next_steps(config, flaky_id, dsn_given=dsn if dsn_from_argv else None)
     config.close()
-    return 1
+    return 0 if ok else 1
+
+
+def _print_next_steps(config: Config, flaky_id: int, *, dsn_given: str | None) -> None:
+    """The commands that show what the demo did, with the DSN and schema it used."""
+    where = ["--schema", config.schema]
+    note = ""
+    if dsn_given is not None:
+        if _db.redact_dsn(dsn_given) == dsn_given:
+            where = ["--dsn", dsn_given, *where]
+        else:
+            note = (
+                f"with {DSN_ENV} set to the DSN given to the demo (its password is not "
+                "printed here)"
+            )
+    elif os.environ.get(DSN_ENV, "").strip():
+        note = f"with {DSN_ENV} set as for the demo"
+    elif os.environ.get(HOME_ENV, "").strip():  # the embedded server of that directory
+        note = f"with {HOME_ENV} set as for the demo"
+    console.print(
+        f"Schema {config.schema!r} is left for you to look at"
+        + (f", {escape(note)}:" if note else ":"),
+        soft_wrap=True,
+    )
+    for command in (
+        ["orchestra", "jobs", "list", *where],
+        ["orchestra", "jobs", "show", str(flaky_id), *where],
+        ["orchestra", "dashboard", *where],
+    ):
+        console.print("  " + escape(shlex.join(command)), soft_wrap=True)

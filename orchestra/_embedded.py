@@ -11,21 +11,46 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 from orchestra.errors import EmbeddedServerError
 
+HOME_ENV = "ORCHESTRA_HOME"
 _lock = threading.Lock()
 _servers: dict[Path, Any] = {}
 
 
 def orchestra_home() -> Path:
     """The directory that holds orchestra's local state."""
-    configured = os.environ.get("ORCHESTRA_HOME")
+    configured = os.environ.get(HOME_ENV)
     if configured:
         return Path(configured).expanduser()
     return Path("~/.local/share/orchestra").expanduser()
+
+
+#: What platformdirs says (a RuntimeDirWarning) when pgserver asks it for a
+#: runtime directory and XDG_RUNTIME_DIR is unset, as on most servers, in
+#: containers and under sudo. pgserver then uses a private directory in /tmp,
+#: which is fine: the warning would only repeat on every command.
+_UNSET_RUNTIME_DIR = r"XDG_RUNTIME_DIR is not set"
+
+
+def _import_pgserver() -> Any:
+    """``import pgserver``, without the runtime-directory warning that importing it gives."""
+    try:
+        from platformdirs import RuntimeDirWarning  # noqa: PLC0415  (pgserver's dependency)
+
+        category: type[Warning] = RuntimeDirWarning
+    except ImportError:  # an older platformdirs, without a category of its own for it
+        category = UserWarning
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=_UNSET_RUNTIME_DIR, category=category, module="platformdirs"
+        )
+        import pgserver  # noqa: PLC0415  (optional extra, imported on demand)
+    return pgserver
 
 
 def embedded_dsn(*, announce: bool = True) -> str:
@@ -36,7 +61,8 @@ def embedded_dsn(*, announce: bool = True) -> str:
         if server is None:
             try:
                 import fasteners  # type: ignore[import-untyped]  # noqa: PLC0415  (pgserver's)
-                import pgserver  # noqa: PLC0415  (optional extra, imported on demand)
+
+                pgserver = _import_pgserver()
             except ImportError as exc:
                 raise EmbeddedServerError(
                     "no DSN given (argument, ORCHESTRA_DSN) and the embedded PostgreSQL is "
@@ -49,7 +75,7 @@ def embedded_dsn(*, announce: bool = True) -> str:
             startup = fasteners.InterProcessLock(str(data_dir.parent / "pgdata.startup.lock"))
             try:
                 with startup:
-                    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+                    server = pgserver.get_server(data_dir, cleanup_mode="stop")
             except Exception as exc:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL in {data_dir} did not start: {exc}"

@@ -1,8 +1,12 @@
-"""Job management: find, list, count, retry, cancel and delete jobs; describe definitions.
+"""Job handles and job management: find, list, count, retry, cancel and delete jobs.
 
-Reached as ``config.jobs`` (:class:`Jobs`) and ``config.jobs_async``
+A :class:`JobHandle` names one deferred job by id. The management API is
+reached as ``config.jobs`` (:class:`Jobs`) and ``config.jobs_async``
 (:class:`AsyncJobs`), and used by the ``orchestra jobs`` and ``orchestra
-definitions`` commands. What they promise:
+definitions`` commands. :class:`ManagedDatabase` is a Database with both:
+what ``orchestra.Config`` is, named here so that definitions and handles can
+type their ``config`` without importing the Config above them. What the
+management API promises:
 
 * failed jobs can be listed, retried (back to available, with a fresh
   attempt budget) or deleted, one by one or in bulk;
@@ -28,36 +32,27 @@ generators on a sync or an async connection.
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Generator, Iterable, Mapping
 from typing import Any, TypeVar
 
+import attrs
 import psycopg
 
-from orchestra import _ops
+from orchestra import _ops, _results
 from orchestra._checks import check_int, is_int
-from orchestra._database import Database
+from orchestra._database import D, Database
 from orchestra._ops import Op, Row, Statement
 from orchestra._records import (
     STATUSES,
-    Attempt,
     DefinitionInfo,
     Job,
     definition_from_row,
     job_from_row,
 )
-from orchestra._results import JobHandle
 from orchestra.errors import ConfigurationError, JobStateError, UnknownJobError
 
-#: The management API, and the values it answers with (defined in orchestra._records).
-__all__ = [
-    "STATUSES",
-    "AsyncJobs",
-    "Attempt",
-    "DefinitionInfo",
-    "Job",
-    "Jobs",
-    "job_from_row",
-]
+__all__ = ["AsyncJobs", "JobHandle", "Jobs", "ManagedDatabase"]
 
 T = TypeVar("T")
 
@@ -87,6 +82,100 @@ _STATE_REASONS = {
     "failed": "it already failed",
     "cancelled": "it was already cancelled",
 }
+
+
+# -- the handle ------------------------------------------------------------------
+
+
+@attrs.frozen
+class JobHandle:
+    """A reference to a deferred job. Rebuild one from an id with ``JobHandle(id, config)``.
+
+    Attributes:
+        id: the job's id.
+        deduplicated: True when ``defer`` found an unfinished job holding the
+            same unique key and returned it instead of inserting a new one.
+    """
+
+    id: int
+    config: ManagedDatabase = attrs.field(eq=False, repr=False)
+    deduplicated: bool = attrs.field(default=False, eq=False, kw_only=True)
+
+    def result(
+        self,
+        timeout: float | None = None,
+        *,
+        as_type: Any = None,
+        poll_interval_s: float = _results.POLL_INTERVAL_S_DEFAULT,
+    ) -> Any:
+        """Wait for the job to finish and return what its function returned.
+
+        Args:
+            timeout: seconds to wait; None waits as long as it takes.
+            as_type: structure the stored JSON into this type (an attrs class,
+                a dataclass ...); None returns plain JSON values.
+            poll_interval_s: how often the row is re-read should a
+                notification be lost.
+
+        Raises:
+            JobFailed: the job finally failed or was cancelled (carries the last error).
+            ResultTimeoutError: still unfinished after ``timeout``; ask again later.
+            UnknownJobError: no such job (never deferred, or swept without archive).
+        """
+        return _results.wait(
+            self.config,
+            self.id,
+            timeout=timeout,
+            as_type=as_type,
+            poll_interval_s=poll_interval_s,
+        )
+
+    async def result_async(
+        self,
+        # Same signature as result(): the timeout is the wait's own, reported
+        # in ResultTimeoutError with the job's status, not a cancellation.
+        timeout: float | None = None,  # noqa: ASYNC109
+        *,
+        as_type: Any = None,
+        poll_interval_s: float = _results.POLL_INTERVAL_S_DEFAULT,
+    ) -> Any:
+        """Async twin of :meth:`result`."""
+        return await _results.wait_async(
+            self.config,
+            self.id,
+            timeout=timeout,
+            as_type=as_type,
+            poll_interval_s=poll_interval_s,
+        )
+
+    def status(self) -> str:
+        """The job's current status (``waiting``, ``available``, ``running``, ``succeeded`` ...)."""
+        with self.config.connection() as conn:
+            row = conn.execute(self.config.queries["job_status"], {"id": self.id}).fetchone()
+        if row is None:
+            raise UnknownJobError((self.id,))
+        return str(row[0])
+
+    def __int__(self) -> int:
+        return self.id
+
+
+class ManagedDatabase(Database[D]):
+    """A Database with the management API: what :class:`orchestra.Config` is.
+
+    Definitions and handles are typed with this class, so that
+    ``definition.config.jobs`` and ``handle.config.jobs_async`` type-check.
+    """
+
+    @functools.cached_property
+    def jobs(self) -> Jobs:
+        """Find, list, retry, cancel and delete jobs; describe definitions."""
+        return Jobs(self)
+
+    @functools.cached_property
+    def jobs_async(self) -> AsyncJobs:
+        """Async twin of :attr:`jobs`, on this event loop's async pool."""
+        return AsyncJobs(self)
 
 
 # -- argument checks (before any statement is sent) ----------------------------
@@ -352,7 +441,7 @@ class Jobs:
         if not started:
             return step  # type: ignore[no-any-return]
         with self._config.connection() as conn:
-            return _ops.drive(conn, self._config.queries, op, step)
+            return _ops.run(conn, self._config.queries, op, step)
 
     def get(self, job_id: int | JobHandle, *, with_attempts: bool = True) -> Job:
         """The job with this id, unfinished (the queue) or finished (the history).
@@ -479,7 +568,7 @@ class AsyncJobs:
         if not started:
             return step  # type: ignore[no-any-return]
         async with self._config.connection_async() as conn:
-            return await _ops.drive_async(conn, self._config.queries, op, step)
+            return await _ops.run_async(conn, self._config.queries, op, step)
 
     async def get(self, job_id: int | JobHandle, *, with_attempts: bool = True) -> Job:
         """Async twin of :meth:`Jobs.get`."""

@@ -132,12 +132,28 @@ def migrate(
     return applied_now
 
 
+def readiness_error(conn: psycopg.Connection[Any], schema: str) -> SchemaNotReadyError | None:
+    """Why ``schema`` cannot be used by this version (None when it can).
+
+    A schema that does not exist at all is most often a misspelt name, so its
+    error says so rather than that it is at version 0.
+    """
+    current = current_version(conn, schema)
+    if current >= required_version():
+        return None
+    exists = True
+    if current == 0:
+        row = conn.execute(_sql.Queries(schema)["schema_exists"], {"schema": schema}).fetchone()
+        exists = bool(row and row[0])
+    return SchemaNotReadyError(schema, current, required_version(), exists=exists)
+
+
 def check(conn: psycopg.Connection[Any], schema: str) -> None:
     """Raise SchemaNotReadyError unless ``schema`` has every migration this version needs.
 
     A newer schema is accepted: migrations are additive, so older daemons keep
     working during a rolling upgrade.
     """
-    current = current_version(conn, schema)
-    if current < required_version():
-        raise SchemaNotReadyError(schema, current, required_version())
+    error = readiness_error(conn, schema)
+    if error is not None:
+        raise error

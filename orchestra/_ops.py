@@ -3,17 +3,16 @@
 An operation is a generator. It checks its arguments, yields the statements
 it needs (:class:`Statement`), receives their rows, or the database error a
 statement raised (thrown back into it, where it may handle it and go on), and
-returns its value. :func:`drive` and :func:`drive_async` are the only places
-that know whether the connection is sync or async, so every sync method and
-its ``_async`` twin share one body.
+returns its value. :func:`run` executes the statements on a sync connection,
+:func:`run_async` on an async one, so that an operation's sync and async
+callers share its body; the callers choose and borrow the connection.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
-import attrs
 import psycopg
 from psycopg.rows import dict_row
 
@@ -27,9 +26,12 @@ Row = dict[str, Any]
 Reply = Literal["dicts", "first", "none"]
 
 
-@attrs.frozen
-class Statement:
-    """A named query of the schema's :class:`~orchestra._sql.Queries`, its parameters and reply."""
+class Statement(NamedTuple):
+    """A named query of the schema's :class:`~orchestra._sql.Queries`, its parameters and reply.
+
+    A tuple rather than an attrs class: ``defer`` builds one per job, and a
+    tuple is the cheapest immutable value to build.
+    """
 
     query: str
     params: Mapping[str, Any]
@@ -50,71 +52,73 @@ def start(op: Op[T]) -> tuple[bool, Any]:
         return False, stop.value
 
 
-def _execute(conn: psycopg.Connection[Any], queries: Queries, statement: Statement) -> Any:
-    query = queries[statement.query]
-    if statement.reply == "dicts":
+def _execute(
+    conn: psycopg.Connection[Any], query: bytes, params: Mapping[str, Any], reply: Reply
+) -> Any:
+    if reply == "first":
+        return conn.execute(query, params).fetchone()
+    if reply == "dicts":
         with conn.cursor(row_factory=dict_row) as cursor:
-            cursor.execute(query, statement.params)
+            cursor.execute(query, params)
             return cursor.fetchall()
-    cursor = conn.execute(query, statement.params)
-    return cursor.fetchone() if statement.reply == "first" else None
+    conn.execute(query, params)
+    return None
 
 
 async def _execute_async(
-    conn: psycopg.AsyncConnection[Any], queries: Queries, statement: Statement
+    conn: psycopg.AsyncConnection[Any], query: bytes, params: Mapping[str, Any], reply: Reply
 ) -> Any:
-    query = queries[statement.query]
-    if statement.reply == "dicts":
+    if reply == "first":
+        return await (await conn.execute(query, params)).fetchone()
+    if reply == "dicts":
         async with conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(query, statement.params)
+            await cursor.execute(query, params)
             return await cursor.fetchall()
-    cursor = await conn.execute(query, statement.params)
-    return await cursor.fetchone() if statement.reply == "first" else None
+    await conn.execute(query, params)
+    return None
 
 
-def _advance(op: Op[T], reply: Any, error: Exception | None) -> tuple[bool, Any]:
-    """Hand ``op`` its reply (or error): (True, next statement) or (False, its value)."""
-    try:
-        return True, (op.send(reply) if error is None else op.throw(error))
-    except StopIteration as stop:
-        return False, stop.value
+# run and run_async hand each reply (or error) to the operation inline, in one
+# frame and one try: defer runs through here once per job.
 
 
-def drive(conn: psycopg.Connection[Any], queries: Queries, op: Op[T], step: Any) -> T:
-    """Run ``op`` from ``step`` (see :func:`start`) to its end on ``conn``."""
-    going = True
-    while going:
-        try:
-            reply, error = _execute(conn, queries, step), None
-        except Exception as exc:  # the operation may handle it (and then go on) or not
-            reply, error = None, exc
-        going, step = _advance(op, reply, error)
-    return step  # type: ignore[no-any-return]
-
-
-async def drive_async(
-    conn: psycopg.AsyncConnection[Any], queries: Queries, op: Op[T], step: Any
+def run(
+    conn: psycopg.Connection[Any], queries: Queries, op: Op[T], first: Statement | None = None
 ) -> T:
-    """Async twin of :func:`drive`."""
-    going = True
-    while going:
-        try:
-            reply, error = await _execute_async(conn, queries, step), None
-        except Exception as exc:
-            reply, error = None, exc
-        going, step = _advance(op, reply, error)
-    return step  # type: ignore[no-any-return]
+    """Run ``op`` to its end on ``conn``; its value.
+
+    ``first``: the statement ``op`` yielded already, when :func:`start` ran it.
+    """
+    try:
+        statement = next(op) if first is None else first
+        while True:
+            query, params, reply = statement
+            try:
+                answer = _execute(conn, queries[query], params, reply)
+            except Exception as exc:  # the operation may handle it (and then go on) or not
+                statement = op.throw(exc)
+            else:
+                statement = op.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
 
 
-def run(conn: psycopg.Connection[Any], queries: Queries, op: Op[T]) -> T:
-    """Run ``op`` from its start to its end on ``conn``."""
-    started, step = start(op)
-    return drive(conn, queries, op, step) if started else step
-
-
-async def run_async(conn: psycopg.AsyncConnection[Any], queries: Queries, op: Op[T]) -> T:
+async def run_async(
+    conn: psycopg.AsyncConnection[Any],
+    queries: Queries,
+    op: Op[T],
+    first: Statement | None = None,
+) -> T:
     """Async twin of :func:`run`."""
-    started, step = start(op)
-    if not started:
-        return step  # type: ignore[no-any-return]
-    return await drive_async(conn, queries, op, step)
+    try:
+        statement = next(op) if first is None else first
+        while True:
+            query, params, reply = statement
+            try:
+                answer = await _execute_async(conn, queries[query], params, reply)
+            except Exception as exc:
+                statement = op.throw(exc)
+            else:
+                statement = op.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]

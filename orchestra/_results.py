@@ -1,7 +1,6 @@
-"""Job handles, and waiting for a job's result (request/response).
+"""Waiting for a job's result (request/response), for ``JobHandle.result``.
 
-A :class:`JobHandle` names a deferred job by id. The result lives in the
-job's history row (``job_history``, for the retention period), so a waiter
+The result lives in the job's history row (``job_history``, for the retention period), so a waiter
 that dies loses nothing: any process can ask again by id. A waiter reads the
 row once; if the job is not finalized yet it opens a connection of its own,
 LISTENs on the schema's finished channel, reads the row again (a finish
@@ -39,79 +38,6 @@ from orchestra.errors import (
 
 POLL_INTERVAL_S_DEFAULT = 1.0
 _FINAL = frozenset({"succeeded", "failed", "cancelled"})
-
-
-@attrs.frozen
-class JobHandle:
-    """A reference to a deferred job. Rebuild one from an id with ``JobHandle(id, config)``.
-
-    Attributes:
-        id: the job's id.
-        deduplicated: True when ``defer`` found an unfinished job holding the
-            same unique key and returned it instead of inserting a new one.
-    """
-
-    id: int
-    config: Database = attrs.field(eq=False, repr=False)
-    deduplicated: bool = attrs.field(default=False, eq=False, kw_only=True)
-
-    def result(
-        self,
-        timeout: float | None = None,
-        *,
-        as_type: Any = None,
-        poll_interval_s: float = POLL_INTERVAL_S_DEFAULT,
-    ) -> Any:
-        """Wait for the job to finish and return what its function returned.
-
-        Args:
-            timeout: seconds to wait; None waits as long as it takes.
-            as_type: structure the stored JSON into this type (an attrs class,
-                a dataclass ...); None returns plain JSON values.
-            poll_interval_s: how often the row is re-read should a
-                notification be lost.
-
-        Raises:
-            JobFailed: the job finally failed or was cancelled (carries the last error).
-            ResultTimeoutError: still unfinished after ``timeout``; ask again later.
-            UnknownJobError: no such job (never deferred, or swept without archive).
-        """
-        return wait(
-            self.config,
-            self.id,
-            timeout=timeout,
-            as_type=as_type,
-            poll_interval_s=poll_interval_s,
-        )
-
-    async def result_async(
-        self,
-        # Same signature as result(): the timeout is the wait's own, reported
-        # in ResultTimeoutError with the job's status, not a cancellation.
-        timeout: float | None = None,  # noqa: ASYNC109
-        *,
-        as_type: Any = None,
-        poll_interval_s: float = POLL_INTERVAL_S_DEFAULT,
-    ) -> Any:
-        """Async twin of :meth:`result`."""
-        return await wait_async(
-            self.config,
-            self.id,
-            timeout=timeout,
-            as_type=as_type,
-            poll_interval_s=poll_interval_s,
-        )
-
-    def status(self) -> str:
-        """The job's current status (``waiting``, ``available``, ``running``, ``succeeded`` ...)."""
-        with self.config.connection() as conn:
-            row = conn.execute(self.config.queries["job_status"], {"id": self.id}).fetchone()
-        if row is None:
-            raise UnknownJobError((self.id,))
-        return str(row[0])
-
-    def __int__(self) -> int:
-        return self.id
 
 
 def check_wait(timeout: float | None, poll_interval_s: float) -> None:
@@ -155,18 +81,34 @@ def _listen(config: Database) -> sql.Composed:
 
 # -- the wait, written once for both twins ------------------------------------
 #
-# _waiting yields what it needs and receives the answer: READ (the job's
-# outcome row) or a number of seconds (the payloads of the notifications that
-# arrived within them, at most one). The drivers, wait and wait_async, read
-# the first row on a pooled connection and, if the job is unfinished, every
-# later one on a dedicated connection that LISTENs from before the second read.
+# _waiting yields the steps it needs and receives their answers: Read (the
+# job's outcome row) or Wait (the payloads of the notifications that arrived
+# within so many seconds, at most one). The drivers, wait and wait_async,
+# answer the first Read on a pooled connection and, if the job is unfinished,
+# every later step on a dedicated connection that LISTENs from before the
+# second Read.
 
-READ = "read"
+
+@attrs.frozen
+class Read:
+    """Read the job's ``job_outcome`` row; the answer is the row or None."""
+
+
+@attrs.frozen
+class Wait:
+    """Wait up to ``seconds`` for a notification; the answer is the payloads received."""
+
+    seconds: float
+
+
+Step = Read | Wait
+#: The one Read step (it carries nothing).
+READ = Read()
 
 
 def _waiting(
     job_id: int, timeout: float | None, as_type: Any, poll_interval_s: float
-) -> Generator[str | float, Any, Any]:
+) -> Generator[Step, Any, Any]:
     done, value = outcome((yield READ), job_id, as_type)
     if done:
         return value
@@ -182,13 +124,13 @@ def _waiting(
         stop_at = time.monotonic() + wait_s
         # Wait for a notification about this job; others are skipped.
         while (left := stop_at - time.monotonic()) > 0:
-            payloads: list[str] = yield left
+            payloads: list[str] = yield Wait(left)
             if any(concerns(payload, job_id) for payload in payloads):
                 break
 
 
-def _advance(waiting: Generator[str | float, Any, Any], answer: Any) -> tuple[bool, Any]:
-    """Hand the wait its answer: (True, what it needs next) or (False, the job's result)."""
+def _advance(waiting: Generator[Step, Any, Any], answer: Any) -> tuple[bool, Any]:
+    """Hand the wait its answer: (True, the step it needs next) or (False, the job's result)."""
     try:
         return True, waiting.send(answer)
     except StopIteration as stop:
@@ -213,14 +155,15 @@ def wait(
     if not pending:
         return step
     listener: psycopg.Connection[Any]
+    answer: Any
     with config.connect() as listener:
         listener.execute(_listen(config))
         while pending:
-            if step == READ:
-                answer = listener.execute(query, params).fetchone()
-            else:
-                notes = listener.notifies(timeout=step, stop_after=1)
+            if isinstance(step, Wait):
+                notes = listener.notifies(timeout=step.seconds, stop_after=1)
                 answer = [note.payload for note in notes]
+            else:
+                answer = listener.execute(query, params).fetchone()
             pending, step = _advance(waiting, answer)
     return step
 
@@ -242,13 +185,14 @@ async def wait_async(
         pending, step = _advance(waiting, await (await conn.execute(query, params)).fetchone())
     if not pending:
         return step
+    answer: Any
     async with await config.connect_async() as listener:
         await listener.execute(_listen(config))
         while pending:
-            if step == READ:
-                answer = await (await listener.execute(query, params)).fetchone()
-            else:
-                notes = listener.notifies(timeout=step, stop_after=1)
+            if isinstance(step, Wait):
+                notes = listener.notifies(timeout=step.seconds, stop_after=1)
                 answer = [note.payload async for note in notes]
+            else:
+                answer = await (await listener.execute(query, params)).fetchone()
             pending, step = _advance(waiting, answer)
     return step

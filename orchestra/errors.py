@@ -80,16 +80,26 @@ class SchemaNotReadyError(OrchestraError):
         schema: the schema name.
         current: the version found (0 when the schema does not exist).
         required: the version this orchestra needs.
+        exists: False when there is no schema of that name at all (a misspelt
+            name, most often: the message says so before how to create it).
     """
 
-    def __init__(self, schema: str, current: int, required: int) -> None:
+    def __init__(self, schema: str, current: int, required: int, *, exists: bool = True) -> None:
         self.schema = schema
         self.current = current
         self.required = required
-        super().__init__(
-            f"schema {schema!r} is at version {current}, this orchestra needs {required}: "
-            "run `orchestra migrate` (or Config.prepare_schema())"
-        )
+        self.exists = exists
+        if exists:
+            message = (
+                f"schema {schema!r} is at version {current}, this orchestra needs {required}: "
+                f"run `orchestra migrate --schema {schema}` (or Config.prepare_schema())"
+            )
+        else:
+            message = (
+                f"schema {schema!r} does not exist; if that is the name you meant, create it "
+                f"with `orchestra migrate --schema {schema}` (or Config.prepare_schema())"
+            )
+        super().__init__(message)
 
 
 class EmbeddedServerError(OrchestraError):

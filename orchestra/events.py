@@ -56,6 +56,8 @@ from typing import Any, Literal
 
 import attrs
 
+from orchestra.errors import ConfigurationError
+
 __all__ = [
     "DaemonDatabaseError",
     "DaemonStarted",
@@ -185,6 +187,8 @@ class WorkerJobClaimed(_JobEvent):
     Attributes:
         max_attempts: the job's attempt budget.
         queue_wait_ms: claim time minus the time the job became runnable.
+        queue_wait_s: the same in seconds, to the microsecond (None: not measured
+            finer than ``queue_wait_ms``).
         trace_context: the OpenTelemetry context of the span that deferred the
             job, as stored with it (the propagator's carrier as JSON text, e.g.
             ``{"traceparent":"00-...-01"}``), or None when the producer had no
@@ -195,6 +199,7 @@ class WorkerJobClaimed(_JobEvent):
     max_attempts: int
     queue_wait_ms: int
     trace_context: str | None = None
+    queue_wait_s: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -203,9 +208,12 @@ class WorkerJobSucceeded(_JobEvent):
 
     Attributes:
         duration_ms: how long the job function ran.
+        duration_s: the same in seconds, to the microsecond (None: not measured
+            finer than ``duration_ms``).
     """
 
     duration_ms: int
+    duration_s: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -218,6 +226,10 @@ class WorkerJobFailed(_JobEvent):
         will_retry: True if the job went back to ``available``; False if it is now ``failed``.
         retry_at: when the next attempt may start (None when not retrying).
         duration_ms: how long the attempt ran.
+        duration_s: the same in seconds, to the microsecond (None: not measured
+            finer than ``duration_ms``).
+        traceback: the formatted traceback of the job's exception (bounded as
+            stored), or None (a timeout, an interruption, an unreadable payload).
     """
 
     max_attempts: int
@@ -225,6 +237,8 @@ class WorkerJobFailed(_JobEvent):
     will_retry: bool
     retry_at: dt.datetime | None
     duration_ms: int
+    duration_s: float | None = None
+    traceback: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -449,6 +463,9 @@ class OrchestratorQueueGauges(Event):
         job_dead_tuples: dead rows in the job table, from ``pg_stat_user_tables``
             (None when PostgreSQL has no statistics for it yet).
         job_live_tuples: live rows in the job table, likewise.
+        oldest_due: ``(channel, seconds)`` pairs, sorted: how long each
+            channel's oldest available job whose ``run_at`` has passed has
+            waited since then; 0.0 when none is due.
     """
 
     depth: tuple[tuple[str, str, int], ...]
@@ -457,6 +474,7 @@ class OrchestratorQueueGauges(Event):
     oldest_transaction_xid_age: int | None = None
     job_dead_tuples: int | None = None
     job_live_tuples: int | None = None
+    oldest_due: tuple[tuple[str, float], ...] = ()
 
 
 EventHandler = Callable[[Event], None]
@@ -473,15 +491,11 @@ def normalize_handlers(
     try:
         handlers: tuple[Any, ...] = tuple(handler)
     except TypeError:
-        from orchestra.errors import ConfigurationError  # noqa: PLC0415 (avoids a cycle)
-
         raise ConfigurationError(
             "event_handler", f"must be a callable or an iterable of callables, not {handler!r}"
         ) from None
     for item in handlers:
         if not callable(item):
-            from orchestra.errors import ConfigurationError  # noqa: PLC0415 (avoids a cycle)
-
             raise ConfigurationError("event_handler", f"{item!r} is not callable")
     return handlers
 

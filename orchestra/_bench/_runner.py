@@ -94,6 +94,12 @@ class Figure:
         return _ratio(self.orchestra, self.pgqueuer, self.higher_is_better)
 
 
+def _per_second(count: float, seconds: float) -> float:
+    """``count`` per second over ``seconds``; a run too short for the clock (the
+    bench warns when ``--jobs`` is too small) gives a huge rate, not a crash."""
+    return count / max(seconds, 1e-6)
+
+
 class Bench:
     """One bench run against ``dsn`` on a fresh schema."""
 
@@ -214,16 +220,16 @@ class Bench:
             Figure(
                 "processing, steady (10-90 %)",
                 "jobs/s",
-                steady_jobs / run.steady_s,
-                steady_jobs / floor_steady,
-                None if peer is None else steady_jobs / peer.steady_s,
+                _per_second(steady_jobs, run.steady_s),
+                _per_second(steady_jobs, floor_steady),
+                None if peer is None else _per_second(steady_jobs, peer.steady_s),
             ),
             Figure(
                 "processing, end to end",
                 "jobs/s",
-                s.jobs / run.total_s,
-                s.jobs / floor_total,
-                None if peer is None else s.jobs / peer.total_s,
+                _per_second(s.jobs, run.total_s),
+                _per_second(s.jobs, floor_total),
+                None if peer is None else _per_second(s.jobs, peer.total_s),
             ),
             Figure(
                 "worker RSS growth, 10 % to done",
@@ -241,8 +247,8 @@ class Bench:
                 Figure(
                     f"steady, {s.finalized_rows:,} finalized rows",
                     "jobs/s",
-                    steady_jobs / crowded.steady_s,
-                    steady_jobs / floor_steady,
+                    _per_second(steady_jobs, crowded.steady_s),
+                    _per_second(steady_jobs, floor_steady),
                 ),
                 Figure(
                     "steady, finalized rows / empty table",

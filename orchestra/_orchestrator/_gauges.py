@@ -1,13 +1,16 @@
 """Queue gauges: a snapshot of the queue for metrics (leader only).
 
 What it does: counts the unfinished jobs per status (``waiting``,
-``available``, ``running``) and channel, and the live daemons per role (a
-heartbeat newer than ``worker_stale_threshold_ms``), in one read-only
-statement (``metrics_gauges`` in ``orchestra/sql/monitoring.sql``, which says
-what it costs); reads what holds back vacuum on the queue's database (the
-oldest transaction) and the job table's dead rows (``health_vacuum_horizon``
-in the same file, also read by ``orchestra health`` and the
-dashboard); and emits them as one event. It changes nothing.
+``available``, ``running``) and channel, how long each channel's oldest due
+job has waited, and the live daemons per role (a heartbeat newer than
+``worker_stale_threshold_ms``), in one read-only statement
+(``metrics_gauges`` in ``orchestra/sql/monitoring.sql``, which says what it
+costs); reads what holds back vacuum on the queue's database (the oldest
+transaction) and the job table's dead rows (``health_vacuum_horizon`` in the
+same file, also read by ``orchestra health`` and the dashboard); and emits
+them as one event. It changes nothing. :func:`read_queue_snapshot` is that
+read; a ``PrometheusHandler`` given the queue runs it when scraped, in any
+process (orchestra/metrics.py).
 
 Options: ``gauges_interval_ms`` (default 15 000).
 Events: one OrchestratorQueueGauges per pass.
@@ -187,6 +190,59 @@ def read_vacuum_horizon(conn: psycopg.Connection[Any], config: Config) -> Vacuum
     return VacuumHorizon.from_row(row)
 
 
+@attrs.frozen
+class QueueSnapshot:
+    """The queue as the gauges show it, read in one statement, and the vacuum horizon.
+
+    Attributes:
+        depth: ``(status, channel, count)`` for the unfinished statuses
+            ``waiting``, ``available`` and ``running`` of every channel that has
+            a definition or an unfinished job, 0 included, sorted.
+        oldest_due: ``(channel, seconds)`` for the same channels, sorted: how
+            long the channel's oldest available job whose ``run_at`` has passed
+            has waited since then; 0.0 when none is due.
+        daemons: daemons whose heartbeat is newer than the stale threshold, by
+            role (``worker``, ``orchestrator``), 0 included.
+        horizon: what holds back vacuum, and the job table's row counts.
+    """
+
+    depth: tuple[tuple[str, str, int], ...]
+    oldest_due: tuple[tuple[str, float], ...]
+    daemons: Mapping[str, int]
+    horizon: VacuumHorizon
+
+
+def read_queue_snapshot(
+    conn: psycopg.Connection[Any],
+    config: Config,
+    *,
+    worker_stale_threshold_ms: int,
+    now: dt.datetime | None = None,
+) -> QueueSnapshot:
+    """Run ``metrics_gauges`` and ``health_vacuum_horizon`` on ``conn``.
+
+    ``now`` replaces the database clock (tests); a daemon is live when its
+    heartbeat is newer than ``worker_stale_threshold_ms``.
+    """
+    rows = conn.execute(
+        config.queries["metrics_gauges"], {"now": now, "threshold_ms": worker_stale_threshold_ms}
+    ).fetchall()
+    return QueueSnapshot(
+        depth=tuple(
+            (str(label), str(channel), int(n))
+            for kind, label, channel, n, _age in rows
+            if kind == "depth"
+        ),
+        oldest_due=tuple(
+            (str(channel), max(0.0, float(age)))
+            for kind, _label, channel, _n, age in rows
+            if kind == "oldest_due"
+        ),
+        daemons={str(label): int(n) for kind, label, _, n, _age in rows if kind == "workers"},
+        horizon=read_vacuum_horizon(conn, config),
+    )
+
+
 class QueueGauges(Service):
     """Count unfinished jobs and live daemons; read what holds back vacuum."""
 
@@ -205,30 +261,24 @@ class QueueGauges(Service):
 
     def run_once(self, conn: psycopg.Connection[Any], now: dt.datetime | None = None) -> RunResult:
         """Read the snapshot and emit it; counts are left empty (nothing was changed)."""
-        rows = conn.execute(
-            self.config.queries["metrics_gauges"],
-            {"now": now, "threshold_ms": self.worker_stale_threshold_ms},
-        ).fetchall()
-        depth = tuple(
-            (str(label), str(channel), int(n))
-            for kind, label, channel, n in rows
-            if kind == "depth"
+        snapshot = read_queue_snapshot(
+            conn, self.config, worker_stale_threshold_ms=self.worker_stale_threshold_ms, now=now
         )
-        workers = {str(label): int(n) for kind, label, _, n in rows if kind == "workers"}
-        horizon = read_vacuum_horizon(conn, self.config)
+        horizon = snapshot.horizon
         return RunResult(
             self.name,
             events=(
                 events.OrchestratorQueueGauges(
                     **self.origin.header(),
-                    depth=depth,
-                    workers=workers,
+                    depth=snapshot.depth,
+                    workers=snapshot.daemons,
                     oldest_transaction_age_s=horizon.oldest_age_s,
                     oldest_transaction_xid_age=(
                         0 if horizon.oldest is None else horizon.oldest.xid_age
                     ),
                     job_dead_tuples=horizon.job_dead_tuples,
                     job_live_tuples=horizon.job_live_tuples,
+                    oldest_due=snapshot.oldest_due,
                 ),
             ),
         )

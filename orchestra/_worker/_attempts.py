@@ -44,13 +44,19 @@ class Finish:
     error: str | None = None
     traceback: str | None = None
     retry_delay_ms: int = 0
-    duration_ms: int = 0
+    #: How long the attempt ran, in seconds.
+    duration_s: float = 0.0
     payload_invalid: bool = False
     #: The database refused to record it (bad data); nothing was written.
     dropped: bool = False
     # Filled in from the statement's result:
     committed_status: str | None = None
     committed_run_at: dt.datetime | None = None
+
+    @property
+    def duration_ms(self) -> int:
+        """How long the attempt ran, in whole milliseconds."""
+        return round(self.duration_s * 1000)
 
 
 @attrs.frozen
@@ -94,7 +100,7 @@ def succeeded(
     """The success of an attempt that returned ``value``; raises if it cannot be stored."""
     result = _converter.dumps(value, what="the return value", owner=definition.name)
     check_result_size(result, definition, max_payload_bytes)
-    return finish(job, "succeeded", result=result, duration_ms=elapsed_ms(started))
+    return finish(job, "succeeded", result=result, duration_s=elapsed_s(started))
 
 
 def check_result_size(result: str, definition: JobDefinition[Any], max_payload_bytes: int) -> None:
@@ -163,7 +169,7 @@ def failed(
         traceback=None if trace is None else storable(trace, TRACEBACK_MAX_CHARS),
         payload_invalid=payload_invalid,
         retry_delay_ms=definition.backoff.delay_ms(job.attempt),
-        duration_ms=elapsed_ms(started),
+        duration_s=elapsed_s(started),
     )
 
 
@@ -175,7 +181,7 @@ def timed_out(job: Claimed, definition: JobDefinition[Any], started: float) -> F
         error=f"AttemptTimeout: the attempt ran longer than attempt_timeout_ms "
         f"({definition.attempt_timeout_ms} ms) and was cut",
         retry_delay_ms=definition.backoff.delay_ms(job.attempt),
-        duration_ms=elapsed_ms(started),
+        duration_s=elapsed_s(started),
     )
 
 
@@ -185,10 +191,10 @@ def interrupted(job: Claimed, started: float) -> Finish:
         job,
         "interrupted",
         error="interrupted: the worker stopped before the job finished",
-        duration_ms=elapsed_ms(started),
+        duration_s=elapsed_s(started),
     )
 
 
-def elapsed_ms(started: float) -> int:
-    """Milliseconds since the ``time.monotonic()`` reading ``started``."""
-    return round((time.monotonic() - started) * 1000)
+def elapsed_s(started: float) -> float:
+    """Seconds since the ``time.monotonic()`` reading ``started``."""
+    return time.monotonic() - started

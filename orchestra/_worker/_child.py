@@ -101,10 +101,10 @@ class ChildJobContext:
         max_attempts: the job's attempt budget.
         definition: the name of the job's definition (not a JobDefinition).
         definition_name: the same name.
-        logger: a logger that tags every record with the job id. The child
-            configures no logging: records reach Python's last-resort handler
-            (warnings and above, on the inherited stderr) unless the job's module
-            configures logging itself.
+        logger: a logger that tags every record with the job id, definition and
+            attempt. The child configures no logging: records reach Python's
+            last-resort handler (warnings and above, on the inherited stderr)
+            unless the job's module configures logging itself.
     """
 
     __slots__ = ("_stop", "attempt", "definition", "job_id", "logger", "max_attempts")
@@ -124,7 +124,7 @@ class ChildJobContext:
         self.definition = definition
         self.logger = logging.LoggerAdapter(
             logging.getLogger(f"orchestra.job.{definition}"),
-            {"job_id": job_id, "attempt": attempt},
+            {"job_id": job_id, "definition": definition, "attempt": attempt},
         )
         self._stop = stop
 

@@ -314,7 +314,7 @@ class Executor:
                 job,
                 "succeeded",
                 result=reply.result,
-                duration_ms=_attempts.elapsed_ms(started),
+                duration_s=_attempts.elapsed_s(started),
             )
         return _attempts.failed(
             job,

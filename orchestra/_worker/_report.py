@@ -67,6 +67,7 @@ class JobReporter:
                     attempt=job.attempt,
                     max_attempts=job.max_attempts,
                     queue_wait_ms=max(0, round(queue_wait_s * 1000)),
+                    queue_wait_s=max(0.0, queue_wait_s),
                     trace_context=job.trace_context,
                 )
             )
@@ -103,6 +104,7 @@ class JobReporter:
                         definition=finish.definition,
                         attempt=finish.attempt,
                         duration_ms=finish.duration_ms,
+                        duration_s=finish.duration_s,
                     )
                 )
         elif finish.outcome == "released":
@@ -139,4 +141,6 @@ class JobReporter:
             will_retry=will_retry,
             retry_at=finish.committed_run_at if will_retry else None,
             duration_ms=finish.duration_ms,
+            duration_s=finish.duration_s,
+            traceback=finish.traceback,
         )

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -32,15 +33,56 @@ from orchestra.errors import (
     ConfigurationError,
     OrchestraError,
 )
-from orchestra.handlers import JsonFormatter
+from orchestra.handlers import JsonFormatter, TextFormatter
+
+
+def _colour_only_on_a_terminal(stream: Any) -> bool | None:
+    """``force_terminal`` for a Console on ``stream``: False unless it is a terminal.
+
+    Rich would also colour a pipe or a file when FORCE_COLOR or TTY_COMPATIBLE
+    is set in the environment; output meant for files and other programs
+    stays plain. On a terminal rich decides (and honours NO_COLOR).
+    """
+    try:
+        return None if stream.isatty() else False
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
 
 # soft_wrap: an error stays one line even when stderr is a pipe, not a terminal.
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+err_console = Console(
+    stderr=True,
+    highlight=False,
+    soft_wrap=True,
+    force_terminal=_colour_only_on_a_terminal(sys.stderr),
+)
 F = TypeVar("F", bound=Callable[..., Any])
 
+APP_ENV = "ORCHESTRA_APP"
+SCHEMA_ENV = "ORCHESTRA_SCHEMA"
+
+#: The one statement of where a command finds its queue (resolve_config applies it).
+WHERE_HELP = (
+    "Where the queue is: every command that uses it (all but demo and bench, which make "
+    "schemas of their own) takes --app, --dsn and --schema. Each comes from its option, "
+    f"else its environment variable (${APP_ENV}, ${DSN_ENV}, ${SCHEMA_ENV}), else the "
+    "Config that the app names, else the default: no app, the embedded PostgreSQL, schema "
+    f"{DEFAULT_SCHEMA}. So `export {SCHEMA_ENV}=billing` once serves every command that "
+    "follows. A daemon runs its app's definitions, so it takes only that Config's DSN and "
+    "schema."
+)
+APP_HELP = (
+    "Where your Config lives, e.g. myapp.jobs:config (a function returning one works too). "
+    f"Default: ${APP_ENV}."
+)
 DSN_HELP = (
-    f"PostgreSQL connection string. Default: ${DSN_ENV}, else the embedded PostgreSQL. "
-    "Prefer the environment variable or ~/.pgpass for passwords: argv is visible to other users."
+    f"PostgreSQL connection string. Default: ${DSN_ENV}, else the app's Config's, else the "
+    "embedded PostgreSQL. Prefer the environment variable or ~/.pgpass for passwords: argv "
+    "is visible to other users."
+)
+SCHEMA_HELP = (
+    f"PostgreSQL schema holding the queue (lower-case letters, digits, _). Default: "
+    f"${SCHEMA_ENV}, else the app's Config's, else {DEFAULT_SCHEMA}."
 )
 
 
@@ -96,6 +138,107 @@ def _dsn_option(function: F) -> F:
     )(function)
 
 
+def queue_options(*, app_required: bool = False) -> Callable[[F], F]:
+    """--app, --dsn and --schema (parameters ``app_ref``, ``dsn``, ``schema``); see WHERE_HELP."""
+
+    def decorate(function: F) -> F:
+        function = click.option(
+            "--schema", envvar=SCHEMA_ENV, default=None, metavar="NAME", help=SCHEMA_HELP
+        )(function)
+        function = _dsn_option(function)
+        return click.option(
+            "--app",
+            "app_ref",
+            envvar=APP_ENV,
+            required=app_required,
+            default=None,
+            metavar="MODULE:CONFIG",
+            help=APP_HELP
+            + (
+                " The daemon runs the definitions that importing it registers, on its "
+                "Config's DSN and schema."
+                if app_required
+                else " Its DSN and schema are used unless --dsn/--schema or their variables "
+                "say otherwise."
+            ),
+        )(function)
+
+    return decorate
+
+
+def _same_dsn(first: str, second: str) -> bool:
+    if first == second:
+        return True
+    try:
+        return conninfo_to_dict(first) == conninfo_to_dict(second)
+    except psycopg.Error:
+        return False
+
+
+def resolve_config(
+    ctx: click.Context,
+    app_ref: str | None,
+    dsn: str | None,
+    schema: str | None,
+    *,
+    runs_definitions: bool = False,
+) -> Config:
+    """The Config a command works on: option, else environment variable, else app, else default.
+
+    Click has already put each option's value, else its variable's, in
+    ``app_ref``, ``dsn`` and ``schema``; what is still None comes from the
+    app's Config, else the defaults. A DSN or schema that overrides the app's
+    is also exported as its variable before the app is imported, so that an
+    app building its Config from the environment follows it.
+
+    ``runs_definitions`` (the daemon): the app is required, and the DSN and
+    schema must be the app's own, because its definitions are bound to that
+    Config; a different one is a ConfigurationError (exit 2) naming both.
+    """
+    _warn_password_on_argv(dsn, _dsn_source(ctx))
+    if app_ref is None:
+        return Config(dsn, schema=schema if schema is not None else DEFAULT_SCHEMA)
+    if dsn is not None:
+        os.environ[DSN_ENV] = dsn
+    if schema is not None:
+        os.environ[SCHEMA_ENV] = schema
+    app = load_app(app_ref)
+    same_schema = schema is None or schema == app.schema
+    # A Config without a DSN of its own reads the variable set above: no server is started.
+    same_dsn = dsn is None or _same_dsn(app.dsn, dsn)
+    if same_schema and same_dsn:
+        return app
+    if runs_definitions:
+        if not same_schema:
+            raise ConfigurationError(
+                _source_label(ctx, "schema", SCHEMA_ENV),
+                f"{schema!r} is not the schema of the Config that --app names ({app.schema!r}), "
+                "whose definitions the daemon runs: make them agree",
+            )
+        raise ConfigurationError(
+            _source_label(ctx, "dsn", DSN_ENV),
+            f"{_db.redact_dsn(dsn or '')} is not the DSN of the Config that --app names "
+            f"({app.redacted_dsn}), whose definitions the daemon runs: make them agree",
+        )
+    config = Config(
+        dsn if dsn is not None else app.dsn,
+        schema=schema if schema is not None else app.schema,
+        max_payload_bytes=app.max_payload_bytes,
+        pool_max_size=app.pool_max_size,
+        connect_attempts=app.connect_attempts,
+    )
+    for definition in app.definitions.values():  # the dashboard reads their cron time zones
+        config.register(definition)
+    return config
+
+
+def _source_label(ctx: click.Context, parameter: str, variable: str) -> str:
+    """``--option`` or ``$VARIABLE``: where a parameter's value came from, for an error."""
+    if ctx.get_parameter_source(parameter) is click.core.ParameterSource.ENVIRONMENT:
+        return f"${variable}"
+    return f"--{parameter}"
+
+
 def check_text_options(**options: str | None) -> None:
     """ConfigurationError (exit 2) if an option's text holds a control or format character.
 
@@ -104,16 +247,6 @@ def check_text_options(**options: str | None) -> None:
     for option, value in options.items():
         if value is not None:
             check_printable(value, "--" + option.replace("_", "-"))
-
-
-def _schema_option(function: F) -> F:
-    return click.option(
-        "--schema",
-        default=DEFAULT_SCHEMA,
-        show_default=True,
-        metavar="NAME",
-        help="PostgreSQL schema holding the queue (lower-case letters, digits, _).",
-    )(function)
 
 
 def _dsn_source(ctx: click.Context) -> str:
@@ -127,7 +260,7 @@ def configure_logging(log_format: str, level: str) -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -168,18 +301,26 @@ def load_app(reference: str) -> Config:
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+MAIN_HELP = f"""orchestra: a PostgreSQL-backed job queue and scheduling orchestrator.
+
+Workers claim and run jobs; orchestrators schedule and keep the queue
+healthy. Both share one PostgreSQL schema.
+
+{WHERE_HELP}
+"""
+
+
+@click.group(
+    help=MAIN_HELP,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="orchestra")
 def main() -> None:
-    """orchestra: a PostgreSQL-backed job queue and scheduling orchestrator.
-
-    Workers claim and run jobs; orchestrators schedule and keep the queue
-    healthy. Both share one PostgreSQL schema.
-    """
+    """The ``orchestra`` command group (MAIN_HELP is its --help)."""
 
 
 #: Tables go to stdout; highlight off so that ids and numbers are not restyled.
-out_console = Console(highlight=False)
+out_console = Console(highlight=False, force_terminal=_colour_only_on_a_terminal(sys.stdout))
 
 
 def _print_json(document: Any) -> None:

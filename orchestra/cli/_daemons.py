@@ -7,23 +7,24 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from orchestra import __version__, _migrate, events
 from orchestra._config import Config
 from orchestra.cli._app import (
     _dsn_option,
     _dsn_source,
-    _schema_option,
     _warn_password_on_argv,
     check_text_options,
     configure_logging,
     err_console,
     handle_errors,
-    load_app,
     main,
+    queue_options,
+    resolve_config,
 )
 from orchestra.errors import (
     ConfigurationError,
@@ -31,18 +32,19 @@ from orchestra.errors import (
 )
 from orchestra.handlers import LoggingHandler
 
+if TYPE_CHECKING:
+    from orchestra._daemon import Daemon
+
 
 @main.command()
-@_dsn_option
-@_schema_option
+@queue_options()
 @click.pass_context
 @handle_errors
-def migrate(ctx: click.Context, dsn: str | None, schema: str) -> None:
+def migrate(ctx: click.Context, app_ref: str | None, dsn: str | None, schema: str | None) -> None:
     """Create or upgrade the queue schema (idempotent, safe to run concurrently)."""
-    _warn_password_on_argv(dsn, _dsn_source(ctx))
-    with Config(dsn, schema=schema) as config:
+    with resolve_config(ctx, app_ref, dsn, schema) as config:
         applied = config.prepare_schema()
-        where = f"schema {schema!r} at {config.redacted_dsn}"
+        where = f"schema {config.schema!r} at {config.redacted_dsn}"
     if applied:
         err_console.print(f"applied {', '.join(applied)} to {where}")
     else:
@@ -58,14 +60,7 @@ def migrate(ctx: click.Context, dsn: str | None, schema: str) -> None:
     "schedule repeat/cron jobs, rescue, time out, sweep (run one or more; they elect a "
     "leader). all: both in one process.",
 )
-@click.option(
-    "--app",
-    "app_ref",
-    required=True,
-    metavar="MODULE:CONFIG",
-    help="Where your Config lives, e.g. myapp.jobs:config. Importing the module must "
-    "register your JobDefinitions. A function returning a Config also works.",
-)
+@queue_options(app_required=True)
 @click.option("--channel", default="_default", show_default=True, help="Channel to serve.")
 @click.option(
     "--concurrency",
@@ -176,10 +171,14 @@ def migrate(ctx: click.Context, dsn: str | None, schema: str) -> None:
     metavar="PORT",
     help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (extra: metrics).",
 )
+@click.pass_context
 @handle_errors
 def daemon(
+    ctx: click.Context,
     role: str,
     app_ref: str,
+    dsn: str | None,
+    schema: str | None,
     channel: str,
     concurrency: int | None,
     processes: int | None,
@@ -200,24 +199,33 @@ def daemon(
 ) -> None:
     """Run a daemon until SIGTERM or SIGINT (graceful; a second signal stops at once).
 
-    The DSN and schema are those of the Config named by --app. --role all runs
-    a worker and an orchestrator in one process (development, demos).
+    It runs the definitions that the Config named by --app registers, on that
+    Config's DSN and schema: --dsn and --schema (or their variables) must agree
+    with it (they are exported before the app is imported, so a Config built
+    from the environment follows them). --role all runs a worker and an
+    orchestrator in one process (development, demos). Once started it logs one
+    line saying what it serves.
     """
     # Before the app is imported or anything logged: a bad name starts nothing.
     check_text_options(name=name, channel=channel)
     import asyncio  # noqa: PLC0415 (keeps `orchestra --help` fast)
 
-    from orchestra._daemon import Daemon, run_together  # noqa: PLC0415
+    from orchestra._daemon import run_together  # noqa: PLC0415
     from orchestra._orchestrator import Orchestrator  # noqa: PLC0415
     from orchestra._worker import Worker  # noqa: PLC0415
     from orchestra.events import EventHandler  # noqa: PLC0415
 
     configure_logging(log_format, log_level)
-    config = load_app(app_ref)
+    config = resolve_config(ctx, app_ref, dsn, schema, runs_definitions=True)
     event_handlers: list[EventHandler] = [LoggingHandler()]
     if metrics_port is not None:
         event_handlers.append(_serve_metrics(metrics_port))
-    daemons: list[Daemon] = []
+    # Checked here, before any daemon starts: a schema that is not ready is one
+    # error line, not the stop of every daemon of the process and then the error.
+    with config.connect() as conn:
+        _migrate.check(conn, config.schema)
+    daemons: list[Daemon] = []  # filled below, read by the start-up line once they run
+    event_handlers.append(_StartupLine(daemons, config))
     if role in ("worker", "all"):
         daemons.append(
             Worker(
@@ -249,6 +257,65 @@ def daemon(
         )
     asyncio.run(run_together(daemons))
     _exit_despite_stuck_threads()
+
+
+#: Names listed in the start-up line before "and N more".
+BANNER_NAMES = 8
+
+
+class _StartupLine:
+    """Logs one line saying what the process serves, once every daemon of it has started."""
+
+    def __init__(self, daemons: Sequence[Daemon], config: Config) -> None:
+        self._daemons = daemons
+        self._config = config
+        self._started: set[int] = set()
+
+    def __call__(self, event: events.Event) -> None:
+        if not isinstance(event, events.DaemonStarted):
+            return
+        self._started.add(event.daemon_id)
+        if len(self._started) == len(self._daemons):
+            logging.getLogger("orchestra").info("%s", startup_line(self._daemons, self._config))
+
+
+def startup_line(daemons: Sequence[Daemon], config: Config) -> str:
+    """What the daemons of this process serve: role, channel, concurrency, definitions, queue."""
+    from orchestra._worker import Worker  # noqa: PLC0415
+
+    workers = [d for d in daemons if isinstance(d, Worker)]
+    roles = " and ".join(d.role for d in daemons)
+    parts = [f"orchestra {__version__} {roles} {daemons[0].name!r}"]
+    names = sorted(config.definitions)
+    if workers:
+        worker = workers[0]
+        how = f"in {worker.processes} child process(es)" if worker.processes else "in threads"
+        parts.append(
+            f"serving channel {worker.channel!r} with concurrency {worker.concurrency} {how}"
+        )
+        carried = [n for n in names if config.definitions[n].channel == worker.channel]
+        others = len(names) - len(carried)
+        definitions = _listed(carried) or f"no definition of channel {worker.channel!r}"
+        if others:
+            definitions += f" ({others} more of other channels, not run by this worker)"
+    else:
+        definitions = _listed(names) or "no definitions"
+    if len(workers) < len(daemons):
+        parts.append("orchestrating every channel")
+    return (
+        f"{', '.join(parts)}; carries {definitions}; "
+        f"schema {config.schema!r} at {config.redacted_dsn}"
+    )
+
+
+def _listed(names: Sequence[str]) -> str:
+    """``3 definition(s): a, b, c``, the list cut after BANNER_NAMES names."""
+    if not names:
+        return ""
+    shown = ", ".join(names[:BANNER_NAMES])
+    if len(names) > BANNER_NAMES:
+        shown += f" and {len(names) - BANNER_NAMES} more"
+    return f"{len(names)} definition(s): {shown}"
 
 
 def _serve_metrics(port: int) -> Callable[[Any], None]:
@@ -307,8 +374,13 @@ def _exit_despite_stuck_threads() -> None:
 @click.pass_context
 @handle_errors
 def demo(ctx: click.Context, dsn: str | None, schema: str, seconds: float) -> None:
-    """Run a short demonstration against a real PostgreSQL (embedded if no DSN)."""
+    """Run a short demonstration against a real PostgreSQL (embedded if no DSN).
+
+    It works in a schema of its own (--schema, never $ORCHESTRA_SCHEMA: the
+    demo drops it first) and ends with the commands that show what it did.
+    """
     from orchestra import _demo  # noqa: PLC0415
 
-    _warn_password_on_argv(dsn, _dsn_source(ctx))
-    sys.exit(_demo.run(dsn=dsn, schema=schema, timeout_s=seconds))
+    source = _dsn_source(ctx)
+    _warn_password_on_argv(dsn, source)
+    sys.exit(_demo.run(dsn=dsn, schema=schema, timeout_s=seconds, dsn_from_argv=source == "argv"))

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import click
 from rich.markup import escape
 
-from orchestra._config import Config
 from orchestra.cli._app import (
-    _dsn_option,
-    _dsn_source,
     _fail,
-    _schema_option,
-    _warn_password_on_argv,
     configure_logging,
     err_console,
     handle_errors,
-    load_app,
     main,
+    queue_options,
+    resolve_config,
 )
 
 # -- the web dashboard: `orchestra dashboard` (extra `dashboard`) ---------------------------
@@ -25,16 +24,7 @@ DASHBOARD_EXTRA = ("starlette", "uvicorn", "jinja2")
 
 
 @main.command()
-@click.option(
-    "--app",
-    "app_ref",
-    default=None,
-    metavar="MODULE:CONFIG",
-    help="Where your Config lives (its DSN and schema are used, and its definitions' cron "
-    "time zones). Without it: --dsn and --schema.",
-)
-@_dsn_option
-@_schema_option
+@queue_options()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", type=click.IntRange(1, 65_535), default=8080, show_default=True, help="Port."
@@ -57,7 +47,7 @@ def dashboard(
     ctx: click.Context,
     app_ref: str | None,
     dsn: str | None,
-    schema: str,
+    schema: str | None,
     host: str,
     port: int,
     allow_actions: bool,
@@ -67,7 +57,8 @@ def dashboard(
 
     Set ORCHESTRA_DASHBOARD_USER and ORCHESTRA_DASHBOARD_PASSWORD for basic auth,
     or ORCHESTRA_DASHBOARD_TOKEN for a bearer token; otherwise anyone who
-    reaches the port sees the queue.
+    reaches the port sees the queue. With --app, its definitions' cron time
+    zones are shown too.
     """
     import importlib.util  # noqa: PLC0415
 
@@ -78,22 +69,12 @@ def dashboard(
             "pip install 'orchestra-queue[dashboard]'",
             1,
         )
-    explicit = click.core.ParameterSource.COMMANDLINE
-    if app_ref is not None and explicit in (
-        ctx.get_parameter_source("dsn"),
-        ctx.get_parameter_source("schema"),
-    ):
-        raise click.UsageError("give --app, or --dsn/--schema, not both")
     import uvicorn  # noqa: PLC0415
 
     from orchestra.dashboard import DashboardAuth, create_app  # noqa: PLC0415
 
     configure_logging("text", log_level)
-    if app_ref is not None:
-        config = load_app(app_ref)
-    else:
-        _warn_password_on_argv(dsn, _dsn_source(ctx))
-        config = Config(dsn, schema=schema)
+    config = resolve_config(ctx, app_ref, dsn, schema)
     with config:
         config.check_schema()  # SchemaNotReadyError says to run `orchestra migrate`
         auth = DashboardAuth.from_env()
@@ -104,6 +85,9 @@ def dashboard(
                 "ORCHESTRA_DASHBOARD_TOKEN"
             )
         app = create_app(config, allow_actions=allow_actions, auth=auth)
+        # Tried before the line that says where it listens: a busy port is one
+        # error line, and that line is only printed when it is true.
+        _check_port(host, port)
         shown = f"[{host}]" if ":" in host else host
         err_console.print(
             f"dashboard of schema {config.schema!r} at {escape(config.redacted_dsn)}: "
@@ -113,7 +97,21 @@ def dashboard(
         )
         try:
             uvicorn.run(app, host=host, port=port, log_config=None, log_level=log_level)
-        except SystemExit as exc:  # uvicorn exits 1 when it cannot bind the port
+        except SystemExit as exc:  # the port was taken since it was tried: uvicorn exits 1
             if exc.code:
-                _fail(f"the dashboard could not serve on {host}:{port} (see above)", 1)
+                _fail(f"the dashboard could not listen on {host}:{port} (see above)", 1)
             raise
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will, and let go; exit 1 with one line if it cannot."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                reason += ": another program listens there (choose another --port)"
+            _fail(f"the dashboard cannot listen on {host}:{port}: {reason}", 1)

@@ -19,17 +19,15 @@ from orchestra._orchestrator._gauges import (
     read_vacuum_horizon,
 )
 from orchestra.cli._app import (
-    _dsn_option,
-    _dsn_source,
+    APP_ENV,
     _fail,
     _print_json,
-    _schema_option,
-    _warn_password_on_argv,
     check_text_options,
     err_console,
     handle_errors,
-    load_app,
     main,
+    queue_options,
+    resolve_config,
 )
 
 # -- orchestra health: for probes (Kubernetes, systemd, monitoring) -------------------------
@@ -76,7 +74,7 @@ def _health_report(
     the status degraded); raises _UnhealthyError with the reason otherwise.
     """
     from orchestra import _migrate  # noqa: PLC0415
-    from orchestra.errors import DatabaseUnavailableError, SchemaNotReadyError  # noqa: PLC0415
+    from orchestra.errors import DatabaseUnavailableError  # noqa: PLC0415
 
     try:
         conn = _db.connect(config.dsn, attempts=1, timeout_s=timeout_s)
@@ -90,8 +88,9 @@ def _health_report(
             version = _migrate.current_version(conn, config.schema)
             required = _migrate.required_version()
             report.update(schema_version=version, required_version=required)
-            if version < required:
-                raise _UnhealthyError(str(SchemaNotReadyError(config.schema, version, required)))
+            not_ready = _migrate.readiness_error(conn, config.schema)
+            if not_ready is not None:
+                raise _UnhealthyError(str(not_ready))
             summary = (
                 f"PostgreSQL answered, schema {config.schema!r} is at version {version} "
                 f"(needs {required})"
@@ -140,15 +139,7 @@ def _health_report(
 
 
 @main.command()
-@click.option(
-    "--app",
-    "app_ref",
-    default=None,
-    metavar="MODULE:CONFIG",
-    help="Where your Config lives (its DSN and schema are used). Without it: --dsn and --schema.",
-)
-@_dsn_option
-@_schema_option
+@queue_options()
 @click.option(
     "--role",
     type=click.Choice(["worker", "orchestrator"]),
@@ -203,7 +194,7 @@ def health(
     ctx: click.Context,
     app_ref: str | None,
     dsn: str | None,
-    schema: str,
+    schema: str | None,
     role: str | None,
     name: str | None,
     host: str | None,
@@ -225,20 +216,12 @@ def health(
     import socket  # noqa: PLC0415
 
     check_text_options(name=name, host=host)
-    explicit = click.core.ParameterSource.COMMANDLINE
-    if app_ref is not None and explicit in (
-        ctx.get_parameter_source("dsn"),
-        ctx.get_parameter_source("schema"),
-    ):
-        raise click.UsageError("give --app, or --dsn/--schema, not both")
-    if app_ref is not None:
-        config = load_app(app_ref)
-    elif not dsn:
+    if app_ref is None and not dsn:
         # Never start the embedded PostgreSQL just to find it healthy.
-        raise click.UsageError(f"no database to check: give --dsn, set ${DSN_ENV}, or --app")
-    else:
-        _warn_password_on_argv(dsn, _dsn_source(ctx))
-        config = Config(dsn, schema=schema)
+        raise click.UsageError(
+            f"no database to check: give --dsn, set ${DSN_ENV}, or --app (${APP_ENV})"
+        )
+    config = resolve_config(ctx, app_ref, dsn, schema)
     if role is not None and host is None and name is None:
         host = socket.gethostname()
     report: dict[str, Any] = {

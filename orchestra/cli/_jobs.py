@@ -11,28 +11,26 @@ from typing import Any
 
 import attrs
 import click
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from orchestra import _db
-from orchestra._config import Config
 from orchestra._jobs import Jobs
 from orchestra._names import escape_unprintable
 from orchestra._records import STATUSES, DefinitionInfo, Job
 from orchestra.cli._app import (
-    _dsn_option,
-    _dsn_source,
     _fail,
     _print_json,
-    _schema_option,
     _table,
-    _warn_password_on_argv,
     check_text_options,
     err_console,
     handle_errors,
     main,
     out_console,
+    queue_options,
+    resolve_config,
 )
 from orchestra.errors import (
     JobStateError,
@@ -63,10 +61,11 @@ def _error(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _job_manager(ctx: click.Context, dsn: str | None, schema: str) -> Iterator[Jobs]:
-    """Config.jobs for the command's --dsn and --schema, on a schema known to be migrated."""
-    _warn_password_on_argv(dsn, _dsn_source(ctx))
-    with Config(dsn, schema=schema) as config:
+def _job_manager(
+    ctx: click.Context, app_ref: str | None, dsn: str | None, schema: str | None
+) -> Iterator[Jobs]:
+    """Config.jobs for the command's --app, --dsn and --schema, on a schema known to be migrated."""
+    with resolve_config(ctx, app_ref, dsn, schema) as config:
         config.check_schema()  # SchemaNotReadyError says to run `orchestra migrate`
         yield config.jobs
 
@@ -111,39 +110,71 @@ def _one_line(text: str | None, limit: int = 80) -> str:
     return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
-def _jobs_table(found: Sequence[Job], caption: str) -> Table:
-    # Short columns never wrap; names fold; the error is cut to what is left of
-    # the width (at least a few words), so that 80 columns (a pipe) stay legible.
-    # A column that never wraps and holds long text would squeeze the others to
-    # nothing (rich), so the error column wraps rather than clips.
-    table = _table(caption=caption, caption_justify="left")
-    table.add_column("id", justify="right", no_wrap=True)
-    table.add_column("definition", overflow="fold")
-    table.add_column("status", no_wrap=True)
-    table.add_column("attempt", justify="right", no_wrap=True)
-    table.add_column("run at (UTC)", no_wrap=True)
-    table.add_column("last error", overflow="ellipsis")
-    # Width left for the error: the console's minus the other columns' widest
-    # cells (definitions counted up to 30, beyond that they fold) and the 3
-    # characters of padding between columns.
-    widths = [
-        max(len("id"), *(len(str(job.id)) for job in found)),
-        min(30, max(len("definition"), *(len(job.definition) for job in found))),
-        len("available"),
-        max(len("attempt"), *(len(f"{job.attempt}/{job.max_attempts}") for job in found)),
-        len("2000-01-01 00:00:00"),
+#: Least width worth giving the last error in the default listing; below it
+#: the column is left out (``jobs show`` and ``--wide`` have it whole).
+ERROR_MIN_CHARS = 12
+#: What rich puts between two columns of a _table() without edges: one cell's
+#: padding, the divider and the next one's.
+GAP_CHARS = 3
+
+
+def _table_width(widths: Sequence[int]) -> int:
+    return sum(widths) + GAP_CHARS * (len(widths) - 1)
+
+
+def _jobs_table(found: Sequence[Job], *, wide: bool) -> tuple[Table, int]:
+    """The table of ``jobs list``, and the width it needs to print without folding.
+
+    By default it fits the console (80 columns in a pipe): id, definition,
+    status, attempt and the last error cut to what is left. No cell ever
+    wraps, so a name is never broken across lines. ``wide`` adds channel,
+    priority and times, and keeps every cell whole however long the line.
+    """
+    columns: list[tuple[str, str, list[Text | str]]] = [
+        ("id", "right", [str(job.id) for job in found]),
+        ("definition", "left", [_shown(job.definition) for job in found]),
     ]
-    error_chars = max(16, out_console.width - sum(widths) - 3 * len(widths) - 2)
-    for job in found:
-        table.add_row(
-            str(job.id),
-            _shown(job.definition),
-            _status(job.status),
-            f"{job.attempt}/{job.max_attempts}",
-            _when(job.run_at),
-            _shown(_one_line(job.last_error, error_chars)),
+    if wide:
+        columns.append(("channel", "left", [_shown(job.channel) for job in found]))
+    columns.append(("status", "left", [_status(job.status) for job in found]))
+    if wide:
+        columns.append(("priority", "right", [str(job.priority) for job in found]))
+    columns.append(("attempt", "right", [f"{job.attempt}/{job.max_attempts}" for job in found]))
+    if wide:
+        columns += [
+            ("run at (UTC)", "left", [_when(job.run_at) for job in found]),
+            ("created at (UTC)", "left", [_when(job.created_at) for job in found]),
+            ("finalized at (UTC)", "left", [_when(job.finalized_at) for job in found]),
+        ]
+    widths = [max(len(header), *(len(cell) for cell in cells)) for header, _, cells in columns]
+    errors = [_one_line(job.last_error, limit=10_000) for job in found]
+    if wide:
+        error_chars = max(len("last error"), *(len(error) for error in errors))
+    else:
+        error_chars = out_console.width - _table_width([*widths, 0])
+        if any(errors) and error_chars < ERROR_MIN_CHARS:
+            error_chars = 0  # too narrow to say anything useful: left out
+    if error_chars > 0 and any(errors):
+        shown = [
+            error if len(error) <= error_chars else error[: error_chars - 1] + "…"
+            for error in errors
+        ]
+        columns.append(("last error", "left", [_shown(error) for error in shown]))
+        widths.append(max(len("last error"), *(len(error) for error in shown)))
+    table = _table(show_edge=False)
+    for (header, justify, _), width in zip(columns, widths, strict=True):
+        # Only names and errors give way on a console too narrow for the rest.
+        yields = header in ("definition", "channel", "last error")
+        table.add_column(
+            header,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=None if yields else width,
         )
-    return table
+    for row in zip(*(cells for _, _, cells in columns), strict=True):
+        table.add_row(*row)
+    return table, _table_width(widths)
 
 
 @main.group("jobs")
@@ -178,9 +209,13 @@ def jobs_group() -> None:
     show_default=True,
     help="By id: asc oldest first, desc newest first.",
 )
+@click.option(
+    "--wide",
+    is_flag=True,
+    help="Every column (channel, priority, times) and whole errors, however long the lines.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
-@_dsn_option
-@_schema_option
+@queue_options()
 @click.pass_context
 @handle_errors
 def jobs_list(
@@ -191,14 +226,21 @@ def jobs_list(
     limit: int,
     offset: int,
     order: str,
+    wide: bool,
     as_json: bool,
+    app_ref: str | None,
     dsn: str | None,
-    schema: str,
+    schema: str | None,
 ) -> None:
-    """List jobs by id, with no hidden time window: every job still in the queue."""
+    """List jobs by id, with no hidden time window: every job still in the queue.
+
+    The table fits the terminal (80 columns in a pipe), with colour only on a
+    terminal (NO_COLOR turns it off); --wide shows every column, --json
+    everything.
+    """
     check_text_options(definition=definition, channel=channel)
     status = list(statuses) or None
-    with _job_manager(ctx, dsn, schema) as manager:
+    with _job_manager(ctx, app_ref, dsn, schema) as manager:
         found = manager.list(
             status=status,
             definition=definition,
@@ -221,7 +263,19 @@ def jobs_list(
     first = offset + 1
     direction = "newest first" if order == "desc" else "oldest first"
     caption = f"{first}-{offset + len(found)} of {total} matching, {direction}"
-    out_console.print(_jobs_table(found, caption))
+    if not wide:
+        caption += " (--wide: channel, priority, times)"
+    table, width = _jobs_table(found, wide=wide)
+    if not wide or width <= out_console.width:
+        out_console.print(table)  # on a very narrow console rich cuts the longest names
+    else:  # lines as long as they need, never folded
+        Console(
+            highlight=False,
+            width=width,
+            force_terminal=out_console.is_terminal,
+            no_color=out_console.no_color,
+        ).print(table)
+    out_console.print(caption)
 
 
 def _show_job(job: Job) -> None:
@@ -291,13 +345,19 @@ def _show_job(job: Job) -> None:
 @jobs_group.command("show")
 @click.argument("job_id", type=click.IntRange(1), metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
-@_dsn_option
-@_schema_option
+@queue_options()
 @click.pass_context
 @handle_errors
-def jobs_show(ctx: click.Context, job_id: int, as_json: bool, dsn: str | None, schema: str) -> None:
+def jobs_show(
+    ctx: click.Context,
+    job_id: int,
+    as_json: bool,
+    app_ref: str | None,
+    dsn: str | None,
+    schema: str | None,
+) -> None:
     """Show one job (finished ones too) with its attempts, errors and traceback."""
-    with _job_manager(ctx, dsn, schema) as manager:
+    with _job_manager(ctx, app_ref, dsn, schema) as manager:
         job = manager.get(job_id, with_attempts=True)
     if as_json:
         _print_json(_plain(job))
@@ -338,8 +398,7 @@ def _of(definition: str | None) -> str:
     "--failed", "all_failed", is_flag=True, help="Retry every failed job (of --definition)."
 )
 @click.option("--definition", metavar="NAME", help="With --failed: only this definition's jobs.")
-@_dsn_option
-@_schema_option
+@queue_options()
 @click.pass_context
 @handle_errors
 def jobs_retry(
@@ -347,15 +406,16 @@ def jobs_retry(
     job_ids: tuple[int, ...],
     all_failed: bool,
     definition: str | None,
+    app_ref: str | None,
     dsn: str | None,
-    schema: str,
+    schema: str | None,
 ) -> None:
     """Run jobs again with a fresh attempt budget (finalized ones), or now (backing off ones).
 
     Running and waiting jobs are refused.
     """
     _check_bulk(job_ids, all_failed, definition)
-    with _job_manager(ctx, dsn, schema) as manager:
+    with _job_manager(ctx, app_ref, dsn, schema) as manager:
         if all_failed:
             count = manager.retry_failed(definition=definition)
             click.echo(f"retried {count} failed job(s){_of(definition)}")
@@ -369,17 +429,22 @@ def jobs_retry(
 
 @jobs_group.command("cancel")
 @click.argument("job_ids", nargs=-1, required=True, type=click.IntRange(1), metavar="ID...")
-@_dsn_option
-@_schema_option
+@queue_options()
 @click.pass_context
 @handle_errors
-def jobs_cancel(ctx: click.Context, job_ids: tuple[int, ...], dsn: str | None, schema: str) -> None:
+def jobs_cancel(
+    ctx: click.Context,
+    job_ids: tuple[int, ...],
+    app_ref: str | None,
+    dsn: str | None,
+    schema: str | None,
+) -> None:
     """Cancel waiting, available or running jobs.
 
     A running job's function is not stopped: the attempt runs on, but its
     result is refused when it finishes, and the job stays cancelled.
     """
-    with _job_manager(ctx, dsn, schema) as manager:
+    with _job_manager(ctx, app_ref, dsn, schema) as manager:
 
         def cancel(job_id: int) -> str:
             manager.cancel(job_id)
@@ -395,8 +460,7 @@ def jobs_cancel(ctx: click.Context, job_ids: tuple[int, ...], dsn: str | None, s
 )
 @click.option("--definition", metavar="NAME", help="With --failed: only this definition's jobs.")
 @click.option("--yes", "-y", is_flag=True, help="With --failed: do not ask for confirmation.")
-@_dsn_option
-@_schema_option
+@queue_options()
 @click.pass_context
 @handle_errors
 def jobs_delete(
@@ -405,8 +469,9 @@ def jobs_delete(
     all_failed: bool,
     definition: str | None,
     yes: bool,
+    app_ref: str | None,
     dsn: str | None,
-    schema: str,
+    schema: str | None,
 ) -> None:
     """Delete jobs with their attempt log.
 
@@ -414,7 +479,7 @@ def jobs_delete(
     (with --failed: kept).
     """
     _check_bulk(job_ids, all_failed, definition)
-    with _job_manager(ctx, dsn, schema) as manager:
+    with _job_manager(ctx, app_ref, dsn, schema) as manager:
         if all_failed:
             failed = manager.count(status="failed", definition=definition)
             if not failed:
@@ -464,13 +529,18 @@ def _settings(info: DefinitionInfo) -> str:
 
 @definitions_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
-@_dsn_option
-@_schema_option
+@queue_options()
 @click.pass_context
 @handle_errors
-def definitions_list(ctx: click.Context, as_json: bool, dsn: str | None, schema: str) -> None:
+def definitions_list(
+    ctx: click.Context,
+    as_json: bool,
+    app_ref: str | None,
+    dsn: str | None,
+    schema: str | None,
+) -> None:
     """List the definitions stored in the database, with their jobs per status."""
-    with _job_manager(ctx, dsn, schema) as manager:
+    with _job_manager(ctx, app_ref, dsn, schema) as manager:
         infos = manager.definitions()
     if as_json:
         _print_json([_plain(info) for info in infos])

@@ -1,9 +1,10 @@
 """The web dashboard (extra ``dashboard``): ``orchestra dashboard`` or :func:`create_app`.
 
-Server-rendered pages (overview, jobs, one job, definitions) with retry,
-cancel and delete behind a confirmation step when ``allow_actions`` is set,
-and a JSON API under ``/api`` described by ``/api/openapi.json``. Every asset
-ships in this package: no CDN.
+Server-rendered pages (overview, jobs with search, one job, charts,
+definitions) that refresh themselves, with retry, cancel and delete (of one
+job, a selection, or every failed job of a definition) behind a confirmation
+step when ``allow_actions`` is set, and a JSON API under ``/api`` described by
+``/api/openapi.json``. Every asset ships in this package: no CDN.
 
     from orchestra.dashboard import create_app
     app = create_app(config, allow_actions=False)     # any ASGI server; uvicorn here

@@ -3,11 +3,16 @@
 Pages and API read through ``config.jobs_async`` (orchestra/_jobs.py) and the
 read-only queries of ``orchestra/sql/monitoring.sql``. Retry, cancel and delete
 are refused (buttons hidden, POST answered 403) unless the app is created with
-``allow_actions=True``. In the HTML pages an action takes two steps: a
-confirmation page (GET) and its form (POST, with a CSRF token and a ticked
-box). The JSON API takes a POST with a JSON body, which a cross-site form
-cannot send. Everything shown is HTML-escaped by Jinja's autoescape, and the
-Content-Security-Policy forbids inline scripts besides.
+``allow_actions=True``, and so are their bulk forms (a selection of jobs, or
+every failed job of a definition). In the HTML pages an action takes two
+steps: a confirmation page (GET) and its form (POST, with a CSRF token and a
+ticked box). The JSON API takes a POST with a JSON body, which a cross-site
+form cannot send. Everything shown is HTML-escaped by Jinja's autoescape, and
+the Content-Security-Policy forbids inline scripts besides.
+
+The overview, the jobs list and the charts refresh themselves: app.js polls
+``/live/...``, which answers JSON carrying the page's regions rendered by the
+same templates (so one renderer serves the first load and the updates).
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from orchestra import __version__, _db
+from orchestra._checks import NAME_MAX_LENGTH
 from orchestra._config import Config
-from orchestra._jobs import STATUSES, Job
 from orchestra._names import escape_unprintable, first_unprintable
+from orchestra._records import STATUSES, Job
 from orchestra.dashboard import _data, _openapi
 from orchestra.dashboard._auth import (
     SESSION_COOKIE,
@@ -66,7 +72,17 @@ API_LIMIT_MAX = 1000
 #: Largest request body read (forms and JSON bodies are tiny).
 BODY_BYTES_MAX = 16_384
 #: The query parameters of the job lists (other parameters are ignored).
-FILTERS = ("status", "definition", "channel", "limit", "offset", "order")
+FILTERS = ("status", "definition", "channel", "limit", "offset", "order", "q")
+#: Most jobs one bulk action takes (the largest page of the jobs list).
+BULK_IDS_MAX = 200
+#: How often a page's live regions are fetched again (ms), by page; the
+#: charts read more rows, and change slowly at their bucket sizes.
+LIVE_INTERVAL_MS = {"overview": 5000, "jobs": 5000, "charts": 30_000}
+#: The order a bulk action takes its jobs in: a dependency has a smaller id
+#: than its dependents, so retries go up (a dependency is back before the jobs
+#: that wait for it) and deletes down (a dependent is gone before its
+#: dependency, which it would otherwise hold back).
+_BULK_ASCENDING = {"retry": True, "cancel": False, "delete": False}
 #: Most characters of a bad parameter quoted back in an error message.
 ECHO_CHARS_MAX = 40
 
@@ -94,6 +110,15 @@ _EXPLANATIONS = {
     "delete": "The job is deleted with its attempt log. This cannot be undone.",
 }
 _DONE = {"retry": "retried", "cancel": "cancelled", "delete": "deleted"}
+_BULK_EXPLANATIONS = {
+    "retry": "Each job runs again with a fresh attempt budget, as a retry of one job does. "
+    "Jobs are retried one by one, lowest id first; a job whose state does not allow it "
+    "is left as it is and listed as refused.",
+    "cancel": "Each job is finalized as cancelled. Running jobs' functions are not stopped, "
+    "but their outcomes will be refused; jobs that depend on a cancelled job will fail.",
+    "delete": "Each job is deleted with its attempt log, highest id first. This cannot be "
+    "undone. Running jobs, and jobs an unfinished job depends on, are refused.",
+}
 
 
 # -- formatting helpers (Jinja filters) --------------------------------------------------
@@ -231,11 +256,9 @@ class Dashboard:
         kept = {key: value for key, value in query.items() if value not in (None, "")}
         return f"{path}?{urllib.parse.urlencode(kept, doseq=True)}" if kept else path
 
-    def page(
-        self, request: Request, template: str, *, status_code: int = 200, **context: Any
-    ) -> HTMLResponse:
-        """Render ``template`` with the context every page has."""
-        html = self.env.get_template(template).render(
+    def render(self, request: Request, template: str, **context: Any) -> str:
+        """Render ``template`` (a page or a page's region) with the context every page has."""
+        return self.env.get_template(template).render(
             url=functools.partial(self._url, request),
             href=functools.partial(self._href, request),
             schema=self.config.schema,
@@ -243,9 +266,40 @@ class Dashboard:
             allow_actions=self.allow_actions,
             statuses=STATUSES,
             nav=context.pop("nav", ""),
+            live=context.pop("live", None),
             **context,
         )
-        return HTMLResponse(html, status_code)
+
+    def page(
+        self, request: Request, template: str, *, status_code: int = 200, **context: Any
+    ) -> HTMLResponse:
+        """Render ``template`` with the context every page has."""
+        return HTMLResponse(self.render(request, template, **context), status_code)
+
+    def live(
+        self, request: Request, regions: Mapping[str, tuple[str, Mapping[str, Any]]]
+    ) -> Response:
+        """The JSON a page's live refresh reads: each region's template rendered again.
+
+        ``regions`` maps an element id of the page to the template of its
+        content and that template's context.
+        """
+        return _JSON(
+            {
+                "now": dt.datetime.now(dt.UTC),
+                "regions": {
+                    element_id: self.render(request, template, **context)
+                    for element_id, (template, context) in regions.items()
+                },
+            }
+        )
+
+    def _live_settings(self, request: Request, name: str, **query: Any) -> dict[str, Any]:
+        """What a page's live control needs: the URL it polls and how often."""
+        return {
+            "url": self._href(request, f"live_{name}", **query),
+            "interval_ms": LIVE_INTERVAL_MS[name],
+        }
 
     async def on_error(self, request: Request, exc: Exception) -> Response:
         """Answer an error as JSON under /api, as a page elsewhere."""
@@ -259,7 +313,7 @@ class Dashboard:
                 escape_unprintable(_db.redact(str(exc))),
             )
         headers = exc.headers if isinstance(exc, HTTPException) else None
-        if is_api_path(request.scope):
+        if is_api_path(request.scope) or _is_live_path(request):
             return _JSON({"error": message, "status": status}, status, headers=headers)
         headings = {400: "Bad request", 403: "Not allowed", 404: "Not found", 409: "Refused"}
         response = self.page(
@@ -302,6 +356,86 @@ class Dashboard:
         await jobs.delete(job_id)
         return None
 
+    async def _act_on_each(self, action: str, ids: list[int]) -> list[dict[str, Any]]:
+        """Take ``action`` on each job, one by one; each job's outcome, by id.
+
+        A job that is gone or whose state refuses the action is reported and
+        skipped; any other error (the database, a missing privilege) stops the
+        run and is answered as for one job.
+        """
+        outcomes = []
+        for job_id in sorted(ids, reverse=not _BULK_ASCENDING[action]):
+            try:
+                job = await self._act(action, job_id)
+            except UnknownJobError:
+                outcomes.append({"id": job_id, "ok": False, "status": None, "error": "no such job"})
+            except JobStateError as exc:
+                outcomes.append(
+                    {"id": job_id, "ok": False, "status": exc.status, "error": str(exc)}
+                )
+            else:
+                status = None if job is None else job.status
+                outcomes.append({"id": job_id, "ok": True, "status": status, "error": None})
+        done = sum(1 for outcome in outcomes if outcome["ok"])
+        logger.info("dashboard: bulk %s of %d jobs: %d done", action, len(ids), done)
+        return sorted(outcomes, key=lambda outcome: int(outcome["id"]))
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        """The request's JSON object; 415 for another content type, 400 for other JSON."""
+        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise HTTPException(415, "send a JSON body ({}) with Content-Type: application/json")
+        body = await self._body(request)
+        try:
+            document = json.loads(body) if body.strip() else {}
+        except ValueError:
+            raise HTTPException(400, "the body is not valid JSON") from None
+        except RecursionError:  # a few kilobytes of "[" nest deeper than the parser goes
+            raise HTTPException(400, "the body is nested too deeply") from None
+        if not isinstance(document, dict):
+            raise HTTPException(400, "the body must be a JSON object")
+        return document
+
+    async def _form(self, request: Request, max_fields: int) -> dict[str, list[str]]:
+        """The request's urlencoded form, every value of each field; 415 for another type."""
+        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise HTTPException(415, "expected a form (application/x-www-form-urlencoded)")
+        try:
+            return urllib.parse.parse_qs(
+                (await self._body(request)).decode("utf-8", "replace"),
+                keep_blank_values=True,
+                max_num_fields=max_fields,
+            )
+        except ValueError:
+            raise HTTPException(400, "malformed form") from None
+
+    def _check_csrf(self, session: str, token: str | None) -> None:
+        if not csrf_valid(self.secret, session, token):
+            raise HTTPException(
+                403,
+                "this form expired or was not sent from this dashboard: "
+                "go back, reload the page and try again",
+            )
+
+    @staticmethod
+    def _session(request: Request) -> tuple[str, bool]:
+        """The browser's CSRF session id, or a new one (then True: set the cookie)."""
+        session = request.cookies.get(SESSION_COOKIE) or ""
+        if 20 <= len(session) <= 100:
+            return session, False
+        return new_session(), True
+
+    def _keep_session(self, request: Request, response: Response, session: str) -> None:
+        response.set_cookie(
+            SESSION_COOKIE,
+            session,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path=self._url(request, "overview"),
+        )
+
     def _filters(self, request: Request, *, api: bool) -> dict[str, Any]:
         """Status, definition, channel, limit, offset and order from the query string."""
         query = request.query_params
@@ -320,6 +454,11 @@ class Dashboard:
         if order not in ("asc", "desc"):
             raise HTTPException(400, "order must be 'asc' or 'desc'")
         high = API_LIMIT_MAX if api else max(PAGE_SIZES)
+        text = (query.get("q") or "").strip()
+        if len(text) > _data.SEARCH_TEXT_MAX:
+            raise HTTPException(
+                400, f"q must be at most {_data.SEARCH_TEXT_MAX} characters, got {len(text)}"
+            )
         return {
             "statuses": statuses,
             "definition": query.get("definition") or None,
@@ -327,9 +466,21 @@ class Dashboard:
             "limit": _int_param(query.get("limit"), "limit", PAGE_SIZE_DEFAULT, 1, high),
             "offset": _int_param(query.get("offset"), "offset", 0, 0, 2**62),
             "order": order,
+            "q": text or None,
         }
 
     async def _page_of_jobs(self, filters: Mapping[str, Any]) -> tuple[list[Job], int]:
+        if filters["q"] is not None:
+            return await _data.search_jobs(
+                self.config,
+                filters["q"],
+                statuses=filters["statuses"],
+                definition=filters["definition"],
+                channel=filters["channel"],
+                limit=filters["limit"],
+                offset=filters["offset"],
+                order=filters["order"],
+            )
         jobs = self.config.jobs_async
         selection = {
             "status": filters["statuses"] or None,
@@ -343,61 +494,101 @@ class Dashboard:
 
     # -- HTML pages ---------------------------------------------------------------------
 
+    async def _overview_context(self) -> dict[str, Any]:
+        data = await _data.overview(self.config)
+        return {"data": data, "chart": _data.chart(data["throughput"]["buckets"])}
+
     async def overview_page(self, request: Request) -> Response:
         """Counts by status and channel, the last hour's throughput, daemons and leader."""
-        data = await _data.overview(self.config)
         return self.page(
             request,
             "overview.html",
             title="Overview",
             nav="overview",
-            data=data,
-            chart=_data.chart(data["throughput"]["buckets"]),
+            live=self._live_settings(request, "overview"),
+            **await self._overview_context(),
         )
 
-    async def jobs_page(self, request: Request) -> Response:
-        """A page of jobs, filtered by status, definition and channel."""
+    async def live_overview(self, request: Request) -> Response:
+        """GET /live/overview: the overview's content, for its live refresh."""
+        return self.live(
+            request, {"live-overview": ("_overview.html", await self._overview_context())}
+        )
+
+    async def _jobs_context(self, request: Request) -> dict[str, Any]:
+        """The jobs list's filters, page of jobs, pager and search note."""
         filters = self._filters(request, api=False)
         found, total = await self._page_of_jobs(filters)
-        infos = await self.config.jobs_async.definitions()
-        names = sorted({info.name for info in infos} | {filters["definition"]} - {None})
-        channels = sorted({info.channel for info in infos} | {filters["channel"]} - {None})
         status = filters["statuses"][0] if filters["statuses"] else None
         base = {
             "status": status,
             "definition": filters["definition"],
             "channel": filters["channel"],
+            "q": filters["q"],
             "order": filters["order"] if filters["order"] != "desc" else None,
             "limit": filters["limit"] if filters["limit"] != PAGE_SIZE_DEFAULT else None,
         }
         offset, limit = filters["offset"], filters["limit"]
-        previous_href = (
-            self._href(request, "jobs", **base, offset=max(0, offset - limit) or None)
-            if offset > 0
-            else None
-        )
-        next_href = (
-            self._href(request, "jobs", **base, offset=offset + limit)
-            if offset + limit < total
-            else None
+        return {
+            "jobs": found,
+            "total": total,
+            "filters": {**filters, "status": status},
+            "base_query": {**base, "offset": offset or None},
+            "previous_href": (
+                self._href(request, "jobs", **base, offset=max(0, offset - limit) or None)
+                if offset > 0
+                else None
+            ),
+            "next_href": (
+                self._href(request, "jobs", **base, offset=offset + limit)
+                if offset + limit < total
+                else None
+            ),
+            "search_window": _data.SEARCH_WINDOW,
+            "search_max": _data.SEARCH_TEXT_MAX,
+        }
+
+    async def live_jobs(self, request: Request) -> Response:
+        """GET /live/jobs: the jobs list's results (same filters as /jobs), for its live refresh."""
+        context = await self._jobs_context(request)
+        return self.live(request, {"live-jobs": ("_jobs.html", context)})
+
+    async def jobs_page(self, request: Request) -> Response:
+        """A page of jobs, filtered by status, definition and channel, or searched."""
+        context = await self._jobs_context(request)
+        filters = context["filters"]
+        infos = await self.config.jobs_async.definitions()
+        names = sorted({info.name for info in infos} | {filters["definition"]} - {None})
+        channels = sorted({info.channel for info in infos} | {filters["channel"]} - {None})
+        failed_of_definition = next(
+            (info.counts.get("failed", 0) for info in infos if info.name == filters["definition"]),
+            0,
         )
         deleted = request.query_params.get("deleted", "")
+        retried = request.query_params.get("retried", "")
         # ASCII digits only: str.isdigit() also accepts characters int() refuses ("²").
         flash = f"Job {int(deleted)} was deleted." if re.fullmatch("[0-9]{1,30}", deleted) else None
+        if flash is None and filters["definition"] and re.fullmatch("[0-9]{1,30}", retried):
+            count = int(retried)
+            flash = (
+                f"{count} failed job{'' if count == 1 else 's'} of {filters['definition']} "
+                f"{'was' if count == 1 else 'were'} retried."
+            )
+        live_query = {
+            key: value for key, value in context["base_query"].items() if value is not None
+        }
         return self.page(
             request,
             "jobs.html",
             title="Jobs",
             nav="jobs",
-            jobs=found,
-            total=total,
-            filters={**filters, "status": status},
             definition_names=names,
             channels=channels,
             page_sizes=PAGE_SIZES,
-            previous_href=previous_href,
-            next_href=next_href,
             flash=flash,
+            failed_of_definition=failed_of_definition,
+            live=self._live_settings(request, "jobs", **live_query),
+            **context,
         )
 
     async def job_page(self, request: Request) -> Response:
@@ -420,6 +611,175 @@ class Dashboard:
             tracebacks=[a for a in reversed(job.attempts or ()) if a.traceback],
             now=dt.datetime.now(dt.UTC),
             flash=flash,
+        )
+
+    @staticmethod
+    def _hours(request: Request) -> int:
+        value = request.query_params.get("hours") or str(_data.CHART_RANGES_H[0])
+        _check_text("hours", value)
+        choices = ", ".join(str(h) for h in _data.CHART_RANGES_H)
+        if value not in {str(h) for h in _data.CHART_RANGES_H}:
+            raise HTTPException(400, f"hours must be one of {choices}, got {_echo(value)}")
+        return int(value)
+
+    async def _charts_context(self, hours: int) -> dict[str, Any]:
+        data = await _data.activity(self.config, hours)
+        return {
+            "data": data,
+            "charts": _data.activity_charts(data),
+            "wait_label": _data.wait_label,
+        }
+
+    async def charts_page(self, request: Request) -> Response:
+        """Throughput and failures per definition over time, and queue wait."""
+        hours = self._hours(request)
+        return self.page(
+            request,
+            "charts.html",
+            title="Charts",
+            nav="charts",
+            hours=hours,
+            ranges=_data.CHART_RANGES_H,
+            live=self._live_settings(request, "charts", hours=hours),
+            **await self._charts_context(hours),
+        )
+
+    async def live_charts(self, request: Request) -> Response:
+        """GET /live/charts: the charts page's content, for its live refresh."""
+        context = await self._charts_context(self._hours(request))
+        return self.live(request, {"live-charts": ("_charts.html", context)})
+
+    def _bulk_page(
+        self,
+        request: Request,
+        action: str,
+        ids: list[int],
+        jobs: Mapping[int, Job],
+        *,
+        session: str,
+        error: str | None = None,
+        status_code: int = 200,
+    ) -> HTMLResponse:
+        rows = []
+        for job_id in ids:
+            job = jobs.get(job_id)
+            allowed = job is not None and action in allowed_actions(job)
+            rows.append({"id": job_id, "job": job, "allowed": allowed})
+        actionable = sum(1 for row in rows if row["allowed"])
+        if not actionable and error is None:
+            error = f"None of the selected jobs can be {_DONE[action]} now."
+            status_code = 409
+        return self.page(
+            request,
+            "bulk_confirm.html",
+            status_code=status_code,
+            title=f"{action.capitalize()} {len(ids)} job{'' if len(ids) == 1 else 's'}",
+            nav="jobs",
+            action=action,
+            rows=rows,
+            actionable=actionable,
+            explanation=_BULK_EXPLANATIONS[action],
+            csrf=csrf_token(self.secret, session),
+            error=error,
+            blocked=not actionable,
+            done_word=_DONE[action],
+        )
+
+    async def bulk_page(self, request: Request) -> Response:
+        """GET: confirm an action on the selected jobs (``id`` repeated). POST: take it."""
+        self._require_actions()
+        action = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        if action not in ACTIONS:  # pragma: no cover (the routes name them)
+            raise HTTPException(404, "no such action")
+        if request.method == "POST":
+            session = request.cookies.get(SESSION_COOKIE) or ""
+            fields = await self._form(request, BULK_IDS_MAX + 10)
+            self._check_csrf(session, _field(fields, "csrf"))
+            ids = _job_ids(fields.get("id", []))
+            if _field(fields, "confirm") != "yes":
+                jobs = await _data.jobs_by_ids(self.config, ids)
+                return self._bulk_page(
+                    request,
+                    action,
+                    ids,
+                    jobs,
+                    session=session,
+                    error="Tick the box to confirm.",
+                    status_code=400,
+                )
+            outcomes = await self._act_on_each(action, ids)
+            done = sum(1 for outcome in outcomes if outcome["ok"])
+            return self.page(
+                request,
+                "bulk_done.html",
+                title=f"Bulk {action}",
+                nav="jobs",
+                action=action,
+                outcomes=outcomes,
+                done=done,
+                refused=len(outcomes) - done,
+                done_word=_DONE[action],
+            )
+        ids = _job_ids(request.query_params.getlist("id"))
+        jobs = await _data.jobs_by_ids(self.config, ids)
+        session, fresh = self._session(request)
+        response = self._bulk_page(request, action, ids, jobs, session=session)
+        if fresh:
+            self._keep_session(request, response, session)
+        return response
+
+    async def retry_failed_page(self, request: Request) -> Response:
+        """GET: confirm retrying every failed job of a definition. POST: retry them."""
+        self._require_actions()
+        if request.method == "POST":
+            session = request.cookies.get(SESSION_COOKIE) or ""
+            fields = await self._form(request, 10)
+            self._check_csrf(session, _field(fields, "csrf"))
+            definition = _definition_param(_field(fields, "definition") or "")
+            if _field(fields, "confirm") != "yes":
+                failed = await _data.definition_failed(self.config, definition)
+                return self._retry_failed_page(
+                    request,
+                    definition,
+                    failed or 0,
+                    session=session,
+                    error="Tick the box to confirm.",
+                    status_code=400,
+                )
+            retried = await self.config.jobs_async.retry_failed(definition=definition)
+            logger.info("dashboard: retried %d failed jobs of %r", retried, definition)
+            target = self._href(request, "jobs", definition=definition, retried=retried)
+            return RedirectResponse(target, status_code=303)
+        definition = _definition_param(request.query_params.get("definition", ""))
+        failed = await _data.definition_failed(self.config, definition)
+        if failed is None:
+            raise HTTPException(404, f"no definition named {_echo(definition)} is stored")
+        session, fresh = self._session(request)
+        response = self._retry_failed_page(request, definition, failed, session=session)
+        if fresh:
+            self._keep_session(request, response, session)
+        return response
+
+    def _retry_failed_page(
+        self,
+        request: Request,
+        definition: str,
+        failed: int,
+        *,
+        session: str,
+        error: str | None = None,
+        status_code: int = 200,
+    ) -> HTMLResponse:
+        return self.page(
+            request,
+            "retry_failed.html",
+            status_code=status_code,
+            title=f"Retry failed jobs of {definition}",
+            nav="jobs",
+            definition=definition,
+            failed=failed,
+            csrf=csrf_token(self.secret, session),
+            error=error,
         )
 
     async def definitions_page(self, request: Request) -> Response:
@@ -489,13 +849,11 @@ class Dashboard:
         if action not in ACTIONS:  # pragma: no cover (the routes name them)
             raise HTTPException(404, "no such action")
         job_id = self._job_id(request)
-        session = request.cookies.get(SESSION_COOKIE) or ""
         if request.method == "POST":
+            session = request.cookies.get(SESSION_COOKIE) or ""
             return await self._confirmed(request, action, job_id, session)
         job = await self.config.jobs_async.get(job_id, with_attempts=False)
-        fresh = len(session) < 20 or len(session) > 100
-        if fresh:
-            session = new_session()
+        session, fresh = self._session(request)
         if action in allowed_actions(job):
             response = self._confirm_page(request, action, job, session=session)
         else:
@@ -509,30 +867,13 @@ class Dashboard:
                 blocked=True,
             )
         if fresh:
-            response.set_cookie(
-                SESSION_COOKIE,
-                session,
-                httponly=True,
-                samesite="strict",
-                secure=request.url.scheme == "https",
-                path=self._url(request, "overview"),
-            )
+            self._keep_session(request, response, session)
         return response
 
     async def _confirmed(
         self, request: Request, action: str, job_id: int, session: str
     ) -> Response:
-        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if content_type != "application/x-www-form-urlencoded":
-            raise HTTPException(415, "expected a form (application/x-www-form-urlencoded)")
-        try:
-            fields = urllib.parse.parse_qs(
-                (await self._body(request)).decode("utf-8", "replace"),
-                keep_blank_values=True,
-                max_num_fields=10,
-            )
-        except ValueError:
-            raise HTTPException(400, "malformed form") from None
+        fields = await self._form(request, 10)
         form = {key: values[0] for key, values in fields.items()}
         if not csrf_valid(self.secret, session, form.get("csrf")):
             raise HTTPException(
@@ -581,9 +922,44 @@ class Dashboard:
                 "limit": filters["limit"],
                 "offset": filters["offset"],
                 "order": filters["order"],
+                "q": filters["q"],
+                "search_window": _data.SEARCH_WINDOW,
                 "jobs": [_data.plain(job) for job in found],
             }
         )
+
+    async def api_charts(self, request: Request) -> Response:
+        """GET /api/charts."""
+        return _JSON(await _data.activity(self.config, self._hours(request)))
+
+    async def api_bulk(self, request: Request) -> Response:
+        """POST /api/jobs/bulk/retry|cancel|delete with {"ids": [...]}."""
+        self._require_actions()
+        action = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        document = await self._json_body(request)
+        ids = document.get("ids")
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids
+        ):
+            raise HTTPException(400, "ids must be a list of job ids (integers)")
+        checked = _job_ids([str(i) for i in ids])
+        outcomes = await self._act_on_each(action, checked)
+        done = sum(1 for outcome in outcomes if outcome["ok"])
+        return _JSON(
+            {"action": action, "done": done, "refused": len(outcomes) - done, "jobs": outcomes}
+        )
+
+    async def api_retry_failed(self, request: Request) -> Response:
+        """POST /api/jobs/retry-failed with {"definition": name}."""
+        self._require_actions()
+        document = await self._json_body(request)
+        definition = document.get("definition")
+        if not isinstance(definition, str):
+            raise HTTPException(400, "definition must be a definition's name (a string)")
+        definition = _definition_param(definition)
+        retried = await self.config.jobs_async.retry_failed(definition=definition)
+        logger.info("dashboard API: retried %d failed jobs of %r", retried, definition)
+        return _JSON({"definition": definition, "retried": retried})
 
     async def api_job(self, request: Request) -> Response:
         """GET /api/jobs/{job_id}."""
@@ -615,18 +991,7 @@ class Dashboard:
         self._require_actions()
         action = request.url.path.rstrip("/").rsplit("/", 1)[-1]
         job_id = self._job_id(request)
-        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise HTTPException(415, "send a JSON body ({}) with Content-Type: application/json")
-        body = await self._body(request)
-        try:
-            document = json.loads(body) if body.strip() else {}
-        except ValueError:
-            raise HTTPException(400, "the body is not valid JSON") from None
-        except RecursionError:  # a few kilobytes of "[" nest deeper than the parser goes
-            raise HTTPException(400, "the body is nested too deeply") from None
-        if not isinstance(document, dict):
-            raise HTTPException(400, "the body must be a JSON object")
+        await self._json_body(request)
         job = await self._act(action, job_id)
         logger.info("dashboard API: %s job %d", action, job_id)
         if job is None:
@@ -671,10 +1036,60 @@ def _check_text(name: str, value: str) -> None:
         )
 
 
+def _job_ids(values: list[str]) -> list[int]:
+    """The job ids of a selection, each checked; 400 for a bad one, none, or too many."""
+    if len(values) > BULK_IDS_MAX:
+        raise HTTPException(400, f"at most {BULK_IDS_MAX} jobs at once, got {len(values)}")
+    ids = []
+    for value in values:
+        # ASCII digits only, as in paths; the bound keeps int() and bigint safe.
+        if not re.fullmatch("[0-9]{1,19}", value) or not 1 <= int(value) <= _data.JOB_ID_MAX:
+            raise HTTPException(
+                400, f"id must be a job id (a positive integer), got {_echo(value)}"
+            )
+        ids.append(int(value))
+    if not ids:
+        raise HTTPException(400, "select at least one job (id)")
+    return sorted(set(ids))
+
+
+def _field(fields: Mapping[str, list[str]], name: str) -> str | None:
+    """The first value of a form field, None when it is absent."""
+    values = fields.get(name)
+    return values[0] if values else None
+
+
+def _definition_param(value: str) -> str:
+    """A definition's name from a request; 400 unless it could be one."""
+    _check_text("definition", value)
+    if not value.strip():
+        raise HTTPException(400, "definition is required: the name of a definition")
+    if len(value) > NAME_MAX_LENGTH:
+        raise HTTPException(
+            400, f"definition must be at most {NAME_MAX_LENGTH} characters, got {len(value)}"
+        )
+    return value
+
+
+def _is_live_path(request: Request) -> bool:
+    """True for a live refresh's request (answered in JSON, errors too)."""
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.startswith("/live/")
+
+
 def _routes(handlers: Dashboard) -> list[BaseRoute]:
     routes: list[BaseRoute] = [
         Route("/", handlers.overview_page, methods=["GET"], name="overview"),
         Route("/jobs", handlers.jobs_page, methods=["GET"], name="jobs"),
+        Route(
+            "/jobs/retry-failed",
+            handlers.retry_failed_page,
+            methods=["GET", "POST"],
+            name="retry_failed",
+        ),
         Route("/jobs/{job_id:orchestra_job_id}", handlers.job_page, methods=["GET"], name="job"),
     ]
     routes += [
@@ -687,9 +1102,28 @@ def _routes(handlers: Dashboard) -> list[BaseRoute]:
         for action in ACTIONS
     ]
     routes += [
+        Route(
+            f"/jobs/bulk/{action}",
+            handlers.bulk_page,
+            methods=["GET", "POST"],
+            name=f"bulk_{action}",
+        )
+        for action in ACTIONS
+    ]
+    routes += [
         Route("/definitions", handlers.definitions_page, methods=["GET"], name="definitions"),
+        Route("/charts", handlers.charts_page, methods=["GET"], name="charts"),
+        Route("/live/overview", handlers.live_overview, methods=["GET"], name="live_overview"),
+        Route("/live/jobs", handlers.live_jobs, methods=["GET"], name="live_jobs"),
+        Route("/live/charts", handlers.live_charts, methods=["GET"], name="live_charts"),
         Route("/api/overview", handlers.api_overview, methods=["GET"], name="api_overview"),
         Route("/api/jobs", handlers.api_jobs, methods=["GET"], name="api_jobs"),
+        Route(
+            "/api/jobs/retry-failed",
+            handlers.api_retry_failed,
+            methods=["POST"],
+            name="api_retry_failed",
+        ),
         Route(
             "/api/jobs/{job_id:orchestra_job_id}", handlers.api_job, methods=["GET"], name="api_job"
         ),
@@ -705,8 +1139,18 @@ def _routes(handlers: Dashboard) -> list[BaseRoute]:
     ]
     routes += [
         Route(
+            f"/api/jobs/bulk/{action}",
+            handlers.api_bulk,
+            methods=["POST"],
+            name=f"api_bulk_{action}",
+        )
+        for action in ACTIONS
+    ]
+    routes += [
+        Route(
             "/api/definitions", handlers.api_definitions, methods=["GET"], name="api_definitions"
         ),
+        Route("/api/charts", handlers.api_charts, methods=["GET"], name="api_charts"),
         Route("/api/openapi.json", handlers.api_openapi, methods=["GET"], name="api_openapi"),
         Mount(
             "/static", app=StaticFiles(packages=[("orchestra.dashboard", "static")]), name="static"

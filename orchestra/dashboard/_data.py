@@ -12,23 +12,21 @@ import datetime as dt
 import json
 import zoneinfo
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import psycopg
 from croniter import croniter
 from psycopg.rows import dict_row
 
-from orchestra._jobs import STATUSES, Attempt, DefinitionInfo, Job
+from orchestra._config import Config
 from orchestra._orchestrator._gauges import (
     MONITOR_HINT,
     TRANSACTION_WARNING_S_DEFAULT,
     VacuumHorizon,
 )
+from orchestra._records import STATUSES, Attempt, DefinitionInfo, Job, job_from_row
 from orchestra._schema_names import LEASE_NAME
-
-if TYPE_CHECKING:
-    from orchestra._config import Config
 
 #: A daemon whose heartbeat is older than this is shown as silent (the
 #: orchestrator's default ``worker_stale_threshold_ms``).
@@ -234,12 +232,24 @@ def definition_document(
     return data
 
 
-# -- the throughput chart --------------------------------------------------------------
+# -- charts: geometry of the inline SVGs the templates draw ----------------------------
+
+
+@attrs.frozen
+class Box:
+    """A chart's viewBox and the plot area inside it (room for labels around)."""
+
+    width: int
+    height: int
+    left: int
+    right: int
+    top: int
+    bottom: int
 
 
 @attrs.frozen
 class Bar:
-    """One minute of the chart: stacked rectangles, bottom to top, and a tooltip."""
+    """One bucket of a bar chart: stacked rectangles, bottom to top, and a tooltip."""
 
     x: float
     width: float
@@ -249,62 +259,419 @@ class Bar:
 
 @attrs.frozen
 class Chart:
-    """Geometry of the inline SVG throughput chart (drawn by the overview template)."""
+    """Geometry of an inline SVG bar chart (drawn by the ``bar_chart`` macro)."""
 
     width: int
     height: int
+    plot_left: int
+    plot_right: int
     plot_top: int
     plot_bottom: int
     bars: tuple[Bar, ...]
     peak: int
     total: Mapping[str, int]
-    ticks: tuple[tuple[float, str], ...]  # (x, label) along the time axis
+    ticks: tuple[tuple[float, str, str], ...]  # (x, label, text-anchor) along the time axis
+    label: str  # what the chart shows, for screen readers
+
+
+@attrs.frozen
+class Line:
+    """One series of a line chart: polylines (broken where a bucket has no value) and dots."""
+
+    css: str
+    name: str
+    segments: tuple[str, ...]  # SVG polyline points, "x,y x,y ..."
+    dots: tuple[tuple[float, float, str], ...]  # (x, y, tooltip)
+
+
+@attrs.frozen
+class LineChart:
+    """Geometry of an inline SVG line chart (drawn by the ``line_chart`` macro)."""
+
+    width: int
+    height: int
+    plot_left: int
+    plot_right: int
+    plot_top: int
+    plot_bottom: int
+    lines: tuple[Line, ...]
+    peak_label: str
+    ticks: tuple[tuple[float, str, str], ...]
+    label: str
 
 
 CHART_WIDTH = 720
 CHART_HEIGHT = 170
-_PLOT_LEFT, _PLOT_RIGHT, _PLOT_TOP, _PLOT_BOTTOM = 36, 712, 10, 146
+OVERVIEW_BOX = Box(CHART_WIDTH, CHART_HEIGHT, 36, 712, 10, 146)
+#: One definition's chart on the charts page (several side by side).
+SMALL_BOX = Box(360, 120, 34, 352, 8, 96)
+WAIT_BOX = Box(CHART_WIDTH, 200, 84, 712, 12, 172)
 _SERIES = (("succeeded", "bar-ok"), ("failed", "bar-failed"), ("cancelled", "bar-cancelled"))
+_TICK_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def chart(buckets: Sequence[Mapping[str, Any]]) -> Chart:
-    """Stacked bars of finalized jobs per minute; the y axis tops at the busiest minute."""
+def _ago_label(seconds: int) -> str:
+    if seconds == 0:
+        return "now"
+    if seconds < 7200:
+        return f"-{seconds // 60} min"
+    return f"-{seconds / 3600:g} h"
+
+
+def _ticks(box: Box, count: int, bucket_s: int) -> tuple[tuple[float, str, str], ...]:
+    """Labels at the start, quarters and end of the time axis ("-60 min" ... "now").
+
+    The first and last are anchored at their outer end, so that they stay
+    inside the chart however large a small screen draws them.
+    """
+    slot = (box.right - box.left) / count
+    ticks = []
+    for fraction in _TICK_FRACTIONS:
+        index = min(count - 1, round(fraction * count))
+        ago = 0 if fraction == 1.0 else round((1 - fraction) * count) * bucket_s
+        x = box.left + index * slot + slot / 2
+        anchor = "middle"
+        if fraction == 0.0:
+            x, anchor = box.left, "start"
+        elif fraction == 1.0:
+            x, anchor = box.right, "end"
+        ticks.append((round(x, 2), _ago_label(ago), anchor))
+    return tuple(ticks)
+
+
+def _when(start: dt.datetime, bucket_s: int) -> str:
+    start = start.astimezone(dt.UTC)
+    if bucket_s <= 60:
+        return f"{start:%H:%M} UTC"
+    end = start + dt.timedelta(seconds=bucket_s)
+    return f"{start:%H:%M} to {end:%H:%M} UTC"
+
+
+def bar_chart(
+    buckets: Sequence[Mapping[str, Any]],
+    *,
+    box: Box = OVERVIEW_BOX,
+    bucket_s: int = 60,
+    time_key: str = "minute",
+    label: str = "Jobs finalized per minute",
+) -> Chart:
+    """Stacked bars of finalized jobs per bucket; the y axis tops at the busiest bucket.
+
+    Each bucket maps ``time_key`` to its start and ``succeeded``, ``failed``
+    and ``cancelled`` to counts.
+    """
     count = max(1, len(buckets))
-    slot = (_PLOT_RIGHT - _PLOT_LEFT) / count
+    slot = (box.right - box.left) / count
     peak = max([sum(int(b[name]) for name, _ in _SERIES) for b in buckets] or [0])
-    scale = (_PLOT_BOTTOM - _PLOT_TOP) / peak if peak else 0.0
+    scale = (box.bottom - box.top) / peak if peak else 0.0
     bars = []
     for index, bucket in enumerate(buckets):
-        y = float(_PLOT_BOTTOM)
+        y = float(box.bottom)
         parts = []
         for name, css in _SERIES:
             height = int(bucket[name]) * scale
             if height > 0:
                 y -= height
                 parts.append((css, round(y, 2), round(height, 2)))
-        minute: dt.datetime = bucket["minute"]
         numbers = ", ".join(f"{int(bucket[name])} {name}" for name, _ in _SERIES)
         bars.append(
             Bar(
-                x=round(_PLOT_LEFT + index * slot + slot * 0.1, 2),
+                x=round(box.left + index * slot + slot * 0.1, 2),
                 width=round(slot * 0.8, 2),
                 parts=tuple(parts),
-                title=f"{minute.astimezone(dt.UTC):%H:%M} UTC: {numbers}",
+                title=f"{_when(bucket[time_key], bucket_s)}: {numbers}",
             )
         )
-    ticks = []
-    for minutes_ago in (60, 45, 30, 15, 0):
-        index = count - minutes_ago if minutes_ago else count - 1
-        x = _PLOT_LEFT + max(0, index) * slot + slot / 2
-        ticks.append((round(x, 2), "now" if minutes_ago == 0 else f"-{minutes_ago} min"))
     total = {name: sum(int(b[name]) for b in buckets) for name, _ in _SERIES}
+    summary = ", ".join(f"{total[name]} {name}" for name, _ in _SERIES)
     return Chart(
-        width=CHART_WIDTH,
-        height=CHART_HEIGHT,
-        plot_top=_PLOT_TOP,
-        plot_bottom=_PLOT_BOTTOM,
+        width=box.width,
+        height=box.height,
+        plot_left=box.left,
+        plot_right=box.right,
+        plot_top=box.top,
+        plot_bottom=box.bottom,
         bars=tuple(bars),
         peak=peak,
         total=total,
-        ticks=tuple(ticks),
+        ticks=_ticks(box, count, bucket_s),
+        label=f"{label}: {summary}",
     )
+
+
+def chart(buckets: Sequence[Mapping[str, Any]]) -> Chart:
+    """The overview's chart: stacked bars of finalized jobs per minute over the last hour."""
+    return bar_chart(buckets, label="Jobs finalized per minute over the last hour")
+
+
+def wait_label(ms: int | None) -> str:
+    """A queue wait for people: 850 ms, 12 s, 4.5 min, 2.1 h."""
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.3g} s"
+    if ms < 7_200_000:
+        return f"{ms / 60_000:.3g} min"
+    return f"{ms / 3_600_000:.3g} h"
+
+
+_WAIT_SERIES = (("p50_ms", "line-p50", "median"), ("p95_ms", "line-p95", "95th percentile"))
+
+
+def wait_chart(
+    buckets: Sequence[Mapping[str, Any]], *, bucket_s: int, box: Box = WAIT_BOX
+) -> LineChart:
+    """Lines of the median and 95th percentile queue wait per bucket (gaps: no job started).
+
+    Each bucket maps ``start`` to its start, ``started`` to the jobs that
+    started in it, and ``p50_ms``/``p95_ms`` to waits (None when none started).
+    """
+    count = max(1, len(buckets))
+    slot = (box.right - box.left) / count
+    peak = max([int(b[key]) for b in buckets for key, _, _ in _WAIT_SERIES if b[key]] or [0])
+    scale = (box.bottom - box.top) / peak if peak else 0.0
+    lines = []
+    for key, css, name in _WAIT_SERIES:
+        segments: list[str] = []
+        current: list[str] = []
+        dots = []
+        for index, bucket in enumerate(buckets):
+            value = bucket[key]
+            if value is None:
+                if current:
+                    segments.append(" ".join(current))
+                    current = []
+                continue
+            x = round(box.left + index * slot + slot / 2, 2)
+            y = round(box.bottom - int(value) * scale, 2)
+            current.append(f"{x},{y}")
+            dots.append(
+                (
+                    x,
+                    y,
+                    f"{_when(bucket['start'], bucket_s)}: {name} {wait_label(int(value))} "
+                    f"({bucket['started']} started)",
+                )
+            )
+        if current:
+            segments.append(" ".join(current))
+        lines.append(Line(css=css, name=name, segments=tuple(segments), dots=tuple(dots)))
+    started = sum(int(b["started"]) for b in buckets)
+    return LineChart(
+        width=box.width,
+        height=box.height,
+        plot_left=box.left,
+        plot_right=box.right,
+        plot_top=box.top,
+        plot_bottom=box.bottom,
+        lines=tuple(lines),
+        peak_label=wait_label(peak) if peak else "0",
+        ticks=_ticks(box, count, bucket_s),
+        label=f"Queue wait of the {started} jobs started, median and 95th percentile per bucket",
+    )
+
+
+def activity_charts(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The charts page's geometry from :func:`activity`'s data.
+
+    One bar chart per definition (the :data:`CHART_DEFINITIONS_MAX` busiest),
+    and the queue wait's line chart.
+    """
+    since: dt.datetime = data["since"]
+    bucket_s: int = data["bucket_seconds"]
+    starts = [since + dt.timedelta(seconds=n * bucket_s) for n in range(CHART_BUCKETS)]
+    per_definition = []
+    for entry in data["definitions"][:CHART_DEFINITIONS_MAX]:
+        buckets = [
+            {"start": start, **{name: entry[name][n] for name in _OUTCOMES}}
+            for n, start in enumerate(starts)
+        ]
+        drawn = bar_chart(
+            buckets,
+            box=SMALL_BOX,
+            bucket_s=bucket_s,
+            time_key="start",
+            label=f"Jobs of {entry['definition']} finalized per {wait_label(bucket_s * 1000)}",
+        )
+        totals = entry["totals"]
+        finished = totals["succeeded"] + totals["failed"]
+        rate = 100 * totals["failed"] / finished if finished else None
+        per_definition.append(
+            {"name": entry["definition"], "chart": drawn, "totals": totals, "failure_rate": rate}
+        )
+    return {
+        "definitions": per_definition,
+        "hidden": len(data["definitions"]) - len(per_definition),
+        "wait": wait_chart(data["wait"]["buckets"], bucket_s=bucket_s),
+    }
+
+
+# -- search and selections ------------------------------------------------------------
+
+#: A search looks for its text among this many of the newest jobs of each table
+#: (unfinished and finished); a job id is found whatever its age.
+SEARCH_WINDOW = 10_000
+#: Longest search text accepted.
+SEARCH_TEXT_MAX = 200
+#: Largest id a job can have (PostgreSQL's bigint).
+JOB_ID_MAX = 2**63 - 1
+
+
+def like_pattern(text: str) -> str:
+    r"""An ILIKE pattern matching ``text`` anywhere; its ``\``, ``%`` and ``_`` are literal."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search_id(text: str) -> int | None:
+    """The job id ``text`` names (ASCII digits, in the bigint range), else None."""
+    stripped = text.strip().removeprefix("#")
+    if not stripped.isascii() or not stripped.isdigit() or len(stripped) > 19:
+        return None
+    number = int(stripped)
+    return number if 1 <= number <= JOB_ID_MAX else None
+
+
+async def search_jobs(
+    config: Config,
+    text: str,
+    *,
+    statuses: Sequence[str],
+    definition: str | None,
+    channel: str | None,
+    limit: int,
+    offset: int,
+    order: str,
+) -> tuple[list[Job], int]:
+    """A page of the jobs whose id is ``text`` or whose payload or last error contains it.
+
+    The text is looked for among the :data:`SEARCH_WINDOW` newest jobs of
+    each table; returns the page and how many were found in all.
+    """
+    params = {
+        "pattern": like_pattern(text),
+        "id": search_id(text),
+        "window": SEARCH_WINDOW,
+        "statuses": list(statuses or STATUSES),
+        "definition": definition,
+        "channel": channel,
+        "order": order,
+        "limit": limit,
+        "offset": offset,
+    }
+    async with config.connection_async() as conn:
+        rows = await _rows(conn, config, "dashboard_job_search", params)
+    total = int(rows[0]["total"]) if rows else 0
+    return [job_from_row(row) for row in rows if row["id"] is not None], total
+
+
+async def jobs_by_ids(config: Config, ids: Sequence[int]) -> dict[int, Job]:
+    """The jobs of ``ids`` that exist, by id (no attempt log, no dependencies)."""
+    async with config.connection_async() as conn:
+        rows = await _rows(conn, config, "dashboard_jobs_by_ids", {"ids": list(ids)})
+    return {int(row["id"]): job_from_row(row) for row in rows}
+
+
+async def definition_failed(config: Config, definition: str) -> int | None:
+    """How many jobs of ``definition`` failed; None when no such definition is stored."""
+    async with config.connection_async() as conn:
+        rows = await _rows(conn, config, "dashboard_definition_failed", {"definition": definition})
+    return int(rows[0]["failed"]) if rows else None
+
+
+# -- activity: throughput, failures and queue wait over time ---------------------------
+
+#: The time ranges of the charts page (hours), each drawn as CHART_BUCKETS buckets.
+CHART_RANGES_H = (1, 6, 24)
+CHART_BUCKETS = 60
+#: Most definitions drawn as charts of their own (the busiest); the API lists all.
+CHART_DEFINITIONS_MAX = 12
+_OUTCOMES = ("succeeded", "failed", "cancelled")
+
+
+async def activity(config: Config, hours: int) -> dict[str, Any]:
+    """Throughput and failures per definition, and queue wait, over the last ``hours``.
+
+    Buckets are ``hours * 60`` seconds wide, aligned on multiples of that since
+    the epoch, on the database clock; the last one is the current (partial) one.
+    """
+    bucket_s = hours * 3600 // CHART_BUCKETS
+    async with config.connection_async() as conn:
+        now_rows = await _rows(conn, config, "clock_now", {})
+        now: dt.datetime = now_rows[0]["clock_timestamp"]
+        elapsed_s = int((now - EPOCH).total_seconds())
+        since = EPOCH + dt.timedelta(
+            seconds=elapsed_s - elapsed_s % bucket_s - (CHART_BUCKETS - 1) * bucket_s
+        )
+        window = {"since": since, "bucket_s": bucket_s}
+        throughput_rows = await _rows(conn, config, "dashboard_definition_throughput", window)
+        wait_rows = await _rows(conn, config, "dashboard_queue_wait", window)
+        due_rows = await _rows(conn, config, "dashboard_due_waiting", {})
+
+    def index(bucket: Any) -> int:
+        # A job finalized after `now` was read (the clock moved on) joins the last bucket.
+        return min(max(int(bucket), 0), CHART_BUCKETS - 1)
+
+    per_definition: dict[str, dict[str, list[int]]] = {}
+    for row in throughput_rows:
+        series = per_definition.setdefault(
+            row["definition"], {name: [0] * CHART_BUCKETS for name in _OUTCOMES}
+        )
+        for name in _OUTCOMES:
+            series[name][index(row["bucket"])] += int(row[name])
+    definitions: list[dict[str, Any]] = [
+        {
+            "definition": name,
+            **series,
+            "totals": {outcome: sum(series[outcome]) for outcome in _OUTCOMES},
+        }
+        for name, series in per_definition.items()
+    ]
+    definitions.sort(key=lambda d: (-sum(d["totals"].values()), d["definition"]))
+
+    wait_buckets: list[dict[str, Any]] = [
+        {
+            "start": since + dt.timedelta(seconds=n * bucket_s),
+            "started": 0,
+            "p50_ms": None,
+            "p95_ms": None,
+            "max_ms": None,
+        }
+        for n in range(CHART_BUCKETS)
+    ]
+    waits: dict[str, dict[str, Any]] = {}
+    for row in wait_rows:
+        numbers = {
+            "started": int(row["started"]),
+            "p50_ms": int(row["p50_ms"]),
+            "p95_ms": int(row["p95_ms"]),
+            "max_ms": int(row["max_ms"]),
+        }
+        if row["definition"] is None:
+            bucket = wait_buckets[index(row["bucket"])]
+            if bucket["started"]:  # two rows folded into the last bucket: keep the larger
+                numbers = {k: max(v, bucket[k]) for k, v in numbers.items()}
+            bucket.update(numbers)
+        else:
+            waits[row["definition"]] = numbers
+    due = {row["definition"]: (int(row["due"]), int(row["oldest_ms"])) for row in due_rows}
+    empty = {"started": 0, "p50_ms": None, "p95_ms": None, "max_ms": None}
+    by_definition = [
+        {
+            "definition": name,
+            **waits.get(name, empty),
+            "due": due.get(name, (0, None))[0],
+            "oldest_due_ms": due.get(name, (0, None))[1],
+        }
+        for name in sorted(waits.keys() | due.keys())
+    ]
+    return {
+        "now": now,
+        "hours": hours,
+        "bucket_seconds": bucket_s,
+        "since": since,
+        "definitions": definitions,
+        "wait": {"buckets": wait_buckets, "by_definition": by_definition},
+    }

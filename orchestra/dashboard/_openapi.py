@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestra import __version__
-from orchestra._jobs import STATUSES
+from orchestra._records import STATUSES
 
 _TIMESTAMP = {"type": "string", "format": "date-time"}
 _NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
@@ -125,7 +125,102 @@ _SCHEMAS: dict[str, Any] = {
             "limit": {"type": "integer"},
             "offset": {"type": "integer"},
             "order": {"type": "string", "enum": ["asc", "desc"]},
+            "q": {
+                **_NULLABLE_STRING,
+                "description": "The search text, when the list was searched.",
+            },
+            "search_window": {
+                "type": "integer",
+                "description": "A search looks for its text among this many of the newest "
+                "unfinished jobs and as many of the newest finished ones.",
+            },
             "jobs": {"type": "array", "items": _ref("Job")},
+        }
+    ),
+    "BulkOutcome": _object(
+        {
+            "id": {"type": "integer"},
+            "ok": {"type": "boolean", "description": "The action was taken on this job."},
+            "status": {
+                **_NULLABLE_STRING,
+                "description": "The job's status after the action (null once deleted, or "
+                "for no such job); when refused, the status that refused it.",
+            },
+            "error": {**_NULLABLE_STRING, "description": "Why it was refused."},
+        }
+    ),
+    "BulkResult": _object(
+        {
+            "action": {"type": "string", "enum": ["retry", "cancel", "delete"]},
+            "done": {"type": "integer"},
+            "refused": {"type": "integer"},
+            "jobs": {"type": "array", "items": _ref("BulkOutcome"), "description": "By id."},
+        }
+    ),
+    "Charts": _object(
+        {
+            "now": _TIMESTAMP,
+            "hours": {"type": "integer", "enum": [1, 6, 24]},
+            "bucket_seconds": {"type": "integer"},
+            "since": {**_TIMESTAMP, "description": "The start of the first bucket."},
+            "definitions": {
+                "type": "array",
+                "description": "Jobs finalized per bucket (60 of them, oldest first), per "
+                "definition with any, the busiest first.",
+                "items": _object(
+                    {
+                        "definition": {"type": "string"},
+                        "succeeded": {"type": "array", "items": {"type": "integer"}},
+                        "failed": {"type": "array", "items": {"type": "integer"}},
+                        "cancelled": {"type": "array", "items": {"type": "integer"}},
+                        "totals": _object(
+                            {
+                                "succeeded": {"type": "integer"},
+                                "failed": {"type": "integer"},
+                                "cancelled": {"type": "integer"},
+                            }
+                        ),
+                    }
+                ),
+            },
+            "wait": _object(
+                {
+                    "buckets": {
+                        "type": "array",
+                        "description": "Queue wait (run_at to the start of the last attempt) "
+                        "of the jobs that started in each bucket; null without any.",
+                        "items": _object(
+                            {
+                                "start": _TIMESTAMP,
+                                "started": {"type": "integer"},
+                                "p50_ms": _NULLABLE_INT,
+                                "p95_ms": _NULLABLE_INT,
+                                "max_ms": _NULLABLE_INT,
+                            }
+                        ),
+                    },
+                    "by_definition": {
+                        "type": "array",
+                        "items": _object(
+                            {
+                                "definition": {"type": "string"},
+                                "started": {"type": "integer"},
+                                "p50_ms": _NULLABLE_INT,
+                                "p95_ms": _NULLABLE_INT,
+                                "max_ms": _NULLABLE_INT,
+                                "due": {
+                                    "type": "integer",
+                                    "description": "Available jobs past their run time.",
+                                },
+                                "oldest_due_ms": {
+                                    **_NULLABLE_INT,
+                                    "description": "How long the oldest of them has waited.",
+                                },
+                            }
+                        ),
+                    },
+                }
+            ),
         }
     ),
     "Definition": _object(
@@ -299,6 +394,41 @@ def _action(verb: str, summary: str, ok: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _bulk(verb: str, summary: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "description": "Jobs are taken one by one (retries lowest id first, cancels and "
+            "deletes highest first); a job that is gone or whose state refuses the action is "
+            "reported as refused and the others go on.",
+            "operationId": f"bulk_{verb}_jobs",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": _object(
+                            {
+                                "ids": {
+                                    "type": "array",
+                                    "items": {"type": "integer", "minimum": 1},
+                                    "minItems": 1,
+                                    "maxItems": 200,
+                                }
+                            }
+                        )
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(_ref("BulkResult"), "Each job's outcome."),
+                **_ERRORS,
+                "403": _json(_ref("Error"), "Actions are disabled (no --allow-actions)."),
+                "415": _json(_ref("Error"), "The request body is not JSON."),
+            },
+        }
+    }
+
+
 _PATHS: dict[str, Any] = {
     "/api/overview": {
         "get": {
@@ -338,6 +468,14 @@ _PATHS: dict[str, Any] = {
                     "schema": {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
                     "description": "By id: desc newest first.",
                 },
+                {
+                    "name": "q",
+                    "in": "query",
+                    "schema": {"type": "string", "maxLength": 200},
+                    "description": "Search: the job with this id, and the jobs whose payload "
+                    "(as JSON text) or last error contains this text, case-insensitively, "
+                    "among the search_window newest jobs of each table.",
+                },
             ],
             "responses": {"200": _json(_ref("JobPage"), "The page of jobs."), **_ERRORS},
         }
@@ -369,6 +507,51 @@ _PATHS: dict[str, Any] = {
         "Delete a job that is not running and that no unfinished job depends on",
         _json(_object({"deleted": {"type": "integer"}}), "The id of the deleted job."),
     ),
+    "/api/jobs/bulk/retry": _bulk("retry", "Retry several jobs, each as POST /api/jobs/{id}/retry"),
+    "/api/jobs/bulk/cancel": _bulk(
+        "cancel", "Cancel several jobs, each as POST /api/jobs/{id}/cancel"
+    ),
+    "/api/jobs/bulk/delete": _bulk(
+        "delete", "Delete several jobs, each as POST /api/jobs/{id}/delete"
+    ),
+    "/api/jobs/retry-failed": {
+        "post": {
+            "summary": "Retry every failed job of a definition, with fresh attempt budgets",
+            "operationId": "retry_failed_jobs",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": _object({"definition": {"type": "string", "maxLength": 128}})
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    _object({"definition": {"type": "string"}, "retried": {"type": "integer"}}),
+                    "How many jobs were retried.",
+                ),
+                **_ERRORS,
+                "403": _json(_ref("Error"), "Actions are disabled (no --allow-actions)."),
+                "415": _json(_ref("Error"), "The request body is not JSON."),
+            },
+        }
+    },
+    "/api/charts": {
+        "get": {
+            "summary": "Throughput and failures per definition, and queue wait, over time",
+            "operationId": "charts",
+            "parameters": [
+                {
+                    "name": "hours",
+                    "in": "query",
+                    "schema": {"type": "integer", "enum": [1, 6, 24], "default": 1},
+                    "description": "The time range, in 60 buckets.",
+                }
+            ],
+            "responses": {"200": _json(_ref("Charts"), "The charts' data."), **_ERRORS},
+        }
+    },
     "/api/definitions": {
         "get": {
             "summary": "Every definition with its settings, heartbeat, next tick and job counts",

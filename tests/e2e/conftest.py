@@ -21,6 +21,21 @@ from tests.e2e._support import REPO, DaemonFactory, Queue
 from tests.e2e.apps._jobs import create_tables, define
 
 _FACTORY = pytest.StashKey[DaemonFactory]()
+#: Variables of the developer's environment that would change what a command
+#: under test does: where the queue is, colours, the terminal's size.
+NOT_INHERITED = frozenset(
+    {
+        "ORCHESTRA_DSN",
+        "ORCHESTRA_SCHEMA",
+        "ORCHESTRA_APP",
+        "NO_COLOR",
+        "FORCE_COLOR",
+        "TTY_COMPATIBLE",
+        "COLUMNS",
+        "LINES",
+        "PYTHONSAFEPATH",
+    }
+)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -41,8 +56,7 @@ def e2e_env(test_dsn: str, schema: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"ORCHESTRA_DSN", "COLUMNS", "LINES", "PYTHONSAFEPATH"}
-        and not k.startswith("PYTEST_")
+        if k not in NOT_INHERITED and not k.startswith("PYTEST_")
     }
     env.update(
         ORCHESTRA_TEST_DSN=test_dsn,

@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from orchestra import JobDefinition
+from orchestra import JobDefinition, _db
 from orchestra.testing import wait_until
+from tests._dsn_passwords import assert_hidden, dsn_forms
 from tests.e2e._support import (
     APP,
     REPO,
@@ -261,3 +268,175 @@ def test_demo_runs_to_completion(e2e_env: dict[str, str], test_dsn: str, schema:
     assert int(cron[2]) >= 1 and cron[1] == cron[2], cron[0]
     assert "release_interval_ms=250" in one_line(result.stdout)  # the rate-limited one too
     assert "Traceback" not in output_of(result)
+    lines = result.stdout.splitlines()
+    # The DSN on a line of its own; both failed attempts of the flaky job stay in sight.
+    assert f"  database  {_db.redact_dsn(test_dsn)}" in lines
+    failed = [line for line in lines if re.match(r"  flaky#\d+ attempt [12]: ", line)]
+    assert len(failed) == 2, result.stdout
+    # It ends with the commands that show what it did, the DSN and schema in them.
+    # A DSN with a password is left out of them (see the test below).
+    has_password = _db.redact_dsn(test_dsn) != test_dsn
+    where = (
+        f"--schema {schema}" if has_password else f"--dsn {shlex.quote(test_dsn)} --schema {schema}"
+    )
+    env = {**e2e_env, "ORCHESTRA_DSN": test_dsn} if has_password else e2e_env
+    heading = next(
+        i for i, line in enumerate(lines) if line.startswith(f"Schema {schema!r} is left")
+    )
+    commands = lines[heading + 1 :]
+    assert [c.split(" --")[0].split()[:3] for c in commands] == [
+        ["orchestra", "jobs", "list"],
+        ["orchestra", "jobs", "show"],
+        ["orchestra", "dashboard"],
+    ]
+    for command in commands:
+        assert command.endswith(where), command
+    listing = run_cli(*shlex.split(commands[0])[1:], env=env)
+    assert listing.returncode == 0, output_of(listing)
+    assert "charge" in listing.stdout and "succeeded" in listing.stdout
+    shown = run_cli(*shlex.split(commands[1])[1:], env=env)
+    assert shown.returncode == 0, output_of(shown)
+    assert "flaky" in shown.stdout and "ConnectionError: upstream timed out" in shown.stdout
+
+
+def test_demo_with_a_password_in_its_dsn_shows_neither_it_nor_the_dsn_in_commands(
+    e2e_env: dict[str, str], test_dsn: str, schema: str
+) -> None:
+    """The database line is redacted; the commands leave --dsn out and say to set the variable."""
+    password = "d3mo-s3cret"
+    live = conninfo_to_dict(test_dsn)
+    dsn = dsn_forms(
+        password,
+        host=str(live.get("host", "127.0.0.1")),
+        port=str(live.get("port", "5432")),
+        dbname=str(live.get("dbname", "postgres")),
+        user=str(live.get("user", "postgres")),
+    )["uri-raw"]
+    result = run_cli(
+        "demo", "--dsn", dsn, "--schema", schema, "--seconds", "60", env=e2e_env, timeout=90
+    )
+    assert result.returncode == 0, output_of(result)
+    assert_hidden(output_of(result), password)
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("  database  ") and "***" in line for line in lines), lines
+    assert (
+        f"Schema {schema!r} is left for you to look at, with ORCHESTRA_DSN set to the DSN "
+        "given to the demo (its password is not printed here):"
+    ) in lines
+    assert f"  orchestra jobs list --schema {schema}" in lines
+
+
+def test_python_dash_m_orchestra_is_the_orchestra_command(
+    e2e_env: dict[str, str], test_dsn: str, schema: str
+) -> None:
+    """``python -m orchestra`` has the same commands and help, and runs them."""
+    module = subprocess.run(
+        [sys.executable, "-m", "orchestra", "--help"],
+        env=e2e_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    script = run_cli("--help", env=e2e_env)
+    assert module.returncode == 0, output_of(module)
+    # Only the usage line differs: it names the program as it was started.
+    assert module.stdout.splitlines()[1:] == script.stdout.splitlines()[1:]
+    assert module.stdout.startswith("Usage: python -m orchestra ")
+
+    migrated = subprocess.run(
+        [sys.executable, "-m", "orchestra", "migrate", "--dsn", test_dsn, "--schema", schema],
+        env=e2e_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert migrated.returncode == 0, output_of(migrated)
+    assert f"to schema {schema!r}" in one_line(migrated.stderr)
+
+
+def test_daemon_logs_one_startup_line_saying_what_it_serves(
+    queue: Queue, daemons: DaemonFactory, test_dsn: str
+) -> None:
+    """Once started, one line: roles, name, channel, concurrency, definitions, schema, DSN."""
+    daemon = daemons.start(role="all", concurrency=3, name="banner")
+    daemon.wait_for_log("carries")
+    lines = [line for line in daemon.log().splitlines() if "carries" in line]
+    assert len(lines) == 1, daemon.log()
+    line = lines[0]
+    for text in (
+        "worker and orchestrator 'banner'",
+        "serving channel '_default' with concurrency 3 in threads",
+        "orchestrating every channel",
+        "carries 5 definition(s): gated, gated_async, gated_once, limited, quick",
+        f"schema {queue.schema!r} at {_db.redact_dsn(test_dsn)}",
+    ):
+        assert text in line, line
+
+
+@pytest.mark.parametrize("role", ["worker", "all"])
+def test_daemon_on_a_missing_schema_prints_only_the_error_line(
+    e2e_env: dict[str, str], schema: str, role: str
+) -> None:
+    """Exit 1 with the one useful line: no stop requests or warnings before it."""
+    result = run_cli("daemon", "--role", role, "--app", APP, env=e2e_env)
+    assert result.returncode == 1, output_of(result)
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: schema {schema!r} does not exist; if that is the name you meant, create it "
+        f"with `orchestra migrate --schema {schema}` (or Config.prepare_schema())"
+    ]
+
+
+def test_daemon_refuses_a_schema_variable_that_is_not_its_apps(
+    e2e_env: dict[str, str], schema: str
+) -> None:
+    """$ORCHESTRA_SCHEMA naming another schema than the app's Config: exit 2, one line."""
+    result = run_cli(
+        "daemon", "--role", "worker", "--app", APP,
+        env={**e2e_env, "ORCHESTRA_SCHEMA": "other"},
+    )  # fmt: skip
+    output = assert_clean_error(result, 2)
+    assert output.startswith("error: $ORCHESTRA_SCHEMA: 'other' is not the schema"), output
+    assert repr(schema) in output
+
+
+def test_dashboard_on_a_busy_port_fails_with_one_line_before_its_banner(
+    queue: Queue, e2e_env: dict[str, str], test_dsn: str
+) -> None:
+    """Another program listens on the port: exit 1, one ``error:`` line, no "dashboard of"."""
+    pytest.importorskip("uvicorn")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "dashboard", "--dsn", test_dsn, "--schema", queue.schema, "--port", str(port),
+            env=e2e_env,
+        )  # fmt: skip
+    assert result.returncode == 1, output_of(result)
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: the dashboard cannot listen on 127.0.0.1:{port}: Address already in use: "
+        "another program listens there (choose another --port)"
+    ]
+
+
+def test_a_command_without_a_dsn_prints_no_runtime_dir_warning(e2e_env: dict[str, str]) -> None:
+    """The embedded PostgreSQL without XDG_RUNTIME_DIR: its announcement, the result, nothing else."""
+    pytest.importorskip("pgserver")
+    home = Path(tempfile.mkdtemp(prefix="orchestra-cli-home-"))  # the server's user must reach it
+    env = {k: v for k, v in e2e_env.items() if k != "XDG_RUNTIME_DIR"}
+    env["ORCHESTRA_HOME"] = str(home)
+    try:
+        result = run_cli("migrate", "--schema", "cli_embedded", env=env, timeout=180)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert result.returncode == 0, output_of(result)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0] == f"orchestra: using the embedded PostgreSQL in {home / 'pgdata'}"
+    assert lines[1].startswith("applied 0001_initial"), result.stderr

@@ -82,12 +82,20 @@ def test_a_migrated_schema_is_healthy(
 
 
 def test_a_schema_that_is_not_migrated_is_unhealthy(
-    e2e_env: dict[str, str], test_dsn: str, schema: str
+    e2e_env: dict[str, str], test_dsn: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
-    """A missing schema: exit 1, and the line says to run `orchestra migrate`."""
+    """A missing schema: exit 1, the line says it does not exist and how to create it.
+
+    Created but never migrated, it is at version 0 and the line says to migrate it.
+    """
+    line = unhealthy(health("--dsn", test_dsn, "--schema", schema, env=e2e_env))
+    assert f"schema {schema!r} does not exist" in line
+    assert f"orchestra migrate --schema {schema}" in line
+
+    db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     line = unhealthy(health("--dsn", test_dsn, "--schema", schema, env=e2e_env))
     assert f"schema {schema!r} is at version 0" in line
-    assert "orchestra migrate" in line
+    assert f"orchestra migrate --schema {schema}" in line
 
     result = health("--dsn", test_dsn, "--schema", schema, "--json", env=e2e_env)
     unhealthy(result)
@@ -160,14 +168,29 @@ def test_a_stale_heartbeat_is_not_alive(
     assert 299 < document["latest_heartbeat_age_s"] < 600
 
 
+def test_schema_option_overrides_the_schema_of_the_app(
+    e2e_env: dict[str, str], config: Config
+) -> None:
+    """--app with --schema: the app's DSN, the schema given (the option comes first)."""
+    other = f"{config.schema}_other"
+    line = unhealthy(health("--app", APP, "--schema", other, env=e2e_env))
+    assert f"schema {other!r} does not exist" in line
+    out = healthy(
+        health(
+            "--app", APP, "--schema", config.schema, "--max-transaction-age-s", "86400",
+            env=e2e_env,
+        )
+    )  # fmt: skip
+    assert f"schema {config.schema!r} is at version" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--app", APP, "--schema", "x"), "give --app, or --dsn/--schema, not both"),
         ((), "no database to check"),
         (("--dsn", "postgresql://127.0.0.1:1/db", "--schema", "Bad-Name"), "not a valid schema"),
     ],
-    ids=["app-and-schema", "no-database", "bad-schema"],
+    ids=["no-database", "bad-schema"],
 )
 def test_usage_errors_exit_2(e2e_env: dict[str, str], args: tuple[str, ...], message: str) -> None:
     """Options that cannot work exit 2 with a readable message, before any connection."""

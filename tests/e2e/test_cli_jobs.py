@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import pty
+import re
 import subprocess
 from typing import Any
 
@@ -427,3 +430,103 @@ def test_an_unmigrated_schema_says_to_migrate(
     result = run("jobs", "list", *target, env=e2e_env)
     (line,) = error_lines(result, 1)
     assert schema in line and "orchestra migrate" in line
+
+
+LONG_NAME = "send-welcome-email-to-new-customer"
+LONG_ERROR = "upstream timed out while talking to the partner API of the mail provider"
+
+
+@pytest.fixture
+def long_jobs(
+    config: Config, db: psycopg.Connection[Any], definitions: dict[str, JobDefinition[Any]]
+) -> list[int]:
+    """Three jobs of a definition with a long name, one failed with a long error, and a short one."""
+    welcome = JobDefinition(config, name=LONG_NAME, job_function=noop, channel="mail")
+    ids = [welcome.defer({}).id for _ in range(3)]
+    fail(db, config, ids[0], LONG_ERROR)
+    ids.append(definitions["report"].defer().id)
+    return ids
+
+
+def test_jobs_list_fits_80_columns_without_breaking_a_name(
+    e2e_env: dict[str, str], target: list[str], long_jobs: list[int]
+) -> None:
+    """In a pipe (80 columns): one line per job, names whole, the error cut to what is left."""
+    table = ok(run("jobs", "list", *target, env=e2e_env))
+    lines = table.splitlines()
+    assert all(len(line) <= 80 for line in lines), table
+    assert lines[0].split() == ["id", "definition", "status", "attempt", "last", "error"]
+    rows = [line for line in lines if line.split() and line.split()[0].isdigit()]
+    assert [int(row.split()[0]) for row in rows] == long_jobs[::-1]
+    assert sum(LONG_NAME in row for row in rows) == 3  # never folded onto a second line
+    (failed,) = [row for row in rows if "failed" in row]
+    error = failed[failed.index("ValueError") :]
+    assert error.endswith("…") and f"ValueError: {LONG_ERROR}".startswith(error[:-1]), failed
+    assert lines[-1] == "1-4 of 4 matching, newest first (--wide: channel, priority, times)"
+
+
+def test_jobs_list_wide_shows_every_column_on_one_line_per_job(
+    e2e_env: dict[str, str], target: list[str], long_jobs: list[int]
+) -> None:
+    """--wide: channel, priority and times too, and the whole error, however long the line."""
+    table = ok(run("jobs", "list", "--wide", *target, env=e2e_env))
+    lines = table.splitlines()
+    assert " ".join(lines[0].split()) == (
+        "id definition channel status priority attempt run at (UTC) created at (UTC) "
+        "finalized at (UTC) last error"
+    )
+    rows = [line for line in lines if line.split() and line.split()[0].isdigit()]
+    assert len(rows) == len(long_jobs)
+    (failed,) = [row for row in rows if "failed" in row]
+    assert f"ValueError: {LONG_ERROR}" in failed
+    assert " mail " in failed
+    assert len(failed) > 80
+
+
+def _on_a_terminal(argv: list[str], env: dict[str, str]) -> str:
+    """Run ``argv`` with its stdout on a pseudo-terminal; return what it wrote there."""
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        os.close(follower)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+#: An SGR sequence that sets a colour (foreground or background, 8, 16, 256 or RGB).
+COLOUR = re.compile(r"\x1b\[(?:[0-9]+;)*(?:3[0-9]|4[0-9]|9[0-7]|10[0-7])(?:;[0-9]+)*m")
+
+
+def test_jobs_list_is_coloured_on_a_terminal_only(
+    e2e_env: dict[str, str], target: list[str], long_jobs: list[int]
+) -> None:
+    """A terminal gets colours, unless NO_COLOR; a pipe never does, even with FORCE_COLOR."""
+    argv = orchestra_argv("jobs", "list", *target)
+    terminal = {**e2e_env, "TERM": "xterm-256color"}
+    assert COLOUR.search(_on_a_terminal(argv, terminal))
+    assert not COLOUR.search(_on_a_terminal(argv, {**terminal, "NO_COLOR": "1"}))
+    for forced in ({"FORCE_COLOR": "1"}, {"TTY_COMPATIBLE": "1"}):
+        piped = ok(run("jobs", "list", *target, env={**terminal, **forced}))
+        assert "\x1b" not in piped, piped

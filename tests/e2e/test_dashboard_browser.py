@@ -4,7 +4,12 @@ Debian's ``/usr/bin/chromium`` through Playwright's sync API (Playwright's own
 browser downloads are not used). The schema holds jobs in every state
 (:func:`tests.integration.test_dashboard_api.seed`), and an ``orchestra
 daemon --role all`` registers a live worker and the orchestrator leader. Each
-page is saved as a full-page screenshot under ``tests/artifacts/dashboard/``.
+page is saved as a full-page screenshot under ``tests/artifacts/dashboard/``
+(or the directory ``ORCHESTRA_DASHBOARD_SCREENSHOTS`` names): the desktop
+width, a phone's (420 pixels), and the dark theme a system setting asks for.
+
+The live refresh is driven by Playwright's fake clock: the test moves time
+on to the next poll instead of waiting for it.
 
 The module skips, with the reason, when Chromium or Playwright is missing
 (``.ci/run`` installs Chromium when it can).
@@ -12,18 +17,20 @@ The module skips, with the reason, when Chromium or Playwright is missing
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
-from orchestra import Config
-from orchestra.testing import wait_until
+from orchestra import Config, JobDefinition
+from orchestra.testing import run_until_empty, wait_until
 from tests.e2e._support import REPO, Daemon, DaemonFactory, Queue, orchestra_argv
-from tests.integration.test_dashboard_api import XSS, Seeded, seed
+from tests.integration.test_dashboard_api import XSS, Seeded, charge, seed
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -33,8 +40,14 @@ else:
     HAVE_PLAYWRIGHT = True
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "tests" / "artifacts" / "dashboard"
+ARTIFACTS = Path(
+    os.environ.get("ORCHESTRA_DASHBOARD_SCREENSHOTS") or REPO / "tests" / "artifacts" / "dashboard"
+)
 START_TIMEOUT_S = 30.0
+#: A phone's width, in CSS pixels.
+PHONE_WIDTH = 420
+#: The overview's and the jobs list's poll interval (ms), as the pages say.
+LIVE_INTERVAL_MS = 5000
 
 pytestmark = [
     pytest.mark.skipif(
@@ -70,6 +83,26 @@ def page(browser: Browser) -> Iterator[Page]:
     try:
         yield context.new_page()
     finally:
+        context.close()
+
+
+Scheme = Literal["light", "dark"]
+OpenPage = Callable[..., Page]
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[OpenPage]:
+    """Open pages in fresh contexts of a given width and color scheme; closed at teardown."""
+    contexts = []
+
+    def open_(*, width: int = 1280, scheme: Scheme = "light") -> Page:
+        context = browser.new_context(viewport={"width": width, "height": 900}, color_scheme=scheme)
+        context.set_default_timeout(10_000)
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_
+    for context in contexts:
         context.close()
 
 
@@ -247,3 +280,298 @@ def test_read_only_without_allow_actions(
     expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
     shot(page, "refused")
     assert config.jobs.get(seeded.failed, with_attempts=False).status == "failed"
+
+
+# -- live refresh, search, bulk actions, charts, dark mode and phones -----------------------
+
+
+def _fail_more(config: Config, count: int) -> list[int]:
+    """``count`` more failed jobs of charge-card."""
+    card = JobDefinition(
+        config,
+        name="charge-card",
+        job_function=charge,
+        channel="billing",
+        num_attempts=2,
+        backoff="none",
+    )
+    ids = [card.defer({"to": f"user{n}@example.com", "amount_cents": n}).id for n in range(count)]
+    run_until_empty(config, channel="billing")
+    return ids
+
+
+def test_overview_refreshes_live_until_paused(
+    page: Page, config: Config, start_dashboard: StartDashboard
+) -> None:
+    """Counts change without a reload; Pause stops the polling, on this page and the next."""
+    seeded = seed(config)
+    base = start_dashboard(allow_actions=False)
+    polls: list[str] = []
+    page.on(
+        "request", lambda request: polls.append(request.url) if "/live/" in request.url else None
+    )
+    page.clock.install()
+    page.goto(base + "/")
+    control = page.locator("[data-live-control]")
+    expect(control).to_be_visible()
+    expect(control).to_contain_text("live")
+    expect(page.locator(".stat-cancelled .stat-value")).to_have_text("1")
+    page.evaluate("window.notReloaded = true")
+
+    config.jobs.cancel(seeded.available)
+    page.clock.run_for(LIVE_INTERVAL_MS)
+    expect(page.locator(".stat-cancelled .stat-value")).to_have_text("2")
+    expect(page.locator(".stat-available .stat-value")).to_have_text("0")
+    expect(control).to_contain_text("updated")
+    assert page.evaluate("window.notReloaded") is True
+    assert polls and all("/live/overview" in url for url in polls)
+    shot(page, "live-overview")
+
+    page.get_by_role("button", name="Pause").click()
+    expect(control).to_contain_text("paused")
+    expect(page.get_by_role("button", name="Resume")).to_have_attribute("aria-pressed", "true")
+    polled = len(polls)
+    config.jobs.cancel(seeded.waiting)
+    page.clock.run_for(12 * LIVE_INTERVAL_MS)
+    page.evaluate("0")  # a round trip: request events sent before it have arrived
+    assert len(polls) == polled
+    expect(page.locator(".stat-cancelled .stat-value")).to_have_text("2")
+    shot(page, "live-overview-paused")
+
+    # The browser remembers the pause on the next page, until Resume polls at once.
+    page.get_by_role("navigation", name="main").get_by_role("link", name="Jobs").click()
+    expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_visible()
+    expect(control).to_contain_text("paused")
+    page.clock.run_for(12 * LIVE_INTERVAL_MS)
+    page.evaluate("0")
+    assert len(polls) == polled
+    page.get_by_role("button", name="Resume").click()
+    expect(control).to_contain_text("updated")
+    assert any("/live/jobs" in url for url in polls[polled:])
+
+
+def test_jobs_list_refreshes_live_and_keeps_the_selection(
+    page: Page, config: Config, start_dashboard: StartDashboard
+) -> None:
+    """A job deleted elsewhere leaves the list at the next poll; ticked jobs stay ticked."""
+    seeded = seed(config)
+    base = start_dashboard(allow_actions=True)
+    page.clock.install()
+    page.goto(base + "/jobs")
+    rows = page.locator("table.jobs tbody tr")
+    expect(rows).to_have_count(5)
+    page.get_by_label(f"select job {seeded.failed}", exact=True).check()
+    expect(page.get_by_role("button", name="Retry selected (1)")).to_be_enabled()
+
+    config.jobs.delete(seeded.cancelled)
+    page.clock.run_for(LIVE_INTERVAL_MS)
+    expect(rows).to_have_count(4)
+    expect(page.locator("#job-count")).to_contain_text("of 4 matching jobs")
+    expect(page.get_by_label(f"select job {seeded.failed}", exact=True)).to_be_checked()
+    expect(page.get_by_role("button", name="Retry selected (1)")).to_be_enabled()
+    shot(page, "live-jobs")
+
+
+def test_search_by_id_payload_and_error_text(
+    page: Page, config: Config, start_dashboard: StartDashboard
+) -> None:
+    """The search box finds a job by its id, its payload's text and its error's text."""
+    seeded = seed(config)
+    base = start_dashboard(allow_actions=False)
+    page.goto(base + "/jobs")
+    rows = page.locator("table.jobs tbody tr")
+    search = page.get_by_role("searchbox", name="search")
+
+    search.fill("declined")
+    search.press("Enter")
+    expect(page).to_have_url(re.compile(r"q=declined"))
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("charge-card")
+    expect(page.locator("#search-scope")).to_contain_text("10,000 newest unfinished")
+    shot(page, "search-error-text")
+
+    page.get_by_role("searchbox", name="search").fill("BOB@EXAMPLE")
+    page.get_by_role("button", name="Apply").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first.get_by_role("link")).to_have_text(str(seeded.failed))
+
+    page.get_by_role("searchbox", name="search").fill("2024-06")
+    page.get_by_role("button", name="Apply").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first.get_by_role("link")).to_have_text(str(seeded.waiting))
+
+    page.get_by_role("searchbox", name="search").fill(f"#{seeded.succeeded}")
+    page.get_by_role("button", name="Apply").click()
+    expect(rows.first.get_by_role("link")).to_have_text(str(seeded.succeeded))
+    shot(page, "search-id")
+
+    page.get_by_role("searchbox", name="search").fill("100%")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#job-count")).to_have_text("No jobs match.")
+    page.get_by_role("link", name="clear filters").click()
+    expect(rows).to_have_count(5)
+
+
+def test_bulk_actions_and_retry_all_failed_of_a_definition(
+    page: Page, config: Config, start_dashboard: StartDashboard
+) -> None:
+    """Tick jobs, confirm, see each outcome; retry every failed job of a definition."""
+    seeded = seed(config)
+    first, second = _fail_more(config, 2)
+    base = start_dashboard(allow_actions=True)
+    page.goto(base + "/jobs?status=failed")
+    retry = page.get_by_role("button", name=re.compile("^Retry selected"))
+    expect(retry).to_be_disabled()
+    page.get_by_label(f"select job {first}", exact=True).check()
+    page.get_by_label(f"select job {second}", exact=True).check()
+    expect(retry).to_have_text("Retry selected (2)")
+    shot(page, "bulk-selected")
+    retry.click()
+
+    expect(page.get_by_role("heading", name="Retry the 2 selected jobs?")).to_be_visible()
+    submit = page.get_by_role("button", name="Retry 2 jobs")
+    expect(submit).to_be_disabled()
+    page.get_by_label("Yes, retry 2 jobs").check()
+    shot(page, "bulk-confirm")
+    submit.click()
+    expect(page.locator("#bulk-summary")).to_have_text("2 jobs retried.")
+    shot(page, "bulk-done")
+    assert {config.jobs.get(i, with_attempts=False).status for i in (first, second)} == {
+        "available"
+    }
+
+    # Every job of the page at once: the finished ones cannot be cancelled, and say why.
+    page.goto(base + "/jobs?definition=build-report")
+    page.get_by_label("select every job on this page").check()
+    page.get_by_role("button", name="Cancel selected (3)").click()
+    expect(page.get_by_role("heading", name="Cancel the 3 selected jobs?")).to_be_visible()
+    expect(page.locator("table.selection")).to_contain_text("a cancelled job cannot be cancelled")
+    page.get_by_label("Yes, cancel 2 jobs").check()
+    page.get_by_role("button", name="Cancel 2 jobs").click()
+    expect(page.locator("#bulk-summary")).to_have_text("2 jobs cancelled.")
+    assert config.jobs.get(seeded.waiting, with_attempts=False).status == "cancelled"
+
+    page.goto(base + "/jobs?definition=build-report")
+    page.get_by_label("select every job on this page").check()
+    page.get_by_role("button", name="Delete selected (3)").click()
+    page.get_by_label("Yes, delete 3 jobs").check()
+    page.get_by_role("button", name="Delete 3 jobs").click()
+    expect(page.locator("#bulk-summary")).to_have_text("3 jobs deleted.")
+    assert config.jobs.count(definition="build-report") == 0
+
+    # Every failed job of charge-card, from the definitions page.
+    page.goto(base + "/definitions")
+    row = page.locator("table.definitions tbody tr").filter(has_text="charge-card")
+    row.get_by_role("link", name="retry the failed").click()
+    expect(
+        page.get_by_role("heading", name="Retry the failed jobs of charge-card?")
+    ).to_be_visible()
+    expect(page.locator("#failed-count")).to_have_text("1")
+    page.get_by_label("Yes, retry every failed job of charge-card").check()
+    shot(page, "retry-failed-confirm")
+    page.get_by_role("button", name="Retry failed jobs").click()
+    expect(page).to_have_url(re.compile(r"/jobs\?definition=charge-card&retried=1$"))
+    expect(page.get_by_role("status")).to_have_text("1 failed job of charge-card was retried.")
+    shot(page, "retry-failed-done")
+    assert config.jobs.get(seeded.failed, with_attempts=False).status == "available"
+
+
+def test_charts_per_definition_and_queue_wait(
+    page: Page, config: Config, start_dashboard: StartDashboard
+) -> None:
+    """A chart of finished jobs per definition, the queue wait's lines, three time ranges."""
+    seed(config)
+    _fail_more(config, 3)
+    base = start_dashboard(allow_actions=False)
+    page.goto(base + "/")
+    page.get_by_role("link", name="Per definition, and queue wait").click()
+    expect(page.get_by_role("heading", name="Charts", exact=True)).to_be_visible()
+    figures = page.locator("figure.mini")
+    expect(figures).to_have_count(3)
+    card = page.locator('figure[data-definition="charge-card"]')
+    expect(card).to_contain_text("0 succeeded · 4 failed (100.0 %)")
+    expect(card.locator("rect.bar-failed")).not_to_have_count(0)
+    expect(page.locator('figure[data-definition="send-email"] rect.bar-ok')).not_to_have_count(0)
+    expect(
+        page.get_by_role("img", name=re.compile("^Queue wait of the 5 jobs started"))
+    ).to_be_visible()
+    expect(page.locator(".line-p50 circle")).not_to_have_count(0)
+    wait = page.locator("table.wait tbody tr")
+    expect(wait.filter(has_text="charge-card")).to_contain_text("4")
+    expect(wait.filter(has_text="build-report")).to_contain_text("1")  # due now
+    expect(page.locator("[data-live-control]")).to_be_visible()
+    shot(page, "charts")
+
+    page.get_by_role("navigation", name="time range").get_by_role("link", name="24 h").click()
+    expect(page).to_have_url(re.compile(r"hours=24"))
+    expect(page.locator("#live-charts")).to_contain_text("Jobs finalized per 24 min")
+    time_axis = page.locator("figure.mini").first.locator("text.tick[text-anchor=start]")
+    expect(time_axis).to_have_text("-24 h")
+    shot(page, "charts-24h")
+
+
+def _background(page: Page, selector: str) -> str:
+    color: str = page.locator(selector).first.evaluate("e => getComputedStyle(e).backgroundColor")
+    return color
+
+
+def test_dark_mode_follows_the_system_setting(
+    open_page: OpenPage, config: Config, start_dashboard: StartDashboard
+) -> None:
+    """A browser set to dark gets dark pages, a light one light pages; no toggle needed."""
+    seeded = seed(config)
+    base = start_dashboard(allow_actions=True)
+    light, dark = open_page(scheme="light"), open_page(scheme="dark")
+    for page in (light, dark):
+        page.goto(base + "/")
+    assert _background(light, "body") == "rgb(245, 246, 248)"
+    assert _background(light, ".panel") == "rgb(255, 255, 255)"
+    assert _background(dark, "body") == "rgb(17, 21, 28)"
+    assert _background(dark, ".panel") == "rgb(26, 32, 43)"
+    text = dark.locator("h1").evaluate("e => getComputedStyle(e).color")
+    assert text == "rgb(228, 231, 236)"
+    shot(dark, "dark-overview")
+    for name, path in (
+        ("jobs", "/jobs"),
+        ("job", f"/jobs/{seeded.failed}"),
+        ("charts", "/charts"),
+        ("definitions", "/definitions"),
+        ("confirm", f"/jobs/bulk/retry?id={seeded.failed}&id={seeded.waiting}"),
+    ):
+        dark.goto(base + path)
+        assert _background(dark, ".panel") == "rgb(26, 32, 43)", name
+        shot(dark, f"dark-{name}")
+    dark.goto(f"{base}/jobs/{seeded.failed}")
+    badge = dark.locator("h1 .status-failed")
+    assert badge.evaluate("e => getComputedStyle(e).color") == "rgb(255, 168, 168)"
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_page_fits_a_phone_width_window(
+    open_page: OpenPage, config: Config, start_dashboard: StartDashboard, scheme: Scheme
+) -> None:
+    """At 420 pixels nothing is wider than the window: the top bar wraps, its links all show."""
+    seeded = seed(config)
+    base = start_dashboard(allow_actions=True)
+    page = open_page(width=PHONE_WIDTH, scheme=scheme)
+    for name, path in (
+        ("overview", "/"),
+        ("jobs", "/jobs"),
+        ("job", f"/jobs/{seeded.failed}"),
+        ("charts", "/charts"),
+        ("definitions", "/definitions"),
+        ("confirm", f"/jobs/bulk/retry?id={seeded.failed}"),
+    ):
+        page.goto(base + path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE_WIDTH, name
+        topbar = page.locator("header.topbar")
+        assert topbar.evaluate("e => e.scrollWidth <= e.clientWidth"), name
+        for element in (
+            *page.get_by_role("navigation", name="main").get_by_role("link").all(),
+            page.locator(".brand"),
+            page.locator(".mode"),
+        ):
+            box = element.bounding_box()
+            assert box is not None, name
+            assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE_WIDTH, (name, box)
+        shot(page, f"phone-{scheme}-{name}")

@@ -391,9 +391,7 @@ def test_h_sigterm_leader_resigns_and_another_takes_over_at_once(
     assert queue.workers() == 0
 
 
-def test_role_all_runs_its_own_repeat_and_cron_jobs(
-    queue: Queue, daemons: DaemonFactory
-) -> None:
+def test_role_all_runs_its_own_repeat_and_cron_jobs(queue: Queue, daemons: DaemonFactory) -> None:
     """``--role all`` in one process schedules interval and cron jobs and runs them."""
     solo = daemons.start(role="all", app=APP, name="solo", concurrency=2)
     solo.wait_for_log("solo-orchestrator OrchestratorLeadershipAcquired")

@@ -131,4 +131,4 @@ def test_callbacks_must_be_callable(config: Config) -> None:
     from orchestra import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="on_success"):
-        JobDefinition(config, name="x", job_function=lambda: None, on_success="nope")  # type: ignore[arg-type]
+        JobDefinition(config, name="x", job_function=lambda: None, on_success="nope")  # type: ignore[call-overload]

@@ -34,7 +34,7 @@ BAD_VALUES = {
     "line-separator": "a%E2%80%A8b",
     "paragraph-separator": "a%E2%80%A9b",
 }
-FILTERS = ("definition", "channel", "status", "order", "limit", "offset")
+FILTERS = ("definition", "channel", "status", "order", "limit", "offset", "q")
 
 
 @pytest.fixture
@@ -163,4 +163,37 @@ def test_a_json_body_nested_too_deeply_is_refused_with_400(client: TestClient, j
     )
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "the body is nested too deeply"
+    assert client.get(f"/api/jobs/{job_id}").json()["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/charts?hours={}",
+        "/api/charts?hours={}",
+        "/live/charts?hours={}",
+        "/live/jobs?q={}",
+        "/jobs/bulk/retry?id={}",
+        "/jobs/bulk/delete?id=1&id={}",
+        "/jobs/retry-failed?definition={}",
+    ],
+)
+def test_new_routes_refuse_each_kind_of_control_character_with_400(
+    client: TestClient, job_id: int, path: str
+) -> None:
+    """The charts' range, the search, a selection's ids and a definition: 400, never 500."""
+    for kind, value in BAD_VALUES.items():
+        response = client.get(path.format(value))
+        assert response.status_code == 400, (kind, response.text)
+    assert client.get(f"/api/jobs/{job_id}").json()["status"] == "succeeded"
+
+
+def test_a_bulk_body_nested_too_deeply_is_refused_with_400(client: TestClient, job_id: int) -> None:
+    """As for one job: a body of nested brackets is a 400, the job untouched."""
+    for path in ("/api/jobs/bulk/retry", "/api/jobs/retry-failed"):
+        response = client.post(
+            path, content=b"[" * 10_000, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "the body is nested too deeply"
     assert client.get(f"/api/jobs/{job_id}").json()["status"] == "succeeded"

@@ -215,9 +215,7 @@ class TestDedupPayload:
         assert c.id != a.id and not c.deduplicated
         assert count(db, config) == 2
 
-    def test_dedup_key_is_per_definition(
-        self, config: Config, db: psycopg.Connection[Any]
-    ) -> None:
+    def test_dedup_key_is_per_definition(self, config: Config, db: psycopg.Connection[Any]) -> None:
         """The same payload deferred with dedup=True to two definitions makes two jobs."""
         a = plain(config, "a").defer({"n": 1}, dedup=True)
         b = plain(config, "b").defer({"n": 1}, dedup=True)

@@ -181,9 +181,7 @@ class TestDeferRow:
         handle = plain(config).defer(payload)
         assert job(db, config, handle.id)["payload"] == payload
 
-    def test_typed_payload_round_trips(
-        self, config: Config, db: psycopg.Connection[Any]
-    ) -> None:
+    def test_typed_payload_round_trips(self, config: Config, db: psycopg.Connection[Any]) -> None:
         """An attrs payload is stored with ISO datetimes and string uuids and structures back equal."""
         definition: JobDefinition[Order] = JobDefinition(
             config, name="order", job_function=noop, payload_type=Order
@@ -236,9 +234,7 @@ class TestDelay:
         row = job(db, config, handle.id)
         assert row["run_at"] - row["created_at"] == dt.timedelta(minutes=2, milliseconds=250)
 
-    def test_explicit_run_at_is_honoured(
-        self, config: Config, db: psycopg.Connection[Any]
-    ) -> None:
+    def test_explicit_run_at_is_honoured(self, config: Config, db: psycopg.Connection[Any]) -> None:
         """run_at as an aware datetime in any zone is stored as that instant and gates the claim."""
         when = dt.datetime(
             2031, 5, 17, 12, 30, 15, 123456, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")

@@ -1,17 +1,20 @@
 """Metrics against a real PostgreSQL: a Worker and an Orchestrator feeding a PrometheusHandler,
-and the gauges service's ``run_once`` on a real schema.
+the gauges service's ``run_once`` on a real schema, the oldest due job per channel, and a
+handler that reads the queue gauges itself when scraped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 import psycopg
+import pytest
 from prometheus_client import CollectorRegistry
 
 from orchestra import Config, JobContext, JobDefinition, Orchestrator, Worker, events
-from orchestra._orchestrator._gauges import QueueGauges
+from orchestra._orchestrator._gauges import QueueGauges, read_queue_snapshot
 from orchestra.metrics import PrometheusHandler
 from orchestra.testing import EventRecorder
 from tests._finished_jobs import finish_by_sql
@@ -183,7 +186,7 @@ class TestOrchestratorGauges:
     def test_leader_emits_gauges_and_drops_them_when_it_stops(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """A running Orchestrator feeds orchestra_jobs, orchestra_workers and orchestra_leader."""
+        """A running Orchestrator feeds orchestra_jobs, orchestra_daemons and orchestra_leader."""
         definition = JobDefinition(config, name="queued", job_function=noop, channel="later")
         definition.defer({"n": 1})
         definition.defer({"n": 2})
@@ -199,9 +202,107 @@ class TestOrchestratorGauges:
             recorder.wait_for(events.OrchestratorQueueGauges, count=2, timeout=15)
             assert sample(registry, "orchestra_leader") == 1
             assert sample(registry, "orchestra_jobs", status="available", channel="later") == 2
-            assert sample(registry, "orchestra_workers", role="orchestrator") == 1
+            assert sample(registry, "orchestra_daemons", role="orchestrator") == 1
         finally:
             orchestrator.stop()
             orchestrator.join(timeout=10)
         assert sample(registry, "orchestra_leader") == 0
-        assert registry.get_sample_value("orchestra_workers", {"role": "orchestrator"}) is None
+        assert registry.get_sample_value("orchestra_daemons", {"role": "orchestrator"}) is None
+
+
+class TestOldestDueJob:
+    def test_snapshot_has_each_channels_oldest_due_job_age(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """Per channel: now minus the oldest run_at among available jobs already due; 0 when
+        none is due (only future, running or waiting jobs, or no job at all)."""
+        now = db_now(db)
+        mail = JobDefinition(config, name="mail", job_function=noop, channel="mail")
+        later = JobDefinition(config, name="later", job_function=noop, channel="later")
+        busy = JobDefinition(config, name="busy", job_function=noop, channel="busy")
+        idle = JobDefinition(config, name="idle", job_function=noop, channel="idle")
+        idle.upsert(db)
+        mail.defer({"n": 1}, run_at=now - dt.timedelta(seconds=40))
+        mail.defer({"n": 2}, run_at=now - dt.timedelta(seconds=5))
+        mail.defer({"n": 3}, run_at=now + dt.timedelta(hours=1))
+        later.defer({"n": 1}, run_at=now + dt.timedelta(minutes=5))
+        first = busy.defer({"n": 1}, run_at=now - dt.timedelta(minutes=10))
+        busy.defer({"n": 2}, depends_on=[first])  # waiting
+        claimed = db.execute(
+            config.queries["job_claim"],
+            {"channel": "busy", "now": None, "limit": 1, "worker_id": 1, "claim_id": "seed"},
+        ).fetchall()
+        assert len(claimed) == 1  # running now: not waiting for a worker any more
+
+        snapshot = read_queue_snapshot(db, config, worker_stale_threshold_ms=60_000, now=now)
+        oldest_due = dict(snapshot.oldest_due)
+        assert oldest_due["mail"] == pytest.approx(40.0, abs=0.001)
+        assert oldest_due["later"] == 0.0
+        assert oldest_due["busy"] == 0.0
+        assert oldest_due["idle"] == 0.0
+        assert [channel for channel, _ in snapshot.oldest_due] == sorted(oldest_due)
+        # The counts of the same statement are unchanged by it.
+        assert ("available", "mail", 3) in snapshot.depth
+        assert ("waiting", "busy", 1) in snapshot.depth
+
+    def test_the_age_grows_with_the_clock(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """Read a minute later, the same job is a minute older; a future job becomes due."""
+        now = db_now(db)
+        mail = JobDefinition(config, name="mail", job_function=noop, channel="mail")
+        mail.defer({"n": 1}, run_at=now + dt.timedelta(seconds=30))
+        read = functools.partial(read_queue_snapshot, db, config, worker_stale_threshold_ms=1)
+        assert dict(read(now=now).oldest_due)["mail"] == 0.0
+        later = now + dt.timedelta(minutes=1)
+        assert dict(read(now=later).oldest_due)["mail"] == pytest.approx(30.0, abs=0.001)
+
+
+class TestQueueReadAtScrape:
+    def test_a_deployment_of_workers_alone_exports_the_queue_gauges(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """No orchestrator anywhere: a worker's handler given the queue reads depth, oldest due
+        job and live daemons from the database when scraped."""
+        backlog = JobDefinition(config, name="backlog", job_function=noop, channel="backlog")
+        backlog.defer_many([{"n": n} for n in range(3)])
+        backlog.defer({"n": 9}, run_at=db_now(db) - dt.timedelta(seconds=90))
+        registry = CollectorRegistry()
+        recorder = EventRecorder()
+        metrics = PrometheusHandler(registry, queue=config, queue_cache_ms=0)
+        # It serves channel "_default" only: the backlog stays.
+        worker = Worker(config, process_interval_ms=50, event_handler=[metrics, recorder])
+        worker.start()
+        try:
+            recorder.wait_for(events.DaemonStarted, timeout=30)
+            assert sample(registry, "orchestra_jobs", status="available", channel="backlog") == 4
+            assert sample(registry, "orchestra_jobs", status="running", channel="backlog") == 0
+            age = sample(registry, "orchestra_oldest_due_job_age_seconds", channel="backlog")
+            assert 90 <= age < 600
+            assert sample(registry, "orchestra_daemons", role="worker") == 1
+            assert sample(registry, "orchestra_daemons", role="orchestrator") == 0
+            assert sample(registry, "orchestra_leader") == 0
+            live_rows = registry.get_sample_value("orchestra_job_table_live_tuples")
+            assert live_rows is not None  # a number once PostgreSQL has statistics, else NaN
+            assert sample(registry, "orchestra_queue_read_errors_total") == 0
+        finally:
+            worker.stop()
+            worker.join(timeout=30)
+
+    def test_scrapes_within_the_cache_share_one_reading(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A second scrape inside queue_cache_ms shows the first reading; without a cache it
+        shows the jobs deferred meanwhile."""
+        backlog = JobDefinition(config, name="backlog", job_function=noop, channel="backlog")
+        backlog.defer({"n": 1})
+        cached = CollectorRegistry()
+        PrometheusHandler(cached, queue=config, queue_cache_ms=3_600_000)
+        fresh = CollectorRegistry()
+        PrometheusHandler(fresh, queue=config, queue_cache_ms=0)
+        labels = {"status": "available", "channel": "backlog"}
+        assert cached.get_sample_value("orchestra_jobs", labels) == 1
+        assert fresh.get_sample_value("orchestra_jobs", labels) == 1
+        backlog.defer({"n": 2})
+        assert cached.get_sample_value("orchestra_jobs", labels) == 1
+        assert fresh.get_sample_value("orchestra_jobs", labels) == 2

@@ -222,6 +222,27 @@ class TestVersionCheck:
         assert info.value.current == 0
         assert info.value.required == _migrate.required_version()
 
+    def test_check_schema_of_a_missing_schema_says_it_does_not_exist(self, fresh: Config) -> None:
+        """No schema of that name: the error says so, and how to create it, not "version 0"."""
+        with pytest.raises(SchemaNotReadyError) as info:
+            fresh.check_schema()
+        assert info.value.exists is False
+        assert str(info.value).startswith(f"schema {fresh.schema!r} does not exist")
+        assert f"orchestra migrate --schema {fresh.schema}" in str(info.value)
+
+    def test_check_schema_of_an_empty_schema_says_it_is_at_version_0(
+        self, fresh: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """A schema that exists but was never migrated is at version 0: migrate it."""
+        db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(fresh.schema)))
+        with pytest.raises(SchemaNotReadyError) as info:
+            fresh.check_schema()
+        assert info.value.exists is True
+        assert f"schema {fresh.schema!r} is at version 0" in str(info.value)
+        assert _migrate.readiness_error(db, fresh.schema) is not None
+        fresh.prepare_schema()
+        assert _migrate.readiness_error(db, fresh.schema) is None
+
     def test_check_schema_passes_after_migration(self, fresh: Config) -> None:
         """check_schema is silent once the schema is migrated."""
         fresh.prepare_schema()

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -146,6 +147,13 @@ def _startup_cases() -> list[Any]:
     ]
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 @pytest.fixture(scope="module")
 def served_schema(test_dsn: str) -> Iterator[str]:
     """A migrated schema shared by the start-up tests (each only reads its version)."""
@@ -167,7 +175,8 @@ def test_dashboard_startup_line_hides_the_password(
     monkeypatch.delenv("ORCHESTRA_DSN", raising=False)
     result = CliRunner().invoke(
         main,
-        ["dashboard", "--schema", served_schema, "--port", "1"],
+        # A port nobody listens on: the dashboard tries it before its start-up line.
+        ["dashboard", "--schema", served_schema, "--port", str(_free_port())],
         env={"ORCHESTRA_DSN": case.dsn},
     )
     output = result.stdout + result.stderr

@@ -261,9 +261,7 @@ class TestExclusion:
 
 
 class TestOrder:
-    def test_priority_then_fifo_within_a_key(
-        self, config: Config, recorder: EventRecorder
-    ) -> None:
+    def test_priority_then_fifo_within_a_key(self, config: Config, recorder: EventRecorder) -> None:
         """Jobs of one key run one at a time, higher priority first, then in id order."""
         order: list[int] = []
         definition = JobDefinition(

@@ -471,9 +471,7 @@ class TestLeases:
 
 
 class TestEvents:
-    def test_events_of_a_job_life_in_order(
-        self, config: Config, recorder: EventRecorder
-    ) -> None:
+    def test_events_of_a_job_life_in_order(self, config: Config, recorder: EventRecorder) -> None:
         """A daemon emits start, job and stop events in order, with the envelope filled."""
 
         def twice(payload: dict[str, Any], ctx: JobContext) -> None:

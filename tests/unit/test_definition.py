@@ -156,7 +156,7 @@ class TestNameAndFunction:
     def test_config_must_be_a_config(self) -> None:
         """A config that is not a Config raises naming ``config``."""
         with pytest.raises(ConfigurationError) as info:
-            JobDefinition("postgresql://x", name="job", job_function=noop)  # type: ignore[arg-type]
+            JobDefinition("postgresql://x", name="job", job_function=noop)  # type: ignore[call-overload]
         assert info.value.argument == "config"
 
 

@@ -8,11 +8,15 @@ running jobs are killed instead of finishing or being handed back.
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+#: Inside a container the dashboard must listen on every interface to be reachable.
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 DEPLOY = REPO / "deploy"
 SYSTEMD = DEPLOY / "systemd"
 KUBERNETES = DEPLOY / "kubernetes"
@@ -212,3 +216,138 @@ def test_kubernetes_probes_use_orchestra_health(manifest: str, role: str) -> Non
     assert '"health"' in readiness and "--role" not in readiness
     if role == "orchestrator":
         assert re.search(r"^  replicas: 2$", text, re.MULTILINE)
+
+
+def _yaml() -> Any:
+    return pytest.importorskip(
+        "yaml", reason="PyYAML is not installed in this environment (not a dependency of orchestra)"
+    )
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in _yaml().safe_load_all(path.read_text("utf-8")) if d is not None]
+
+
+def _containers(manifest: Path) -> list[dict[str, Any]]:
+    return [
+        container
+        for document in _documents(manifest)
+        if document["kind"] in ("Deployment", "Job")
+        for container in document["spec"]["template"]["spec"]["containers"]
+    ]
+
+
+def test_the_dashboard_unit_is_hardened_local_and_read_only() -> None:
+    """orchestra-dashboard.service: 127.0.0.1 behind a proxy, no actions, hardened, restarts."""
+    unit = SYSTEMD / "orchestra-dashboard.service"
+    exec_start = unit_value(unit, "ExecStart")
+    assert exec_start.startswith("/opt/orchestra/venv/bin/orchestra dashboard ")
+    assert "--allow-actions" not in exec_start
+    assert "--dsn" not in exec_start  # the DSN stays in the environment, out of argv
+    environment = [v for s, k, v in unit_entries(unit) if s == "Service" and k == "Environment"]
+    assert "ORCHESTRA_DASHBOARD_HOST=127.0.0.1" in environment
+    assert "${ORCHESTRA_DASHBOARD_HOST}" in exec_start
+    assert "-/etc/orchestra/dashboard.env" in [
+        v for s, k, v in unit_entries(unit) if s == "Service" and k == "EnvironmentFile"
+    ]
+    assert unit_value(unit, "KillMode") == "mixed"
+    assert unit_value(unit, "Restart") == "on-failure"
+    assert unit_value(unit, "RestartPreventExitStatus") == "2"
+    assert unit_value(unit, "User") not in ("", "root", "0")
+    for key in ("NoNewPrivileges", "PrivateTmp", "ProtectHome"):
+        assert unit_value(unit, key) == "yes", key
+    assert unit_value(unit, "ProtectSystem") == "strict"
+    assert unit_value(unit, "WantedBy", "Install") == "multi-user.target"
+
+
+def test_kubernetes_dashboard_is_read_only_behind_a_token_and_probed() -> None:
+    """The dashboard Deployment: a token from a secret, readiness by orchestra health, a Service."""
+    manifest = KUBERNETES / "dashboard-deployment.yaml"
+    kinds = [d["kind"] for d in _documents(manifest)]
+    assert kinds == ["Deployment", "Service"]
+    (container,) = _containers(manifest)
+    command = container["command"]
+    assert command[:2] == ["orchestra", "dashboard"]
+    assert "--allow-actions" not in command
+    assert command[command.index("--host") + 1] == ALL_INTERFACES
+    port = int(command[command.index("--port") + 1])
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["ORCHESTRA_DASHBOARD_TOKEN"]["valueFrom"]
+    assert env["ORCHESTRA_DSN"]["valueFrom"]["secretKeyRef"]["key"] == "dashboard-dsn"
+    readiness = container["readinessProbe"]["exec"]["command"]
+    assert readiness[:2] == ["orchestra", "health"] and "--role" not in readiness
+    assert container["livenessProbe"]["tcpSocket"]["port"] == "http"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    service = _documents(manifest)[1]
+    assert service["spec"]["selector"] == _documents(manifest)[0]["spec"]["selector"]["matchLabels"]
+
+
+def test_every_secret_the_manifests_read_is_in_the_example_secret() -> None:
+    """Each secretKeyRef names a secret and key of secret.example.yaml; producers have a DSN too."""
+    defined = {
+        (document["metadata"]["name"], key)
+        for document in _documents(KUBERNETES / "secret.example.yaml")
+        for key in document["stringData"]
+    }
+    referenced = {
+        (ref["name"], ref["key"])
+        for manifest in sorted(KUBERNETES.glob("*.yaml"))
+        for container in _containers(manifest)
+        for env in container.get("env", [])
+        if (ref := env.get("valueFrom", {}).get("secretKeyRef"))
+    }
+    assert referenced
+    assert referenced <= defined, referenced - defined
+    dsns = {key for name, key in defined if name == "orchestra-db"}
+    assert dsns == {
+        "migrator-dsn",
+        "producer-dsn",
+        "worker-dsn",
+        "orchestrator-dsn",
+        "dashboard-dsn",
+    }
+
+
+def test_compose_publishes_the_metrics_ports_and_the_dashboard_on_localhost() -> None:
+    """Each --metrics-port and the dashboard's --port are published, on the host's 127.0.0.1."""
+    services = _documents(DEPLOY / "docker-compose.yml")[0]["services"]
+    published: dict[str, set[str]] = {}
+    for name, service in services.items():
+        command = service.get("command", [])
+        for option in ("--metrics-port", "--port"):
+            if option in command:
+                container_port = command[command.index(option) + 1]
+                targets = {p.rsplit(":", 1)[1] for p in service.get("ports", [])}
+                assert container_port in targets, (name, option)
+        for mapping in service.get("ports", []):
+            host, host_port, _container = mapping.split(":")
+            assert host == "127.0.0.1", (name, mapping)
+            published.setdefault(host_port, set()).add(name)
+    assert all(len(names) == 1 for names in published.values()), published
+    assert {"worker", "orchestrator", "dashboard"} <= {n for ns in published.values() for n in ns}
+    dashboard = services["dashboard"]["command"]
+    assert dashboard[:2] == ["orchestra", "dashboard"]
+    assert dashboard[dashboard.index("--host") + 1] == ALL_INTERFACES
+
+
+def test_the_image_installs_the_extras_its_commands_need() -> None:
+    """deploy/Dockerfile: psycopg's libpq (binary), metrics and dashboard; extras that exist."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text("utf-8")
+    installed = re.search(
+        r'pip install --quiet "\$\(ls /wheels/\*\.whl\)\[([a-z,]+)\]"', dockerfile
+    )
+    assert installed is not None
+    extras = set(installed.group(1).split(","))
+    assert {"binary", "metrics", "dashboard"} <= extras
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]
+    assert extras <= set(declared["optional-dependencies"])
+    assert "LICENSE" in dockerfile.split("COPY pyproject.toml", 1)[1].splitlines()[0]
+
+
+def test_the_docs_list_every_deploy_file() -> None:
+    """The deploy table of the daemons guide names every file under deploy/."""
+    guide = (REPO / "docs" / "how-to" / "daemons.md").read_text("utf-8")
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file() and path.name != "Dockerfile.dockerignore":
+            assert path.name in guide, path.relative_to(REPO)

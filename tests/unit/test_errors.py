@@ -74,6 +74,20 @@ class TestErrorAttributes:
         assert (error.schema, error.current, error.required) == ("_queue", 0, 1)
         assert "orchestra migrate" in str(error)
 
+    def test_schema_not_ready_error_names_the_schema_to_migrate(self) -> None:
+        """A schema behind this version: the command to run names it."""
+        error = errors.SchemaNotReadyError("billing", 3, 7)
+        assert error.exists is True
+        assert str(error).startswith("schema 'billing' is at version 3, this orchestra needs 7")
+        assert "`orchestra migrate --schema billing`" in str(error)
+
+    def test_schema_not_ready_error_of_a_missing_schema_says_it_does_not_exist(self) -> None:
+        """No such schema (a typo, most often): said first, migrate offered to create it."""
+        error = errors.SchemaNotReadyError("nope", 0, 7, exists=False)
+        assert str(error).startswith("schema 'nope' does not exist; ")
+        assert "version" not in str(error)
+        assert "create it with `orchestra migrate --schema nope`" in str(error)
+
     def test_database_unavailable_is_a_connection_error(self) -> None:
         """DatabaseUnavailableError is a ConnectionError with attempts and reason."""
         error = errors.DatabaseUnavailableError("host=x", 3, "refused")

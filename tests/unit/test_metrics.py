@@ -16,11 +16,14 @@ import urllib.request
 from typing import Any, TypeVar
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from orchestra import ConfigurationError, events
+from orchestra import Config, ConfigurationError, events
 from orchestra.handlers import JsonFormatter, LoggingHandler
 from orchestra.metrics import DURATION_BUCKETS_S, PrometheusHandler, serve_metrics
+from tests.unit._support import SECRET, SECRET_URI
 
 E = TypeVar("E", bound=events.Event)
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -231,7 +234,7 @@ class TestJobCounters:
 
 
 class TestGauges:
-    def test_depth_and_workers_are_set(
+    def test_depth_and_daemons_are_set(
         self, registry: CollectorRegistry, handler: PrometheusHandler
     ) -> None:
         """Queue depth per status and channel and live daemons per role come from OrchestratorQueueGauges."""
@@ -244,8 +247,8 @@ class TestGauges:
         assert value(registry, "orchestra_jobs", status="available", channel="mail") == 7
         assert value(registry, "orchestra_jobs", status="running", channel="mail") == 2
         assert value(registry, "orchestra_jobs", status="waiting", channel="mail") == 0
-        assert value(registry, "orchestra_workers", role="worker") == 3
-        assert value(registry, "orchestra_workers", role="orchestrator") == 2
+        assert value(registry, "orchestra_daemons", role="worker") == 3
+        assert value(registry, "orchestra_daemons", role="orchestrator") == 2
 
     def test_a_later_snapshot_replaces_the_last(
         self, registry: CollectorRegistry, handler: PrometheusHandler
@@ -255,7 +258,7 @@ class TestGauges:
         handler(gauges((("available", "mail", 4),), {"worker": 1, "orchestrator": 1}))
         assert value(registry, "orchestra_jobs", status="available", channel="mail") == 4
         assert value(registry, "orchestra_jobs", status="available", channel="old") is None
-        assert value(registry, "orchestra_workers", role="worker") == 1
+        assert value(registry, "orchestra_daemons", role="worker") == 1
 
     def test_leader_gauge_and_losing_the_lease_drops_queue_gauges(
         self, registry: CollectorRegistry, handler: PrometheusHandler
@@ -268,7 +271,7 @@ class TestGauges:
         handler(make(events.OrchestratorLeadershipLost, "orchestrator", reason="taken"))
         assert value(registry, "orchestra_leader") == 0
         assert value(registry, "orchestra_jobs", status="available", channel="mail") is None
-        assert value(registry, "orchestra_workers", role="worker") is None
+        assert value(registry, "orchestra_daemons", role="worker") is None
         handler(gauges((("available", "mail", 1),)))  # leading again later: exported again
         assert value(registry, "orchestra_jobs", status="available", channel="mail") == 1
 
@@ -348,10 +351,11 @@ class TestHandlerSetup:
         assert value(registry, "orchestra_jobs_claimed_total", definition="send") == 1
         PrometheusHandler(registry, namespace="other")  # a different namespace coexists
 
-    def test_buckets_span_a_millisecond_to_an_hour(self) -> None:
-        """Histogram buckets go from 1 ms to 1 h, increasing."""
-        assert DURATION_BUCKETS_S[0] == 0.001
+    def test_buckets_span_a_tenth_of_a_millisecond_to_an_hour(self) -> None:
+        """Histogram buckets go from 100 µs to 1 h, in seconds, increasing, 1 ms among them."""
+        assert DURATION_BUCKETS_S[0] == 0.0001
         assert DURATION_BUCKETS_S[-1] == 3600.0
+        assert 0.001 in DURATION_BUCKETS_S
         assert list(DURATION_BUCKETS_S) == sorted(set(DURATION_BUCKETS_S))
 
     def test_works_as_a_daemon_event_handler(
@@ -423,3 +427,170 @@ class TestLogging:
         assert document["level"] == "debug"
         assert document["depth"] == [["available", "mail", 7], ["running", "mail", 1]]
         assert document["workers"] == {"worker": 2, "orchestrator": 1}
+
+
+# -- durations finer than a millisecond -------------------------------------------------
+
+
+class TestSubMillisecondDurations:
+    def test_run_times_under_a_millisecond_fill_the_sub_millisecond_buckets(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """A run time given in seconds is observed as such: 300 µs lands between 250 and 500 µs."""
+        handler(
+            make(
+                events.WorkerJobSucceeded,
+                job_id=1,
+                definition="tiny",
+                attempt=1,
+                duration_ms=0,
+                duration_s=3e-4,
+            )
+        )
+        bucket = "orchestra_job_duration_seconds_bucket"
+        assert value(registry, bucket, definition="tiny", le="0.00025") == 0
+        assert value(registry, bucket, definition="tiny", le="0.0005") == 1
+        assert value(
+            registry, "orchestra_job_duration_seconds_sum", definition="tiny"
+        ) == pytest.approx(3e-4)
+
+    def test_queue_waits_under_a_millisecond_fill_the_sub_millisecond_buckets(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """A queue wait given in seconds is observed as such: 80 µs is in the first bucket."""
+        handler(
+            make(
+                events.WorkerJobClaimed,
+                job_id=1,
+                definition="tiny",
+                attempt=1,
+                max_attempts=1,
+                queue_wait_ms=0,
+                queue_wait_s=8e-5,
+            )
+        )
+        bucket = "orchestra_job_queue_wait_seconds_bucket"
+        assert value(registry, bucket, definition="tiny", le="0.0001") == 1
+
+    def test_whole_milliseconds_are_still_seconds(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """An event with milliseconds only is observed in seconds (2 ms in the 2.5 ms bucket)."""
+        handler(
+            make(events.WorkerJobSucceeded, job_id=1, definition="ms", attempt=1, duration_ms=2)
+        )
+        bucket = "orchestra_job_duration_seconds_bucket"
+        assert value(registry, bucket, definition="ms", le="0.001") == 0
+        assert value(registry, bucket, definition="ms", le="0.0025") == 1
+
+
+# -- renamed and new queue gauges -------------------------------------------------------
+
+
+class TestQueueGauges:
+    def test_daemons_replace_workers_by_role(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """Live daemons are orchestra_daemons{role}; orchestra_workers is gone."""
+        handler(gauges((), {"worker": 4, "orchestrator": 1}))
+        assert value(registry, "orchestra_daemons", role="worker") == 4
+        assert value(registry, "orchestra_daemons", role="orchestrator") == 1
+        names = {sample.name for metric in registry.collect() for sample in metric.samples}
+        assert not any(name.startswith("orchestra_workers") for name in names)
+
+    def test_oldest_due_job_age_per_channel_from_the_leaders_snapshot(
+        self, registry: CollectorRegistry, handler: PrometheusHandler
+    ) -> None:
+        """Each channel's oldest due job age is a gauge in seconds; losing the lease drops it."""
+        handler(
+            make(
+                events.OrchestratorQueueGauges,
+                "orchestrator",
+                depth=(),
+                workers={},
+                oldest_due=(("mail", 42.5), ("report", 0.0)),
+            )
+        )
+        age = "orchestra_oldest_due_job_age_seconds"
+        assert value(registry, age, channel="mail") == 42.5
+        assert value(registry, age, channel="report") == 0
+        handler(make(events.OrchestratorLeadershipLost, "orchestrator", reason="taken"))
+        assert value(registry, age, channel="mail") is None
+
+    def test_queue_must_be_a_config(self, registry: CollectorRegistry) -> None:
+        """queue= takes the Config of the queue; a DSN string is refused before anything else."""
+        with pytest.raises(ConfigurationError) as info:
+            PrometheusHandler(registry, queue="postgresql://h/db")  # type: ignore[arg-type]
+        assert info.value.argument == "queue"
+        assert list(registry.collect()) == []
+
+    @pytest.mark.parametrize("argument", ["queue_cache_ms", "worker_stale_threshold_ms"])
+    def test_negative_intervals_are_refused(
+        self, registry: CollectorRegistry, cfg: Config, argument: str
+    ) -> None:
+        """The cache and the stale threshold are intervals: a negative one is refused."""
+        with pytest.raises(ConfigurationError) as info:
+            options: dict[str, Any] = {argument: -1}
+            PrometheusHandler(registry, queue=cfg, **options)
+        assert info.value.argument == argument
+
+    def test_registering_with_a_queue_reads_nothing(
+        self, registry: CollectorRegistry, cfg: Config
+    ) -> None:
+        """Creating the handler does not touch the database (the unit conftest refuses it)."""
+        handler = PrometheusHandler(registry, queue=cfg)
+        handler(claimed())  # counters work as without queue=
+        assert value(registry, "orchestra_jobs_claimed_total", definition="send") == 1
+        assert value(registry, "orchestra_queue_read_errors_total") == 0
+
+    def test_a_failed_read_counts_logs_once_and_leaves_the_gauges_unknown(
+        self, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An unreachable database: one warning without the password, one error counted,
+        no labelled queue series, NaN for the unlabelled ones; scrapes within the cache
+        do not ask again."""
+        queue = Config(SECRET_URI, schema="unit", connect_attempts=1)
+        PrometheusHandler(registry, queue=queue, queue_cache_ms=60_000)
+        with caplog.at_level(logging.WARNING, logger="orchestra.metrics"):
+            for _ in range(3):
+                body = generate_latest(registry).decode()
+        assert value(registry, "orchestra_queue_read_errors_total") == 1
+        (record,) = caplog.records
+        assert "cannot read the queue gauges" in record.getMessage()
+        assert SECRET not in record.getMessage() and SECRET not in body
+        assert value(registry, "orchestra_jobs", status="available", channel="_default") is None
+        assert math.isnan(value(registry, "orchestra_oldest_transaction_age_seconds") or 0.0)
+        assert "orchestra_daemons{" not in body
+
+    def test_the_leaders_snapshot_is_ignored_when_reading_the_queue_itself(
+        self, registry: CollectorRegistry, cfg: Config
+    ) -> None:
+        """With queue= the gauges come from the database only, never from another source."""
+        handler = PrometheusHandler(registry, queue=cfg, queue_cache_ms=60_000)
+        handler(gauges((("available", "mail", 7),), {"worker": 1, "orchestrator": 1}))
+        assert value(registry, "orchestra_jobs", status="available", channel="mail") is None
+
+
+# -- no _created series -----------------------------------------------------------------
+
+
+def test_no_series_has_a_created_sample(
+    registry: CollectorRegistry, handler: PrometheusHandler
+) -> None:
+    """Counters and histograms export no ``_created`` sample, in either exposition format."""
+    handler(claimed())
+    handler(failed(will_retry=False))
+    handler(make(events.DaemonDatabaseError, operation="claim", error="x", retry_in_ms=1))
+    assert "_created" not in generate_latest(registry).decode()
+    assert "_created" not in generate_openmetrics(registry).decode()  # type: ignore[no-untyped-call]
+    assert value(registry, "orchestra_jobs_claimed_total", definition="send") == 1
+
+
+def test_other_metrics_keep_their_created_samples(registry: CollectorRegistry) -> None:
+    """Leaving out its own ``_created`` samples changes nothing for the application's metrics."""
+    PrometheusHandler(registry)(claimed())
+    Counter("app_orders_total", "Orders.", registry=registry).inc()
+    body = generate_latest(registry).decode()
+    assert "app_orders_created" in body
+    assert "orchestra_jobs_claimed_created" not in body
+    assert prometheus_metrics._use_created  # the process-wide switch is left alone

@@ -1,5 +1,8 @@
 """A type checker ties a JobDefinition's payload type to its function and to ``defer``.
 
+It also sees the management API through ``definition.config`` and
+``handle.config``, which are the Config the definition was built with.
+
 A small program using orchestra is checked with mypy (with the project's
 settings): every line marked ``# expected: <code>`` must be reported with that
 error code, and no other line of it may be.
@@ -16,9 +19,11 @@ from mypy import api
 ROOT = Path(__file__).resolve().parents[2]
 
 PROGRAM = """
+from typing import Any, assert_type
+
 import attrs
 
-from orchestra import Config, JobContext, JobDefinition
+from orchestra import Config, Job, JobContext, JobDefinition
 
 
 @attrs.frozen
@@ -51,6 +56,10 @@ def tick() -> None:
     pass
 
 
+def cancel_the_other(other_id: int, ctx: JobContext) -> None:
+    ctx.definition.config.jobs.cancel(other_id)
+
+
 async def main(config: Config) -> None:
     reports = JobDefinition(config, name="report", job_function=render, payload_type=Report)
     reports.defer(Report("q3"))
@@ -77,9 +86,17 @@ async def main(config: Config) -> None:
     plain.defer({"any": ["json", 1]})
     plain.defer_many([{"a": 1}, [2], "three"])
 
+    # Without payload_type the function receives plain JSON, whatever its
+    # parameter says: the definition takes any payload.
     by_function = JobDefinition(config, name="by_function", job_function=render_alone)
-    by_function.defer(Report("q3"))
-    by_function.defer(Invoice(7))  # expected: arg-type
+    assert_type(by_function, JobDefinition[Any])
+    by_function.defer({"title": "q3"})
+
+    found: Job = plain.config.jobs.get(1)
+    handle = plain.defer({})
+    assert_type(await handle.config.jobs_async.get(handle), Job)
+    handle.config.jobs.no_such_method()  # expected: attr-defined
+    JobDefinition(config, name="canceller", job_function=cancel_the_other, payload_type=int)
 """
 
 EXPECTED_RE = re.compile(r"#\s*expected:\s*([a-z-]+)")
@@ -126,7 +143,12 @@ def expected() -> set[tuple[int, str]]:
 def test_a_payload_of_the_wrong_type_is_reported_and_the_right_one_is_not(
     reported: tuple[set[tuple[int, str]], str],
 ) -> None:
-    """defer, defer_async and defer_many of another type than the definition's are type errors."""
+    """defer, defer_async and defer_many of another type than the definition's are type errors.
+
+    So is a job function that does not take ``payload_type``; a definition
+    without ``payload_type`` takes any payload; ``definition.config`` and
+    ``handle.config`` have the management API, typed.
+    """
     found, output = reported
     assert found == expected(), output
 

@@ -1,0 +1,5 @@
+"""``python -m orchestra``: the same as the ``orchestra`` command."""
+
+from orchestra.cli import main
+
+main()
