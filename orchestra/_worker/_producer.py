@@ -127,16 +127,18 @@ class Producer:
             self._committed(write.batch)
             # Started before the guarded claim, which may back off on an error:
             # a claimed job must not wait unstarted, and unheartbeated, meanwhile.
+            allowed = self._claims_allowed()
             for job in written.claimed:
-                self._start_job(job, write.lane)
+                self._start_job(job, write.lane, allowed=allowed)
             claim, got = written.claim, len(written.claimed)
-            if claim and got < claim and self._claims_allowed():
+            if claim and got < claim and allowed:
                 limited = await self._writer.claim_limited(claim - got)
                 if limited.release_wait_s is not None:
                     self.release_wait_s = limited.release_wait_s
                     self._wake()
+                allowed = self._claims_allowed()
                 for job in limited.claimed:
-                    self._start_job(job, write.lane)
+                    self._start_job(job, write.lane, allowed=allowed)
                 got += len(limited.claimed)
             self._slots.claim_answered(claim, got, notifications)
         finally:
@@ -147,11 +149,12 @@ class Producer:
 
     # -- claimed jobs --------------------------------------------------------------------
 
-    def _start_job(self, job: Claimed, lane: Lane) -> None:
+    def _start_job(self, job: Claimed, lane: Lane, *, allowed: bool) -> None:
+        """Run a claimed job (``allowed``: the worker is not stopping)."""
         self._slots.take(job, lane)
         self._reporter.claimed(job, in_flight=self._slots.in_flight)
         definition = self._config.definitions.get(job.definition)
-        if not self._claims_allowed():
+        if not allowed:
             # Found after the stop began (a claim whose reply was lost, looked
             # up): hand it back unharmed, its attempt refunded, rather than
             # start it only to interrupt it.
@@ -184,7 +187,7 @@ class Producer:
             if self._slots.attempt_of(finish) is None:
                 continue  # its job was claimed again, which took over the slot
             definition = self._config.definitions.get(finish.definition)
-            if definition is not None and self._slots.keeps_slot_after_commit(finish):
+            if definition is not None and definition.has_callbacks:
                 # The slot stays taken until the callbacks return: slow
                 # callbacks slow this worker's claiming rather than pile up.
                 self._spawn(self._callbacks_then_free(finish, definition))

@@ -159,7 +159,7 @@ class Slots:
             # claim takes them over; except a job with callbacks, which keeps
             # its slot until they return, and a finish whose job was claimed
             # again meanwhile (its lease lapsed), which gave its slot back then.
-            claim = lane.free + sum(1 for f in batch if self._hands_over_slot(f))
+            claim = lane.free + sum(1 for f in batch if self.hands_over_slot(f))
         lone = not batch
         if lone:
             if claim <= 0 or self._lone_claim:
@@ -250,13 +250,15 @@ class Slots:
             self.maybe_more = True
         return self.maybe_more
 
-    def keeps_slot_after_commit(self, finish: Finish) -> bool:
-        """The committed ``finish``'s job keeps its slot until its callbacks returned."""
-        return self.attempt_of(finish) is not None and self._has_callbacks(finish.definition)
-
-    def _hands_over_slot(self, finish: Finish) -> bool:
-        """Whether ``finish``'s slot is free once it is committed."""
-        return self.attempt_of(finish) is not None and not self._has_callbacks(finish.definition)
+    def hands_over_slot(self, finish: Finish) -> bool:
+        """Whether ``finish``'s slot is free once it is committed: its attempt
+        is still ours, and its definition has no callbacks to run first."""
+        held = self.held.get(finish.job_id)
+        return (
+            held is not None
+            and held.job.token == finish.token
+            and not self._has_callbacks(finish.definition)
+        )
 
     # -- reading ------------------------------------------------------------------------
 

@@ -136,6 +136,7 @@ class Worker(Daemon):
             concurrency=self.concurrency,
             secret=self.secret,
         )
+        self._callbacks_of: dict[str, bool] = {}
         self._slots = Slots(self.concurrency, has_callbacks=self._has_callbacks)
         #: Shutting down (after a stop, or after a failure): no more claims.
         self._closing = False
@@ -186,8 +187,15 @@ class Worker(Daemon):
         return list(self.config.definitions.values())
 
     def _has_callbacks(self, name: str) -> bool:
-        definition = self.config.definitions.get(name)
-        return definition is not None and definition.has_callbacks
+        # Asked for every finish written: the answer of a definition never
+        # changes, so it is looked up once (an unknown name is asked again).
+        known = self._callbacks_of.get(name)
+        if known is None:
+            definition = self.config.definitions.get(name)
+            if definition is None:
+                return False
+            known = self._callbacks_of[name] = definition.has_callbacks
+        return known
 
     @property
     def _no_more_claims(self) -> bool:

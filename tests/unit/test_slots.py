@@ -66,6 +66,10 @@ class SlotMachine(RuleBasedStateMachine):
         self.stopped = False
         self.steps = 0
 
+    def keeps_slot_after_commit(self, finish: Finish) -> bool:
+        """As the producer decides after a commit: a job of ours with callbacks keeps its slot."""
+        return self.slots.attempt_of(finish) is not None and finish.definition == WITH_CALLBACKS
+
     @initialize(concurrency=st.sampled_from([1, 2, 3, 7, 60, 100, 101, 150]))
     def start(self, concurrency: int) -> None:
         self.slots = Slots(concurrency, has_callbacks=lambda name: name == WITH_CALLBACKS)
@@ -149,7 +153,7 @@ class SlotMachine(RuleBasedStateMachine):
         for finish in write.batch:
             if self.slots.attempt_of(finish) is None:
                 continue
-            if self.slots.keeps_slot_after_commit(finish):
+            if self.keeps_slot_after_commit(finish):
                 self.callbacks.append(finish)
             else:
                 self.slots.free(finish, limited=limited)
@@ -269,7 +273,7 @@ class SlotMachine(RuleBasedStateMachine):
                 write, notifications = self.writes.pop(index)
                 for finish in write.batch:
                     finish.committed_status = "failed"
-                    if self.slots.keeps_slot_after_commit(finish):
+                    if self.keeps_slot_after_commit(finish):
                         self.callbacks.append(finish)
                     else:
                         self.slots.free(finish, limited=False)
