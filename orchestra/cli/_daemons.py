@@ -171,6 +171,13 @@ def migrate(ctx: click.Context, app_ref: str | None, dsn: str | None, schema: st
     metavar="PORT",
     help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (extra: metrics).",
 )
+@click.option(
+    "--queue-metrics",
+    is_flag=True,
+    help="With --metrics-port: also export the queue's gauges (jobs per status, oldest due "
+    "job, live daemons, vacuum), read from the database when scraped (at most every 5 s). "
+    "For deployments without an orchestrator; aggregate them with max, not sum.",
+)
 @click.pass_context
 @handle_errors
 def daemon(
@@ -196,6 +203,7 @@ def daemon(
     log_format: str,
     log_level: str,
     metrics_port: int | None,
+    queue_metrics: bool,
 ) -> None:
     """Run a daemon until SIGTERM or SIGINT (graceful; a second signal stops at once).
 
@@ -215,11 +223,13 @@ def daemon(
     from orchestra._worker import Worker  # noqa: PLC0415
     from orchestra.events import EventHandler  # noqa: PLC0415
 
+    if queue_metrics and metrics_port is None:
+        raise click.UsageError("--queue-metrics needs --metrics-port")
     configure_logging(log_format, log_level)
     config = resolve_config(ctx, app_ref, dsn, schema, runs_definitions=True)
     event_handlers: list[EventHandler] = [LoggingHandler()]
     if metrics_port is not None:
-        event_handlers.append(_serve_metrics(metrics_port))
+        event_handlers.append(_serve_metrics(metrics_port, config if queue_metrics else None))
     # Checked here, before any daemon starts: a schema that is not ready is one
     # error line, not the stop of every daemon of the process and then the error.
     with config.connect() as conn:
@@ -318,13 +328,16 @@ def _listed(names: Sequence[str]) -> str:
     return f"{len(names)} definition(s): {shown}"
 
 
-def _serve_metrics(port: int) -> Callable[[Any], None]:
-    """Serve ``/metrics`` on ``port`` (--metrics-port); return the handler that feeds it."""
+def _serve_metrics(port: int, queue: Config | None) -> Callable[[Any], None]:
+    """Serve ``/metrics`` on ``port`` (--metrics-port); return the handler that feeds it.
+
+    ``queue``: read the queue's gauges from its database when scraped (--queue-metrics).
+    """
     try:
         from orchestra.metrics import PrometheusHandler, serve_metrics  # noqa: PLC0415
     except ImportError as exc:
         raise ConfigurationError("--metrics-port", str(exc)) from None
-    handler = PrometheusHandler()
+    handler = PrometheusHandler(queue=queue)
     try:
         serve_metrics(port)
     except OSError as exc:

@@ -180,3 +180,37 @@ def test_metrics_port_must_be_a_port(e2e_env: dict[str, str], port: str) -> None
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "--metrics-port" in result.stderr
+
+
+def test_a_worker_with_queue_metrics_exports_the_queue_gauges(
+    queue: Queue, jobs: dict[str, JobDefinition[Any]], daemons: DaemonFactory
+) -> None:
+    """--queue-metrics: a worker alone, no orchestrator, exports jobs per status, live
+    daemons and each channel's oldest due job, read from the database when scraped."""
+    port = free_port()
+    daemons.start(extra=["--metrics-port", str(port), "--queue-metrics"], concurrency=2)
+    jobs["quick"].defer({"n": 1})
+    body = scrape_when(port, "orchestra_daemons", 1, role="worker")
+    keep(body, "worker-queue.txt")
+    assert value(body, "orchestra_leader") == 0
+    statuses = {
+        dict(labels)["status"]
+        for (name, labels), _sample in samples(body).items()
+        if name == "orchestra_jobs"
+    }
+    assert statuses == {"waiting", "available", "running"}
+    assert value(body, "orchestra_oldest_due_job_age_seconds", channel="_default") is not None
+
+
+def test_queue_metrics_without_a_metrics_port_is_a_usage_error(e2e_env: dict[str, str]) -> None:
+    """--queue-metrics alone serves nothing: one usage line, exit 2, no daemon started."""
+    result = subprocess.run(
+        orchestra_argv("daemon", "--role", "worker", "--app", APP, "--queue-metrics"),
+        env=e2e_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--queue-metrics needs --metrics-port" in result.stderr
