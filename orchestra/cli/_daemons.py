@@ -328,7 +328,7 @@ def _listed(names: Sequence[str]) -> str:
     return f"{len(names)} definition(s): {shown}"
 
 
-def _serve_metrics(port: int, queue: Config | None) -> Callable[[Any], None]:
+def _serve_metrics(port: int, queue: Config | None = None) -> Callable[[Any], None]:
     """Serve ``/metrics`` on ``port`` (--metrics-port); return the handler that feeds it.
 
     ``queue``: read the queue's gauges from its database when scraped (--queue-metrics).
