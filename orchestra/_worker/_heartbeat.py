@@ -21,6 +21,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from orchestra import _db, events
+from orchestra._definition import JobDefinition
 from orchestra._event_origin import EventOrigin
 from orchestra._sql import Queries
 from orchestra._worker._attempts import Claimed
@@ -32,6 +33,15 @@ logger = logging.getLogger("orchestra.worker")
 
 #: How often a worker refreshes last_heartbeat_at of the definitions it carries.
 DEFINITION_HEARTBEAT_S = 60.0
+#: The heartbeat's interval unless a lock interval of the channel asks for less.
+HEARTBEAT_INTERVAL_MS_DEFAULT = 10_000
+
+
+def default_interval_ms(definitions: Iterable[JobDefinition[Any]], channel: str) -> int:
+    """10 s, or a third of the shortest lock interval of the channel's definitions:
+    a lease survives two missed heartbeats."""
+    locks = [d.lock_interval_ms for d in definitions if d.channel == channel]
+    return min([HEARTBEAT_INTERVAL_MS_DEFAULT, *(lock // 3 for lock in locks)])
 
 
 @attrs.define

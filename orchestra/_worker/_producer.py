@@ -27,6 +27,26 @@ from orchestra._worker._slots import Lane, Slots, Write
 from orchestra._worker._writer import LaneWriter
 
 
+def callbacks_lookup(config: Config) -> Callable[[str], bool]:
+    """Whether jobs of a definition have callbacks (they keep their slot until these ran).
+
+    Asked for every finish written: a definition's answer never changes, so it is
+    looked up once per name (an unknown name is asked again, it may be registered later).
+    """
+    known: dict[str, bool] = {}
+
+    def has_callbacks(name: str) -> bool:
+        answer = known.get(name)
+        if answer is None:
+            definition = config.definitions.get(name)
+            if definition is None:
+                return False
+            answer = known[name] = definition.has_callbacks
+        return answer
+
+    return has_callbacks
+
+
 class Producer:
     """Runs the lanes' statements and dispatches what they claim.
 

@@ -39,7 +39,7 @@ from orchestra._config import Config
 from orchestra._daemon import Daemon
 from orchestra._definition import JobDefinition
 from orchestra._worker._executor import Executor
-from orchestra._worker._heartbeat import WorkerHeartbeat, WorkerRow, beat
+from orchestra._worker._heartbeat import WorkerHeartbeat, WorkerRow, beat, default_interval_ms
 from orchestra._worker._lanes import limited_definitions
 from orchestra._worker._listener import Listener
 from orchestra._worker._options import (
@@ -48,7 +48,7 @@ from orchestra._worker._options import (
     UNKNOWN_DEFINITION_DELAY_MS_DEFAULT,
     WorkerOptions,
 )
-from orchestra._worker._producer import Producer
+from orchestra._worker._producer import Producer, callbacks_lookup
 from orchestra._worker._report import JobReporter, WorkerStats
 from orchestra._worker._retry import DatabaseErrors
 from orchestra._worker._slots import Slots
@@ -57,7 +57,6 @@ from orchestra.errors import ConfigurationError
 
 logger = logging.getLogger("orchestra.worker")
 
-HEARTBEAT_INTERVAL_MS_DEFAULT = 10_000
 #: How long a stopping worker tries to record its last finishes, and then
 #: waits for their callbacks.
 FLUSH_GRACE_S = 10.0
@@ -136,8 +135,7 @@ class Worker(Daemon):
             concurrency=self.concurrency,
             secret=self.secret,
         )
-        self._callbacks_of: dict[str, bool] = {}
-        self._slots = Slots(self.concurrency, has_callbacks=self._has_callbacks)
+        self._slots = Slots(self.concurrency, has_callbacks=callbacks_lookup(config))
         #: Shutting down (after a stop, or after a failure): no more claims.
         self._closing = False
         self._producer = Producer(
@@ -180,22 +178,10 @@ class Worker(Daemon):
         """The effective heartbeat interval."""
         if self.options.heartbeat_interval_ms is not None:
             return self.options.heartbeat_interval_ms
-        locks = [d.lock_interval_ms for d in self._definitions() if d.channel == self.channel]
-        return min([HEARTBEAT_INTERVAL_MS_DEFAULT, *(lock // 3 for lock in locks)])
+        return default_interval_ms(self._definitions(), self.channel)
 
     def _definitions(self) -> list[JobDefinition[Any]]:
         return list(self.config.definitions.values())
-
-    def _has_callbacks(self, name: str) -> bool:
-        # Asked for every finish written: the answer of a definition never
-        # changes, so it is looked up once (an unknown name is asked again).
-        known = self._callbacks_of.get(name)
-        if known is None:
-            definition = self.config.definitions.get(name)
-            if definition is None:
-                return False
-            known = self._callbacks_of[name] = definition.has_callbacks
-        return known
 
     @property
     def _no_more_claims(self) -> bool:
