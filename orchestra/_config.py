@@ -26,6 +26,14 @@ class Config(ManagedDatabase[JobDefinition[Any]]):
         max_payload_bytes: the largest JSON payload ``defer`` accepts.
         pool_max_size: connections in each pool orchestra opens itself.
         connect_attempts: connection attempts before DatabaseUnavailableError.
+        transaction_pooling: True when ``dsn`` leads to a transaction pooler
+            (PgBouncer's ``pool_mode = transaction``): no server-side prepared
+            statements, and no LISTEN on ``dsn``. Without it,
+            ``ORCHESTRA_TRANSACTION_POOLING`` (``1``/``true``/``yes``/``on``).
+        listen_dsn: a direct connection to the same database for the LISTEN
+            connections (workers' wake-ups, result waits), for when ``dsn``
+            leads to a transaction pooler. Without it, ``ORCHESTRA_LISTEN_DSN``;
+            without either, a transaction-pooled Config polls instead.
 
     A Config is cheap to build: nothing connects until the first use.
     ``config.jobs`` and ``config.jobs_async`` find, list, retry, cancel and

@@ -31,6 +31,12 @@ DEFAULT_SCHEMA = "_queue"
 MAX_PAYLOAD_BYTES_DEFAULT = 1024 * 1024
 POOL_MAX_SIZE_DEFAULT = 10
 DSN_ENV = "ORCHESTRA_DSN"
+#: Where a Config without ``listen_dsn`` finds one.
+LISTEN_DSN_ENV = "ORCHESTRA_LISTEN_DSN"
+#: Where a Config without ``transaction_pooling`` finds it (1/true/yes/on, 0/false/no/off).
+TRANSACTION_POOLING_ENV = "ORCHESTRA_TRANSACTION_POOLING"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 class Named(Protocol):
@@ -57,6 +63,39 @@ def resolve_dsn(dsn: str | None, pool: ConnectionPool[Any] | None) -> str:
     return _embedded.embedded_dsn()
 
 
+def resolve_transaction_pooling(given: bool | None) -> bool:
+    """``transaction_pooling`` as given, else from ``ORCHESTRA_TRANSACTION_POOLING``, else False."""
+    if given is not None:
+        if not isinstance(given, bool):
+            raise ConfigurationError(
+                "transaction_pooling", f"must be True, False or None, got {given!r}"
+            )
+        return given
+    text = os.environ.get(TRANSACTION_POOLING_ENV, "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigurationError(
+        f"${TRANSACTION_POOLING_ENV}",
+        f"must be one of 1, true, yes, on, 0, false, no, off; got {text!r}",
+    )
+
+
+def resolve_listen_dsn(given: str | None) -> str | None:
+    """``listen_dsn`` as given (checked), else ``ORCHESTRA_LISTEN_DSN``, else None."""
+    if given is not None:
+        if not isinstance(given, str) or not given.strip():
+            raise ConfigurationError("listen_dsn", "must be a non-empty connection string or None")
+        _db.check_dsn(given, parameter="listen_dsn")
+        return given
+    from_environment = os.environ.get(LISTEN_DSN_ENV, "").strip()
+    if not from_environment:
+        return None
+    _db.check_dsn(from_environment, parameter=f"${LISTEN_DSN_ENV}")
+    return from_environment
+
+
 class Database(Generic[D]):
     """Where a queue lives and how to reach it; see :class:`orchestra.Config` for the arguments.
 
@@ -72,6 +111,8 @@ class Database(Generic[D]):
         max_payload_bytes: int = MAX_PAYLOAD_BYTES_DEFAULT,
         pool_max_size: int = POOL_MAX_SIZE_DEFAULT,
         connect_attempts: int = 5,
+        transaction_pooling: bool | None = None,
+        listen_dsn: str | None = None,
     ) -> None:
         self.schema: str = _sql.validate_schema_name(schema)
         if dsn is not None and (not isinstance(dsn, str) or not dsn.strip()):
@@ -87,6 +128,9 @@ class Database(Generic[D]):
         ):
             if not is_int(value) or value < minimum:
                 raise ConfigurationError(argument, f"must be an int >= {minimum}, got {value!r}")
+        self.transaction_pooling: bool = resolve_transaction_pooling(transaction_pooling)
+        self._listen_dsn = resolve_listen_dsn(listen_dsn)
+        _db.remember_dsn(self._listen_dsn)
         self._dsn = dsn
         self._user_pool = pool
         self.max_payload_bytes = max_payload_bytes
@@ -116,13 +160,55 @@ class Database(Generic[D]):
         """The DSN with its password replaced by ``***``."""
         return _db.redact_dsn(self.dsn)
 
+    @property
+    def connect_kwargs(self) -> dict[str, Any]:
+        """The psycopg connection arguments of every connection to :attr:`dsn`.
+
+        Autocommit; and behind a transaction pooler no server-side prepared
+        statements (``prepare_threshold=None``): PgBouncer before 1.21 hands
+        each transaction to any server connection, where a statement prepared
+        on another one does not exist.
+        """
+        kwargs = dict(_db.CONNECT_KWARGS)
+        if self.transaction_pooling:
+            kwargs["prepare_threshold"] = None
+        return kwargs
+
+    @property
+    def listen_dsn(self) -> str | None:
+        """Where LISTEN connections go, or None where they cannot: then waits poll.
+
+        ``listen_dsn`` if one was given (or is in ``ORCHESTRA_LISTEN_DSN``);
+        else :attr:`dsn`, unless it leads to a transaction pooler, which
+        carries no LISTEN from one transaction to the next.
+        """
+        if self._listen_dsn is not None:
+            return self._listen_dsn
+        return None if self.transaction_pooling else self.dsn
+
     def connect(self) -> psycopg.Connection[Any]:
         """A new autocommit connection of your own (you close it), with bounded retries."""
-        return _db.connect(self.dsn, attempts=self.connect_attempts)
+        return _db.connect(self.dsn, attempts=self.connect_attempts, **self.connect_kwargs)
 
     async def connect_async(self) -> psycopg.AsyncConnection[Any]:
         """Async twin of :meth:`connect`."""
-        return await _db.connect_async(self.dsn, attempts=self.connect_attempts)
+        return await _db.connect_async(
+            self.dsn, attempts=self.connect_attempts, **self.connect_kwargs
+        )
+
+    def connect_listener(self) -> psycopg.Connection[Any] | None:
+        """A new autocommit connection to :attr:`listen_dsn` (you close it), or None without one."""
+        listen_dsn = self.listen_dsn
+        if listen_dsn is None:
+            return None
+        return _db.connect(listen_dsn, attempts=self.connect_attempts)
+
+    async def connect_listener_async(self) -> psycopg.AsyncConnection[Any] | None:
+        """Async twin of :meth:`connect_listener`."""
+        listen_dsn = self.listen_dsn
+        if listen_dsn is None:
+            return None
+        return await _db.connect_async(listen_dsn, attempts=self.connect_attempts)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -177,7 +263,9 @@ class Database(Generic[D]):
 
     def __repr__(self) -> str:
         dsn = _db.redact_dsn(self._resolved_dsn or self._dsn or "") or "<unresolved>"
+        pooling = ", transaction_pooling=True" if self.transaction_pooling else ""
+        listen = f", listen_dsn={_db.redact_dsn(self._listen_dsn)!r}" if self._listen_dsn else ""
         return (
-            f"{type(self).__name__}(dsn={dsn!r}, schema={self.schema!r}, "
+            f"{type(self).__name__}(dsn={dsn!r}, schema={self.schema!r}{pooling}{listen}, "
             f"definitions={len(self._definitions)})"
         )

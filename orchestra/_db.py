@@ -201,8 +201,11 @@ def _redact_unreadable(dsn: str) -> str:
     return re.sub(r"(?is)(password\s*=).*$", rf"\1{MASK}", dsn)
 
 
-def check_dsn(dsn: str) -> dict[str, str]:
-    """The parameters of ``dsn``; ConfigurationError (without any piece of it) if unreadable."""
+def check_dsn(dsn: str, *, parameter: str = "dsn") -> dict[str, str]:
+    """The parameters of ``dsn``; ConfigurationError (without any piece of it) if unreadable.
+
+    ``parameter`` names the setting the DSN came from, in the error.
+    """
     params = _parse(dsn)
     if params is not None:
         return params
@@ -216,7 +219,9 @@ def check_dsn(dsn: str) -> dict[str, str]:
             detail = " ".join(str(exc).split())
             problem = "libpq says: " + _QUOTED_RE.sub(_withhold, detail)
     shown = escape_unprintable(redact_dsn(dsn))  # one printable line, even with a NUL in it
-    raise ConfigurationError("dsn", f"{shown} is not a valid connection string or URI ({problem})")
+    raise ConfigurationError(
+        parameter, f"{shown} is not a valid connection string or URI ({problem})"
+    )
 
 
 def _withhold(match: re.Match[str]) -> str:

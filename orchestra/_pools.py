@@ -1,7 +1,7 @@
 """The connection pools of one queue: a sync pool, and an async pool per event loop.
 
 Pools open on first use, so building a Config connects nothing, and read the
-DSN, the pool size and the connection attempts from the Database when they
+DSN, the pool size, the connection attempts and arguments from the Database when they
 open (so that those settings may change until then, as before). An async pool
 belongs to the event loop that opened it (psycopg's async connections cannot
 move between loops); it is forgotten with its loop.
@@ -33,6 +33,9 @@ class PoolSettings(Protocol):
 
     @property
     def connect_attempts(self) -> int: ...
+
+    @property
+    def connect_kwargs(self) -> dict[str, Any]: ...
 
 
 class LoopLocks:
@@ -91,12 +94,13 @@ class Pools:
                 dsn = settings.dsn
                 # A first connection with retries turns "server down" into a
                 # readable DatabaseUnavailableError instead of a pool timeout.
-                _db.connect(dsn, attempts=settings.connect_attempts).close()
+                kwargs = settings.connect_kwargs
+                _db.connect(dsn, attempts=settings.connect_attempts, **kwargs).close()
                 pool = ConnectionPool(
                     dsn,
                     min_size=1,
                     max_size=settings.pool_max_size,
-                    kwargs=dict(_db.CONNECT_KWARGS),
+                    kwargs=kwargs,
                     open=False,
                     name=self._name,
                 )
@@ -119,13 +123,14 @@ class Pools:
             if pool is None:
                 dsn = settings.dsn
                 # The same readable error as sync_pool when the server is down.
-                probe = await _db.connect_async(dsn, attempts=settings.connect_attempts)
+                kwargs = settings.connect_kwargs
+                probe = await _db.connect_async(dsn, attempts=settings.connect_attempts, **kwargs)
                 await probe.close()
                 pool = AsyncConnectionPool(
                     dsn,
                     min_size=1,
                     max_size=settings.pool_max_size,
-                    kwargs=dict(_db.CONNECT_KWARGS),
+                    kwargs=kwargs,
                     open=False,
                     name=f"{self._name}-async",
                 )

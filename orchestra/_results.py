@@ -12,17 +12,19 @@ notification was lost, so a wait always ends.
 
 A dedicated connection rather than a pooled one: a wait may last minutes and
 must not take a connection that ``defer`` needs, and LISTEN state must not
-leak into a pool.
+leak into a pool. It goes to the Database's ``listen_dsn``; behind a
+transaction pooler without one, there is no LISTEN: the waiter reads the row
+every ``poll_interval_s`` on a pooled connection it returns in between.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Generator
 from typing import Any
 
 import attrs
-import psycopg
 from psycopg import sql
 
 from orchestra import _converter
@@ -154,9 +156,19 @@ def wait(
         pending, step = _advance(waiting, conn.execute(query, params).fetchone())
     if not pending:
         return step
-    listener: psycopg.Connection[Any]
     answer: Any
-    with config.connect() as listener:
+    listener = config.connect_listener()
+    if listener is None:  # behind a transaction pooler: read on pooled connections, and sleep
+        while pending:
+            if isinstance(step, Wait):
+                time.sleep(step.seconds)
+                answer = []
+            else:
+                with config.connection() as conn:
+                    answer = conn.execute(query, params).fetchone()
+            pending, step = _advance(waiting, answer)
+        return step
+    with listener:
         listener.execute(_listen(config))
         while pending:
             if isinstance(step, Wait):
@@ -186,7 +198,18 @@ async def wait_async(
     if not pending:
         return step
     answer: Any
-    async with await config.connect_async() as listener:
+    listener = await config.connect_listener_async()
+    if listener is None:  # behind a transaction pooler: read on pooled connections, and sleep
+        while pending:
+            if isinstance(step, Wait):
+                await asyncio.sleep(step.seconds)
+                answer = []
+            else:
+                async with config.connection_async() as conn:
+                    answer = await (await conn.execute(query, params)).fetchone()
+            pending, step = _advance(waiting, answer)
+        return step
+    async with listener:
         await listener.execute(_listen(config))
         while pending:
             if isinstance(step, Wait):

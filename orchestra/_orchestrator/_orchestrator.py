@@ -199,7 +199,7 @@ class Orchestrator(Daemon):
             self._emit(events.DaemonStopped(**self._origin.header(), error=error, handed_back=0))
 
     def _start_up(self) -> None:
-        with _db.connect(self.config.dsn, attempts=self.config.connect_attempts) as conn:
+        with self.config.connect() as conn:
             _migrate.check(conn, self.config.schema)
             for definition in self.config.definitions.values():
                 definition.upsert(conn)
@@ -208,7 +208,7 @@ class Orchestrator(Daemon):
             self.config.dsn,
             min_size=1,
             max_size=2,
-            kwargs=dict(_db.CONNECT_KWARGS),
+            kwargs=self.config.connect_kwargs,
             open=False,
             name=f"orchestra-{self.daemon_name}",
         )

@@ -34,7 +34,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from orchestra import _db, _migrate, events
+from orchestra import _migrate, events
 from orchestra._config import Config
 from orchestra._daemon import Daemon
 from orchestra._definition import JobDefinition
@@ -80,7 +80,8 @@ class Worker(Daemon):
         shutdown_grace_ms: how long a graceful stop waits for running jobs.
         heartbeat_interval_ms: how often leases are extended; by default 10 s or
             a third of the shortest lock interval of the channel's definitions.
-        listen_notify: False for pure polling (PgBouncer in transaction mode).
+        listen_notify: False for pure polling. A Config behind a transaction
+            pooler (``transaction_pooling``) without a ``listen_dsn`` polls too.
         unknown_definition_delay_ms: how long a job of a definition this worker
             does not carry is handed back for before another worker may claim it.
     """
@@ -196,7 +197,7 @@ class Worker(Daemon):
             # A statement per lane, the heartbeat, the callbacks' reads.
             min_size=len(self._slots.lanes),
             max_size=len(self._slots.lanes) + 2,
-            kwargs=dict(_db.CONNECT_KWARGS),
+            kwargs=self.config.connect_kwargs,
             open=False,
             name=f"orchestra-{self.daemon_name}",
         )
@@ -261,9 +262,10 @@ class Worker(Daemon):
             emit=self._emit,
         )
         tasks = [asyncio.create_task(beating, name="orchestra-heartbeat")]
-        if self.listen_notify:
+        listen_dsn = self.config.listen_dsn
+        if self.listen_notify and listen_dsn is not None:
             self._listener = listener = Listener(
-                self.config.dsn,
+                listen_dsn,
                 self.config.notify_channel,
                 self.channel,
                 on_wakeup=self._on_notify,
@@ -284,7 +286,7 @@ class Worker(Daemon):
         server is down; the checks are sync code and run once, so the thread
         keeps the event loop free.
         """
-        with _db.connect(self.config.dsn, attempts=self.config.connect_attempts) as conn:
+        with self.config.connect() as conn:
             _migrate.check(conn, self.config.schema)
             for definition in self._definitions():
                 definition.upsert(conn)

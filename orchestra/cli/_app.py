@@ -226,6 +226,8 @@ def resolve_config(
         max_payload_bytes=app.max_payload_bytes,
         pool_max_size=app.pool_max_size,
         connect_attempts=app.connect_attempts,
+        # Not the app's listen DSN: it leads to the app's database, not to this one.
+        transaction_pooling=app.transaction_pooling,
     )
     for definition in app.definitions.values():  # the dashboard reads their cron time zones
         config.register(definition)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestra import __version__, _migrate, events
+from orchestra import __version__, _db, _migrate, events
 from orchestra._config import Config
 from orchestra.cli._app import (
     _dsn_option,
@@ -98,7 +98,9 @@ def migrate(ctx: click.Context, app_ref: str | None, dsn: str | None, schema: st
 @click.option(
     "--no-listen",
     is_flag=True,
-    help="Poll only, no LISTEN/NOTIFY (for PgBouncer in transaction pooling mode).",
+    help="Poll only, no LISTEN/NOTIFY. Behind a transaction pooler, set "
+    "$ORCHESTRA_TRANSACTION_POOLING=1 and, to keep LISTEN, $ORCHESTRA_LISTEN_DSN to a "
+    "direct connection (or the Config's transaction_pooling and listen_dsn) instead.",
 )
 @click.option(
     "--leader-lease-ms",
@@ -303,6 +305,7 @@ def startup_line(daemons: Sequence[Daemon], config: Config) -> str:
         parts.append(
             f"serving channel {worker.channel!r} with concurrency {worker.concurrency} {how}"
         )
+        parts.append(_wakeups(worker.listen_notify, config))
         carried = [n for n in names if config.definitions[n].channel == worker.channel]
         others = len(names) - len(carried)
         definitions = _listed(carried) or f"no definition of channel {worker.channel!r}"
@@ -312,10 +315,23 @@ def startup_line(daemons: Sequence[Daemon], config: Config) -> str:
         definitions = _listed(names) or "no definitions"
     if len(workers) < len(daemons):
         parts.append("orchestrating every channel")
+    pooling = " (transaction pooling)" if config.transaction_pooling else ""
     return (
         f"{', '.join(parts)}; carries {definitions}; "
-        f"schema {config.schema!r} at {config.redacted_dsn}"
+        f"schema {config.schema!r} at {config.redacted_dsn}{pooling}"
     )
+
+
+def _wakeups(listen_notify: bool, config: Config) -> str:
+    """How the worker learns of new jobs: LISTEN (and where), or polling only (and why)."""
+    if not listen_notify:
+        return "polling only (--no-listen)"
+    listen_dsn = config.listen_dsn
+    if listen_dsn is None:
+        return "polling only (transaction pooling without a listen DSN)"
+    if listen_dsn == config.dsn:
+        return "woken by LISTEN"
+    return f"woken by LISTEN at {_db.redact_dsn(listen_dsn)}"
 
 
 def _listed(names: Sequence[str]) -> str:

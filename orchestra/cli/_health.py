@@ -77,13 +77,16 @@ def _health_report(
     from orchestra.errors import DatabaseUnavailableError  # noqa: PLC0415
 
     try:
-        conn = _db.connect(config.dsn, attempts=1, timeout_s=timeout_s)
+        conn = _db.connect(config.dsn, attempts=1, timeout_s=timeout_s, **config.connect_kwargs)
     except DatabaseUnavailableError as exc:
         raise _UnhealthyError(str(exc)) from None
     try:
-        with conn:
+        # One read-only transaction, and the timeout local to it: behind a
+        # transaction pooler a session setting would stay on the server
+        # connection for its next client.
+        with conn, conn.transaction():
             conn.execute(
-                "SELECT set_config('statement_timeout', %s, false)", [f"{round(timeout_s * 1000)}"]
+                "SELECT set_config('statement_timeout', %s, true)", [f"{round(timeout_s * 1000)}"]
             )
             version = _migrate.current_version(conn, config.schema)
             required = _migrate.required_version()

@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orchestra import JobDefinition, _db
 from orchestra.testing import wait_until
@@ -370,11 +370,34 @@ def test_daemon_logs_one_startup_line_saying_what_it_serves(
     for text in (
         "worker and orchestrator 'banner'",
         "serving channel '_default' with concurrency 3 in threads",
+        "woken by LISTEN",
         "orchestrating every channel",
         "carries 5 definition(s): gated, gated_async, gated_once, limited, quick",
         f"schema {queue.schema!r} at {_db.redact_dsn(test_dsn)}",
     ):
         assert text in line, line
+    assert "transaction pooling" not in line
+
+
+@pytest.mark.parametrize("listen_dsn", [False, True])
+def test_startup_line_says_how_a_worker_behind_a_transaction_pooler_is_woken(
+    queue: Queue, daemons: DaemonFactory, test_dsn: str, listen_dsn: bool
+) -> None:
+    """The environment sets transaction pooling; the line says LISTEN where, or polling."""
+    direct = make_conninfo(test_dsn, application_name="orchestra-listen")
+    daemons.env = {
+        **daemons.env,
+        "ORCHESTRA_TRANSACTION_POOLING": "1",
+        **({"ORCHESTRA_LISTEN_DSN": direct} if listen_dsn else {}),
+    }
+    daemon = daemons.start(name="pooled")
+    daemon.wait_for_log("carries")
+    line = next(line for line in daemon.log().splitlines() if "carries" in line)
+    if listen_dsn:
+        assert f"woken by LISTEN at {_db.redact_dsn(direct)}" in line, line
+    else:
+        assert "polling only (transaction pooling without a listen DSN)" in line, line
+    assert f"at {_db.redact_dsn(test_dsn)} (transaction pooling)" in line, line
 
 
 @pytest.mark.parametrize("role", ["worker", "all"])
