@@ -2,7 +2,10 @@
 
 Importing it registers the definitions; the daemon serves them. Defer from
 anywhere that imports the same module: ``python -c "from examples.app import
-resize; resize.defer(Resize('cat.png', 64))"``.
+resize; resize.defer(Resize('cat.png', 64))"``, or from a shell, through the
+same definition (the JSON is structured into ``Resize``; the job's id is printed)::
+
+    orchestra defer --app examples.app:config resize-image '{"path": "cat.png", "width": 64}'
 """
 
 from __future__ import annotations

@@ -105,6 +105,33 @@ def milliseconds(value: object, argument: str, *, allow_none: bool = False) -> i
     return value
 
 
+#: A duration as people type it: a number of seconds, or a number and a unit.
+_DURATION_RE = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|h|d)?", re.ASCII)
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+DURATION_FORMS = "10s, 5m, 1.5h, 2d, 250ms or plain seconds"
+
+
+def duration_ms(text: str, argument: str) -> int:
+    """Milliseconds from a duration such as ``10s``, ``5m``, ``250ms`` or ``30`` (seconds).
+
+    For the command line, where intervals are typed by people; the result is
+    bounded as every interval is (:func:`milliseconds`).
+    """
+    stripped = text.strip()
+    if stripped.startswith("-"):
+        raise ConfigurationError(argument, f"must not be negative, got {text!r}")
+    match = _DURATION_RE.fullmatch(stripped)
+    if match is None:
+        raise ConfigurationError(
+            argument, f"{text!r} is not a duration (give e.g. {DURATION_FORMS})"
+        )
+    value = float(match["number"]) * _UNIT_MS[match["unit"] or "s"]
+    # Checked as a float first: a number of hundreds of digits is inf, which round() refuses.
+    if value > MAX_INTERVAL_MS:
+        raise ConfigurationError(argument, f"must be at most 10 years, got {text!r}")
+    return milliseconds(round(value), argument) or 0
+
+
 def check_cron(expression: object, timezone: object) -> tuple[str | None, str | None]:
     """A cron expression and the IANA time zone it is read in; both None for no cron."""
     if expression is None:

@@ -19,6 +19,7 @@ QUEUE_COMMANDS = [
     ("migrate",),
     ("daemon",),
     ("dashboard",),
+    ("defer",),
     ("health",),
     ("jobs", "list"),
     ("jobs", "show"),

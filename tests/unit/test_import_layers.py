@@ -72,6 +72,7 @@ LAYERS: dict[str, int] = {
     "orchestra.cli._bench": FRONT_ENDS,
     "orchestra.cli._daemons": FRONT_ENDS,
     "orchestra.cli._dashboard": FRONT_ENDS,
+    "orchestra.cli._defer": FRONT_ENDS,
     "orchestra.cli._health": FRONT_ENDS,
     "orchestra.cli._jobs": FRONT_ENDS,
     "orchestra._bench": FRONT_ENDS,
