@@ -14,7 +14,8 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
@@ -59,6 +60,44 @@ class Deferring(Protocol):
     def _forget_ensured(self) -> None:
         """The row was found missing: it must be written again before it is relied on."""
         ...
+
+
+class DeferHook(Protocol):
+    """Told of every defer that returned, in the context it was set for (:data:`defer_hooks`).
+
+    ``orchestra.testing.inline`` is one: it runs the deferred jobs right away.
+    ``conn`` is the caller's connection when the defer ran in it (its
+    transaction may still be open), None when orchestra's own connection
+    inserted and committed the jobs. What a hook raises, the defer raises (the
+    jobs are inserted all the same).
+    """
+
+    def _after_defer(
+        self,
+        definition: Deferring,
+        handles: Sequence[JobHandle],
+        conn: psycopg.Connection[Any] | None,
+    ) -> None:
+        """After ``defer`` or ``defer_many`` returned ``handles``."""
+        ...
+
+    async def _after_defer_async(
+        self,
+        definition: Deferring,
+        handles: Sequence[JobHandle],
+        conn: psycopg.AsyncConnection[Any] | None,
+    ) -> None:
+        """After ``defer_async`` or ``defer_many_async`` returned ``handles``."""
+        ...
+
+
+#: The hooks of the current context, called by every defer after its insert
+#: (an empty tuple, the default, costs one lookup per defer). A context
+#: variable rather than a global: a hook set by one test, thread or task is
+#: seen by the code it runs (and the tasks and ``asyncio.to_thread`` calls it
+#: starts, which copy its context), never by tests running beside it. Set and
+#: reset only by ``orchestra.testing``.
+defer_hooks: ContextVar[tuple[DeferHook, ...]] = ContextVar("orchestra_defer_hooks", default=())
 
 
 # -- the operations ----------------------------------------------------------

@@ -533,9 +533,17 @@ class JobDefinition(Generic[P]):
         )
         self._ensure()
         if conn is not None:
-            return _ops.run(conn, self.config.queries, _defer.insert_one(self, params, own=False))
-        with self.config.connection() as own:
-            return _ops.run(own, self.config.queries, _defer.insert_one(self, params, own=True))
+            handle = _ops.run(conn, self.config.queries, _defer.insert_one(self, params, own=False))
+        else:
+            with self.config.connection() as own:
+                handle = _ops.run(
+                    own, self.config.queries, _defer.insert_one(self, params, own=True)
+                )
+        hooks = _defer.defer_hooks.get()
+        if hooks:  # orchestra.testing.inline: run the job now
+            for hook in hooks:
+                hook._after_defer(self, (handle,), conn)
+        return handle
 
     async def defer_async(
         self,
@@ -557,9 +565,17 @@ class JobDefinition(Generic[P]):
         await self._ensure_async()
         queries = self.config.queries
         if conn is not None:
-            return await _ops.run_async(conn, queries, _defer.insert_one(self, params, own=False))
-        async with self.config.connection_async() as own:
-            return await _ops.run_async(own, queries, _defer.insert_one(self, params, own=True))
+            handle = await _ops.run_async(conn, queries, _defer.insert_one(self, params, own=False))
+        else:
+            async with self.config.connection_async() as own:
+                handle = await _ops.run_async(
+                    own, queries, _defer.insert_one(self, params, own=True)
+                )
+        hooks = _defer.defer_hooks.get()
+        if hooks:
+            for hook in hooks:
+                await hook._after_defer_async(self, (handle,), conn)
+        return handle
 
     def defer_many(
         self,
@@ -582,9 +598,19 @@ class JobDefinition(Generic[P]):
             return []
         self._ensure()
         if conn is not None:
-            return _ops.run(conn, self.config.queries, _defer.insert_many(self, params, own=False))
-        with self.config.connection() as own:
-            return _ops.run(own, self.config.queries, _defer.insert_many(self, params, own=True))
+            handles = _ops.run(
+                conn, self.config.queries, _defer.insert_many(self, params, own=False)
+            )
+        else:
+            with self.config.connection() as own:
+                handles = _ops.run(
+                    own, self.config.queries, _defer.insert_many(self, params, own=True)
+                )
+        hooks = _defer.defer_hooks.get()
+        if hooks:
+            for hook in hooks:
+                hook._after_defer(self, handles, conn)
+        return handles
 
     async def defer_many_async(
         self,
@@ -603,9 +629,19 @@ class JobDefinition(Generic[P]):
         await self._ensure_async()
         queries = self.config.queries
         if conn is not None:
-            return await _ops.run_async(conn, queries, _defer.insert_many(self, params, own=False))
-        async with self.config.connection_async() as own:
-            return await _ops.run_async(own, queries, _defer.insert_many(self, params, own=True))
+            handles = await _ops.run_async(
+                conn, queries, _defer.insert_many(self, params, own=False)
+            )
+        else:
+            async with self.config.connection_async() as own:
+                handles = await _ops.run_async(
+                    own, queries, _defer.insert_many(self, params, own=True)
+                )
+        hooks = _defer.defer_hooks.get()
+        if hooks:
+            for hook in hooks:
+                await hook._after_defer_async(self, handles, conn)
+        return handles
 
     # -- execution ----------------------------------------------------------
 

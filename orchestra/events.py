@@ -151,7 +151,9 @@ class DaemonDatabaseError(Event):
     """A database operation failed; the daemon keeps going and retries.
 
     Attributes:
-        operation: what the daemon was doing (``claim``, ``finish``, ``heartbeat`` ...).
+        operation: what the daemon was doing: a worker's ``claim``, ``finish``,
+            ``heartbeat`` ...; an orchestrator's ``election`` or the name of the
+            maintenance pass (``scheduler``, ``rescuer`` ...).
         error: the error, with any password redacted.
         retry_in_ms: how long the daemon waits before trying again.
     """

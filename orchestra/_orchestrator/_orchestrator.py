@@ -297,6 +297,8 @@ class Orchestrator(Daemon):
             self.elector.forget()
             message = _db.redact(f"{type(exc).__name__}: {exc}".strip())
             logger.warning("%s: leader election failed: %s", self.daemon_name, message)
+            # Every orchestrator elects, leader or not: each one reports an outage.
+            self._database_error("election", exc, message, self.elector.try_interval_s)
             if self._was_leader:
                 self._was_leader = False
                 self._emit(
@@ -325,6 +327,24 @@ class Orchestrator(Daemon):
                 )
             )
 
+    def _database_error(
+        self, operation: str, exc: BaseException, message: str, retry_in_s: float
+    ) -> None:
+        """Emit DaemonDatabaseError if ``exc`` came from the database or the pool (not a bug).
+
+        As a worker does: the same event, and metric, for every daemon that
+        lost the database.
+        """
+        if isinstance(exc, psycopg.Error) or "pool" in type(exc).__module__:
+            self._emit(
+                events.DaemonDatabaseError(
+                    **self._origin.header(),
+                    operation=operation,
+                    error=message,
+                    retry_in_ms=round(retry_in_s * 1000),
+                )
+            )
+
     def _run_service(self, service: Service) -> RunResult:
         assert self._pool is not None
         self._busy = True
@@ -339,14 +359,14 @@ class Orchestrator(Daemon):
                 logger.warning("%s: %s pass failed: %s", self.daemon_name, service.name, message)
             else:
                 logger.exception("%s: %s pass failed", self.daemon_name, service.name)
+            retry_in_s = min(FAILED_PASS_RETRY_S, service.interval_ms / 1000)
             self._emit(
                 events.OrchestratorServiceFailed(
                     **self._origin.header(), service=service.name, error=message
                 )
             )
-            return RunResult(
-                service.name, next_run_in_s=min(FAILED_PASS_RETRY_S, service.interval_ms / 1000)
-            )
+            self._database_error(service.name, exc, message, retry_in_s)
+            return RunResult(service.name, next_run_in_s=retry_in_s)
         finally:
             self._busy = False
         self.passes[service.name] += 1

@@ -11,13 +11,27 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from orchestra import _db
-from orchestra._definition import JobDefinition
+from orchestra._definition import Callback, JobDefinition
 from orchestra._records import job_from_row
 from orchestra._sql import Queries
 from orchestra._worker._attempts import Finish
 from orchestra._worker._describe import describe
 
 logger = logging.getLogger("orchestra.worker")
+
+
+def due_callbacks(finish: Finish, definition: JobDefinition[Any]) -> list[Callback]:
+    """The callbacks a committed finish calls, in order: on_attempt, then on_success or
+    on_failure (the final failure only); none for a fenced, dropped or handed-back attempt."""
+    status = finish.committed_status
+    if finish.dropped or status is None or finish.outcome == "released":
+        return []
+    callbacks = [definition.on_attempt]
+    if status == "succeeded":
+        callbacks.append(definition.on_success)
+    elif status == "failed":
+        callbacks.append(definition.on_failure)
+    return [c for c in callbacks if c is not None]
 
 
 async def run_callbacks(
@@ -35,15 +49,7 @@ async def run_callbacks(
     call, the callbacks of that attempt are lost: they are at most once;
     use events or a follow-up job for what must not be lost.
     """
-    status = finish.committed_status
-    if finish.dropped or status is None or finish.outcome == "released":
-        return
-    callbacks = [definition.on_attempt]
-    if status == "succeeded":
-        callbacks.append(definition.on_success)
-    elif status == "failed":
-        callbacks.append(definition.on_failure)
-    todo = [c for c in callbacks if c is not None]
+    todo = due_callbacks(finish, definition)
     if not todo:
         return
     try:
@@ -70,9 +76,14 @@ async def run_callbacks(
             else:
                 await asyncio.to_thread(callback, job)
         except Exception:
-            logger.exception(
-                "job %d: callback %s of %r raised; the job is not affected",
-                finish.job_id,
-                getattr(callback, "__qualname__", repr(callback)),
-                definition.name,
-            )
+            callback_raised(finish.job_id, callback, definition)
+
+
+def callback_raised(job_id: int, callback: Callback, definition: JobDefinition[Any]) -> None:
+    """Log the exception being handled, raised by ``callback``: it changes nothing."""
+    logger.exception(
+        "job %d: callback %s of %r raised; the job is not affected",
+        job_id,
+        getattr(callback, "__qualname__", repr(callback)),
+        definition.name,
+    )

@@ -166,36 +166,12 @@ class Executor:
             )
         assert self._threads is not None
         job, definition, cut = attempt.job, attempt.definition, attempt.cut
-        self._threads.submit(lambda: self._run_sync(job, definition, cut))
-
-    def _run_sync(
-        self, job: Claimed, definition: JobDefinition[Any], cut: threading.Event | None
-    ) -> Finish:
-        """Run a ``def`` job function start to end (on a job thread); never raises."""
-        started = time.monotonic()
-        try:
-            try:
-                payload = _converter.decode_stored_payload(job.payload, definition.payload_type)
-            except Exception as exc:
-                return _attempts.failure(job, definition, started, exc, payload_invalid=True)
-            ctx = JobContext(
-                job_id=job.id,
-                attempt=job.attempt,
-                max_attempts=job.max_attempts,
-                definition=definition,
-                stop=self._stop,
-                cut=cut,
+        stop, max_payload_bytes = self._stop, self._max_payload_bytes
+        self._threads.submit(
+            lambda: run_attempt(
+                job, definition, stop=stop, cut=cut, max_payload_bytes=max_payload_bytes
             )
-            try:
-                value = definition.call(payload, ctx)
-                return _attempts.succeeded(job, definition, value, started, self._max_payload_bytes)
-            except BaseException as exc:  # KeyboardInterrupt or SystemExit raised by the job too
-                return _attempts.failure(job, definition, started, exc)
-        except BaseException as exc:
-            # Recording the failure failed (an exception whose rendering raises
-            # something exotic): the attempt still ends, or its job would stay
-            # running for as long as this worker heartbeats.
-            return _attempts.unrecordable(job, definition, started, exc)
+        )
 
     def _cut(self, attempt: _Attempt) -> None:
         """A job-thread attempt ran past its attempt_timeout_ms.
@@ -232,7 +208,13 @@ class Executor:
             if self._children is not None:
                 finish = await self._run_in_child(attempt, self._children)
             else:
-                finish = await self._run_async(attempt)
+                finish = await run_attempt_async(
+                    attempt.job,
+                    attempt.definition,
+                    attempt.started,
+                    stop=self._stop,
+                    max_payload_bytes=self._max_payload_bytes,
+                )
         except asyncio.CancelledError:
             finish = _attempts.interrupted(attempt.job, attempt.started)
         except BaseException as exc:
@@ -245,45 +227,6 @@ class Executor:
             )
             finish = _attempts.unrecordable(attempt.job, attempt.definition, attempt.started, exc)
         self._report(attempt, finish)
-
-    async def _run_async(self, attempt: _Attempt) -> Finish:
-        job, definition, started = attempt.job, attempt.definition, attempt.started
-        try:
-            payload = _converter.decode_stored_payload(job.payload, definition.payload_type)
-        except Exception as exc:
-            return _attempts.failure(job, definition, started, exc, payload_invalid=True)
-        ctx = JobContext(
-            job_id=job.id,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            definition=definition,
-            stop=self._stop,
-        )
-        limit_ms = definition.attempt_timeout_ms
-        # No timeout context without a limit: entering one costs about as
-        # much per attempt as the rest of a no-op job's dispatch.
-        deadline = None if limit_ms is None else asyncio.timeout(limit_ms / 1000)
-        try:
-            if deadline is None:
-                value = await definition.call(payload, ctx)
-            else:
-                async with deadline:
-                    value = await definition.call(payload, ctx)
-            return _attempts.succeeded(job, definition, value, started, self._max_payload_bytes)
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the stop interrupts this attempt (_run_task records it)
-            # Raised by the job itself, nobody cancelled it: its failure.
-            return _attempts.failure(job, definition, started, exc)
-        except BaseException as exc:
-            # Any BaseException of the job's, KeyboardInterrupt and SystemExit
-            # included, fails this attempt only: it must neither leave the job
-            # running nor end the worker and its other jobs (the job thread
-            # and child paths record them alike).
-            if deadline is not None and deadline.expired():
-                return _attempts.timed_out(job, definition, started)
-            return _attempts.failure(job, definition, started, exc)
 
     async def _run_in_child(self, attempt: _Attempt, pool: ChildPool) -> Finish:
         """Run the attempt in a child process; a crash of the child fails only this attempt."""
@@ -324,3 +267,99 @@ class Executor:
             reply.traceback,
             payload_invalid=reply.payload_invalid,
         )
+
+
+# -- one attempt, start to end ----------------------------------------------------------
+# Module functions rather than methods: orchestra.testing runs attempts with
+# them too (decode the payload, call the function, encode its return value,
+# describe its failure), in the caller's thread or task instead of the
+# worker's (see ._inline).
+
+
+def run_attempt(
+    job: Claimed,
+    definition: JobDefinition[Any],
+    *,
+    stop: threading.Event,
+    cut: threading.Event | None,
+    max_payload_bytes: int,
+) -> Finish:
+    """Run a ``def`` job function start to end, in the calling thread; never raises.
+
+    ``stop`` and ``cut`` are what ``ctx.should_stop`` reads.
+    """
+    started = time.monotonic()
+    try:
+        try:
+            payload = _converter.decode_stored_payload(job.payload, definition.payload_type)
+        except Exception as exc:
+            return _attempts.failure(job, definition, started, exc, payload_invalid=True)
+        ctx = JobContext(
+            job_id=job.id,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            definition=definition,
+            stop=stop,
+            cut=cut,
+        )
+        try:
+            value = definition.call(payload, ctx)
+            return _attempts.succeeded(job, definition, value, started, max_payload_bytes)
+        except BaseException as exc:  # KeyboardInterrupt or SystemExit raised by the job too
+            return _attempts.failure(job, definition, started, exc)
+    except BaseException as exc:
+        # Recording the failure failed (an exception whose rendering raises
+        # something exotic): the attempt still ends, or its job would stay
+        # running for as long as this worker heartbeats.
+        return _attempts.unrecordable(job, definition, started, exc)
+
+
+async def run_attempt_async(
+    job: Claimed,
+    definition: JobDefinition[Any],
+    started: float,
+    *,
+    stop: threading.Event,
+    max_payload_bytes: int,
+) -> Finish:
+    """Run an ``async def`` job function in the current task, cut at its ``attempt_timeout_ms``.
+
+    ``started``: the ``time.monotonic()`` reading the attempt started at. A
+    cancellation of the current task (the worker's stop) is raised, not recorded.
+    """
+    try:
+        payload = _converter.decode_stored_payload(job.payload, definition.payload_type)
+    except Exception as exc:
+        return _attempts.failure(job, definition, started, exc, payload_invalid=True)
+    ctx = JobContext(
+        job_id=job.id,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        definition=definition,
+        stop=stop,
+    )
+    limit_ms = definition.attempt_timeout_ms
+    # No timeout context without a limit: entering one costs about as
+    # much per attempt as the rest of a no-op job's dispatch.
+    deadline = None if limit_ms is None else asyncio.timeout(limit_ms / 1000)
+    try:
+        if deadline is None:
+            value = await definition.call(payload, ctx)
+        else:
+            async with deadline:
+                value = await definition.call(payload, ctx)
+        return _attempts.succeeded(job, definition, value, started, max_payload_bytes)
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the stop interrupts this attempt (Executor._run_task records it)
+        # Raised by the job itself, nobody cancelled it: its failure.
+        return _attempts.failure(job, definition, started, exc)
+    except BaseException as exc:
+        # Any BaseException of the job's, KeyboardInterrupt and SystemExit
+        # included, fails this attempt only: it must neither leave the job
+        # running nor end the worker and its other jobs (the job thread
+        # and child paths record them alike).
+        if deadline is not None and deadline.expired():
+            return _attempts.timed_out(job, definition, started)
+        return _attempts.failure(job, definition, started, exc)

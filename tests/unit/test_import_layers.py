@@ -58,6 +58,7 @@ LAYERS: dict[str, int] = {
     "orchestra.handlers": FRONT_ENDS,
     "orchestra.metrics": FRONT_ENDS,
     "orchestra.otel": FRONT_ENDS,
+    "orchestra.pytest_plugin": FRONT_ENDS,
     "orchestra._demo": FRONT_ENDS,
     "orchestra._schema_dump": FRONT_ENDS,
     "orchestra.dashboard": FRONT_ENDS,

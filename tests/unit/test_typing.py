@@ -11,6 +11,7 @@ error code, and no other line of it may be.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,19 +109,25 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[set[tuple[int, s
     """The (line, error code) pairs mypy reports for PROGRAM, and its whole output."""
     program = tmp_path_factory.mktemp("typing") / "uses_orchestra.py"
     program.write_text(PROGRAM, "utf-8")
-    stdout, stderr, _ = api.run(
-        [
-            "--config-file",
-            str(ROOT / "pyproject.toml"),
-            # The project's cache: warm after `make typecheck`, so this takes a second.
-            "--cache-dir",
-            str(ROOT / ".mypy_cache"),
-            "--show-error-codes",
-            "--no-error-summary",
-            "--no-pretty",
-            str(program),
-        ]
-    )
+    # mypy raises the interpreter's recursion limit for good; put it back, or a
+    # later test of this process decodes JSON nested deeper than it can in production.
+    recursion_limit = sys.getrecursionlimit()
+    try:
+        stdout, stderr, _ = api.run(
+            [
+                "--config-file",
+                str(ROOT / "pyproject.toml"),
+                # The project's cache: warm after `make typecheck`, so this takes a second.
+                "--cache-dir",
+                str(ROOT / ".mypy_cache"),
+                "--show-error-codes",
+                "--no-error-summary",
+                "--no-pretty",
+                str(program),
+            ]
+        )
+    finally:
+        sys.setrecursionlimit(recursion_limit)
     assert not stderr, stderr
     found = set()
     for line in stdout.splitlines():
