@@ -14,7 +14,7 @@ from orchestra._backoff import Backoff
 from orchestra._config import Config
 from orchestra._definition import JobContext, JobDefinition
 from orchestra._jobs import JobHandle
-from orchestra._records import Attempt, DefinitionInfo, Job
+from orchestra._records import Attempt, DefinitionInfo, Job, PausedChannel
 from orchestra.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -24,6 +24,7 @@ from orchestra.errors import (
     PayloadError,
     ResultTimeoutError,
     SchemaNotReadyError,
+    UnknownDefinitionError,
     UnknownJobError,
 )
 
@@ -64,9 +65,11 @@ __all__ = [
     "JobStateError",
     "OrchestraError",
     "Orchestrator",
+    "PausedChannel",
     "PayloadError",
     "ResultTimeoutError",
     "SchemaNotReadyError",
+    "UnknownDefinitionError",
     "UnknownJobError",
     "Worker",
     "WorkerStats",

@@ -164,12 +164,14 @@ class Database(Generic[D]):
     def connect_kwargs(self) -> dict[str, Any]:
         """The psycopg connection arguments of every connection to :attr:`dsn`.
 
-        Autocommit; and behind a transaction pooler no server-side prepared
-        statements (``prepare_threshold=None``): PgBouncer before 1.21 hands
-        each transaction to any server connection, where a statement prepared
-        on another one does not exist.
+        Autocommit; a connect timeout (10 s) and TCP keepalives (a dead peer
+        noticed in about 30 s) where the DSN sets none; and behind a
+        transaction pooler no server-side prepared statements
+        (``prepare_threshold=None``): PgBouncer before 1.21 hands each
+        transaction to any server connection, where a statement prepared on
+        another one does not exist.
         """
-        kwargs = dict(_db.CONNECT_KWARGS)
+        kwargs = _db.defaults_missing_from(self.dsn) | _db.CONNECT_KWARGS
         if self.transaction_pooling:
             kwargs["prepare_threshold"] = None
         return kwargs
@@ -201,14 +203,18 @@ class Database(Generic[D]):
         listen_dsn = self.listen_dsn
         if listen_dsn is None:
             return None
-        return _db.connect(listen_dsn, attempts=self.connect_attempts)
+        return _db.connect(
+            listen_dsn, attempts=self.connect_attempts, **_db.defaults_missing_from(listen_dsn)
+        )
 
     async def connect_listener_async(self) -> psycopg.AsyncConnection[Any] | None:
         """Async twin of :meth:`connect_listener`."""
         listen_dsn = self.listen_dsn
         if listen_dsn is None:
             return None
-        return await _db.connect_async(listen_dsn, attempts=self.connect_attempts)
+        return await _db.connect_async(
+            listen_dsn, attempts=self.connect_attempts, **_db.defaults_missing_from(listen_dsn)
+        )
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:

@@ -42,6 +42,18 @@ _known_lock = threading.Lock()
 #: Connection parameters every orchestra connection uses. Autocommit: each
 #: statement is its own short transaction unless a block opens one.
 CONNECT_KWARGS: dict[str, Any] = {"autocommit": True}
+#: Connection parameters orchestra adds to its connections where the DSN does
+#: not set them. A server that vanished without a word (a network partition, a
+#: killed VM, a failed-over host that no longer answers) is noticed in about
+#: 30 s rather than after the kernel's TCP timeouts (minutes to hours), and an
+#: unreachable host of a multi-host DSN is given up after ``connect_timeout``.
+RESILIENCE_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 4,
+}
 
 
 def _parse(dsn: str) -> dict[str, str] | None:
@@ -234,6 +246,12 @@ def _reason(exc: BaseException, dsn: str) -> str:
     return redact(" ".join(lines) or type(exc).__name__, dsn)
 
 
+def defaults_missing_from(dsn: str) -> dict[str, Any]:
+    """The :data:`RESILIENCE_DEFAULTS` that ``dsn`` does not set itself."""
+    params = _parse(dsn) or {}
+    return {key: value for key, value in RESILIENCE_DEFAULTS.items() if key not in params}
+
+
 def retry_delays(attempts: int, first_s: float = 0.25, cap_s: float = 4.0) -> list[float]:
     """The waits between ``attempts`` connection attempts: 0.25 s, 0.5 s, 1 s ... capped."""
     return [min(cap_s, first_s * 2**i) for i in range(max(0, attempts - 1))]
@@ -250,7 +268,7 @@ def connect(
     for attempt in range(attempts):
         try:
             return psycopg.connect(
-                dsn, connect_timeout=max(1, round(timeout_s)), **CONNECT_KWARGS | kwargs
+                dsn, **CONNECT_KWARGS | kwargs | {"connect_timeout": max(1, round(timeout_s))}
             )
         except psycopg.OperationalError as exc:
             last = exc
@@ -272,7 +290,7 @@ async def connect_async(
     for attempt in range(attempts):
         try:
             return await psycopg.AsyncConnection.connect(
-                dsn, connect_timeout=max(1, round(timeout_s)), **CONNECT_KWARGS | kwargs
+                dsn, **CONNECT_KWARGS | kwargs | {"connect_timeout": max(1, round(timeout_s))}
             )
         except psycopg.OperationalError as exc:
             last = exc

@@ -43,6 +43,7 @@ from orchestra import _ops, _results
 from orchestra._checks import check_int, is_int
 from orchestra._database import D, Database
 from orchestra._ops import Op, Row, Statement
+from orchestra._pause import AsyncChannels, AsyncDefinitions, Channels, Definitions
 from orchestra._records import (
     STATUSES,
     DefinitionInfo,
@@ -176,6 +177,27 @@ class ManagedDatabase(Database[D]):
     def jobs_async(self) -> AsyncJobs:
         """Async twin of :attr:`jobs`, on this event loop's async pool."""
         return AsyncJobs(self)
+
+    @functools.cached_property
+    def channels(self) -> Channels:
+        """Pause and resume channels."""
+        return Channels(self)
+
+    @functools.cached_property
+    def channels_async(self) -> AsyncChannels:
+        """Async twin of :attr:`channels`, on this event loop's async pool."""
+        return AsyncChannels(self)
+
+    @property
+    def definitions(self) -> Definitions[D]:
+        """The definitions registered in this process, by name (a snapshot), with
+        :meth:`~orchestra._pause.Definitions.pause` and ``resume`` for stored ones."""
+        return Definitions(self, super().definitions)
+
+    @functools.cached_property
+    def definitions_async(self) -> AsyncDefinitions:
+        """Async twin of the pausing of :attr:`definitions`, on this event loop's async pool."""
+        return AsyncDefinitions(self)
 
 
 # -- argument checks (before any statement is sent) ----------------------------

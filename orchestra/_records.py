@@ -140,6 +140,21 @@ class DefinitionInfo:
     counts: Mapping[str, int]
 
 
+@attrs.frozen
+class PausedChannel:
+    """A paused channel: no worker claims its jobs until it is resumed.
+
+    Attributes:
+        channel: the channel's name.
+        paused_at: when it was paused.
+        paused_by: the database role that paused it.
+    """
+
+    channel: str
+    paused_at: dt.datetime
+    paused_by: str | None
+
+
 # -- rows to values (one function per row type) --------------------------------
 
 

@@ -25,6 +25,7 @@ from collections.abc import Generator
 from typing import Any
 
 import attrs
+import psycopg
 from psycopg import sql
 
 from orchestra import _converter
@@ -139,6 +140,45 @@ def _advance(waiting: Generator[Step, Any, Any], answer: Any) -> tuple[bool, Any
         return False, stop.value
 
 
+#: How many times in a row a waiter whose connection broke (a restart, a
+#: failover) carries on with a new one before the error reaches the caller.
+BROKEN_IN_A_ROW_MAX = 3
+
+
+def _read_pooled(config: Database, query: Any, params: dict[str, Any]) -> Any:
+    """The job's outcome row, read on a pooled connection.
+
+    A read changes nothing, so it is tried again when the connection it got
+    was broken: after a restart or a failover the pool may hold several dead
+    ones, each discarded as it fails (at most ``pool_max_size`` of them).
+    """
+    for attempt in range(config.pool_max_size + 1):
+        try:
+            with config.connection() as conn:
+                return conn.execute(query, params).fetchone()
+        except psycopg.OperationalError:
+            if attempt == config.pool_max_size:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _read_pooled_async(config: Database, query: Any, params: dict[str, Any]) -> Any:
+    """Async twin of :func:`_read_pooled`."""
+    for attempt in range(config.pool_max_size + 1):
+        try:
+            async with config.connection_async() as conn:
+                return await (await conn.execute(query, params)).fetchone()
+        except psycopg.OperationalError:
+            if attempt == config.pool_max_size:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: The answer to a Wait after the listener came back: a notification may have
+#: been missed while it was away, so the waiter reads the row again.
+_READ_AGAIN = [""]
+
+
 def wait(
     config: Database,
     job_id: int,
@@ -147,36 +187,56 @@ def wait(
     as_type: Any,
     poll_interval_s: float,
 ) -> Any:
-    """Block until the job is finalized; its result, or JobFailed / ResultTimeoutError."""
+    """Block until the job is finalized; its result, or JobFailed / ResultTimeoutError.
+
+    Without a listen DSN (behind a transaction pooler) the wait reads on pooled
+    connections and sleeps in between. A listener that breaks is opened again
+    (with the Database's connection attempts), so that a wait outlives a
+    restart or a failover of the server.
+    """
     check_wait(timeout, poll_interval_s)
     waiting = _waiting(job_id, timeout, as_type, poll_interval_s)
     query, params = config.queries["job_outcome"], {"id": job_id}
     next(waiting)
-    with config.connection() as conn:
-        pending, step = _advance(waiting, conn.execute(query, params).fetchone())
-    if not pending:
-        return step
+    pending, step = _advance(waiting, _read_pooled(config, query, params))
+    listens = config.listen_dsn is not None
+    listener: psycopg.Connection[Any] | None = None
+    broken = 0
     answer: Any
-    listener = config.connect_listener()
-    if listener is None:  # behind a transaction pooler: read on pooled connections, and sleep
+    try:
         while pending:
-            if isinstance(step, Wait):
-                time.sleep(step.seconds)
-                answer = []
-            else:
-                with config.connection() as conn:
-                    answer = conn.execute(query, params).fetchone()
+            try:
+                if listens and listener is None:
+                    listener = config.connect_listener()
+                    assert listener is not None
+                    listener.execute(_listen(config))
+                    if broken and isinstance(step, Wait):
+                        pending, step = _advance(waiting, _READ_AGAIN)
+                        continue
+                if isinstance(step, Wait):
+                    if listener is None:
+                        time.sleep(step.seconds)
+                        answer = []
+                    else:
+                        notes = listener.notifies(timeout=step.seconds, stop_after=1)
+                        answer = [note.payload for note in notes]
+                elif listener is None:
+                    answer = _read_pooled(config, query, params)
+                else:
+                    answer = listener.execute(query, params).fetchone()
+            except psycopg.OperationalError:
+                broken += 1
+                if broken > BROKEN_IN_A_ROW_MAX:
+                    raise
+                if listener is not None:
+                    listener.close()
+                    listener = None
+                continue
+            broken = 0
             pending, step = _advance(waiting, answer)
-        return step
-    with listener:
-        listener.execute(_listen(config))
-        while pending:
-            if isinstance(step, Wait):
-                notes = listener.notifies(timeout=step.seconds, stop_after=1)
-                answer = [note.payload for note in notes]
-            else:
-                answer = listener.execute(query, params).fetchone()
-            pending, step = _advance(waiting, answer)
+    finally:
+        if listener is not None:
+            listener.close()
     return step
 
 
@@ -193,29 +253,43 @@ async def wait_async(
     waiting = _waiting(job_id, timeout, as_type, poll_interval_s)
     query, params = config.queries["job_outcome"], {"id": job_id}
     next(waiting)
-    async with config.connection_async() as conn:
-        pending, step = _advance(waiting, await (await conn.execute(query, params)).fetchone())
-    if not pending:
-        return step
+    pending, step = _advance(waiting, await _read_pooled_async(config, query, params))
+    listens = config.listen_dsn is not None
+    listener: psycopg.AsyncConnection[Any] | None = None
+    broken = 0
     answer: Any
-    listener = await config.connect_listener_async()
-    if listener is None:  # behind a transaction pooler: read on pooled connections, and sleep
+    try:
         while pending:
-            if isinstance(step, Wait):
-                await asyncio.sleep(step.seconds)
-                answer = []
-            else:
-                async with config.connection_async() as conn:
-                    answer = await (await conn.execute(query, params)).fetchone()
+            try:
+                if listens and listener is None:
+                    listener = await config.connect_listener_async()
+                    assert listener is not None
+                    await listener.execute(_listen(config))
+                    if broken and isinstance(step, Wait):
+                        pending, step = _advance(waiting, _READ_AGAIN)
+                        continue
+                if isinstance(step, Wait):
+                    if listener is None:
+                        await asyncio.sleep(step.seconds)
+                        answer = []
+                    else:
+                        notes = listener.notifies(timeout=step.seconds, stop_after=1)
+                        answer = [note.payload async for note in notes]
+                elif listener is None:
+                    answer = await _read_pooled_async(config, query, params)
+                else:
+                    answer = await (await listener.execute(query, params)).fetchone()
+            except psycopg.OperationalError:
+                broken += 1
+                if broken > BROKEN_IN_A_ROW_MAX:
+                    raise
+                if listener is not None:
+                    await listener.close()
+                    listener = None
+                continue
+            broken = 0
             pending, step = _advance(waiting, answer)
-        return step
-    async with listener:
-        await listener.execute(_listen(config))
-        while pending:
-            if isinstance(step, Wait):
-                notes = listener.notifies(timeout=step.seconds, stop_after=1)
-                answer = [note.payload async for note in notes]
-            else:
-                answer = await (await listener.execute(query, params)).fetchone()
-            pending, step = _advance(waiting, answer)
+    finally:
+        if listener is not None:
+            await listener.close()
     return step

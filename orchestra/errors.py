@@ -162,3 +162,18 @@ class JobStateError(OrchestraError):
         self.action = action
         self.reason = reason or f"it is {status}"
         super().__init__(f"cannot {action} job {job_id}: {self.reason}")
+
+
+class UnknownDefinitionError(OrchestraError, LookupError):
+    """No definition of this name is stored in the queue.
+
+    Attributes:
+        name: the name that was not found.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"unknown definition {name!r}: none of that name is stored (a worker or "
+            "orchestrator that carries it stores it when it starts)"
+        )

@@ -28,7 +28,8 @@ OrchestratorLeadershipLost        it no longer does (stopped, expired, database 
 OrchestratorServiceFailed         a maintenance pass raised; it is retried at its next interval
 OrchestratorDefinitionHeartbeat   a definition carried by this process was heartbeated
 OrchestratorJobScheduled          a repeat or cron tick enqueued its job
-OrchestratorTickSkipped           a tick was skipped: the previous tick's job is unfinished
+OrchestratorTickSkipped           a tick was skipped: the previous tick's job is unfinished,
+                                  or the definition is paused
 OrchestratorJobRescued            a running job of a dead worker (or expired lease) is available
                                   again
 OrchestratorWorkerLost            a worker row whose heartbeat went stale was removed
@@ -334,12 +335,13 @@ class OrchestratorJobScheduled(Event):
 
 @attrs.frozen(kw_only=True)
 class OrchestratorTickSkipped(Event):
-    """A tick enqueued nothing because the previous tick's job is unfinished (overlap off).
+    """A tick enqueued nothing: the previous tick's job is unfinished (overlap off),
+    or the definition is paused.
 
     Attributes:
         definition: the repeatable definition.
         tick_at: the skipped tick.
-        reason: ``overlap``.
+        reason: ``overlap`` or ``paused``.
     """
 
     definition: str

@@ -1,5 +1,5 @@
 -- The whole current schema of an orchestra queue, as the migrations
--- 0001 to 0007_hot_table build it: for reading.
+-- 0001 to 0008_channels_and_pause build it: for reading.
 --
 -- Generated with PostgreSQL 15: do not edit. After adding a migration, run
 -- `make schema` (python -m orchestra._schema_dump), which applies every
@@ -397,6 +397,13 @@ UNION ALL
     true AS finished
    FROM {schema}.job_history h;
 
+CREATE TABLE {schema}.channel_pause (
+    channel text NOT NULL,
+    paused_at timestamp with time zone DEFAULT now() NOT NULL,
+    paused_by text DEFAULT CURRENT_USER,
+    CONSTRAINT channel_pause_channel_check CHECK (((length(channel) >= 1) AND (length(channel) <= 128)))
+);
+
 ALTER TABLE {schema}.job_attempt ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME {schema}.job_attempt_id_seq
     START WITH 1
@@ -587,6 +594,7 @@ CREATE TABLE {schema}.worker (
     heartbeat_at timestamp with time zone DEFAULT now() NOT NULL,
     registered_by text DEFAULT CURRENT_USER,
     secret_hash bytea,
+    channels text[],
     CONSTRAINT worker_role_check CHECK ((role = ANY (ARRAY['worker'::text, 'orchestrator'::text])))
 );
 
@@ -606,6 +614,9 @@ ALTER TABLE ONLY {schema}.job_history ATTACH PARTITION {schema}.job_history_1000
 ALTER TABLE ONLY {schema}.job_history ATTACH PARTITION {schema}.job_history_2000000 FOR VALUES FROM ('2000000') TO ('3000000');
 
 ALTER TABLE ONLY {schema}.job_history ATTACH PARTITION {schema}.job_history_default DEFAULT;
+
+ALTER TABLE ONLY {schema}.channel_pause
+    ADD CONSTRAINT channel_pause_pkey PRIMARY KEY (channel);
 
 ALTER TABLE ONLY {schema}.job_attempt
     ADD CONSTRAINT job_attempt_pkey PRIMARY KEY (id);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -24,15 +25,17 @@ def claim(
     config: Config,
     *,
     channel: str = "_default",
+    channels: Sequence[str] | None = None,
     now: dt.datetime | None = None,
     limit: int = 100,
     worker_id: int = 1,
 ) -> list[tuple[Any, ...]]:
-    """Run ``job_claim`` as worker ``worker_id``; the claimed rows."""
+    """Run ``job_claim`` as worker ``worker_id`` of ``channels`` (else of ``channel``);
+    the claimed rows."""
     return conn.execute(
         config.queries["job_claim"],
         {
-            "channel": channel,
+            "channels": [channel] if channels is None else list(channels),
             "now": now,
             "limit": limit,
             "worker_id": worker_id,

@@ -15,7 +15,8 @@
 --   orchestrator_role  orchestra_orchestrator   maintenance: ticks, rescue, timeouts, history retention, leader lease
 --   dashboard_role     orchestra_dashboard      reads everything, writes nothing
 --   operator_role      orchestra_operator       the dashboard's reads plus the management actions
---                                               (retry, cancel, delete jobs)
+--                                               (retry, cancel, delete jobs; pause and resume
+--                                               channels and definitions)
 --
 -- The six are NOLOGIN group roles: people and programs log in as LOGIN
 -- roles that are members of them (example at the end of this file).
@@ -75,6 +76,10 @@
 -- delete the jobs they finish from `job` and insert them into `job_history`,
 -- which only this file grants them. (Until then the history follows the
 -- default privileges of section 3, without row-level security.)
+--
+-- Upgrading to schema version 8 likewise: workers of the new version register
+-- the `channels` column of `worker`, which only this file grants them (the
+-- new table channel_pause follows the default privileges until then).
 
 \set ON_ERROR_STOP on
 
@@ -153,8 +158,8 @@ GRANT :"dashboard_role" TO :"operator_role";
 -- 2. The migrator owns the schema and everything in it; it needs no CREATE
 -- on the database (`orchestra migrate` creates the schema only if missing).
 -- `migrated`: every table and function this file grants on exists (schema
--- version 7 or later).
-SELECT count(*) = 9
+-- version 8 or later).
+SELECT count(*) = 10
        AND (SELECT count(*) FROM pg_catalog.pg_proc p
             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
             WHERE n.nspname = :'schema'
@@ -167,7 +172,8 @@ SELECT count(*) = 9
 FROM pg_catalog.pg_tables
 WHERE schemaname = :'schema'
   AND tablename IN ('schema_version', 'job_definition', 'job', 'job_attempt',
-                    'job_dependency', 'worker', 'leader', 'job_history', 'job_history_default')
+                    'job_dependency', 'worker', 'leader', 'job_history', 'job_history_default',
+                    'channel_pause')
 \gset orchestra_
 
 CREATE SCHEMA IF NOT EXISTS :"schema" AUTHORIZATION :"migrator_role";
@@ -234,13 +240,14 @@ ALTER DEFAULT PRIVILEGES FOR ROLE :"migrator_role" IN SCHEMA :"schema"
 ALTER DEFAULT PRIVILEGES FOR ROLE :"migrator_role" IN SCHEMA :"schema"
     GRANT USAGE ON SEQUENCES TO :"producer_role", :"worker_role", :"orchestrator_role";
 
--- 4. The tables and functions of schema version 7, role by role.
+-- 4. The tables and functions of schema version 8, role by role.
 \if :orchestra_migrated
 
 REVOKE ALL ON
     :"schema".schema_version, :"schema".job_definition, :"schema".job,
     :"schema".job_attempt, :"schema".job_dependency, :"schema".worker,
-    :"schema".leader, :"schema".job_history, :"schema".job_history_default
+    :"schema".leader, :"schema".job_history, :"schema".job_history_default,
+    :"schema".channel_pause
 FROM :"producer_role", :"worker_role", :"orchestrator_role", :"dashboard_role",
      :"operator_role";
 
@@ -336,7 +343,8 @@ TO :"producer_role";
 --   worker_heartbeat, worker_delete                     through worker_touch / worker_deregister
 --                                                       (functions that want the daemon's secret:
 --                                                       no UPDATE or DELETE on `worker`)
---   job_claim, definition_lock_limited + job_claim_limited (sets last_released_at)
+--   job_claim, definition_lock_limited + job_claim_limited (sets last_released_at; read the
+--                       paused channels and definitions)
 --   job_finish_many     fenced finish: a retry updates the job and logs the attempt; the end of
 --                       a job deletes it from `job`, deletes its attempt-log rows and inserts
 --                       it, with them, into `job_history`
@@ -353,7 +361,7 @@ TO :"producer_role";
 -- roles' running jobs are out of its reach, and so are the `worker` rows of
 -- other roles. It may not cancel a job.
 GRANT SELECT ON
-    :"schema".job_attempt, :"schema".worker, :"schema".job_dependency
+    :"schema".job_attempt, :"schema".worker, :"schema".job_dependency, :"schema".channel_pause
 TO :"worker_role";
 GRANT INSERT (name, channel, num_attempts, backoff, backoff_base_ms, backoff_max_ms, priority,
               repeat_interval_ms, cron, release_interval_ms, max_concurrency,
@@ -373,7 +381,7 @@ GRANT INSERT (job_id, attempt, worker_id, worker_name, started_at, outcome, erro
 ON :"schema".job_attempt TO :"worker_role";
 -- Every column: the history row is the job's row, checked by the policy.
 GRANT INSERT ON :"schema".job_history TO :"worker_role";
-GRANT INSERT (name, role, host, pid, channel, concurrency, secret_hash)
+GRANT INSERT (name, role, host, pid, channel, channels, concurrency, secret_hash)
 ON :"schema".worker TO :"worker_role";
 GRANT EXECUTE ON FUNCTION
     :"schema".job_dependencies_met(bigint),
@@ -408,7 +416,7 @@ TO :"worker_role";
 GRANT SELECT ON
     :"schema".schema_version, :"schema".job_definition, :"schema".job,
     :"schema".job_attempt, :"schema".job_dependency, :"schema".worker,
-    :"schema".leader, :"schema".job_history
+    :"schema".leader, :"schema".job_history, :"schema".channel_pause
 TO :"orchestrator_role";
 GRANT INSERT, UPDATE, DELETE ON
     :"schema".job_definition, :"schema".job, :"schema".worker, :"schema".leader
@@ -434,7 +442,7 @@ TO :"orchestrator_role";
 GRANT SELECT ON
     :"schema".schema_version, :"schema".job_definition, :"schema".job,
     :"schema".job_attempt, :"schema".job_dependency, :"schema".worker,
-    :"schema".leader, :"schema".job_history
+    :"schema".leader, :"schema".job_history, :"schema".channel_pause
 TO :"dashboard_role";
 
 -- Operator: what the dashboard reads (membership above), plus the management
@@ -450,6 +458,8 @@ TO :"dashboard_role";
 --   manage_job_cancel   moves an unfinished job into the history, with its attempt log
 --   manage_job_delete, manage_job_delete_failed
 --       deletes a job from either table, with its attempt-log rows and its edges
+--   manage_channel_pause, manage_channel_resume    a row of channel_pause
+--   manage_definition_pause                        job_definition.paused
 -- The retries and deletes lock the history row they move (FOR UPDATE, which
 -- needs UPDATE on the table): it may delete and insert those rows anyway, so
 -- the UPDATE adds nothing. Every row: the policies of section 5 give it all
@@ -470,6 +480,8 @@ GRANT INSERT (job_id, attempt, worker_id, worker_name, started_at, finished_at, 
       DELETE
 ON :"schema".job_attempt TO :"operator_role";
 GRANT DELETE ON :"schema".job_dependency TO :"operator_role";
+GRANT INSERT (channel), DELETE ON :"schema".channel_pause TO :"operator_role";
+GRANT UPDATE (paused) ON :"schema".job_definition TO :"operator_role";
 GRANT EXECUTE ON FUNCTION :"schema".job_recheck_waiting(bigint, text) TO :"operator_role";
 
 -- 5. Row-level security on the tables whose rows belong to someone: jobs

@@ -222,7 +222,7 @@ class Orchestrator(Daemon):
                 "role": "orchestrator",
                 "host": self.host,
                 "pid": self.pid,
-                "channel": None,
+                "channels": None,
                 "concurrency": None,
                 "secret": self.secret,
             },

@@ -20,7 +20,9 @@ tick is due and was not already handled:
   after the last tick (docs/decisions/0008);
 * ticks missed while no orchestrator ran coalesce into the latest one;
 * with ``overlap=False`` (the default) a tick whose previous tick's job is
-  unfinished is skipped, with an event.
+  unfinished is skipped, with an event;
+* a tick of a paused definition is skipped (handled, no job), with an event,
+  and counted as ``paused``: it does not run late once the definition is resumed.
 
 Exactly once: the definition row is locked and ``last_repeated_at`` checked
 and set in the same statement, and the unique ``(definition, tick_at)`` index
@@ -125,7 +127,7 @@ class RepeatScheduler(Service):
         """Enqueue the current tick of every due repeatable definition."""
         repeatable = [d for d in self.config.definitions.values() if d.is_repeatable]
         if not repeatable:
-            return RunResult(self.name, {"scheduled": 0, "skipped": 0})
+            return RunResult(self.name, {"scheduled": 0, "skipped": 0, "paused": 0})
         if now is None:
             row = conn.execute(self.config.queries["clock_now"]).fetchone()
             assert row is not None
@@ -139,7 +141,7 @@ class RepeatScheduler(Service):
             ).fetchall()
         }
         emitted: list[events.Event] = []
-        scheduled = skipped = 0
+        scheduled = skipped = paused = 0
         soonest = now + dt.timedelta(milliseconds=self.interval_ms)
         for definition in repeatable:
             tick, following = ticks(definition, now)
@@ -167,7 +169,7 @@ class RepeatScheduler(Service):
                 },
             ).fetchone()
             assert row is not None
-            job_id, due, busy = row[0], row[1], row[2]
+            job_id, due, busy, was_paused = row[0], row[1], row[2], row[4]
             if job_id is not None:
                 scheduled += 1
                 emitted.append(
@@ -176,6 +178,16 @@ class RepeatScheduler(Service):
                         job_id=job_id,
                         definition=definition.name,
                         tick_at=tick,
+                    )
+                )
+            elif due and was_paused:
+                paused += 1
+                emitted.append(
+                    events.OrchestratorTickSkipped(
+                        **self.origin.header(),
+                        definition=definition.name,
+                        tick_at=tick,
+                        reason="paused",
                     )
                 )
             elif due and busy and not definition.overlap:
@@ -190,7 +202,10 @@ class RepeatScheduler(Service):
                 )
         wait = max(0.0, (soonest - now).total_seconds())
         return RunResult(
-            self.name, {"scheduled": scheduled, "skipped": skipped}, tuple(emitted), wait
+            self.name,
+            {"scheduled": scheduled, "skipped": skipped, "paused": paused},
+            tuple(emitted),
+            wait,
         )
 
     def _plan(

@@ -33,14 +33,15 @@ logger = logging.getLogger("orchestra.worker")
 
 #: How often a worker refreshes last_heartbeat_at of the definitions it carries.
 DEFINITION_HEARTBEAT_S = 60.0
-#: The heartbeat's interval unless a lock interval of the channel asks for less.
+#: The heartbeat's interval unless a lock interval of the channels asks for less.
 HEARTBEAT_INTERVAL_MS_DEFAULT = 10_000
 
 
-def default_interval_ms(definitions: Iterable[JobDefinition[Any]], channel: str) -> int:
-    """10 s, or a third of the shortest lock interval of the channel's definitions:
+def default_interval_ms(definitions: Iterable[JobDefinition[Any]], channels: Iterable[str]) -> int:
+    """10 s, or a third of the shortest lock interval of the channels' definitions:
     a lease survives two missed heartbeats."""
-    locks = [d.lock_interval_ms for d in definitions if d.channel == channel]
+    served = set(channels)
+    locks = [d.lock_interval_ms for d in definitions if d.channel in served]
     return min([HEARTBEAT_INTERVAL_MS_DEFAULT, *(lock // 3 for lock in locks)])
 
 
@@ -51,7 +52,8 @@ class WorkerRow:
     name: str
     host: str
     pid: int
-    channel: str
+    #: The channels served, in order (empty: none in particular, stored as NULL).
+    channels: tuple[str, ...]
     concurrency: int
     #: Presented with every heartbeat; only its hash is stored.
     secret: str
@@ -64,7 +66,7 @@ class WorkerRow:
             "role": "worker",
             "host": self.host,
             "pid": self.pid,
-            "channel": self.channel,
+            "channels": list(self.channels) or None,
             "concurrency": self.concurrency,
             "secret": self.secret,
         }

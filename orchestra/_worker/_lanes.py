@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -35,14 +35,16 @@ from orchestra._worker._attempts import Claimed, Finish
 
 
 def limited_definitions(
-    definitions: Iterable[JobDefinition[Any]], channel: str
+    definitions: Iterable[JobDefinition[Any]], channels: Iterable[str]
 ) -> tuple[list[str], float]:
-    """The channel's rate- or concurrency-limited definitions, and their shortest
-    release interval in seconds (0.0 without one): what the guarded claim locks."""
+    """The rate- or concurrency-limited definitions of the channels, and their
+    shortest release interval in seconds (0.0 without one): what the guarded
+    claim locks."""
+    served = set(channels)
     limited = [
         d
         for d in definitions
-        if d.channel == channel and (d.release_interval_ms > 0 or d.max_concurrency is not None)
+        if d.channel in served and (d.release_interval_ms > 0 or d.max_concurrency is not None)
     ]
     intervals = [d.release_interval_ms for d in limited if d.release_interval_ms > 0]
     return [d.name for d in limited], (min(intervals) / 1000 if intervals else 0.0)
@@ -81,7 +83,7 @@ def lane_statements(
     batch: list[Finish],
     claim: int,
     *,
-    channel: str,
+    channels: Sequence[str],
     worker_id: int,
     worker_name: str,
     notify_channel: str,
@@ -125,7 +127,7 @@ def lane_statements(
             (
                 "job_claim",
                 {
-                    "channel": channel,
+                    "channels": list(channels),
                     "now": None,
                     "limit": claim,
                     "worker_id": worker_id,

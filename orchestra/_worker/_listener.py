@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -32,13 +32,17 @@ KEEPALIVE_KWARGS: dict[str, Any] = {
 
 
 class Listener:
-    """Keeps a LISTEN connection open and calls ``on_wakeup`` for notifications of one channel."""
+    """Keeps a LISTEN connection open and calls ``on_wakeup`` for notifications of its channels.
+
+    A notification's payload is the job channel it announces (see
+    producer.sql): one of the worker's channels wakes it, any other does not.
+    """
 
     def __init__(
         self,
         dsn: str,
         notify_channel: str,
-        job_channel: str,
+        job_channels: Iterable[str],
         *,
         on_wakeup: Callable[[], None],
         on_lost: Callable[[str], None],
@@ -46,7 +50,7 @@ class Listener:
     ) -> None:
         self._dsn = dsn
         self._notify_channel = notify_channel
-        self._job_channel = job_channel
+        self._job_channels = frozenset(job_channels)
         self._on_wakeup = on_wakeup
         self._on_lost = on_lost
         self._on_restored = on_restored
@@ -72,7 +76,7 @@ class Listener:
                 delay = RECONNECT_DELAY_MIN_S
                 self._on_wakeup()  # catch up on whatever was enqueued while not listening
                 async for notify in self._conn.notifies():
-                    if notify.payload == self._job_channel:
+                    if notify.payload in self._job_channels:
                         self._on_wakeup()
                 raise psycopg.OperationalError("the LISTEN connection was closed")
             except psycopg.Error as exc:

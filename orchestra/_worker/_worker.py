@@ -1,4 +1,4 @@
-"""The Worker daemon: claim jobs of one channel, run them, record every attempt.
+"""The Worker daemon: claim jobs of its channels, run them, record every attempt.
 
 The shell that wires the parts together and owns their lifecycle and I/O:
 
@@ -15,7 +15,7 @@ The shell that wires the parts together and owns their lifecycle and I/O:
 * :mod:`._report` counts and emits the events of claims and finishes.
 
 A full claim means there may be more: the lane claims again with its next
-finishes; a short one means the channel is drained: claim nothing more until a
+finishes; a short one means the channels are drained: claim nothing more until a
 NOTIFY, a freed slot of a limited definition, or ``process_interval_ms`` (the
 polling fallback). Stop: claim nothing more, let in-flight jobs finish within
 the grace period, record the rest as interrupted (they will be retried),
@@ -63,11 +63,16 @@ FLUSH_GRACE_S = 10.0
 
 
 class Worker(Daemon):
-    """Claims and runs the jobs of one channel.
+    """Claims and runs the jobs of one channel, or of several.
 
     Args:
         config: the queue's Config; its registered definitions are what this worker can run.
-        channel: the channel to serve.
+        channel: the channel to serve (``_default`` when neither this nor
+            ``channels`` is given).
+        channels: several channels to serve, instead of ``channel``: a
+            non-empty list of distinct names. Higher priority goes first
+            whatever the channel; channels of equal priority take turns, so a
+            backlog in one cannot hold back the jobs of another.
         concurrency: most jobs running at once (>= 1); by default 1, or ``processes``.
         processes: run job functions in this many child processes instead of
             threads (CPU-bound work). Functions must be importable module-level
@@ -79,7 +84,7 @@ class Worker(Daemon):
         process_interval_ms: polling interval when idle (NOTIFY usually wakes sooner).
         shutdown_grace_ms: how long a graceful stop waits for running jobs.
         heartbeat_interval_ms: how often leases are extended; by default 10 s or
-            a third of the shortest lock interval of the channel's definitions.
+            a third of the shortest lock interval of the channels' definitions.
         listen_notify: False for pure polling. A Config behind a transaction
             pooler (``transaction_pooling``) without a ``listen_dsn`` polls too.
         unknown_definition_delay_ms: how long a job of a definition this worker
@@ -92,7 +97,8 @@ class Worker(Daemon):
         self,
         config: Config,
         *,
-        channel: str = "_default",
+        channel: str | None = None,
+        channels: Iterable[str] | None = None,
         concurrency: int | None = None,
         processes: int | None = None,
         name: str = "anon",
@@ -111,6 +117,7 @@ class Worker(Daemon):
         self.config = config
         options = WorkerOptions.check(
             channel=channel,
+            channels=channels,
             concurrency=concurrency,
             processes=processes,
             process_interval_ms=process_interval_ms,
@@ -120,7 +127,10 @@ class Worker(Daemon):
             unknown_definition_delay_ms=unknown_definition_delay_ms,
         )
         self.options = options
-        self.channel = options.channel
+        #: The channels served, in the order given.
+        self.channels: tuple[str, ...] = options.channels
+        #: The first of :attr:`channels` (the only one of a worker of one channel).
+        self.channel: str = options.channels[0]
         self.concurrency = options.concurrency
         self.processes = options.processes
         self.process_interval_ms = options.process_interval_ms
@@ -132,7 +142,7 @@ class Worker(Daemon):
             name=self.name,
             host=self.host,
             pid=self.pid,
-            channel=self.channel,
+            channels=self.channels,
             concurrency=self.concurrency,
             secret=self.secret,
         )
@@ -179,7 +189,7 @@ class Worker(Daemon):
         """The effective heartbeat interval."""
         if self.options.heartbeat_interval_ms is not None:
             return self.options.heartbeat_interval_ms
-        return default_interval_ms(self._definitions(), self.channel)
+        return default_interval_ms(self._definitions(), self.channels)
 
     def _definitions(self) -> list[JobDefinition[Any]]:
         return list(self.config.definitions.values())
@@ -235,13 +245,13 @@ class Worker(Daemon):
             pool,
             self.config.queries,
             self._row,
-            channel=self.channel,
+            channels=self.channels,
             worker_name=self.daemon_name,
             notify_channel=self.config.notify_channel,
             finished_channel=self.config.finished_channel,
             errors=self._errors,
             claims_allowed=lambda: not self._no_more_claims,
-            limited=limited_definitions(self._definitions(), self.channel),
+            limited=limited_definitions(self._definitions(), self.channels),
             stats=self.stats,
         )
         self._producer.attach(writer, self._executor, pool)
@@ -267,7 +277,7 @@ class Worker(Daemon):
             self._listener = listener = Listener(
                 listen_dsn,
                 self.config.notify_channel,
-                self.channel,
+                self.channels,
                 on_wakeup=self._on_notify,
                 on_lost=lambda error: self._emit(
                     events.WorkerListenLost(**self._origin.header(), error=error)

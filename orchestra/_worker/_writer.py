@@ -71,10 +71,10 @@ class LaneWriter:
         pool: the worker's connection pool.
         queries: the rendered queries.
         row: this worker's row (its id seeds the claims and fences finishes).
-        channel, worker_name, notify_channel, finished_channel: the statements' parameters.
+        channels, worker_name, notify_channel, finished_channel: the statements' parameters.
         errors: reports failures and paces retries.
         claims_allowed: False once the worker stops (it claims nothing more).
-        limited: the channel's rate- or concurrency-limited definitions and
+        limited: the channels' rate- or concurrency-limited definitions and
             their shortest release interval in seconds.
         stats: counts the claim statements.
     """
@@ -85,7 +85,7 @@ class LaneWriter:
         queries: Queries,
         row: WorkerRow,
         *,
-        channel: str,
+        channels: tuple[str, ...],
         worker_name: str,
         notify_channel: str,
         finished_channel: str,
@@ -97,7 +97,7 @@ class LaneWriter:
         self._pool = pool
         self._queries = queries
         self._row = row
-        self._channel = channel
+        self._channels = channels
         self._worker_name = worker_name
         self._notify_channel = notify_channel
         self._finished_channel = finished_channel
@@ -106,6 +106,8 @@ class LaneWriter:
         self._limited = limited
         self._stats = stats
         self._key_conflicts = 0
+        #: Claims sent: the channel that goes first among equals rotates with it.
+        self._claims = 0
 
     @property
     def _worker_id(self) -> int:
@@ -187,10 +189,18 @@ class LaneWriter:
         the claimed ones at the commit, so the worker never holds more claims
         than its concurrency. A claim alone is a single autocommit statement.
         """
+        channels = self._channels
+        if claim and len(channels) > 1:
+            # Channels of equal priority take turns within a claim; which one
+            # goes first rotates from claim to claim, so that a claim of one
+            # job (concurrency 1) alternates between them (decision 0031).
+            first = self._claims % len(channels)
+            channels = channels[first:] + channels[:first]
+            self._claims += 1
         statements = _lanes.lane_statements(
             batch,
             claim,
-            channel=self._channel,
+            channels=channels,
             worker_id=self._worker_id,
             worker_name=self._worker_name,
             notify_channel=self._notify_channel,

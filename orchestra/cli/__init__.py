@@ -10,10 +10,10 @@ One module per command or command group; importing them registers them on
 
 from __future__ import annotations
 
-from orchestra.cli import _bench, _daemons, _dashboard, _defer, _health, _jobs
+from orchestra.cli import _bench, _daemons, _dashboard, _defer, _health, _jobs, _pause
 from orchestra.cli._app import configure_logging, handle_errors, load_app, main
 
 __all__ = ["configure_logging", "handle_errors", "load_app", "main"]
 
 # Referenced so that linters keep the imports that register the commands.
-_COMMANDS = (_bench, _daemons, _dashboard, _defer, _health, _jobs)
+_COMMANDS = (_bench, _daemons, _dashboard, _defer, _health, _jobs, _pause)

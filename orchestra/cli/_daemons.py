@@ -56,12 +56,19 @@ def migrate(ctx: click.Context, app_ref: str | None, dsn: str | None, schema: st
     "--role",
     type=click.Choice(["worker", "orchestrator", "all"]),
     required=True,
-    help="Which daemon to run. worker: claim and run jobs of one channel. orchestrator: "
+    help="Which daemon to run. worker: claim and run jobs of its channels. orchestrator: "
     "schedule repeat/cron jobs, rescue, time out, sweep (run one or more; they elect a "
     "leader). all: both in one process.",
 )
 @queue_options(app_required=True)
-@click.option("--channel", default="_default", show_default=True, help="Channel to serve.")
+@click.option(
+    "--channel",
+    "channels",
+    multiple=True,
+    metavar="NAME",
+    help="Channel to serve; repeat it to serve several (channels of equal priority take "
+    "turns).  [default: _default]",
+)
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 10_000),
@@ -188,7 +195,7 @@ def daemon(
     app_ref: str,
     dsn: str | None,
     schema: str | None,
-    channel: str,
+    channels: tuple[str, ...],
     concurrency: int | None,
     processes: int | None,
     name: str,
@@ -217,7 +224,8 @@ def daemon(
     line saying what it serves.
     """
     # Before the app is imported or anything logged: a bad name starts nothing.
-    check_text_options(name=name, channel=channel)
+    check_text_options(name=name)
+    served = _check_channels(channels)
     import asyncio  # noqa: PLC0415 (keeps `orchestra --help` fast)
 
     from orchestra._daemon import run_together  # noqa: PLC0415
@@ -242,7 +250,7 @@ def daemon(
         daemons.append(
             Worker(
                 config,
-                channel=channel,
+                channels=served,
                 concurrency=concurrency,
                 processes=processes,
                 name=name,
@@ -271,6 +279,16 @@ def daemon(
     _exit_despite_stuck_threads()
 
 
+def _check_channels(channels: tuple[str, ...]) -> tuple[str, ...]:
+    """The --channel values (``_default`` without one), or one line naming the bad one."""
+    from orchestra._worker._options import DEFAULT_CHANNEL, check_channels  # noqa: PLC0415
+
+    try:
+        return check_channels(None, list(channels) or [DEFAULT_CHANNEL])
+    except ConfigurationError as exc:
+        raise ConfigurationError("--channel", exc.problem) from None
+
+
 #: Names listed in the start-up line before "and N more".
 BANNER_NAMES = 8
 
@@ -292,7 +310,7 @@ class _StartupLine:
 
 
 def startup_line(daemons: Sequence[Daemon], config: Config) -> str:
-    """What the daemons of this process serve: role, channel, concurrency, definitions, queue."""
+    """What the daemons of this process serve: role, channels, concurrency, definitions, queue."""
     from orchestra._worker import Worker  # noqa: PLC0415
 
     workers = [d for d in daemons if isinstance(d, Worker)]
@@ -302,13 +320,15 @@ def startup_line(daemons: Sequence[Daemon], config: Config) -> str:
     if workers:
         worker = workers[0]
         how = f"in {worker.processes} child process(es)" if worker.processes else "in threads"
+        served = ", ".join(repr(channel) for channel in worker.channels)
+        plural = "s" if len(worker.channels) > 1 else ""
         parts.append(
-            f"serving channel {worker.channel!r} with concurrency {worker.concurrency} {how}"
+            f"serving channel{plural} {served} with concurrency {worker.concurrency} {how}"
         )
         parts.append(_wakeups(worker.listen_notify, config))
-        carried = [n for n in names if config.definitions[n].channel == worker.channel]
+        carried = [n for n in names if config.definitions[n].channel in worker.channels]
         others = len(names) - len(carried)
-        definitions = _listed(carried) or f"no definition of channel {worker.channel!r}"
+        definitions = _listed(carried) or f"no definition of channel{plural} {served}"
         if others:
             definitions += f" ({others} more of other channels, not run by this worker)"
     else:

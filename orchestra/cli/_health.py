@@ -108,6 +108,19 @@ def _health_report(
                     f"; the oldest transaction (pid {horizon.oldest.pid}) is another role's: "
                     f"{MONITOR_HINT}"
                 )
+            try:
+                with conn.transaction():  # a savepoint: the check goes on without it
+                    paused = conn.execute(config.queries["health_paused"]).fetchall()
+            except psycopg.errors.InsufficientPrivilege:
+                # A probe's role may read no more than schema_version: what is
+                # paused is then unknown (null in the JSON), not a failure.
+                paused = None
+            if paused is not None:
+                report["paused_channels"] = [n for kind, n in paused if kind == "channel"]
+                report["paused_definitions"] = [n for kind, n in paused if kind == "definition"]
+            if paused:
+                # Not a warning: pausing is deliberate, but a probe's reader should see it.
+                summary += "; paused: " + ", ".join(f"{kind} {n!r}" for kind, n in paused)
             if role is None:
                 return summary
             row = conn.execute(
@@ -245,6 +258,8 @@ def health(
         "oldest_transaction": None,
         "holders": None,
         "job_table": None,
+        "paused_channels": None,
+        "paused_definitions": None,
     }
     try:
         summary = _health_report(

@@ -4,10 +4,13 @@ Pages and API read through ``config.jobs_async`` (orchestra/_jobs.py) and the
 read-only queries of ``orchestra/sql/monitoring.sql``. Retry, cancel and delete
 are refused (buttons hidden, POST answered 403) unless the app is created with
 ``allow_actions=True``, and so are their bulk forms (a selection of jobs, or
-every failed job of a definition). In the HTML pages an action takes two
-steps: a confirmation page (GET) and its form (POST, with a CSRF token and a
-ticked box). The JSON API takes a POST with a JSON body, which a cross-site
-form cannot send. Everything shown is HTML-escaped by Jinja's autoescape, and
+every failed job of a definition) and pausing or resuming a channel or a
+definition (``config.channels_async``, ``config.definitions_async``). In the
+HTML pages an action takes two steps: a confirmation page (GET) and its form
+(POST, with a CSRF token and a ticked box); pausing, reversible and
+idempotent, takes one: its buttons (on the definitions page) post their form,
+with a CSRF token, at once. The JSON API takes a POST with a JSON body, which
+a cross-site form cannot send. Everything shown is HTML-escaped by Jinja's autoescape, and
 the Content-Security-Policy forbids inline scripts besides.
 
 The overview, the jobs list and the charts refresh themselves: app.js polls
@@ -40,7 +43,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from orchestra import __version__, _db
-from orchestra._checks import NAME_MAX_LENGTH
+from orchestra._checks import CHANNEL_RE, NAME_MAX_LENGTH, check_name
 from orchestra._config import Config
 from orchestra._names import escape_unprintable, first_unprintable
 from orchestra._records import STATUSES, Job
@@ -60,12 +63,16 @@ from orchestra.errors import (
     JobStateError,
     OrchestraError,
     SchemaNotReadyError,
+    UnknownDefinitionError,
     UnknownJobError,
 )
 
 logger = logging.getLogger("orchestra.dashboard")
 
 ACTIONS = ("retry", "cancel", "delete")
+#: What can be paused, and the two verbs.
+PAUSABLE = ("channel", "definition")
+PAUSE_VERBS = ("pause", "resume")
 PAGE_SIZES = (25, 50, 100, 200)
 PAGE_SIZE_DEFAULT = 50
 API_LIMIT_MAX = 1000
@@ -217,7 +224,7 @@ def _error_status(exc: Exception) -> tuple[int, str]:
     """The HTTP status and message an exception raised by a handler calls for."""
     if isinstance(exc, HTTPException):
         return exc.status_code, str(exc.detail)
-    if isinstance(exc, UnknownJobError):
+    if isinstance(exc, UnknownJobError | UnknownDefinitionError):
         return 404, str(exc)
     if isinstance(exc, JobStateError):
         return 409, str(exc)
@@ -782,12 +789,69 @@ class Dashboard:
             error=error,
         )
 
+    async def _pause(self, kind: str, verb: str, name: str) -> dict[str, Any]:
+        """Pause or resume the channel or definition ``name``; what the API answers."""
+        if kind == "channel":
+            channels = self.config.channels_async
+            changed = await (channels.pause(name) if verb == "pause" else channels.resume(name))
+        else:
+            definitions = self.config.definitions_async
+            changed = await (
+                definitions.pause(name) if verb == "pause" else definitions.resume(name)
+            )
+        logger.info(
+            "dashboard: %s %s %s%s",
+            verb,
+            kind,
+            escape_unprintable(name),
+            "" if changed else " (nothing to change)",
+        )
+        return {"kind": kind, "name": name, "paused": verb == "pause", "changed": changed}
+
+    @staticmethod
+    def _pause_target(request: Request) -> tuple[str, str, str]:
+        """(kind, verb, name) of a pause or resume request, the name checked (400 if bad)."""
+        path = _app_path(request)
+        # By the start of the path: a definition's name may hold "/channels/".
+        kind = "channel" if path.startswith(("/channels/", "/api/channels/")) else "definition"
+        verb = path.rsplit("/", 1)[-1]
+        name: str = request.path_params["name"]
+        if kind == "channel":
+            check_name(name, "channel", pattern=CHANNEL_RE)
+        else:
+            name = _definition_param(name)
+        return kind, verb, name
+
+    async def pause_form(self, request: Request) -> Response:
+        """POST from the definitions page: pause or resume, then back to the page."""
+        self._require_actions()
+        session = request.cookies.get(SESSION_COOKIE) or ""
+        fields = await self._form(request, 10)
+        self._check_csrf(session, _field(fields, "csrf"))
+        kind, verb, name = self._pause_target(request)
+        await self._pause(kind, verb, name)
+        return RedirectResponse(self._url(request, "definitions"), status_code=303)
+
+    async def api_pause(self, request: Request) -> Response:
+        """POST /api/channels/{name}/pause|resume and /api/definitions/{name}/pause|resume."""
+        self._require_actions()
+        kind, verb, name = self._pause_target(request)
+        await self._json_body(request)
+        return _JSON(await self._pause(kind, verb, name))
+
     async def definitions_page(self, request: Request) -> Response:
-        """Every definition: settings, next tick, rate limit, heartbeat, job counts."""
+        """Every definition: settings, next tick, rate limit, heartbeat, job counts; the
+        channels, paused or not (with pause and resume buttons when actions are allowed)."""
         now = dt.datetime.now(dt.UTC)
         loaded = self.config.definitions
         rows = []
-        for info in await self.config.jobs_async.definitions():
+        infos = await self.config.jobs_async.definitions()
+        paused = {p.channel: p for p in await self.config.channels_async.paused()}
+        channels = [
+            {"name": name, "paused": paused.get(name)}
+            for name in sorted({info.channel for info in infos} | set(paused))
+        ]
+        for info in infos:
             local = loaded.get(info.name)
             tick, computed = _data.next_tick(info, now, local.cron_timezone if local else None)
             if info.cron is not None and local is None:
@@ -808,14 +872,20 @@ class Dashboard:
                     "basis_short": basis_short,
                 }
             )
-        return self.page(
+        session, fresh = self._session(request)
+        response = self.page(
             request,
             "definitions.html",
             title="Definitions",
             nav="definitions",
             definitions=rows,
+            channels=channels,
             now=now,
+            csrf=csrf_token(self.secret, session),
         )
+        if fresh:
+            self._keep_session(request, response, session)
+        return response
 
     def _confirm_page(
         self,
@@ -1071,13 +1141,18 @@ def _definition_param(value: str) -> str:
     return value
 
 
-def _is_live_path(request: Request) -> bool:
-    """True for a live refresh's request (answered in JSON, errors too)."""
+def _app_path(request: Request) -> str:
+    """The request's path within the app (without the root path it is mounted at)."""
     path = request.url.path
     root = request.scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root) :]
-    return path.startswith("/live/")
+    return path
+
+
+def _is_live_path(request: Request) -> bool:
+    """True for a live refresh's request (answered in JSON, errors too)."""
+    return _app_path(request).startswith("/live/")
 
 
 def _routes(handlers: Dashboard) -> list[BaseRoute]:
@@ -1109,6 +1184,26 @@ def _routes(handlers: Dashboard) -> list[BaseRoute]:
             name=f"bulk_{action}",
         )
         for action in ACTIONS
+    ]
+    routes += [
+        Route(
+            f"/{kind}s/{{name{':path' if kind == 'definition' else ''}}}/{verb}",
+            handlers.pause_form,
+            methods=["POST"],
+            name=f"{verb}_{kind}",
+        )
+        for kind in PAUSABLE
+        for verb in PAUSE_VERBS
+    ]
+    routes += [
+        Route(
+            f"/api/{kind}s/{{name{':path' if kind == 'definition' else ''}}}/{verb}",
+            handlers.api_pause,
+            methods=["POST"],
+            name=f"api_{verb}_{kind}",
+        )
+        for kind in PAUSABLE
+        for verb in PAUSE_VERBS
     ]
     routes += [
         Route("/definitions", handlers.definitions_page, methods=["GET"], name="definitions"),

@@ -99,12 +99,14 @@ def database_health(horizon: VacuumHorizon, schema: str, threshold_s: float) -> 
 
 
 async def overview(config: Config) -> dict[str, Any]:
-    """Counts by status and channel, throughput, daemons, the leader and vacuum's horizon."""
+    """Counts by status and channel, paused channels, throughput, daemons, the leader and
+    vacuum's horizon."""
     async with config.connection_async() as conn:
         now_rows = await _rows(conn, config, "clock_now", {})
         count_rows = await _rows(conn, config, "dashboard_job_counts", {})
         bucket_rows = await _rows(conn, config, "dashboard_throughput", {})
         worker_rows = await _rows(conn, config, "dashboard_workers", {})
+        paused_rows = await _rows(conn, config, "manage_channel_paused", {})
         leader_rows = await _rows(conn, config, "leader_get", {"name": LEASE_NAME})
         vacuum_rows = await _rows(conn, config, "health_vacuum_horizon", {"schema": config.schema})
     now: dt.datetime = now_rows[0]["clock_timestamp"]
@@ -135,6 +137,7 @@ async def overview(config: Config) -> dict[str, Any]:
                 "host": row["host"],
                 "pid": row["pid"],
                 "channel": row["channel"],
+                "channels": row["channels"],
                 "concurrency": row["concurrency"],
                 "running": int(row["running"]),
                 "started_at": row["started_at"],
@@ -163,6 +166,7 @@ async def overview(config: Config) -> dict[str, Any]:
                 for row in bucket_rows
             ],
         },
+        "paused_channels": [row["channel"] for row in paused_rows],
         "workers": workers,
         "leader": None
         if leader is None

@@ -149,6 +149,17 @@ _SCHEMAS: dict[str, Any] = {
             "error": {**_NULLABLE_STRING, "description": "Why it was refused."},
         }
     ),
+    "PauseResult": _object(
+        {
+            "kind": {"type": "string", "enum": ["channel", "definition"]},
+            "name": {"type": "string"},
+            "paused": {"type": "boolean", "description": "Its state after the request."},
+            "changed": {
+                "type": "boolean",
+                "description": "False when it already was in that state.",
+            },
+        }
+    ),
     "BulkResult": _object(
         {
             "action": {"type": "string", "enum": ["retry", "cancel", "delete"]},
@@ -258,7 +269,15 @@ _SCHEMAS: dict[str, Any] = {
             "role": {"type": "string", "enum": ["worker", "orchestrator"]},
             "host": {"type": "string"},
             "pid": {"type": "integer"},
-            "channel": _NULLABLE_STRING,
+            "channel": {
+                **_NULLABLE_STRING,
+                "description": "The first of channels (kept for older clients).",
+            },
+            "channels": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "The channels a worker serves; null for an orchestrator.",
+            },
             "concurrency": _NULLABLE_INT,
             "running": {"type": "integer", "description": "Jobs it runs now."},
             "started_at": _TIMESTAMP,
@@ -296,6 +315,11 @@ _SCHEMAS: dict[str, Any] = {
                     },
                 }
             ),
+            "paused_channels": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Channels whose jobs no worker claims until they are resumed.",
+            },
             "workers": {"type": "array", "items": _ref("Worker")},
             "leader": {
                 "oneOf": [
@@ -388,6 +412,41 @@ def _action(verb: str, summary: str, ok: dict[str, Any]) -> dict[str, Any]:
                 "403": _json(_ref("Error"), "Actions are disabled (no --allow-actions)."),
                 "404": _json(_ref("Error"), "No job with this id."),
                 "409": _json(_ref("Error"), "The job's state does not allow it."),
+                "415": _json(_ref("Error"), "The request body is not JSON."),
+            },
+        }
+    }
+
+
+def _pause(kind: str, verb: str, summary: str, missing: str | None = None) -> dict[str, Any]:
+    not_found = {} if missing is None else {"404": _json(_ref("Error"), missing)}
+    return {
+        "post": {
+            "summary": summary,
+            "description": "Idempotent: `changed` is false when there was nothing to do. "
+            "Workers leave a paused channel's or definition's jobs alone from their next "
+            "claim on; running jobs finish. A resume wakes the channel's workers.",
+            "operationId": f"{verb}_{kind}",
+            "parameters": [
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "maxLength": 128},
+                    "description": f"The {kind}'s name.",
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "description": "An empty JSON object. The JSON content type is required: a "
+                "cross-site HTML form cannot send it, which protects basic-auth users.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "responses": {
+                "200": _json(_ref("PauseResult"), "The state after, and whether it changed."),
+                **_ERRORS,
+                "403": _json(_ref("Error"), "Actions are disabled (no --allow-actions)."),
+                **not_found,
                 "415": _json(_ref("Error"), "The request body is not JSON."),
             },
         }
@@ -565,6 +624,24 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/channels/{name}/pause": _pause(
+        "channel", "pause", "Stop workers from claiming a channel's jobs (it may have none yet)"
+    ),
+    "/api/channels/{name}/resume": _pause(
+        "channel", "resume", "Let workers claim a paused channel's jobs again"
+    ),
+    "/api/definitions/{name}/pause": _pause(
+        "definition",
+        "pause",
+        "Stop workers from claiming a definition's jobs; its repeat and cron ticks are skipped",
+        "No definition of this name is stored.",
+    ),
+    "/api/definitions/{name}/resume": _pause(
+        "definition",
+        "resume",
+        "Let workers claim a paused definition's jobs again",
+        "No definition of this name is stored.",
+    ),
     "/api/openapi.json": {
         "get": {
             "summary": "This document",
@@ -582,8 +659,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "orchestra dashboard API",
             "version": __version__,
-            "description": "Read the queue, and retry, cancel or delete jobs when the dashboard "
-            "runs with --allow-actions. Errors are JSON objects with `error` and `status`.",
+            "description": "Read the queue, and retry, cancel or delete jobs and pause or resume "
+            "channels and definitions when the dashboard runs with --allow-actions. Errors are "
+            "JSON objects with `error` and `status`.",
         },
         "paths": _PATHS,
         "components": {

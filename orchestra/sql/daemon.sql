@@ -5,9 +5,11 @@
 -- name: worker_register
 -- %(secret)s is the daemon's own, kept in its memory: the row stores its
 -- SHA-256, and worker_touch / worker_deregister want the secret.
-INSERT INTO {schema}.worker (name, role, host, pid, channel, concurrency, secret_hash)
-VALUES (%(name)s, %(role)s, %(host)s, %(pid)s, %(channel)s, %(concurrency)s,
-        sha256(convert_to(%(secret)s, 'UTF8')))
+-- %(channels)s: the channels a worker serves (NULL for an orchestrator);
+-- `channel` keeps the first of them for readers of schema version 7.
+INSERT INTO {schema}.worker (name, role, host, pid, channel, channels, concurrency, secret_hash)
+VALUES (%(name)s, %(role)s, %(host)s, %(pid)s, (%(channels)s::text[])[1], %(channels)s::text[],
+        %(concurrency)s, sha256(convert_to(%(secret)s, 'UTF8')))
 RETURNING id;
 
 -- name: worker_touch

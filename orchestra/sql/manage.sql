@@ -1,7 +1,8 @@
 -- Queries of the job management API (orchestra/_jobs.py: Config.jobs and
 -- Config.jobs_async, and the `orchestra jobs` / `orchestra definitions`
 -- commands): find and list jobs; retry, cancel and delete them, failed ones
--- also in bulk.
+-- also in bulk; and of pausing (orchestra/_pause.py: Config.channels and
+-- Config.definitions, `orchestra pause` / `orchestra resume`).
 --
 -- Where jobs are (decision 0019): an unfinished job (waiting, available,
 -- running) is a row of the hot table `job`, with its attempt-log rows in
@@ -544,3 +545,51 @@ SELECT d.name, d.channel, d.num_attempts, d.backoff, d.priority, d.repeat_interv
                 '{{}}'::jsonb) AS counts
 FROM {schema}.job_definition d
 ORDER BY d.name;
+
+-- == Pausing channels and definitions (docs/decisions/0031) ==================
+--
+-- A pause is read by every claim (job_claim, job_claim_limited): the next
+-- claim of every worker leaves the paused work alone, and running jobs
+-- finish as usual. Pausing and resuming are idempotent: each statement says
+-- whether it changed anything. A resume wakes the workers of the channel.
+
+-- name: manage_channel_pause
+-- A channel needs no other row to exist: one that has no job yet can be
+-- paused too (the name is checked in Python).
+INSERT INTO {schema}.channel_pause (channel) VALUES (%(channel)s)
+ON CONFLICT (channel) DO NOTHING
+RETURNING channel;
+
+-- name: manage_channel_resume
+WITH resumed AS (
+    DELETE FROM {schema}.channel_pause WHERE channel = %(channel)s
+    RETURNING channel
+)
+SELECT channel, pg_notify(%(notify_channel)s, channel) AS woken FROM resumed;
+
+-- name: manage_channel_paused
+SELECT channel, paused_at, paused_by FROM {schema}.channel_pause ORDER BY channel;
+
+-- name: manage_definition_pause
+-- Set a stored definition's `paused` to %(paused)s. Returns its row as found
+-- (no row: no such definition is stored) and whether it changed; a resume
+-- wakes the definition's channel. The daemons' definition_upsert leaves
+-- `paused` alone, so a pause outlasts their restarts.
+WITH found AS MATERIALIZED (
+    SELECT name, channel, paused FROM {schema}.job_definition
+    WHERE name = %(name)s
+    FOR NO KEY UPDATE
+), changed AS (
+    UPDATE {schema}.job_definition d SET paused = %(paused)s
+    FROM found f
+    WHERE d.name = f.name AND f.paused <> %(paused)s
+    RETURNING d.name, d.channel
+), woken AS (
+    SELECT count(pg_notify(%(notify_channel)s, channel)) AS n
+    FROM changed WHERE NOT %(paused)s
+)
+SELECT f.name, f.channel, EXISTS (SELECT 1 FROM changed) AS changed, (SELECT n FROM woken) AS woken
+FROM found f;
+
+-- name: manage_definition_paused
+SELECT name, channel FROM {schema}.job_definition WHERE paused ORDER BY name;

@@ -55,8 +55,12 @@ ORDER BY m.minute;
 -- job_locked_by_idx: running jobs are in the hot table). A crashed daemon's
 -- row stays until the orchestrator's rescuer removes it, so the age tells
 -- live from silent.
-SELECT w.id, w.name, w.role, w.host, w.pid, w.channel, w.concurrency, w.started_at,
-       w.heartbeat_at,
+-- `channels` falls back to `channel` for the rows of workers older than
+-- schema version 8.
+SELECT w.id, w.name, w.role, w.host, w.pid, w.channel,
+       coalesce(w.channels, CASE WHEN w.channel IS NOT NULL THEN ARRAY[w.channel] END)
+           AS channels,
+       w.concurrency, w.started_at, w.heartbeat_at,
        (extract(epoch FROM clock_timestamp() - w.heartbeat_at) * 1000)::bigint AS heartbeat_age_ms,
        (SELECT count(*) FROM {schema}.job j
         WHERE j.locked_by = w.id AND j.status = 'running') AS running
@@ -114,6 +118,14 @@ FROM {schema}.worker
 WHERE role = %(role)s
   AND (%(host)s::text IS NULL OR host = %(host)s::text)
   AND (%(name)s::text IS NULL OR name = %(name)s::text);
+
+-- name: health_paused
+-- The paused channels and definitions (a handful of rows at most), which
+-- `orchestra health` lists: their jobs wait until they are resumed.
+SELECT 'channel' AS kind, channel AS name FROM {schema}.channel_pause
+UNION ALL
+SELECT 'definition', name FROM {schema}.job_definition WHERE paused
+ORDER BY 1, 2;
 
 -- name: health_vacuum_horizon
 -- What keeps autovacuum from cleaning the job table, in one row: the holder

@@ -55,9 +55,10 @@ RETURNING name;
 -- locked and its last_repeated_at checked and set in the same statement, and
 -- the unique (definition, tick_at) index stops a second insert even from a
 -- second leader. With overlap off, a tick whose previous job is unfinished is
--- recorded as done without a job (skipped).
+-- recorded as done without a job (skipped); so is every tick of a paused
+-- definition (it does not run late once resumed).
 WITH def AS MATERIALIZED (
-    SELECT name, channel, num_attempts, priority,
+    SELECT name, channel, num_attempts, priority, paused,
            release_interval_ms > 0 OR max_concurrency IS NOT NULL AS limited
     FROM {schema}.job_definition
     WHERE name = %(definition)s
@@ -74,7 +75,7 @@ WITH def AS MATERIALIZED (
     SELECT def.name, def.channel, def.priority, %(payload)s::jsonb, def.num_attempts,
            coalesce(%(now)s::timestamptz, clock_timestamp()), %(tick_at)s::timestamptz, def.limited
     FROM def, busy
-    WHERE %(overlap)s OR NOT busy.busy
+    WHERE (%(overlap)s OR NOT busy.busy) AND NOT def.paused
     ON CONFLICT (definition, tick_at) WHERE tick_at IS NOT NULL DO NOTHING
     RETURNING id, channel
 ), marked AS (
@@ -87,7 +88,8 @@ WITH def AS MATERIALIZED (
 SELECT (SELECT id FROM inserted) AS job_id,
        EXISTS (SELECT 1 FROM def) AS due,
        (SELECT busy FROM busy) AS busy,
-       (SELECT n FROM woken) AS woken;
+       (SELECT n FROM woken) AS woken,
+       coalesce((SELECT paused FROM def), false) AS paused;
 
 -- == Rescuer: jobs of dead workers ===========================================
 

@@ -12,18 +12,43 @@ BEGIN;
 COMMIT;
 
 -- name: job_claim
--- Claim up to %(limit)s runnable jobs of a channel: higher priority first,
--- then FIFO. SKIP LOCKED lets concurrent workers take disjoint batches. The
--- lock is NO KEY UPDATE, which does not conflict with the KEY SHARE lock that
--- an open defer(depends_on=...) holds on its dependencies; the
--- MATERIALIZED CTEs make the LIMIT apply before the UPDATE, so a worker never
--- gets more rows than it asked for. Each claim counts as an attempt.
+-- Claim up to %(limit)s runnable jobs of the worker's channels (%(channels)s,
+-- an array): higher priority first, then FIFO within a channel, and channels
+-- of equal priority take turns (docs/decisions/0031). SKIP LOCKED lets concurrent
+-- workers take disjoint batches. The lock is NO KEY UPDATE, which does not
+-- conflict with the KEY SHARE lock that an open defer(depends_on=...) holds on
+-- its dependencies; the MATERIALIZED CTEs make the LIMIT apply before the
+-- UPDATE, so a worker never gets more rows than it asked for. Each claim
+-- counts as an attempt.
+--
+-- Paused channels (channel_pause) are left out before any job is read;
+-- jobs of paused definitions (job_definition.paused) are stepped over. Both
+-- are read once per statement, so a pause takes effect at the next claim of
+-- every worker, with no restart.
+--
+-- Fairness between channels: each channel is its own index scan of
+-- job_claim_idx (a LATERAL per channel, locking up to %(limit)s of its jobs),
+-- and the batch takes the candidates by priority, then by their turn within
+-- their channel (1 for a channel's first job, 2 for its second ...), then by
+-- the channel's place in %(channels)s, which the worker rotates by one at
+-- every claim. So a backlog of old jobs in one channel cannot hold back
+-- another channel's job of the same priority: both heads have turn 1, and of
+-- k channels each comes first once every k claims (a claim of one job
+-- alternates between two channels). A higher priority still goes first,
+-- whatever its channel. Candidates that do not make the batch were locked
+-- for nothing and are free again at the commit: with k channels that all
+-- have jobs, a claim locks up to k times %(limit)s rows to take %(limit)s.
+-- With one channel the batch is exactly what the single scan finds, by
+-- priority then id.
 --
 -- Two branches: `plain` serves jobs without limits from job_claim_idx; `keyed`
 -- serves resource-keyed jobs of unlimited definitions, taking a job only if it
 -- heads its key (per channel) and no job of its key runs: at most one running
 -- job per resource key, fleet-wide. A job held back by its key is simply not
--- taken: it spends nothing and nobody spins on it.
+-- taken: it spends nothing and nobody spins on it. Two channels of one worker
+-- may each have a head of the same key: the batch keeps one of them (the
+-- first by priority then id), or the unique index below would refuse the
+-- whole claim again and again.
 -- When no keyed job exists the keyed branch is an empty partial index scan.
 -- Two workers can still race on one key from different channels: the unique
 -- index job_resource_running_uniq then refuses the second UPDATE and the
@@ -43,35 +68,61 @@ COMMIT;
 -- settings does: a claim that a crash could forget while its worker already
 -- runs the job would let a second worker run it at the same time (decision
 -- 0015, amended).
-WITH plain AS MATERIALIZED (
-    SELECT id, priority FROM {schema}.job
-    WHERE status = 'available' AND NOT limited AND channel = %(channel)s
-      AND run_at <= coalesce(%(now)s::timestamptz, now())
-    ORDER BY priority DESC, id
-    LIMIT %(limit)s
-    FOR NO KEY UPDATE SKIP LOCKED
+WITH paused AS MATERIALIZED (
+    -- The definition table is small; `<> ALL` of an empty array is true.
+    SELECT coalesce(array_agg(name), '{{}}') AS names
+    FROM {schema}.job_definition WHERE paused
+), served AS MATERIALIZED (
+    SELECT c.channel, c.place FROM unnest(%(channels)s::text[]) WITH ORDINALITY AS c(channel, place)
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.channel_pause p WHERE p.channel = c.channel)
+), plain AS MATERIALIZED (
+    SELECT p.id, p.priority, s.place FROM served s
+    CROSS JOIN LATERAL (
+        SELECT id, priority FROM {schema}.job
+        WHERE status = 'available' AND NOT limited AND channel = s.channel
+          AND run_at <= coalesce(%(now)s::timestamptz, now())
+          AND definition <> ALL ((SELECT names FROM paused)::text[])
+        ORDER BY priority DESC, id
+        LIMIT %(limit)s
+        FOR NO KEY UPDATE SKIP LOCKED
+    ) p
 ), keyed AS MATERIALIZED (
-    SELECT j.id, j.priority FROM {schema}.job j
-    WHERE j.status = 'available' AND j.resource_key IS NOT NULL AND j.channel = %(channel)s
-      AND j.run_at <= coalesce(%(now)s::timestamptz, now())
-      AND NOT EXISTS (
-          SELECT 1 FROM {schema}.job r
-          WHERE r.resource_key = j.resource_key AND r.status = 'running')
-      AND NOT EXISTS (
-          SELECT 1 FROM {schema}.job o
-          WHERE o.resource_key = j.resource_key AND o.channel = j.channel
-            AND o.status = 'available' AND o.run_at <= coalesce(%(now)s::timestamptz, now())
-            AND (o.priority > j.priority OR (o.priority = j.priority AND o.id < j.id)))
-      AND NOT EXISTS (
-          SELECT 1 FROM {schema}.job_definition d
-          WHERE d.name = j.definition
-            AND (d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL))
-    ORDER BY j.priority DESC, j.id
-    LIMIT %(limit)s
-    FOR NO KEY UPDATE OF j SKIP LOCKED
+    SELECT k.id, k.priority, s.place, k.resource_key FROM served s
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.resource_key FROM {schema}.job j
+        WHERE j.status = 'available' AND j.resource_key IS NOT NULL AND j.channel = s.channel
+          AND j.run_at <= coalesce(%(now)s::timestamptz, now())
+          AND j.definition <> ALL ((SELECT names FROM paused)::text[])
+          AND NOT EXISTS (
+              SELECT 1 FROM {schema}.job r
+              WHERE r.resource_key = j.resource_key AND r.status = 'running')
+          AND NOT EXISTS (
+              SELECT 1 FROM {schema}.job o
+              WHERE o.resource_key = j.resource_key AND o.channel = j.channel
+                AND o.status = 'available' AND o.run_at <= coalesce(%(now)s::timestamptz, now())
+                AND (o.priority > j.priority OR (o.priority = j.priority AND o.id < j.id)))
+          AND NOT EXISTS (
+              SELECT 1 FROM {schema}.job_definition d
+              WHERE d.name = j.definition
+                AND (d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL))
+        ORDER BY j.priority DESC, j.id
+        LIMIT %(limit)s
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ) k
+), candidates AS (
+    SELECT id, priority, place FROM plain
+    UNION ALL
+    SELECT id, priority, place FROM (
+        SELECT DISTINCT ON (resource_key) id, priority, place FROM keyed
+        ORDER BY resource_key, priority DESC, id
+    ) heads
 ), claimable AS (
-    SELECT id FROM (SELECT * FROM plain UNION ALL SELECT * FROM keyed) c
-    ORDER BY priority DESC, id
+    SELECT id FROM (
+        SELECT id, priority, place,
+               row_number() OVER (PARTITION BY place ORDER BY priority DESC, id) AS turn
+        FROM candidates
+    ) c
+    ORDER BY priority DESC, turn, place
     LIMIT %(limit)s
 )
 -- The rows are found by `id = ANY(ARRAY(...))`, a primary-key scan: joined
@@ -98,10 +149,12 @@ RETURNING j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock
 -- waited for). The claim itself must be a second statement, so that its
 -- snapshot is taken after the lock was granted and sees the claims of the
 -- worker that held it before (a count of running jobs read in the same
--- statement could predate them).
+-- statement could predate them). A paused definition is not locked:
+-- job_claim_limited would take nothing of it.
 SELECT name FROM {schema}.job_definition
 WHERE name = ANY(%(definitions)s::text[])
   AND (release_interval_ms > 0 OR max_concurrency IS NOT NULL)
+  AND NOT paused
 FOR NO KEY UPDATE SKIP LOCKED;
 
 -- name: job_claim_limited
@@ -109,13 +162,18 @@ FOR NO KEY UPDATE SKIP LOCKED;
 -- definitions locked by definition_lock_limited: the limits are checked and
 -- last_released_at set on one clock reading, so that starts are spaced by the
 -- release interval fleet-wide, retries included, and running jobs never
--- exceed max_concurrency. Jobs held back spend nothing.
+-- exceed max_concurrency. Jobs held back spend nothing. Paused definitions
+-- and the jobs of paused channels are left alone, as in job_claim (a job
+-- keeps the channel it was deferred on, which may no longer be its
+-- definition's, so the channel is checked on the job).
 WITH t AS MATERIALIZED (
-    SELECT clock_timestamp() AS ts
+    SELECT clock_timestamp() AS ts,
+           coalesce((SELECT array_agg(channel) FROM {schema}.channel_pause), '{{}}') AS stopped
 ), defs AS MATERIALIZED (
     SELECT d.name, d.release_interval_ms, d.max_concurrency
     FROM {schema}.job_definition d, t
     WHERE d.name = ANY(%(definitions)s::text[])
+      AND NOT d.paused
       AND (d.release_interval_ms = 0 OR d.last_released_at IS NULL
            OR d.last_released_at + d.release_interval_ms * interval '1 millisecond' <= t.ts)
 ), budget AS MATERIALIZED (
@@ -125,12 +183,13 @@ WITH t AS MATERIALIZED (
                      SELECT count(*) FROM {schema}.job r
                      WHERE r.definition = defs.name AND r.status = 'running'), %(limit)s)) AS n
     FROM defs
-), picked AS MATERIALIZED (
-    SELECT j.id, j.definition FROM budget b
+), candidates AS MATERIALIZED (
+    SELECT j.id, j.definition, j.priority, j.resource_key FROM budget b
     CROSS JOIN LATERAL (
-        SELECT id, definition FROM {schema}.job
+        SELECT id, definition, priority, resource_key FROM {schema}.job
         WHERE definition = b.name AND status = 'available' AND limited
           AND run_at <= (SELECT ts FROM t)
+          AND channel <> ALL ((SELECT stopped FROM t)::text[])
           -- Resource keys (at most one running job per key), as in job_claim's
           -- keyed branch.
           AND (resource_key IS NULL OR (
@@ -147,6 +206,16 @@ WITH t AS MATERIALIZED (
         LIMIT greatest(b.n, 0)
         FOR NO KEY UPDATE SKIP LOCKED
     ) j
+), picked AS MATERIALIZED (
+    -- One job per resource key: the heads of one key on two channels of
+    -- the worker (each the head of its channel) must not both be claimed.
+    SELECT id, definition FROM (
+        SELECT DISTINCT ON (resource_key, CASE WHEN resource_key IS NULL THEN id END)
+               id, definition, priority
+        FROM candidates
+        ORDER BY resource_key, CASE WHEN resource_key IS NULL THEN id END, priority DESC, id
+    ) one
+    ORDER BY priority DESC, id
     LIMIT %(limit)s
 ), released AS (
     UPDATE {schema}.job_definition d SET last_released_at = (SELECT ts FROM t)

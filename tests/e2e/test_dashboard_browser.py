@@ -575,3 +575,35 @@ def test_every_page_fits_a_phone_width_window(
             assert box is not None, name
             assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE_WIDTH, (name, box)
         shot(page, f"phone-{scheme}-{name}")
+
+
+def test_pause_and_resume_a_channel_and_a_definition_with_the_buttons(
+    page: Page, config: Config, queue: Queue, start_dashboard: StartDashboard
+) -> None:
+    """The definitions page's buttons pause and resume; badges show it there and on the overview."""
+    seed(config)
+    base = start_dashboard(allow_actions=True)
+    page.goto(base + "/definitions")
+    channels = page.locator("table.channels")
+    mail = channels.locator("tr").filter(has_text="mail")
+    mail.get_by_role("button", name="pause").click()
+    expect(mail.locator(".tag-paused")).to_be_visible()
+    row = page.locator("table.definitions tbody tr").filter(has_text="charge-card")
+    row.get_by_role("button", name="pause").click()
+    expect(row.locator("th .tag-paused")).to_be_visible()
+    assert [p.channel for p in config.channels.paused()] == ["mail"]
+    assert config.definitions.paused() == ["charge-card"]
+    shot(page, "definitions-paused")
+    page.goto(base + "/")
+    expect(
+        page.locator("table.compact tr").filter(has_text="mail").locator(".tag-paused")
+    ).to_be_visible()
+    page.goto(base + "/definitions")
+    page.locator("table.channels tr").filter(has_text="mail").get_by_role(
+        "button", name="resume"
+    ).click()
+    page.locator("table.definitions tbody tr").filter(has_text="charge-card").get_by_role(
+        "button", name="resume"
+    ).click()
+    expect(page.locator(".tag-paused")).to_have_count(0)
+    assert (config.channels.paused(), config.definitions.paused()) == ([], [])

@@ -23,6 +23,7 @@ SCRIPTS = [
     "child_processes",
     "callbacks",
     "manage_jobs",
+    "channels_and_pause",
 ]
 
 
@@ -56,6 +57,7 @@ def test_example_runs(script: str, test_dsn: str, schema: str) -> None:
         "child_processes": "fragile: survived on attempt 2",
         "callbacks": "job 2 failed for good after 2 attempts: ValueError: negative amount",
         "manage_jobs": "results: ['account 0 synced', 'account 1 synced', 'account 2 synced']",
+        "channels_and_pause": "order: ['report-1', 'email-1', 'report-2', 'report-3', 'report-4']",
     }[script]
     assert expected in done.stdout
 

@@ -28,7 +28,7 @@ def run_lane(
         for name, params in _lanes.lane_statements(
             batch,
             limit,
-            channel="_default",
+            channels=["_default"],
             worker_id=1,
             worker_name="t",
             notify_channel=config.notify_channel,

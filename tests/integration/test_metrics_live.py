@@ -125,7 +125,7 @@ class TestGaugesService:
         done = plain.defer({"n": 2})
         claimed = db.execute(
             config.queries["job_claim"],
-            {"channel": "mail", "now": None, "limit": 1, "worker_id": 1, "claim_id": "seed"},
+            {"channels": ["mail"], "now": None, "limit": 1, "worker_id": 1, "claim_id": "seed"},
         ).fetchall()
         assert len(claimed) == 1
         finish_by_sql(db, config, done.id, "succeeded")
@@ -164,7 +164,7 @@ class TestGaugesService:
     ) -> None:
         """A daemon is live while its heartbeat is newer than the stale threshold."""
         register = config.queries["worker_register"]
-        common = {"host": "h", "pid": 1, "channel": None, "concurrency": None, "secret": "s"}
+        common = {"host": "h", "pid": 1, "channels": None, "concurrency": None, "secret": "s"}
         for name, role in [("w1", "worker"), ("w2", "worker"), ("o1", "orchestrator")]:
             db.execute(register, {"name": name, "role": role, **common})
         db.execute(
@@ -230,7 +230,7 @@ class TestOldestDueJob:
         busy.defer({"n": 2}, depends_on=[first])  # waiting
         claimed = db.execute(
             config.queries["job_claim"],
-            {"channel": "busy", "now": None, "limit": 1, "worker_id": 1, "claim_id": "seed"},
+            {"channels": ["busy"], "now": None, "limit": 1, "worker_id": 1, "claim_id": "seed"},
         ).fetchall()
         assert len(claimed) == 1  # running now: not waiting for a worker any more
 

@@ -28,6 +28,7 @@ TABLES = {
     "worker",
     "leader",
     "schema_version",
+    "channel_pause",
 }
 
 #: A child process that opens its pool, waits at a barrier (a shared advisory lock

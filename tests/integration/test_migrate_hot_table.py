@@ -615,10 +615,11 @@ class TestHotTableMigration:
         assert set(before.jobs) == queue.finished | queue.unfinished
         assert set(before.archive) == queue.archived
 
-        assert config.prepare_schema() == ["0007_hot_table"]
+        # 0007 first, then any later migration.
+        assert config.prepare_schema()[0] == "0007_hot_table"
 
         # -- what the migration kept, and where ------------------------------
-        assert version_of(db, schema) == HOT_TABLE
+        assert version_of(db, schema) >= HOT_TABLE
         config.check_schema()
         assert q(db, schema, "SELECT to_regclass(%s) IS NULL", f'"{schema}".job_archive') == [
             (True,)
@@ -804,8 +805,8 @@ class TestHotTableMigration:
         JobDefinition(config, name="work", job_function=double, lock_interval_ms=5_000)
         _migrate.migrate(db, schema, up_to=BEFORE_HOT_TABLE)
         assert version_of(db, schema) == BEFORE_HOT_TABLE
-        assert config.prepare_schema() == ["0007_hot_table"]
-        assert version_of(db, schema) == HOT_TABLE
+        assert config.prepare_schema()[0] == "0007_hot_table"  # then any later migration
+        assert version_of(db, schema) >= HOT_TABLE
         partitions = {
             str(r[0])
             for r in q(

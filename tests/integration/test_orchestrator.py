@@ -279,7 +279,7 @@ class TestRescuer:
                     "role": "worker",
                     "host": "h",
                     "pid": 1,
-                    "channel": "_default",
+                    "channels": ["_default"],
                     "concurrency": 1,
                     "secret": n,
                 },

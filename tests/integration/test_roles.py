@@ -624,7 +624,7 @@ def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
         assert [r[0] for r in released] == [ready.id]
         claimed = conn.execute(
             queries["job_claim"],
-            {"channel": "_default", "now": None, "limit": 10, "worker_id": me,
+            {"channels": ["_default"], "now": None, "limit": 10, "worker_id": me,
              "claim_id": "00000000-0000-0000-0000-000000000001"},
         ).fetchall()  # fmt: skip
         assert sorted(r[0] for r in claimed) == sorted([ready.id, free.id])

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from orchestra import Config, JobDefinition, Worker
+from orchestra import Config, JobDefinition, JobHandle, Worker
 from orchestra.testing import wait_until
 
 #: psycopg prepares a statement a connection ran this many times (its default).
@@ -241,3 +241,82 @@ class TestListen:
             worker.join()
         assert result == {"async": True}
         assert _listening(db, tag) == 0
+
+
+def _terminate(db: psycopg.Connection[Any], application_name: str) -> int:
+    """End every session of ``application_name``, as a restart or a failover would."""
+    rows = db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        [application_name],
+    ).fetchall()
+    return len(rows)
+
+
+class TestBrokenConnections:
+    """A result wait outlives the connections it uses (a restart, a failover)."""
+
+    def test_a_wait_whose_listener_is_cut_listens_again_and_returns_the_result(
+        self, test_dsn: str, schema: str, config: Config, db: psycopg.Connection[Any], tag: str
+    ) -> None:
+        listen_tag = f"{tag}-listen"
+        with Config(
+            _tagged(test_dsn, tag), schema=schema, listen_dsn=_tagged(test_dsn, listen_tag)
+        ) as waiting:
+            echo = JobDefinition(waiting, name="echo", job_function=_echo)
+            handle = echo.defer({"survived": True})
+            outcome: list[Any] = []
+            errors: list[BaseException] = []
+
+            def wait() -> None:
+                try:
+                    outcome.append(handle.result(timeout=DEADLINE_S * 4, poll_interval_s=120.0))
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            try:
+                wait_until(lambda: _sessions(db, listen_tag) == 1, timeout=DEADLINE_S)
+                old = db.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [listen_tag]
+                ).fetchone()
+                assert _terminate(db, listen_tag) == 1
+                # A new listener, not the old one: the wait noticed and listened again.
+                wait_until(
+                    lambda: (
+                        db.execute(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE application_name = %s AND pid <> %s",
+                            [listen_tag, old[0] if old else 0],
+                        ).fetchone()
+                        == (1,)
+                    ),
+                    timeout=DEADLINE_S,
+                )
+            finally:
+                worker = Worker(waiting, concurrency=1, process_interval_ms=50)
+                worker.start()
+                waiter.join(timeout=DEADLINE_S * 2)
+                worker.stop()
+                worker.join()
+            assert errors == []
+            assert outcome == [{"survived": True}]
+
+    def test_a_wait_reads_past_the_dead_connections_of_its_pool(
+        self, test_dsn: str, schema: str, config: Config, db: psycopg.Connection[Any], tag: str
+    ) -> None:
+        echo = JobDefinition(config, name="echo", job_function=_echo)
+        handle = echo.defer({"done": True})
+        worker = Worker(config, concurrency=1, process_interval_ms=50)
+        worker.start()
+        try:
+            assert handle.result(timeout=DEADLINE_S, poll_interval_s=0.05) == {"done": True}
+        finally:
+            worker.stop()
+            worker.join()
+        with Config(_tagged(test_dsn, tag), schema=schema, pool_max_size=3) as reading:
+            # Fill the pool, then kill every connection in it.
+            with reading.connection(), reading.connection(), reading.connection():
+                pass
+            assert _terminate(db, tag) >= 1
+            assert JobHandle(handle.id, reading).result(timeout=DEADLINE_S) == {"done": True}

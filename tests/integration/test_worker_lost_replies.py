@@ -29,7 +29,7 @@ def claim(
     rows = db.execute(
         config.queries["job_claim"],
         {
-            "channel": "_default",
+            "channels": ["_default"],
             "now": None,
             "limit": limit,
             "worker_id": worker_id,

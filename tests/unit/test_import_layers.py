@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "orchestra._results": DEFINITIONS,
     "orchestra._jobs": DEFINITIONS,
     "orchestra._defer": DEFINITIONS,
+    "orchestra._pause": DEFINITIONS,
     "orchestra._definition": DEFINITIONS,
     # The application's handle.
     "orchestra._config": APPLICATION,
@@ -76,6 +77,7 @@ LAYERS: dict[str, int] = {
     "orchestra.cli._defer": FRONT_ENDS,
     "orchestra.cli._health": FRONT_ENDS,
     "orchestra.cli._jobs": FRONT_ENDS,
+    "orchestra.cli._pause": FRONT_ENDS,
     "orchestra._bench": FRONT_ENDS,
     "orchestra._bench.__main__": FRONT_ENDS,
     "orchestra._bench._floor": FRONT_ENDS,

@@ -35,7 +35,7 @@ def statements(batch: list[Finish], claim: int) -> list[str]:
         for name, _ in _lanes.lane_statements(
             batch,
             claim,
-            channel="c",
+            channels=["c"],
             worker_id=1,
             worker_name="w",
             notify_channel="n",
@@ -75,7 +75,7 @@ class TestStatements:
             _lanes.lane_statements(
                 batch,
                 4,
-                channel="c",
+                channels=["c"],
                 worker_id=9,
                 worker_name="w",
                 notify_channel="n",
@@ -84,7 +84,7 @@ class TestStatements:
             )
         )
         assert params["job_claim"] == {
-            "channel": "c",
+            "channels": ["c"],
             "now": None,
             "limit": 4,
             "worker_id": 9,

@@ -11,6 +11,7 @@ import pytest
 
 from orchestra import Config, ConfigurationError
 from orchestra._database import LISTEN_DSN_ENV, TRANSACTION_POOLING_ENV
+from orchestra._db import RESILIENCE_DEFAULTS
 from tests.unit._support import SECRET, SECRET_URI, UNREACHABLE_DSN
 
 DIRECT_DSN = "postgresql://listener@127.0.0.1:1/direct"
@@ -25,13 +26,17 @@ def _no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_config_by_default_prepares_statements_and_listens_on_its_dsn() -> None:
     config = Config(UNREACHABLE_DSN)
     assert config.transaction_pooling is False
-    assert config.connect_kwargs == {"autocommit": True}
+    assert config.connect_kwargs == {"autocommit": True, **RESILIENCE_DEFAULTS}
     assert config.listen_dsn == UNREACHABLE_DSN
 
 
 def test_transaction_pooling_turns_prepared_statements_off_and_listen_off_the_dsn() -> None:
     config = Config(UNREACHABLE_DSN, transaction_pooling=True)
-    assert config.connect_kwargs == {"autocommit": True, "prepare_threshold": None}
+    assert config.connect_kwargs == {
+        "autocommit": True,
+        "prepare_threshold": None,
+        **RESILIENCE_DEFAULTS,
+    }
     assert config.listen_dsn is None
 
 
@@ -117,3 +122,13 @@ def test_the_listen_dsn_password_is_never_shown() -> None:
     with pytest.raises(ConfigurationError) as info:
         Config(UNREACHABLE_DSN, listen_dsn=bad)
     assert SECRET not in str(info.value)
+
+
+def test_connections_get_a_connect_timeout_and_keepalives_the_dsn_does_not_set() -> None:
+    """A vanished server is noticed in seconds; what the DSN says wins."""
+    config = Config(f"{UNREACHABLE_DSN}?connect_timeout=3&keepalives_idle=60")
+    kwargs = config.connect_kwargs
+    assert "connect_timeout" not in kwargs
+    assert "keepalives_idle" not in kwargs
+    assert kwargs["keepalives"] == 1
+    assert kwargs["keepalives_count"] == RESILIENCE_DEFAULTS["keepalives_count"]
