@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # The fault battery's report table: registered here, not in tests/faults/conftest.py,
 # so that the xdist controller (which imports only this conftest) prints it too.
-pytest_plugins = ("tests.faults._report",)
+# The PgBouncer fixtures serve tests of every directory.
+pytest_plugins = ("tests.faults._report", "tests._pgbouncer")
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ import psycopg
 from psycopg import sql
 
 from orchestra import Config, JobContext, JobDefinition
+from orchestra._database import Database
 
 CHANNEL = "faults"
 #: The daemons' application_name, before the schema (see :func:`daemon_application_name`).
@@ -87,19 +88,23 @@ def create_tables(conn: psycopg.Connection[Any], schema: str) -> None:
     )
 
 
-def _ledger_write(dsn: str, query: sql.Composed, params: tuple[Any, ...]) -> Any:
+def _ledger_write(config: Database[Any], query: sql.Composed, params: tuple[Any, ...]) -> Any:
     """Run one autocommit statement on this thread's ledger connection.
 
     The connection is kept per thread (jobs run by the thousand) and made again
     when it broke: the ledger must record the execution even while a case
-    terminates connections, or the battery would blame the queue for it.
+    terminates connections, or the battery would blame the queue for it. It
+    goes where the queue's connections go, with their arguments: behind a
+    transaction pooler, no prepared statements either.
     """
     for attempt in range(LEDGER_WRITE_TRIES):
         conn: psycopg.Connection[Any] | None = getattr(_LOCAL, "conn", None)
         try:
             if conn is None or conn.closed:
                 conn = psycopg.connect(
-                    dsn, autocommit=True, application_name=LEDGER_APPLICATION_NAME
+                    config.dsn,
+                    application_name=LEDGER_APPLICATION_NAME,
+                    **config.connect_kwargs | {"autocommit": True},
                 )
                 _LOCAL.conn = conn
             row = conn.execute(query, params).fetchone()
@@ -120,7 +125,7 @@ def run(payload: dict[str, Any] | None, ctx: JobContext) -> dict[str, Any]:
     config = ctx.definition.config
     table = sql.SQL("{}.fault_ledger").format(sql.Identifier(config.schema))
     row_id = _ledger_write(
-        config.dsn,
+        config,
         sql.SQL(
             "INSERT INTO {} (job_id, definition, attempt, pid) VALUES (%s, %s, %s, %s) RETURNING id"
         ).format(table),
@@ -131,7 +136,7 @@ def run(payload: dict[str, Any] | None, ctx: JobContext) -> dict[str, Any]:
         time.sleep(sleep_ms / 1000)  # the job's "work", so that faults land mid-run
     failing = ctx.attempt <= int(payload.get("fail_attempts", 0))
     _ledger_write(
-        config.dsn,
+        config,
         sql.SQL(
             "UPDATE {} SET finished = clock_timestamp(), outcome = %s WHERE id = %s RETURNING id"
         ).format(table),

@@ -6,6 +6,10 @@ application_name of :func:`~tests.faults._ledger.daemon_application_name` (so
 a case can find and terminate them) and registers the definitions of
 :mod:`tests.faults._ledger`: all but the repeating ``tick`` one in ``config``,
 all of them in ``with_ticks()``.
+
+Behind a transaction pooler the environment says so too, and orchestra reads
+it: ``ORCHESTRA_TRANSACTION_POOLING=1`` and ``ORCHESTRA_LISTEN_DSN`` (the
+direct DSN for LISTEN), with ``ORCHESTRA_TEST_DSN`` leading to the pooler.
 """
 
 from __future__ import annotations
