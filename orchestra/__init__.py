@@ -12,12 +12,23 @@ from typing import TYPE_CHECKING, Any
 from orchestra import events
 from orchestra._backoff import Backoff
 from orchestra._config import Config
-from orchestra._definition import JobContext, JobDefinition
+from orchestra._definition import JobContext, JobDefinition, JobSpec
 from orchestra._jobs import JobHandle
-from orchestra._records import Attempt, DefinitionInfo, Job, PausedChannel
+from orchestra._records import Attempt, DefinitionInfo, GraphNode, Job, JobGraph, PausedChannel
+from orchestra._snooze import Snooze
+from orchestra._workflow import (
+    Workflow,
+    chain,
+    chain_async,
+    chord,
+    chord_async,
+    group,
+    group_async,
+)
 from orchestra.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
+    DependencyResultError,
     JobFailed,
     JobStateError,
     OrchestraError,
@@ -57,11 +68,15 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
     "DefinitionInfo",
+    "DependencyResultError",
+    "GraphNode",
     "Job",
     "JobContext",
     "JobDefinition",
     "JobFailed",
+    "JobGraph",
     "JobHandle",
+    "JobSpec",
     "JobStateError",
     "OrchestraError",
     "Orchestrator",
@@ -69,10 +84,18 @@ __all__ = [
     "PayloadError",
     "ResultTimeoutError",
     "SchemaNotReadyError",
+    "Snooze",
     "UnknownDefinitionError",
     "UnknownJobError",
     "Worker",
     "WorkerStats",
+    "Workflow",
     "__version__",
+    "chain",
+    "chain_async",
+    "chord",
+    "chord_async",
     "events",
+    "group",
+    "group_async",
 ]

@@ -11,18 +11,30 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import TypeGuard
 
 from croniter import croniter
 
+from orchestra import _converter
 from orchestra._names import check_printable
-from orchestra.errors import ConfigurationError
+from orchestra.errors import ConfigurationError, PayloadError
 
 #: Names of definitions, channels and daemons.
 NAME_MAX_LENGTH = 128
 #: Unique and resource keys are indexed: keep them well under the btree limit.
 KEY_MAX_LENGTH = 512
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+#: Most tags one job carries, and the longest tag.
+TAGS_MAX = 20
+TAG_MAX_LENGTH = 100
+#: Largest ``meta`` of a job, as compact JSON: it comes back with every claim
+#: and every listed job, so it stays small beside the payload.
+META_MAX_BYTES = 8_192
+#: Largest progress value, as compact JSON: written up to twice a second per
+#: running job.
+PROGRESS_MAX_BYTES = 2_048
 #: Longest interval accepted anywhere: 10 years, far inside PostgreSQL's
 #: bigint and interval ranges, so an absurd value fails here, not in SQL.
 MAX_INTERVAL_MS = 10 * 365 * 24 * 3600 * 1000
@@ -150,3 +162,93 @@ def check_cron(expression: object, timezone: object) -> tuple[str | None, str | 
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ConfigurationError("cron_timezone", f"unknown time zone {timezone!r}") from None
     return expression, timezone
+
+
+def check_tags(value: object, argument: str = "tags") -> list[str]:
+    """Tags of a job: distinct non-empty printable strings, at most 20 of at most 100 characters.
+
+    A list, tuple or other ordered iterable of strings (a string would be
+    taken letter by letter, a set has no order, a dict would give its keys);
+    order is kept, repeats are dropped. A tag is kept as given: one with
+    spaces around it is refused, as a filter typed later would not find it.
+    """
+    if isinstance(value, str | bytes | Mapping | AbstractSet) or not isinstance(value, Iterable):
+        raise ConfigurationError(argument, f"must be a list of strings, not {type(value).__name__}")
+    tags: list[str] = []
+    for tag in value:
+        if not isinstance(tag, str) or not tag.strip():
+            raise ConfigurationError(argument, f"each tag must be a non-empty string, got {tag!r}")
+        if tag != tag.strip():
+            raise ConfigurationError(
+                argument, f"a tag must not begin or end with spaces, got {tag!r}"
+            )
+        if len(tag) > TAG_MAX_LENGTH:
+            raise ConfigurationError(
+                argument,
+                f"each tag must be at most {TAG_MAX_LENGTH} characters, got {len(tag)}",
+            )
+        # Tags are printed in terminals, logs and pages, and typed in filters.
+        check_printable(tag, argument)
+        if tag not in tags:
+            tags.append(tag)
+    if len(tags) > TAGS_MAX:
+        raise ConfigurationError(argument, f"at most {TAGS_MAX} tags, got {len(tags)}")
+    return tags
+
+
+def encode_meta(value: object, argument: str = "meta") -> str:
+    """A job's metadata as the JSON text stored: a dict with string keys, at most 8 KiB."""
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            argument, f"must be a dict (a JSON object), not {type(value).__name__}"
+        )
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigurationError(argument, f"keys must be strings, got {key!r}")
+    text = _json_text(value, argument)
+    size = len(text.encode("utf-8"))
+    if size > META_MAX_BYTES:
+        raise ConfigurationError(
+            argument, f"is {size} bytes as JSON, over the limit of {META_MAX_BYTES} bytes"
+        )
+    return text
+
+
+def encode_progress(value: object, argument: str = "progress") -> str:
+    """A progress value as the JSON text stored: a fraction from 0 to 1, or a dict.
+
+    A dict with numeric ``done`` and ``total`` (``{"done": 3, "total": 10}``)
+    is shown as a fraction by the dashboard; any other dict is shown as JSON.
+    At most 2 KiB as JSON.
+    """
+    if is_number(value):
+        if not 0 <= value <= 1:  # NaN fails this too
+            raise ConfigurationError(
+                argument, f"a number must be a fraction from 0 to 1, got {value!r}"
+            )
+        return _json_text(float(value), argument)
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            argument,
+            "must be a fraction from 0 to 1 or a dict such as {'done': 3, 'total': 10}, "
+            f"not {type(value).__name__}",
+        )
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigurationError(argument, f"keys must be strings, got {key!r}")
+    text = _json_text(value, argument)
+    size = len(text.encode("utf-8"))
+    if size > PROGRESS_MAX_BYTES:
+        raise ConfigurationError(
+            argument, f"is {size} bytes as JSON, over the limit of {PROGRESS_MAX_BYTES} bytes"
+        )
+    return text
+
+
+def _json_text(value: object, argument: str) -> str:
+    try:
+        return _converter.dumps(value, what="the value", owner=argument)
+    except PayloadError as exc:
+        raise ConfigurationError(argument, exc.problem) from None
+    except RecursionError:
+        raise ConfigurationError(argument, "is nested too deeply") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import threading
 import time
@@ -247,9 +248,27 @@ def _reason(exc: BaseException, dsn: str) -> str:
 
 
 def defaults_missing_from(dsn: str) -> dict[str, Any]:
-    """The :data:`RESILIENCE_DEFAULTS` that ``dsn`` does not set itself."""
+    """The :data:`RESILIENCE_DEFAULTS` that neither ``dsn`` nor libpq's environment sets.
+
+    A DSN naming a ``service`` (or ``PGSERVICE``) gets none: its service file may set them.
+    """
     params = _parse(dsn) or {}
-    return {key: value for key, value in RESILIENCE_DEFAULTS.items() if key not in params}
+    if "service" in params or os.environ.get("PGSERVICE"):
+        return {}
+    given = set(params)
+    if os.environ.get("PGCONNECT_TIMEOUT"):
+        given.add("connect_timeout")
+    return {key: value for key, value in RESILIENCE_DEFAULTS.items() if key not in given}
+
+
+def _connect_timeout(dsn: str, timeout_s: float) -> dict[str, Any]:
+    """:func:`connect`'s ``connect_timeout``, unless the DSN or ``PGCONNECT_TIMEOUT`` sets one.
+
+    (A service file's own is not seen here: the retries need a bound.)
+    """
+    if "connect_timeout" in (_parse(dsn) or {}) or os.environ.get("PGCONNECT_TIMEOUT"):
+        return {}
+    return {"connect_timeout": max(1, round(timeout_s))}
 
 
 def retry_delays(attempts: int, first_s: float = 0.25, cap_s: float = 4.0) -> list[float]:
@@ -268,7 +287,7 @@ def connect(
     for attempt in range(attempts):
         try:
             return psycopg.connect(
-                dsn, **CONNECT_KWARGS | kwargs | {"connect_timeout": max(1, round(timeout_s))}
+                dsn, **CONNECT_KWARGS | kwargs | _connect_timeout(dsn, timeout_s)
             )
         except psycopg.OperationalError as exc:
             last = exc
@@ -290,7 +309,7 @@ async def connect_async(
     for attempt in range(attempts):
         try:
             return await psycopg.AsyncConnection.connect(
-                dsn, **CONNECT_KWARGS | kwargs | {"connect_timeout": max(1, round(timeout_s))}
+                dsn, **CONNECT_KWARGS | kwargs | _connect_timeout(dsn, timeout_s)
             )
         except psycopg.OperationalError as exc:
             last = exc

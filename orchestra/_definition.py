@@ -20,14 +20,15 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeAlias, overload
+import types
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, Protocol, TypeAlias, overload
 
 import attrs
 import psycopg
 from typing_extensions import TypeVar
 
-from orchestra import _callables, _checks, _converter, _defer, _ops
+from orchestra import _callables, _checks, _converter, _defer, _ops, _results
 from orchestra._backoff import Backoff
 from orchestra._checks import (
     check_cron,
@@ -35,12 +36,16 @@ from orchestra._checks import (
     check_int,
     check_key,
     check_name,
+    check_tags,
+    encode_meta,
+    encode_progress,
     milliseconds,
 )
 from orchestra._jobs import JobHandle, ManagedDatabase
 from orchestra._ops import Op, Statement
 from orchestra._pools import LoopLocks
 from orchestra._records import Job
+from orchestra._snooze import Snooze
 from orchestra.errors import ConfigurationError
 
 # The payload type; Any when a definition declares none (plain JSON).
@@ -58,6 +63,27 @@ LOCK_INTERVAL_MIN_MS = 500
 DEFINITION_REFRESH_S = 600.0
 
 
+class StopSignal(Protocol):
+    """What ``ctx.should_stop`` reads besides the worker's stop: a ``threading.Event``
+    or any flag with ``is_set()``."""
+
+    def is_set(self) -> bool:
+        """Whether the attempt should wrap up."""
+        ...
+
+
+#: Where ``ctx.set_progress`` hands a checked value (its JSON text): the
+#: worker's progress writer, which writes the latest value of each job at
+#: most every 0.5 s, and the last one with the attempt's end.
+ProgressSink = Callable[[str], None]
+
+
+def decode_meta(text: str) -> Mapping[str, Any]:
+    """A job's stored metadata (JSON text) as a read-only mapping."""
+    value = _converter.load_stored(text)
+    return types.MappingProxyType(value if isinstance(value, dict) else {})
+
+
 class JobContext:
     """What a job function may know about the attempt it runs in.
 
@@ -66,12 +92,25 @@ class JobContext:
         attempt: this attempt's number, from 1.
         max_attempts: the job's attempt budget.
         definition: the JobDefinition being run.
+        tags: the tags the job was deferred with, a tuple (read-only).
         logger: a logger that tags every record with the job: ``job_id``,
             ``definition`` (its name) and ``attempt``, which orchestra's log
             formatters print (orchestra.handlers).
     """
 
-    __slots__ = ("_cut", "_stop", "attempt", "definition", "job_id", "logger", "max_attempts")
+    __slots__ = (
+        "_cut",
+        "_meta",
+        "_meta_text",
+        "_progress",
+        "_stop",
+        "attempt",
+        "definition",
+        "job_id",
+        "logger",
+        "max_attempts",
+        "tags",
+    )
 
     def __init__(
         self,
@@ -81,24 +120,91 @@ class JobContext:
         max_attempts: int,
         definition: JobDefinition[Any],
         stop: threading.Event,
-        cut: threading.Event | None = None,
+        cut: StopSignal | None = None,
+        tags: Iterable[str] = (),
+        meta: str = "{}",
+        progress: ProgressSink | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.max_attempts = max_attempts
         self.definition = definition
+        self.tags: tuple[str, ...] = tuple(tags)
         self.logger = logging.LoggerAdapter(
             logging.getLogger(f"orchestra.job.{definition.name}"),
             {"job_id": job_id, "definition": definition.name, "attempt": attempt},
         )
         self._stop = stop
         self._cut = cut
+        # Decoded on first use: most jobs never read it.
+        self._meta_text = meta
+        self._meta: Mapping[str, Any] | None = None
+        self._progress = progress
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        """The metadata the job was deferred with (``defer(meta=...)``), read-only."""
+        if self._meta is None:
+            self._meta = decode_meta(self._meta_text)
+        return self._meta
+
+    def set_progress(self, value: float | Mapping[str, Any]) -> None:
+        """Report how far this attempt got: a fraction from 0 to 1, or a dict.
+
+        For instance ``ctx.set_progress(0.3)`` or ``ctx.set_progress({"done": 3,
+        "total": 10})`` (the dashboard draws a bar for either). The value is
+        checked here (a bad one raises ConfigurationError naming ``progress``)
+        and stored with the job, readable as ``Job.progress`` and
+        ``JobHandle.progress()``. Cheap enough for a tight loop: the worker
+        writes the latest value of each job at most every 0.5 s, and the last
+        one with the attempt's end; only the running attempt's values are
+        written (one that ended, was rescued or cancelled writes nothing).
+        """
+        text = encode_progress(value)
+        if self._progress is not None:
+            self._progress(text)
 
     @property
     def should_stop(self) -> bool:
-        """True once the worker is shutting down or this attempt ran past its
-        ``attempt_timeout_ms``: a long job should wrap up and return or raise."""
+        """True once the worker is shutting down, this attempt ran past its
+        ``attempt_timeout_ms``, or its job was cancelled (``config.jobs.cancel``):
+        a long job should wrap up and return or raise."""
         return self._stop.is_set() or (self._cut is not None and self._cut.is_set())
+
+    def snooze(self, seconds: float | dt.timedelta) -> Snooze:
+        """What to return to run this job again in ``seconds``, without spending an
+        attempt: ``return ctx.snooze(30)``, the same as ``raise Snooze(30)``.
+
+        ``seconds``: a number from 0 to 10 years, or a ``timedelta``; anything
+        else raises :class:`~orchestra.ConfigurationError` (the attempt fails).
+        """
+        return Snooze(seconds)
+
+    def dependency_results(self, *, as_type: Any = None) -> dict[int, Any]:
+        """The results of the jobs this one depends on (``depends_on``), by their id.
+
+        In id order; one statement on a pooled connection. Each result is
+        what that job returned, as JSON values, or structured into
+        ``as_type`` (an attrs class, a dataclass, ``list[int]`` ...) when
+        given. A job runs only once all its dependencies succeeded, so each
+        has its result; an empty dict for a job without dependencies.
+
+        Raises:
+            DependencyResultError: a dependency is no longer kept by the
+                history (it finished longer ago than the orchestrator's
+                ``finalized_job_threshold_ms``), or was retried after this
+                job was released; the error names each such id.
+            PayloadError: a result does not fit ``as_type``.
+
+        In an ``async def`` job, use :meth:`dependency_results_async`.
+        """
+        return _results.dependency_results(self.definition.config, self.job_id, as_type=as_type)
+
+    async def dependency_results_async(self, *, as_type: Any = None) -> dict[int, Any]:
+        """Async twin of :meth:`dependency_results`."""
+        return await _results.dependency_results_async(
+            self.definition.config, self.job_id, as_type=as_type
+        )
 
 
 #: A job function for payloads of type ``P``: it takes ``(payload, ctx)``,
@@ -107,6 +213,32 @@ class JobContext:
 JobFunction: TypeAlias = (
     Callable[[P, JobContext], object] | Callable[[P], object] | Callable[[], object]
 )
+
+
+@attrs.frozen(eq=False, repr=False)
+class JobSpec:
+    """A job to defer as part of a workflow: made by :meth:`JobDefinition.job`.
+
+    Its arguments were checked when it was made; :func:`orchestra.group`,
+    :func:`orchestra.chord` and :func:`orchestra.chain` defer it, in one
+    transaction with the rest of their jobs, and set its dependencies.
+
+    Attributes:
+        definition: the definition of the job.
+    """
+
+    definition: JobDefinition[Any]
+    #: The checked parameters of its insert, as ``defer`` would send them
+    #: (without dependencies).
+    _params: dict[str, Any] = attrs.field(repr=False)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """A copy of the insert's parameters, for the workflow to complete."""
+        return dict(self._params)
+
+    def __repr__(self) -> str:
+        return f"JobSpec({self.definition.name!r}, payload={self._params['payload']})"
 
 
 def _is_empty_type(payload_type: object) -> bool:
@@ -425,6 +557,8 @@ class JobDefinition(Generic[P]):
         run_at: dt.datetime | None,
         priority: int | None,
         resource_key: str | None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The parameters shared by single and batch inserts, validated."""
         delay = milliseconds(delay_ms, "delay_ms") or 0
@@ -447,6 +581,8 @@ class JobDefinition(Generic[P]):
             else check_key(resource_key, "resource_key"),
             "notify_channel": self.config.notify_channel,
             "trace_context": _defer.current_trace_context(),
+            "tags": check_tags(tags),
+            "meta": "{}" if meta is None else encode_meta(meta),
         }
 
     def _insert_params(
@@ -459,8 +595,10 @@ class JobDefinition(Generic[P]):
         unique_key: str | None,
         dedup: bool | None,
         resource_key: str | None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        params = self._options(delay_ms, run_at, priority, resource_key)
+        params = self._options(delay_ms, run_at, priority, resource_key, tags, meta)
         params["payload"] = self._encode(payload)
         params["depends_on"] = _defer.dependency_ids(depends_on)
         if dedup is not None and not isinstance(dedup, bool):
@@ -482,8 +620,10 @@ class JobDefinition(Generic[P]):
         run_at: dt.datetime | None,
         priority: int | None,
         resource_key: str | None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        params = self._options(delay_ms, run_at, priority, resource_key)
+        params = self._options(delay_ms, run_at, priority, resource_key, tags, meta)
         if isinstance(payloads, (str, bytes, dict)):
             raise ConfigurationError(
                 "payloads", "must be an iterable of payloads, not a single value"
@@ -502,6 +642,8 @@ class JobDefinition(Generic[P]):
         unique_key: str | None = None,
         dedup: bool | None = None,
         resource_key: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
         conn: psycopg.Connection[Any] | None = None,
     ) -> JobHandle:
         """Enqueue one job and return its handle.
@@ -527,9 +669,25 @@ class JobDefinition(Generic[P]):
         ``resource_key``: at most one job per key runs at a time, fleet-wide,
         whatever its definition. A job waiting for its key is not failed
         and spends no attempt.
+
+        ``tags``: labels to find the job by (``config.jobs.list(tag=...)``,
+        ``orchestra jobs list --tag``, the dashboard): at most 20 distinct
+        printable strings of at most 100 characters. ``meta``: a dict of your
+        own stored with the job (at most 8 KiB as JSON), read back by the job
+        as ``ctx.meta`` and shown with it. A bad value raises
+        ConfigurationError naming ``tags`` or ``meta``; nothing is written.
         """
         params = self._insert_params(
-            payload, delay_ms, run_at, priority, depends_on, unique_key, dedup, resource_key
+            payload,
+            delay_ms,
+            run_at,
+            priority,
+            depends_on,
+            unique_key,
+            dedup,
+            resource_key,
+            tags,
+            meta,
         )
         self._ensure()
         if conn is not None:
@@ -556,11 +714,22 @@ class JobDefinition(Generic[P]):
         unique_key: str | None = None,
         dedup: bool | None = None,
         resource_key: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> JobHandle:
         """Async twin of :meth:`defer`."""
         params = self._insert_params(
-            payload, delay_ms, run_at, priority, depends_on, unique_key, dedup, resource_key
+            payload,
+            delay_ms,
+            run_at,
+            priority,
+            depends_on,
+            unique_key,
+            dedup,
+            resource_key,
+            tags,
+            meta,
         )
         await self._ensure_async()
         queries = self.config.queries
@@ -585,15 +754,18 @@ class JobDefinition(Generic[P]):
         run_at: dt.datetime | None = None,
         priority: int | None = None,
         resource_key: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
         conn: psycopg.Connection[Any] | None = None,
     ) -> list[JobHandle]:
         """Enqueue many jobs in one statement: all of them or, on any error, none.
 
         Every payload is checked before anything is sent; handles come back in
-        the order of ``payloads``. ``resource_key`` applies to every job (they
-        then run one at a time). Deduplication is per job: use :meth:`defer`.
+        the order of ``payloads``. ``resource_key``, ``tags`` and ``meta``
+        apply to every job (with a resource key they run one at a time).
+        Deduplication is per job: use :meth:`defer`.
         """
-        params = self._many_params(payloads, delay_ms, run_at, priority, resource_key)
+        params = self._many_params(payloads, delay_ms, run_at, priority, resource_key, tags, meta)
         if not params["payloads"]:
             return []
         self._ensure()
@@ -620,10 +792,12 @@ class JobDefinition(Generic[P]):
         run_at: dt.datetime | None = None,
         priority: int | None = None,
         resource_key: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> list[JobHandle]:
         """Async twin of :meth:`defer_many`."""
-        params = self._many_params(payloads, delay_ms, run_at, priority, resource_key)
+        params = self._many_params(payloads, delay_ms, run_at, priority, resource_key, tags, meta)
         if not params["payloads"]:
             return []
         await self._ensure_async()
@@ -642,6 +816,42 @@ class JobDefinition(Generic[P]):
             for hook in hooks:
                 await hook._after_defer_async(self, handles, conn)
         return handles
+
+    def job(
+        self,
+        payload: P | None = None,
+        *,
+        delay_ms: int | dt.timedelta = 0,
+        run_at: dt.datetime | None = None,
+        priority: int | None = None,
+        unique_key: str | None = None,
+        dedup: bool | None = None,
+        resource_key: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
+    ) -> JobSpec:
+        """A job of this definition to defer as part of a workflow, not deferred yet.
+
+        For :func:`orchestra.group`, :func:`orchestra.chord` and
+        :func:`orchestra.chain`, which defer their jobs in one transaction and
+        set their dependencies. Takes what :meth:`defer` takes but
+        ``depends_on`` (the workflow sets it) and ``conn`` (the workflow's
+        own); every argument is checked here, so a bad one raises before
+        anything of the workflow is written.
+        """
+        params = self._insert_params(
+            payload,
+            delay_ms,
+            run_at,
+            priority,
+            (),
+            unique_key,
+            dedup,
+            resource_key,
+            tags=tags,
+            meta=meta,
+        )
+        return JobSpec(self, params)
 
     # -- execution ----------------------------------------------------------
 

@@ -39,8 +39,8 @@ from typing import Any, TypeVar
 import attrs
 import psycopg
 
-from orchestra import _ops, _results
-from orchestra._checks import check_int, is_int
+from orchestra import _converter, _ops, _results
+from orchestra._checks import check_int, check_tags, is_int
 from orchestra._database import D, Database
 from orchestra._ops import Op, Row, Statement
 from orchestra._pause import AsyncChannels, AsyncDefinitions, Channels, Definitions
@@ -48,7 +48,9 @@ from orchestra._records import (
     STATUSES,
     DefinitionInfo,
     Job,
+    JobGraph,
     definition_from_row,
+    graph_from_rows,
     job_from_row,
 )
 from orchestra.errors import ConfigurationError, JobStateError, UnknownJobError
@@ -59,6 +61,9 @@ T = TypeVar("T")
 
 ORDERS: tuple[str, ...] = ("asc", "desc")
 LIST_LIMIT_MAX = 10_000
+#: The most jobs a dependency graph holds in each direction, by default and at most.
+GRAPH_LIMIT_DEFAULT = 200
+GRAPH_LIMIT_MAX = 10_000
 #: Jobs per statement of retry_failed and delete_failed: row locks are held for
 #: one batch only, and a huge backlog never becomes one huge transaction.
 BULK_BATCH_SIZE = 500
@@ -157,6 +162,32 @@ class JobHandle:
             raise UnknownJobError((self.id,))
         return str(row[0])
 
+    def progress(self) -> Any:
+        """What the job's running attempt last reported with ``ctx.set_progress``.
+
+        A fraction from 0 to 1 or a dict, as the job gave it; None until it
+        reports. The worker writes at most one value per job every 0.5 s,
+        and the last one with the attempt's end, so this may lag the job by
+        up to that much. A finished job keeps its last value.
+
+        Raises:
+            UnknownJobError: no such job.
+        """
+        with self.config.connection() as conn:
+            row = conn.execute(self.config.queries["job_progress"], {"id": self.id}).fetchone()
+        if row is None:
+            raise UnknownJobError((self.id,))
+        return _converter.load_readable(row[0])
+
+    async def progress_async(self) -> Any:
+        """Async twin of :meth:`progress`."""
+        async with self.config.connection_async() as conn:
+            cursor = await conn.execute(self.config.queries["job_progress"], {"id": self.id})
+            row = await cursor.fetchone()
+        if row is None:
+            raise UnknownJobError((self.id,))
+        return _converter.load_readable(row[0])
+
     def __int__(self) -> int:
         return self.id
 
@@ -241,11 +272,20 @@ def _check_optional_name(value: object, argument: str) -> str | None:
     return value
 
 
-def _filters(status: object, definition: object, channel: object) -> dict[str, Any]:
+def _check_tag(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError("tag", f"must be a tag (a string) or None, got {value!r}")
+    return check_tags([value], "tag")[0]
+
+
+def _filters(status: object, definition: object, channel: object, tag: object) -> dict[str, Any]:
     return {
         "statuses": _check_statuses(status),
         "definition": _check_optional_name(definition, "definition"),
         "channel": _check_optional_name(channel, "channel"),
+        "tag": _check_tag(tag),
     }
 
 
@@ -312,15 +352,25 @@ def _get(job_id: object, with_attempts: bool) -> Op[Job]:
     return job_from_row(rows[0])
 
 
+def _graph(job_id: object, limit: object) -> Op[JobGraph]:
+    checked = _check_job_id(job_id)
+    most = check_int(limit, "limit", 1, GRAPH_LIMIT_MAX)
+    rows: list[Row] = yield Statement("manage_job_graph", {"id": checked, "limit": most})
+    if rows[0]["status"] is None:  # the job's own row comes first
+        raise UnknownJobError((checked,))
+    return graph_from_rows(checked, rows, most)
+
+
 def _list(
     status: object,
     definition: object,
     channel: object,
+    tag: object,
     limit: object,
     offset: object,
     order: object,
 ) -> Op[list[Job]]:
-    params = _filters(status, definition, channel)
+    params = _filters(status, definition, channel, tag)
     params["limit"] = check_int(limit, "limit", 1, LIST_LIMIT_MAX)
     params["offset"] = check_int(offset, "offset", 0, _BIGINT_MAX)
     if not isinstance(order, str) or order not in ORDERS:
@@ -331,8 +381,10 @@ def _list(
     return [job_from_row(row) for row in rows]
 
 
-def _count(status: object, definition: object, channel: object) -> Op[int]:
-    rows: list[Row] = yield Statement("manage_job_count", _filters(status, definition, channel))
+def _count(status: object, definition: object, channel: object, tag: object) -> Op[int]:
+    rows: list[Row] = yield Statement(
+        "manage_job_count", _filters(status, definition, channel, tag)
+    )
     return int(rows[0]["n"])
 
 
@@ -475,24 +527,38 @@ class Jobs:
         """
         return self._run(_get(job_id, with_attempts))
 
+    def graph(self, job_id: int | JobHandle, *, limit: int = GRAPH_LIMIT_DEFAULT) -> JobGraph:
+        """The dependency graph around a job: what it depends on and what depends on it.
+
+        The jobs it depends on, theirs in turn, and the jobs that depend on it,
+        down to the last, each with its definition and status, and the edges
+        between them: a workflow (a chord, a chain) seen from any of its jobs.
+        At most ``limit`` jobs (1 to 10 000) in each direction, the nearest
+        first; :attr:`JobGraph.truncated` says when more were left out. A
+        finished workflow is read for as long as the history keeps it.
+        Raises UnknownJobError for an id in neither table.
+        """
+        return self._run(_graph(job_id, limit))
+
     def list(
         self,
         *,
         status: str | Iterable[str] | None = None,
         definition: str | None = None,
         channel: str | None = None,
+        tag: str | None = None,
         limit: int = 100,
         offset: int = 0,
         order: str = "asc",
     ) -> builtins.list[Job]:
         """A page of jobs, by id (``order`` ``asc`` or ``desc``), without their attempts.
 
-        ``status`` is one status or several (None: all). There is no hidden
-        time window: every job is listed, however old, finished ones for as
-        long as the history keeps them. ``limit`` is 1 to 10 000, ``offset``
-        >= 0.
+        ``status`` is one status or several (None: all); ``tag`` keeps the
+        jobs deferred with that tag among theirs. There is no hidden time
+        window: every job is listed, however old, finished ones for as long
+        as the history keeps them. ``limit`` is 1 to 10 000, ``offset`` >= 0.
         """
-        return self._run(_list(status, definition, channel, limit, offset, order))
+        return self._run(_list(status, definition, channel, tag, limit, offset, order))
 
     def count(
         self,
@@ -500,9 +566,10 @@ class Jobs:
         status: str | Iterable[str] | None = None,
         definition: str | None = None,
         channel: str | None = None,
+        tag: str | None = None,
     ) -> int:
         """How many jobs :meth:`list` would find with these filters, without a limit."""
-        return self._run(_count(status, definition, channel))
+        return self._run(_count(status, definition, channel, tag))
 
     def retry(self, job_id: int | JobHandle) -> Job:
         """Run a job again; returns it as it is right after.
@@ -539,16 +606,22 @@ class Jobs:
 
         The job is finalized as ``cancelled`` (``last_error`` says so unless it
         already had an error), moves to the history, and result waiters are
-        told at once. Cancelling a
-        running job does not stop its function: the attempt runs on, but its
-        worker's finish is fenced by (id, attempt, lock token) and refused, so
-        the job stays cancelled; the attempt is logged as ``interrupted``. While
-        it runs on, its resource key and its definition's ``max_concurrency``
-        no longer count it. Dependents are failed (``unmet_dependencies``) by
-        the orchestrator.
+        told at once. Dependents are failed (``unmet_dependencies``) by the
+        orchestrator.
+
+        A running job is stopped: its worker is notified at once (or finds
+        out at its next heartbeat, without LISTEN) and cancels an ``async
+        def`` function's task, terminates the child process of a
+        ``processes=N`` worker, or turns a ``def`` function's
+        ``ctx.should_stop`` true (a thread cannot be killed: the function
+        stops when it returns). The attempt is logged as ``cancelled``, the
+        job is not retried, and whatever the function still returns is
+        discarded (a finish written before the worker knew is refused).
+        From the cancel on, its resource key and its definition's
+        ``max_concurrency`` no longer count it.
 
         Raises JobStateError for a finalized job, UnknownJobError for an
-        unknown id.
+        unknown id; nothing is changed then.
         """
         return self._run(_cancel(self._config, job_id))
 
@@ -596,18 +669,23 @@ class AsyncJobs:
         """Async twin of :meth:`Jobs.get`."""
         return await self._run(_get(job_id, with_attempts))
 
+    async def graph(self, job_id: int | JobHandle, *, limit: int = GRAPH_LIMIT_DEFAULT) -> JobGraph:
+        """Async twin of :meth:`Jobs.graph`."""
+        return await self._run(_graph(job_id, limit))
+
     async def list(
         self,
         *,
         status: str | Iterable[str] | None = None,
         definition: str | None = None,
         channel: str | None = None,
+        tag: str | None = None,
         limit: int = 100,
         offset: int = 0,
         order: str = "asc",
     ) -> builtins.list[Job]:
         """Async twin of :meth:`Jobs.list`."""
-        return await self._run(_list(status, definition, channel, limit, offset, order))
+        return await self._run(_list(status, definition, channel, tag, limit, offset, order))
 
     async def count(
         self,
@@ -615,9 +693,10 @@ class AsyncJobs:
         status: str | Iterable[str] | None = None,
         definition: str | None = None,
         channel: str | None = None,
+        tag: str | None = None,
     ) -> int:
         """Async twin of :meth:`Jobs.count`."""
-        return await self._run(_count(status, definition, channel))
+        return await self._run(_count(status, definition, channel, tag))
 
     async def retry(self, job_id: int | JobHandle) -> Job:
         """Async twin of :meth:`Jobs.retry`."""

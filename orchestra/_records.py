@@ -8,7 +8,7 @@ function per row type.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -30,14 +30,18 @@ class Attempt:
 
     Attributes:
         attempt: the attempt's number, from 1. A retry gives the job a fresh
-            budget, so numbers start again at 1 after it; the log keeps every
-            attempt, in the order they ended.
+            budget, so numbers start again at 1 after it; a snooze spends no
+            attempt, so the run after it has the same number; the log keeps
+            every attempt, in the order they ended.
         worker_id: the id of the worker that ran it (None when not recorded).
         worker_name: that worker's name, when recorded.
         started_at: when it was claimed.
         finished_at: when it ended (or was found lost, timed out or cancelled).
-        outcome: ``succeeded``, ``failed``, ``lost``, ``interrupted`` or ``timed_out``.
-        error: the error message, if it did not succeed.
+        outcome: ``succeeded``, ``failed``, ``lost``, ``interrupted``,
+            ``timed_out``, ``snoozed`` (the function snoozed: no attempt spent)
+            or ``cancelled`` (the job was cancelled while it ran).
+        error: the error message, if it did not succeed (for a snooze: for
+            how long).
         traceback: the Python traceback of a failure, when there was one.
     """
 
@@ -81,6 +85,11 @@ class Job:
         archived: True when read from ``job_history``, where every finished job
             is kept (the former archive); False for an unfinished job. Finished
             jobs are no longer read-only: they can be retried and deleted.
+        tags: the tags it was deferred with (``defer(tags=...)``), in order.
+        meta: the metadata it was deferred with (``defer(meta=...)``), a dict.
+        progress: what its running attempt last reported
+            (``ctx.set_progress``): a fraction from 0 to 1 or a dict; None
+            until a job reports. Kept when the job finishes or is retried.
     """
 
     id: int
@@ -103,11 +112,46 @@ class Job:
     depends_on: tuple[int, ...]
     attempts: tuple[Attempt, ...] | None
     archived: bool
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+    progress: Any = None
 
     @property
     def is_finalized(self) -> bool:
         """True once the job succeeded, failed or was cancelled."""
         return self.status in FINALIZED_STATUSES
+
+    @property
+    def progress_fraction(self) -> float | None:
+        """How far :attr:`progress` says the job got, from 0 to 1; None when it does not say."""
+        return progress_fraction(self.progress)
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float when it is an int or a float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def progress_fraction(progress: Any) -> float | None:
+    """How far a progress value says its job got, from 0 to 1, or None.
+
+    The value itself when it is a number; ``done / total`` for a dict with a
+    number under both keys (and a positive total); None for anything else.
+    """
+    if isinstance(progress, bool):
+        return None
+    if isinstance(progress, int | float):
+        share = float(progress)
+    elif isinstance(progress, Mapping):
+        done, total = _number(progress.get("done")), _number(progress.get("total"))
+        if done is None or total is None or total <= 0:
+            return None
+        share = done / total
+    else:
+        return None
+    return min(1.0, max(0.0, share)) if share == share else None  # NaN says nothing
 
 
 @attrs.frozen
@@ -153,6 +197,91 @@ class PausedChannel:
     channel: str
     paused_at: dt.datetime
     paused_by: str | None
+
+
+#: Where a job of a :class:`JobGraph` stands: the job itself, the jobs it
+#: depends on (directly or not), the jobs that depend on it.
+GRAPH_SIDES: tuple[str, ...] = ("self", "upstream", "downstream")
+
+
+@attrs.frozen
+class GraphNode:
+    """One job of a :class:`JobGraph`.
+
+    Attributes:
+        id: the job's id.
+        definition: the name of its definition; None when the history no longer
+            keeps the job (its edges outlive it until its dependent's history
+            partition is dropped).
+        status: its status; None when the history no longer keeps it.
+        side: ``self`` (the job the graph is about), ``upstream`` (the job
+            depends on it, directly or through others) or ``downstream`` (it
+            depends on the job, directly or through others).
+        depth: its layer: 0 for the job, -1 for the jobs it depends on
+            directly, -2 for theirs ..., 1 for its direct dependents, 2 for
+            theirs ... Along the longest path within the graph, so that a job
+            always stands right of every job of the graph it depends on.
+        depends_on: the ids of the jobs of the graph it depends on, ascending
+            (its edges; those to jobs the graph does not hold are left out).
+    """
+
+    id: int
+    definition: str | None
+    status: str | None
+    side: str
+    depth: int
+    depends_on: tuple[int, ...]
+
+
+@attrs.frozen
+class JobGraph:
+    """The dependency graph around one job, read by :meth:`Jobs.graph`.
+
+    Each direction holds at most ``limit`` jobs, the nearest first (by the
+    number of dependency steps from the job): a chord's callback with
+    10,000 members shows ``limit`` of them and says it was cut.
+
+    Attributes:
+        job_id: the job the graph is about.
+        nodes: the job, then the jobs upstream, then those downstream, each by id.
+        limit: the most jobs read in each direction.
+        upstream_truncated: more jobs upstream than ``limit``: some are left out.
+        downstream_truncated: likewise downstream.
+    """
+
+    job_id: int
+    nodes: tuple[GraphNode, ...]
+    limit: int
+    upstream_truncated: bool
+    downstream_truncated: bool
+
+    @property
+    def truncated(self) -> bool:
+        """True when either direction was cut at ``limit`` jobs."""
+        return self.upstream_truncated or self.downstream_truncated
+
+    @property
+    def upstream(self) -> tuple[GraphNode, ...]:
+        """The jobs the job depends on, directly or not, by id."""
+        return tuple(node for node in self.nodes if node.side == "upstream")
+
+    @property
+    def downstream(self) -> tuple[GraphNode, ...]:
+        """The jobs that depend on the job, directly or not, by id."""
+        return tuple(node for node in self.nodes if node.side == "downstream")
+
+    @property
+    def edges(self) -> tuple[tuple[int, int], ...]:
+        """Every edge of the graph as (dependent id, dependency id)."""
+        return tuple((node.id, dep) for node in self.nodes for dep in node.depends_on)
+
+    def node(self, job_id: int) -> GraphNode | None:
+        """The job of this id in the graph, or None."""
+        return next((node for node in self.nodes if node.id == job_id), None)
+
+    def dependents(self, job_id: int) -> tuple[GraphNode, ...]:
+        """The jobs of the graph that depend directly on ``job_id``, by id."""
+        return tuple(node for node in self.nodes if job_id in node.depends_on)
 
 
 # -- rows to values (one function per row type) --------------------------------
@@ -208,6 +337,9 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         depends_on=tuple(row["depends_on"] or ()),
         attempts=None if attempts is None else tuple(attempt_from_json(a) for a in attempts),
         archived=row["in_history"],
+        tags=tuple(row["tags"] or ()),
+        meta=_converter.load_readable(row["meta"]) or {},
+        progress=_converter.load_readable(row["progress"]),
     )
 
 
@@ -233,4 +365,47 @@ def definition_from_row(row: Mapping[str, Any]) -> DefinitionInfo:
         paused=row["paused"],
         # Every status is present, zeros included, so callers can index freely.
         counts={status: int(counts.get(status, 0)) for status in STATUSES},
+    )
+
+
+def graph_from_rows(job_id: int, rows: Sequence[Mapping[str, Any]], limit: int) -> JobGraph:
+    """A :class:`JobGraph` from the rows of ``manage_job_graph`` (the job's row first).
+
+    Depths follow the longest path within the graph. A dependency always has
+    a smaller id than its dependents (it existed when they were deferred), so
+    taking the jobs upstream from the highest id down, and those downstream
+    from the lowest up, sees every job's neighbours on the job's side before
+    the job.
+    """
+    sides = {int(row["id"]): str(row["side"]) for row in rows}
+    needs = {int(row["id"]): tuple(int(i) for i in row["depends_on"] or ()) for row in rows}
+    depth = {job_id: 0}
+    for node in sorted((i for i, s in sides.items() if s == "downstream")):
+        near = [depth[p] for p in needs[node] if p in depth and sides[p] != "upstream"]
+        depth[node] = max(near, default=0) + 1
+    dependents: dict[int, list[int]] = {}
+    for node, wanted in needs.items():
+        if sides[node] != "downstream":
+            for dependency in wanted:
+                dependents.setdefault(dependency, []).append(node)
+    for node in sorted((i for i, s in sides.items() if s == "upstream"), reverse=True):
+        near = [depth[d] for d in dependents.get(node, ()) if d in depth]
+        depth[node] = min(near, default=0) - 1
+    first = rows[0] if rows else {}
+    return JobGraph(
+        job_id=job_id,
+        nodes=tuple(
+            GraphNode(
+                id=int(row["id"]),
+                definition=row["definition"],
+                status=row["status"],
+                side=str(row["side"]),
+                depth=depth[int(row["id"])],
+                depends_on=needs[int(row["id"])],
+            )
+            for row in rows
+        ),
+        limit=limit,
+        upstream_truncated=bool(first.get("upstream_cut")),
+        downstream_truncated=bool(first.get("downstream_cut")),
     )

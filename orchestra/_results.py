@@ -15,24 +15,29 @@ must not take a connection that ``defer`` needs, and LISTEN state must not
 leak into a pool. It goes to the Database's ``listen_dsn``; behind a
 transaction pooler without one, there is no LISTEN: the waiter reads the row
 every ``poll_interval_s`` on a pooled connection it returns in between.
+
+The results of a job's dependencies (``ctx.dependency_results()``) are read
+here too, by the running job, in one statement (``job_dependency_results``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from typing import Any
 
 import attrs
 import psycopg
 from psycopg import sql
+from psycopg_pool import PoolTimeout
 
 from orchestra import _converter
 from orchestra._checks import is_number
 from orchestra._database import Database
 from orchestra.errors import (
     ConfigurationError,
+    DependencyResultError,
     JobFailed,
     PayloadError,
     ResultTimeoutError,
@@ -145,8 +150,10 @@ def _advance(waiting: Generator[Step, Any, Any], answer: Any) -> tuple[bool, Any
 BROKEN_IN_A_ROW_MAX = 3
 
 
-def _read_pooled(config: Database, query: Any, params: dict[str, Any]) -> Any:
-    """The job's outcome row, read on a pooled connection.
+def _read_pooled(
+    config: Database, query: Any, params: dict[str, Any], *, every_row: bool = False
+) -> Any:
+    """The job's outcome row (or, with ``every_row``, all rows), read on a pooled connection.
 
     A read changes nothing, so it is tried again when the connection it got
     was broken: after a restart or a failover the pool may hold several dead
@@ -155,19 +162,27 @@ def _read_pooled(config: Database, query: Any, params: dict[str, Any]) -> Any:
     for attempt in range(config.pool_max_size + 1):
         try:
             with config.connection() as conn:
-                return conn.execute(query, params).fetchone()
+                cursor = conn.execute(query, params)
+                return cursor.fetchall() if every_row else cursor.fetchone()
+        except PoolTimeout:
+            raise  # no connection to be had: trying again would wait as long again
         except psycopg.OperationalError:
             if attempt == config.pool_max_size:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _read_pooled_async(config: Database, query: Any, params: dict[str, Any]) -> Any:
+async def _read_pooled_async(
+    config: Database, query: Any, params: dict[str, Any], *, every_row: bool = False
+) -> Any:
     """Async twin of :func:`_read_pooled`."""
     for attempt in range(config.pool_max_size + 1):
         try:
             async with config.connection_async() as conn:
-                return await (await conn.execute(query, params)).fetchone()
+                cursor = await conn.execute(query, params)
+                return await (cursor.fetchall() if every_row else cursor.fetchone())
+        except PoolTimeout:
+            raise  # no connection to be had: trying again would wait as long again
         except psycopg.OperationalError:
             if attempt == config.pool_max_size:
                 raise
@@ -224,6 +239,8 @@ def wait(
                     answer = _read_pooled(config, query, params)
                 else:
                     answer = listener.execute(query, params).fetchone()
+            except PoolTimeout:
+                raise
             except psycopg.OperationalError:
                 broken += 1
                 if broken > BROKEN_IN_A_ROW_MAX:
@@ -279,6 +296,8 @@ async def wait_async(
                     answer = await _read_pooled_async(config, query, params)
                 else:
                     answer = await (await listener.execute(query, params)).fetchone()
+            except PoolTimeout:
+                raise
             except psycopg.OperationalError:
                 broken += 1
                 if broken > BROKEN_IN_A_ROW_MAX:
@@ -293,3 +312,72 @@ async def wait_async(
         if listener is not None:
             await listener.close()
     return step
+
+
+# -- the results of a job's dependencies ----------------------------------------
+
+
+def dependency_results_from_rows(
+    job_id: int, rows: Iterable[tuple[Any, ...]], as_type: Any
+) -> dict[int, Any]:
+    """``{dependency id: result}`` from the rows of ``job_dependency_results``.
+
+    Written once for every caller: a job in the worker's process, in
+    ``orchestra.testing``, and a job in a child process, which gets the rows
+    from its parent and structures them itself (``as_type`` is the child's).
+    Raises DependencyResultError naming every dependency without a result,
+    PayloadError when a result does not fit ``as_type``.
+    """
+    results: dict[int, Any] = {}
+    missing: dict[int, str] = {}
+    for dependency, status, text in rows:
+        if status == "succeeded":
+            value = None if text is None else _converter.load_stored(text)
+            if as_type is not None:
+                try:
+                    value = _converter.decode_payload(value, as_type)
+                except Exception as exc:
+                    raise PayloadError(
+                        f"job {dependency}",
+                        f"its result does not fit {as_type!r}: "
+                        f"{_converter.describe_structure_error(exc)}",
+                    ) from None
+            results[int(dependency)] = value
+        elif status is None:
+            missing[int(dependency)] = (
+                "is no longer kept by the history (it finished longer ago than the "
+                "orchestrator's finalized_job_threshold_ms)"
+            )
+        elif status in _FINAL:
+            missing[int(dependency)] = f"is {status}: it was retried after this job was released"
+        else:
+            missing[int(dependency)] = (
+                f"is {status}: it was retried after this job was released, and has no result yet"
+            )
+    if missing:
+        raise DependencyResultError(job_id, missing)
+    return results
+
+
+def dependency_results(config: Database, job_id: int, *, as_type: Any) -> dict[int, Any]:
+    """The results of the jobs ``job_id`` depends on, by id (``JobContext.dependency_results``)."""
+    rows = _read_pooled(
+        config, config.queries["job_dependency_results"], {"id": job_id}, every_row=True
+    )
+    return dependency_results_from_rows(job_id, rows, as_type)
+
+
+async def read_dependency_rows_async(config: Database, job_id: int) -> list[tuple[Any, ...]]:
+    """The rows of ``job_dependency_results`` for ``job_id``, not decoded (for a child process)."""
+    rows: list[tuple[Any, ...]] = await _read_pooled_async(
+        config, config.queries["job_dependency_results"], {"id": job_id}, every_row=True
+    )
+    return rows
+
+
+async def dependency_results_async(
+    config: Database, job_id: int, *, as_type: Any
+) -> dict[int, Any]:
+    """Async twin of :func:`dependency_results`."""
+    rows = await read_dependency_rows_async(config, job_id)
+    return dependency_results_from_rows(job_id, rows, as_type)

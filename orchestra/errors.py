@@ -56,6 +56,32 @@ class UnknownJobError(OrchestraError, LookupError):
         super().__init__(f"unknown job id(s){where}: {shown}")
 
 
+class DependencyResultError(OrchestraError, LookupError):
+    """A job asked for its dependencies' results and some have none to give.
+
+    Raised by ``ctx.dependency_results()``. A job runs only once all its
+    dependencies succeeded, so a result is missing only when the history no
+    longer keeps the dependency (it finished longer ago than the
+    orchestrator's retention, ``finalized_job_threshold_ms``), or when the
+    dependency was retried after this job was released.
+
+    Attributes:
+        job_id: the job that asked.
+        missing: each dependency without a result, by id, with why.
+    """
+
+    def __init__(self, job_id: int, missing: dict[int, str]) -> None:
+        self.job_id = job_id
+        self.missing = missing
+        reasons = "; ".join(f"job {dep} {why}" for dep, why in missing.items())
+        super().__init__(f"job {job_id} cannot read the results of its dependencies: {reasons}")
+
+    @property
+    def job_ids(self) -> tuple[int, ...]:
+        """The ids of the dependencies without a result."""
+        return tuple(self.missing)
+
+
 class DatabaseUnavailableError(OrchestraError, ConnectionError):
     """PostgreSQL could not be reached after retrying.
 

@@ -22,6 +22,9 @@ WorkerJobSucceeded                the job function returned; the job is finalize
 WorkerJobFailed                   the attempt failed; ``will_retry`` tells what happens next
 WorkerJobPayloadInvalid           (a WorkerJobFailed) the stored payload did not fit its type
 WorkerJobReleased                 a claimed job was handed back unrun, its attempt refunded
+WorkerJobSnoozed                  the job function snoozed: the job runs again later, its
+                                  attempt refunded
+WorkerJobCancelled                the job was cancelled while it ran here: its attempt was stopped
 WorkerJobFenced                   a finish was refused: the attempt no longer owns the job
 OrchestratorLeadershipAcquired    this orchestrator now holds the leader lease
 OrchestratorLeadershipLost        it no longer does (stopped, expired, database error)
@@ -81,11 +84,13 @@ __all__ = [
     "OrchestratorTickSkipped",
     "OrchestratorWorkerLost",
     "Role",
+    "WorkerJobCancelled",
     "WorkerJobClaimed",
     "WorkerJobFailed",
     "WorkerJobFenced",
     "WorkerJobPayloadInvalid",
     "WorkerJobReleased",
+    "WorkerJobSnoozed",
     "WorkerJobSucceeded",
     "WorkerListenLost",
     "WorkerListenRestored",
@@ -197,12 +202,16 @@ class WorkerJobClaimed(_JobEvent):
             ``{"traceparent":"00-...-01"}``), or None when the producer had no
             span or no opentelemetry. :class:`orchestra.otel.OpenTelemetryHandler`
             uses it.
+        tags: the tags the job was deferred with (``defer(tags=...)``); its
+            ``meta`` and progress are not carried by events (read them with
+            ``config.jobs.get``).
     """
 
     max_attempts: int
     queue_wait_ms: int
     trace_context: str | None = None
     queue_wait_s: float | None = None
+    tags: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -263,6 +272,42 @@ class WorkerJobReleased(_JobEvent):
 
     reason: str
     retry_at: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class WorkerJobSnoozed(_JobEvent):
+    """The job function snoozed (``Snooze``): the job is available again, due at
+    ``run_at``, and this run spent no attempt (``attempt`` is the number the next
+    run has too).
+
+    Attributes:
+        seconds: how long it snoozed for.
+        run_at: when it is due again.
+        duration_ms: how long the function ran before it snoozed.
+        duration_s: the same in seconds, to the microsecond.
+    """
+
+    seconds: float
+    run_at: dt.datetime
+    duration_ms: int
+    duration_s: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class WorkerJobCancelled(_JobEvent):
+    """The job was cancelled (``config.jobs.cancel``) while this attempt ran, and
+    the worker stopped the attempt: an ``async def`` function's task was
+    cancelled, a child process terminated, or a ``def`` function returned
+    after ``ctx.should_stop`` turned true. The job is ``cancelled``; it is not
+    retried. Its slot is free again.
+
+    Attributes:
+        duration_ms: how long the attempt ran, until it stopped.
+        duration_s: the same in seconds, to the microsecond.
+    """
+
+    duration_ms: int
+    duration_s: float | None = None
 
 
 @attrs.frozen(kw_only=True)

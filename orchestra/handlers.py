@@ -39,6 +39,10 @@ _LEVELS: dict[type[events.Event], int] = {
     events.WorkerJobFailed: logging.WARNING,
     events.WorkerJobPayloadInvalid: logging.WARNING,
     events.WorkerJobReleased: logging.WARNING,
+    # A snooze is the job's own plan; a cancel was asked for by someone:
+    # both INFO, like a success.
+    events.WorkerJobSnoozed: logging.INFO,
+    events.WorkerJobCancelled: logging.INFO,
     events.WorkerJobFenced: logging.WARNING,
     events.WorkerListenLost: logging.WARNING,
     events.DaemonDatabaseError: logging.ERROR,

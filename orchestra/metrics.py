@@ -27,6 +27,8 @@ metric                                                      type       from
 ``orchestra_jobs_finalized_total{definition,reason}``       counter    OrchestratorJobFinalized
 ``orchestra_jobs_rescued_total{definition}``                counter    OrchestratorJobRescued
 ``orchestra_jobs_fenced_total{definition}``                 counter    WorkerJobFenced
+``orchestra_jobs_snoozed_total{definition}``                counter    WorkerJobSnoozed
+``orchestra_jobs_cancelled_total{definition}``              counter    WorkerJobCancelled
 ``orchestra_jobs_scheduled_total{definition}``              counter    OrchestratorJobScheduled
 ``orchestra_job_duration_seconds{definition}``              histogram  finished attempts
 ``orchestra_job_queue_wait_seconds{definition}``            histogram  claim time - run_at
@@ -52,7 +54,10 @@ worker: ``timeout``, ``no_attempts_remaining`` (its last attempt was lost: the
 worker died or its lease ran out) and ``unmet_dependencies``. Every job that
 fails for good is counted once, in ``failed`` or in ``finalized``: add them for
 all final failures. ``rescued`` counts lost attempts whose job runs again.
-Jobs cancelled or deleted through the management API are not counted.
+``snoozed`` counts runs that snoozed (they spent no attempt; ``claimed``
+counts them). ``cancelled`` counts running attempts that a worker stopped
+because their job was cancelled; jobs cancelled before they ran, or deleted,
+through the management API are not counted.
 
 **The histograms** are in seconds, with buckets from 100 µs to 1 h
 (:data:`DURATION_BUCKETS_S`).
@@ -462,6 +467,16 @@ class PrometheusHandler:
             "Finishes refused because the attempt no longer owned its job.",
             "definition",
         )
+        self.jobs_snoozed = self._counter(
+            "jobs_snoozed_total",
+            "Runs whose job function snoozed: the job runs again later, no attempt spent.",
+            "definition",
+        )
+        self.jobs_cancelled = self._counter(
+            "jobs_cancelled_total",
+            "Running attempts stopped by a worker because their job was cancelled.",
+            "definition",
+        )
         self.jobs_scheduled = self._counter(
             "jobs_scheduled_total", "Jobs enqueued by repeat or cron ticks.", "definition"
         )
@@ -510,6 +525,10 @@ class PrometheusHandler:
                 )
             case events.WorkerJobFenced():
                 self.jobs_fenced.labels(event.definition).inc()
+            case events.WorkerJobSnoozed():
+                self.jobs_snoozed.labels(event.definition).inc()
+            case events.WorkerJobCancelled():
+                self.jobs_cancelled.labels(event.definition).inc()
             case events.OrchestratorJobRescued():
                 self.jobs_rescued.labels(event.definition).inc()
             case events.OrchestratorJobFinalized():

@@ -28,16 +28,22 @@ attribute                       value
 ``orchestra.job.attempt``       1 for the first attempt
 ``orchestra.job.max_attempts``  the attempt budget
 ``orchestra.job.queue_wait_ms`` claim time minus the time the job became runnable
-``orchestra.job.duration_ms``   how long the function ran (succeeded, failed)
+``orchestra.job.tags``          the job's tags, when it has some (a string array)
+``orchestra.job.duration_ms``   how long the function ran (succeeded, failed,
+                                snoozed, cancelled)
 ``orchestra.job.will_retry``    failed attempts: whether another attempt follows
 ``orchestra.job.outcome``       ``succeeded``, ``failed``, ``payload_invalid``,
-                                ``released`` or ``fenced``
+                                ``released``, ``snoozed``, ``cancelled`` or
+                                ``fenced``
+``orchestra.job.snooze_s``      snoozed attempts: how long the job snoozed for
 ``error.type``                  failed attempts: the exception's type name
 ==============================  ===============================================
 
-The status is OK on success, ERROR with the error text on a failure (payload
-invalid included), and unset when the job was handed back unrun (released) or
-its finish was refused because it was rescued meanwhile (fenced).
+The status is OK on success and on a snooze (the function did what it meant
+to), ERROR with the error text on a failure (payload invalid included), and
+unset when the job was handed back unrun (released), cancelled while it ran
+(cancelled), or its finish was refused because it was rescued meanwhile
+(fenced).
 """
 
 from __future__ import annotations
@@ -115,7 +121,8 @@ class OpenTelemetryHandler:
 
     Spans start at the claim event's timestamp and end at the timestamp of the
     event that reports the attempt's end (succeeded, failed, payload invalid,
-    released, fenced), matched by (daemon id, job id, attempt). One handler
+    snoozed, cancelled, released, fenced), matched by (daemon id, job id,
+    attempt). One handler
     may serve every daemon of a process (a lock guards the open spans).
 
     Args:
@@ -177,6 +184,25 @@ class OpenTelemetryHandler:
                         "error.type": error_type,
                     },
                 )
+            case events.WorkerJobSnoozed():
+                self._end(
+                    event,
+                    Status(StatusCode.OK),
+                    {
+                        "orchestra.job.outcome": "snoozed",
+                        "orchestra.job.duration_ms": event.duration_ms,
+                        "orchestra.job.snooze_s": event.seconds,
+                    },
+                )
+            case events.WorkerJobCancelled():
+                self._end(
+                    event,
+                    None,
+                    {
+                        "orchestra.job.outcome": "cancelled",
+                        "orchestra.job.duration_ms": event.duration_ms,
+                    },
+                )
             case events.WorkerJobReleased():
                 self._end(
                     event,
@@ -209,6 +235,8 @@ class OpenTelemetryHandler:
                 "orchestra.job.attempt": event.attempt,
                 "orchestra.job.max_attempts": event.max_attempts,
                 "orchestra.job.queue_wait_ms": event.queue_wait_ms,
+                # Left out when empty: an attribute set to [] is noise on every span.
+                **({"orchestra.job.tags": list(event.tags)} if event.tags else {}),
             },
             start_time=_ns(event.timestamp),
         )
@@ -230,6 +258,8 @@ class OpenTelemetryHandler:
         self,
         event: events.WorkerJobSucceeded
         | events.WorkerJobFailed
+        | events.WorkerJobSnoozed
+        | events.WorkerJobCancelled
         | events.WorkerJobReleased
         | events.WorkerJobFenced,
         status: Status | None,

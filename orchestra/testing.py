@@ -192,10 +192,13 @@ class DrainResult:
         cancelled: attempts whose end the database refused: their job was
             cancelled (or otherwise finalized) while they ran.
         scheduled: jobs left available and not run: due later (a delay, a
-            retry's backoff) in a drain without ``with_scheduled``, or
-            deferred during a drain with ``with_recursion=False``.
+            retry's backoff, a snooze) in a drain without ``with_scheduled``,
+            or deferred during a drain with ``with_recursion=False``.
         waiting: jobs left waiting for their dependencies. A job whose
             dependency failed waits until an orchestrator fails it too.
+        snoozed: runs whose function snoozed (``Snooze``): the job is available
+            again, due when its snooze ends, and spent no attempt (with
+            ``with_scheduled`` the same drain ran it again).
         attempts: every attempt that ran, in order (not compared).
     """
 
@@ -205,24 +208,34 @@ class DrainResult:
     cancelled: int = 0
     scheduled: int = 0
     waiting: int = 0
+    snoozed: int = 0
     attempts: tuple[RanAttempt, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @classmethod
     def _of(cls, attempts: Sequence[RanAttempt], *, scheduled: int, waiting: int) -> DrainResult:
         """The result of these attempts, with what was left."""
         statuses = [a.status for a in attempts]
+        snoozed = sum(1 for a in attempts if a.outcome == "snoozed")
         return cls(
             succeeded=statuses.count("succeeded"),
             failed=statuses.count("failed"),
-            retried=statuses.count("available"),
+            # A snooze leaves its job available too, but it is no retry.
+            retried=statuses.count("available") - snoozed,
             cancelled=statuses.count(None),
             scheduled=scheduled,
             waiting=waiting,
+            snoozed=snoozed,
             attempts=tuple(attempts),
         )
 
-    def _ids(self, status: str | None) -> tuple[int, ...]:
-        return tuple(dict.fromkeys(a.job_id for a in self.attempts if a.status == status))
+    def _ids(self, status: str | None, *, snoozed: bool = False) -> tuple[int, ...]:
+        return tuple(
+            dict.fromkeys(
+                a.job_id
+                for a in self.attempts
+                if a.status == status and (a.outcome == "snoozed") == snoozed
+            )
+        )
 
     @property
     def succeeded_ids(self) -> tuple[int, ...]:
@@ -240,6 +253,11 @@ class DrainResult:
         return self._ids("available")
 
     @property
+    def snoozed_ids(self) -> tuple[int, ...]:
+        """The ids of the jobs that snoozed, in order."""
+        return self._ids("available", snoozed=True)
+
+    @property
     def cancelled_ids(self) -> tuple[int, ...]:
         """The ids of the jobs cancelled (or finalized) while an attempt of theirs ran."""
         return self._ids(None)
@@ -247,7 +265,9 @@ class DrainResult:
     @property
     def errors(self) -> tuple[str, ...]:
         """The error of every attempt that failed, in order: ``assert r.failed == 0, r.errors``."""
-        return tuple(a.error for a in self.attempts if a.error is not None)
+        return tuple(
+            a.error for a in self.attempts if a.error is not None and a.outcome != "snoozed"
+        )
 
 
 @attrs.frozen
@@ -271,8 +291,9 @@ class _DrainPlan:
     def timed_out(self, attempts: Sequence[RanAttempt]) -> TimeoutError:
         return TimeoutError(
             f"drain: jobs were still runnable after {self.timeout} s and {len(attempts)} "
-            "attempt(s) (a job that defers jobs without end?); give a larger timeout, or "
-            "with_recursion=False to run only the jobs queued when the drain started"
+            "attempt(s) (a job that defers jobs, or snoozes, without end?); give a larger "
+            "timeout, or with_recursion=False to run only the jobs queued when the drain "
+            "started (or with_scheduled=False, to leave snoozed jobs for later)"
         )
 
 
@@ -367,8 +388,9 @@ def drain(
         definitions: only jobs of this definition, or these (JobDefinitions,
             or names registered with ``config``); None: all of ``config``'s.
         with_scheduled: also run the jobs not due yet (deferred with a delay or
-            a ``run_at``, retries waiting for their backoff) as if they were
-            due: a failing job then runs until it has no attempt left.
+            a ``run_at``, retries waiting for their backoff, jobs that snoozed)
+            as if they were due: a failing job then runs until it has no
+            attempt left, a job that snoozes runs again at once.
         with_recursion: also run the jobs deferred during the drain (by the
             jobs, or their callbacks); False: only the jobs in the queue when
             the drain started (and their retries).
@@ -547,9 +569,12 @@ class Inline:
         """Keep an attempt; the claim of the job's retry, or None once it is over."""
         with self._lock:
             self._attempts.append(ran)
-            if ran.status == "available":
+            if ran.status == "available" and ran.outcome != "snoozed":
                 # A retry runs now, whatever its backoff.
                 return self._filters([ran.job_id], every_job=True)
+            # A snoozed job stays in the queue, due when its snooze ends: run
+            # again at once, a job that snoozes until something happens would
+            # hold the block for ever. drain(with_scheduled=True) runs it.
             self._pending.pop(ran.job_id, None)
             return None
 
@@ -645,7 +670,9 @@ def inline(config: Config, *, with_scheduled: bool = True) -> Inline:
     :meth:`Inline.run_pending`, or when the block ends (if your transaction
     rolled back, never). A job waiting for its dependencies runs after the
     last of them succeeded; a job deferred with a delay runs at once, unless
-    ``with_scheduled=False`` (it then stays in the queue). See
+    ``with_scheduled=False`` (it then stays in the queue). A job that snoozes
+    (``Snooze``) is left in the queue, due when its snooze ends, and not run
+    again here: ``drain(config, with_scheduled=True)`` runs it. See
     :attr:`Inline.pending`.
 
     Hooked into ``defer`` through a context variable: it applies to the code

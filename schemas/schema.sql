@@ -1,5 +1,5 @@
 -- The whole current schema of an orchestra queue, as the migrations
--- 0001 to 0008_channels_and_pause build it: for reading.
+-- 0001 to 0010_snooze_and_cancel build it: for reading.
 --
 -- Generated with PostgreSQL 15: do not edit. After adding a migration, run
 -- `make schema` (python -m orchestra._schema_dump), which applies every
@@ -242,7 +242,7 @@ CREATE TABLE {schema}.job_attempt (
     error text,
     traceback text,
     lock_token uuid,
-    CONSTRAINT job_attempt_outcome_check CHECK ((outcome = ANY (ARRAY['succeeded'::text, 'failed'::text, 'lost'::text, 'interrupted'::text, 'timed_out'::text])))
+    CONSTRAINT job_attempt_outcome_check CHECK ((outcome = ANY (ARRAY['succeeded'::text, 'failed'::text, 'lost'::text, 'interrupted'::text, 'timed_out'::text, 'snoozed'::text, 'cancelled'::text])))
 );
 
 CREATE TABLE {schema}.job_history (
@@ -269,6 +269,9 @@ CREATE TABLE {schema}.job_history (
     worker_id bigint,
     worker_name text,
     lock_token uuid,
+    tags text[] DEFAULT '{{}}'::text[] NOT NULL,
+    meta jsonb DEFAULT '{{}}'::jsonb NOT NULL,
+    progress jsonb,
     CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['succeeded'::{schema}.job_status, 'failed'::{schema}.job_status, 'cancelled'::{schema}.job_status])))
 )
 PARTITION BY RANGE (id);
@@ -339,6 +342,9 @@ CREATE TABLE {schema}.job (
     last_error text,
     trace_context text,
     created_by text DEFAULT CURRENT_USER,
+    tags text[] DEFAULT '{{}}'::text[] NOT NULL,
+    meta jsonb DEFAULT '{{}}'::jsonb NOT NULL,
+    progress jsonb,
     CONSTRAINT job_attempt_check CHECK ((attempt >= 0)),
     CONSTRAINT job_check1 CHECK (((status = 'running'::{schema}.job_status) = (lock_token IS NOT NULL))),
     CONSTRAINT job_max_attempts_check CHECK ((max_attempts >= 1)),
@@ -369,7 +375,10 @@ CREATE VIEW {schema}.all_jobs WITH (security_invoker='true') AS
     j.locked_by,
     j.lock_token,
     j.locked_until,
-    false AS finished
+    false AS finished,
+    j.tags,
+    j.meta,
+    j.progress
    FROM {schema}.job j
 UNION ALL
  SELECT h.id,
@@ -394,7 +403,10 @@ UNION ALL
     NULL::bigint AS locked_by,
     NULL::uuid AS lock_token,
     NULL::timestamp with time zone AS locked_until,
-    true AS finished
+    true AS finished,
+    h.tags,
+    h.meta,
+    h.progress
    FROM {schema}.job_history h;
 
 CREATE TABLE {schema}.channel_pause (
@@ -476,6 +488,9 @@ CREATE TABLE {schema}.job_history_0 (
     worker_id bigint,
     worker_name text,
     lock_token uuid,
+    tags text[] DEFAULT '{{}}'::text[] NOT NULL,
+    meta jsonb DEFAULT '{{}}'::jsonb NOT NULL,
+    progress jsonb,
     CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['succeeded'::{schema}.job_status, 'failed'::{schema}.job_status, 'cancelled'::{schema}.job_status])))
 );
 
@@ -503,6 +518,9 @@ CREATE TABLE {schema}.job_history_1000000 (
     worker_id bigint,
     worker_name text,
     lock_token uuid,
+    tags text[] DEFAULT '{{}}'::text[] NOT NULL,
+    meta jsonb DEFAULT '{{}}'::jsonb NOT NULL,
+    progress jsonb,
     CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['succeeded'::{schema}.job_status, 'failed'::{schema}.job_status, 'cancelled'::{schema}.job_status])))
 );
 
@@ -530,6 +548,9 @@ CREATE TABLE {schema}.job_history_2000000 (
     worker_id bigint,
     worker_name text,
     lock_token uuid,
+    tags text[] DEFAULT '{{}}'::text[] NOT NULL,
+    meta jsonb DEFAULT '{{}}'::jsonb NOT NULL,
+    progress jsonb,
     CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['succeeded'::{schema}.job_status, 'failed'::{schema}.job_status, 'cancelled'::{schema}.job_status])))
 );
 
@@ -557,6 +578,9 @@ CREATE TABLE {schema}.job_history_default (
     worker_id bigint,
     worker_name text,
     lock_token uuid,
+    tags text[] DEFAULT '{{}}'::text[] NOT NULL,
+    meta jsonb DEFAULT '{{}}'::jsonb NOT NULL,
+    progress jsonb,
     CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['succeeded'::{schema}.job_status, 'failed'::{schema}.job_status, 'cancelled'::{schema}.job_status])))
 );
 

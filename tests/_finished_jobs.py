@@ -27,13 +27,13 @@ WITH moved AS (
 INSERT INTO {s}.job_history (
     id, definition, channel, status, priority, payload, result, attempt, max_attempts, run_at,
     unique_key, resource_key, tick_at, created_at, started_at, finalized_at, last_error,
-    attempts, trace_context, created_by)
+    attempts, trace_context, created_by, tags, meta, progress)
 SELECT m.id, m.definition, m.channel, %(status)s::{s}.job_status, m.priority, m.payload, NULL,
        m.attempt, m.max_attempts, m.run_at, m.unique_key, m.resource_key, m.tick_at,
        m.created_at, m.started_at, now(), m.last_error,
        coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
                  FROM earlier a WHERE a.job_id = m.id), '[]'::jsonb),
-       m.trace_context, m.created_by
+       m.trace_context, m.created_by, m.tags, m.meta, m.progress
 FROM moved m
 RETURNING id
 """

@@ -70,6 +70,7 @@ def finish_params(
         "tracebacks": [None],
         "retry_delays_ms": [0],
         "started_ats": [started_at],
+        "progresses": [None],
         "worker_id": worker_id,
         "worker_name": worker_name,
         "notify_channel": config.notify_channel,

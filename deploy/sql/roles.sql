@@ -326,7 +326,7 @@ GRANT SELECT ON
     :"schema".schema_version, :"schema".job_definition, :"schema".job, :"schema".job_history
 TO :"producer_role";
 GRANT INSERT (definition, channel, status, priority, payload, max_attempts, run_at,
-              unique_key, resource_key, limited, trace_context)
+              unique_key, resource_key, limited, trace_context, tags, meta)
 ON :"schema".job TO :"producer_role";
 GRANT INSERT (job_id, required_job_id) ON :"schema".job_dependency TO :"producer_role";
 GRANT EXECUTE ON FUNCTION
@@ -342,13 +342,18 @@ TO :"producer_role";
 --   worker_register                                     inserts its row, with the hash of its secret
 --   worker_heartbeat, worker_delete                     through worker_touch / worker_deregister
 --                                                       (functions that want the daemon's secret:
---                                                       no UPDATE or DELETE on `worker`)
+--                                                       no UPDATE or DELETE on `worker`); the
+--                                                       heartbeat reads the history for held jobs
+--                                                       cancelled meanwhile
 --   job_claim, definition_lock_limited + job_claim_limited (sets last_released_at; read the
 --                       paused channels and definitions)
 --   job_finish_many     fenced finish: a retry updates the job and logs the attempt; the end of
 --                       a job deletes it from `job`, deletes its attempt-log rows and inserts
 --                       it, with them, into `job_history`
 --   job_release_dependents, job_claim_recover, job_finish_recorded (reads the history)
+--   job_dependency_results  a running job's ctx.dependency_results() (reads the edges and
+--                       the history)
+--   job_progress_set    the progress of the running jobs it holds (fenced by lock token)
 --   definition_heartbeat_many                           last_heartbeat_at
 --   manage_job_get                                      callbacks read the job and its attempts
 -- Payload, definition, channel, priority, keys and created_at stay read-only
@@ -372,7 +377,7 @@ GRANT INSERT (name, channel, num_attempts, backoff, backoff_base_ms, backoff_max
               last_released_at)
 ON :"schema".job_definition TO :"worker_role";
 GRANT UPDATE (status, attempt, run_at, locked_by, lock_token, locked_until, started_at,
-              last_error, limited),
+              last_error, limited, progress),
       DELETE
 ON :"schema".job TO :"worker_role";
 GRANT INSERT (job_id, attempt, worker_id, worker_name, started_at, outcome, error, traceback,
@@ -466,13 +471,13 @@ TO :"dashboard_role";
 -- of them.
 GRANT INSERT (id, definition, channel, status, priority, payload, attempt, max_attempts, run_at,
               unique_key, resource_key, tick_at, limited, created_at, started_at, last_error,
-              trace_context, created_by),
+              trace_context, created_by, tags, meta, progress),
       UPDATE (run_at, limited),
       DELETE
 ON :"schema".job TO :"operator_role";
 GRANT INSERT (id, definition, channel, status, priority, payload, result, attempt, max_attempts,
               run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
-              last_error, attempts, trace_context, created_by),
+              last_error, attempts, trace_context, created_by, tags, meta, progress),
       UPDATE, DELETE
 ON :"schema".job_history TO :"operator_role";
 GRANT INSERT (job_id, attempt, worker_id, worker_name, started_at, finished_at, outcome, error,
@@ -610,6 +615,8 @@ CREATE POLICY worker_insert_held ON :"schema".job_history FOR INSERT TO :"worker
               AND j.resource_key IS NOT DISTINCT FROM job_history.resource_key
               AND j.tick_at IS NOT DISTINCT FROM job_history.tick_at
               AND j.trace_context IS NOT DISTINCT FROM job_history.trace_context
+              AND j.tags = job_history.tags
+              AND j.meta = job_history.meta
               AND j.created_by IS NOT DISTINCT FROM job_history.created_by));
 CREATE POLICY orchestrator_all ON :"schema".job_history TO :"orchestrator_role"
     USING (true) WITH CHECK (true);

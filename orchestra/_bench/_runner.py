@@ -31,7 +31,9 @@ from orchestra._bench._measure import (
     wait_drained,
 )
 from orchestra._config import Config
+from orchestra._database import DSN_ENV, LISTEN_DSN_ENV, TRANSACTION_POOLING_ENV
 from orchestra._definition import JobDefinition
+from orchestra.errors import ConfigurationError
 from orchestra.testing import wait_until
 
 if TYPE_CHECKING:
@@ -101,30 +103,88 @@ def _per_second(count: float, seconds: float) -> float:
 
 
 class Bench:
-    """One bench run against ``dsn`` on a fresh schema."""
+    """One bench run against ``dsn`` on a fresh schema.
 
-    def __init__(self, dsn: str, settings: Settings, *, log: Callable[[str], None]) -> None:
+    With ``transaction_pooling`` (``dsn`` leads to PgBouncer in transaction
+    mode), orchestra's producers and workers go through ``dsn`` as a Config
+    with ``transaction_pooling`` and ``listen_dsn`` does, while the lean floor,
+    PgQueuer (whose asyncpg connections prepare statements) and the bench's
+    own loads and clean-ups use ``listen_dsn``, the direct connection: the
+    floor stays a baseline without the pooler, and the ratio to it includes
+    what the pooler costs.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        settings: Settings,
+        *,
+        log: Callable[[str], None],
+        transaction_pooling: bool = False,
+        listen_dsn: str | None = None,
+    ) -> None:
+        if transaction_pooling and listen_dsn is None:
+            raise ConfigurationError(
+                "--listen-dsn",
+                "a transaction-pooled bench needs the direct DSN (--listen-dsn or "
+                "$ORCHESTRA_LISTEN_DSN): the lean floor and PgQueuer run on it, and "
+                "orchestra's workers LISTEN on it",
+            )
         self.dsn = dsn
+        self.transaction_pooling = transaction_pooling
+        self.listen_dsn = listen_dsn
+        #: Where the floor, the peers and the bench's own statements go.
+        self.direct = listen_dsn if transaction_pooling and listen_dsn is not None else dsn
         self.settings = settings
         self.log = log
         self.schema = f"orchestra_bench_{uuid.uuid4().hex[:8]}"
-        self.config = Config(dsn, schema=self.schema)
+        self.config = Config(
+            dsn,
+            schema=self.schema,
+            transaction_pooling=transaction_pooling,
+            listen_dsn=listen_dsn,
+        )
         self.noop, self.latency = define(self.config)
         self.filler = JobDefinition(self.config, name=FILLER, job_function=noop, channel=CHANNEL)
         self.queries = bench_queries(self.schema)
-        self.floor = LeanFloor(dsn, self.schema, self.queries)
+        self.floor = LeanFloor(self.direct, self.schema, self.queries)
         self.pgqueuer: PgQueuerPeer | None = None
         if "pgqueuer" in settings.peers:
             # An optional extra: imported only when asked for.
             from orchestra._bench._pgqueuer import PgQueuerPeer  # noqa: PLC0415
 
-            self.pgqueuer = PgQueuerPeer(dsn, f"{self.schema}_pgqueuer", settings, log=log)
+            self.pgqueuer = PgQueuerPeer(self.direct, f"{self.schema}_pgqueuer", settings, log=log)
+
+    def paths(self) -> dict[str, str]:
+        """How each column's figures reached PostgreSQL (passwords hidden)."""
+        orchestra = _db.redact_dsn(self.dsn)
+        listen = self.config.listen_dsn
+        if self.transaction_pooling:
+            # The constructor refused a pooled bench without a listen DSN.
+            orchestra += f" (transaction pooling; LISTEN at {_db.redact_dsn(self.direct)})"
+        elif listen is not None and listen != self.dsn:
+            orchestra += f" (LISTEN at {_db.redact_dsn(listen)})"
+        found = {"orchestra": orchestra, "floor": _db.redact_dsn(self.direct)}
+        if self.pgqueuer is not None:
+            found["pgqueuer"] = found["floor"]
+        return found
+
+    def _worker_env(self) -> dict[str, str]:
+        """The environment a bench worker builds its Config from: this bench's, whatever
+        the caller's environment says."""
+        return {
+            DSN_ENV: self.dsn,
+            TRANSACTION_POOLING_ENV: "1" if self.transaction_pooling else "0",
+            # Empty: no listen DSN; a worker then LISTENs on its DSN unless pooled.
+            LISTEN_DSN_ENV: self.listen_dsn or "",
+        }
 
     # -- plumbing -----------------------------------------------------------
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
-        with _db.connect(self.dsn) as conn:
+        # Loads, resets and counts are the bench's, not what it measures: direct.
+        with _db.connect(self.direct) as conn:
             yield conn
 
     def _reset(self) -> None:
@@ -267,7 +327,7 @@ class Bench:
             conn.execute(self.queries["bench_analyze"])
         started = time.perf_counter()
         workers, counts = start_workers(
-            self._worker_argv(s.concurrency), s.processes, {"ORCHESTRA_DSN": self.dsn}
+            self._worker_argv(s.concurrency), s.processes, self._worker_env()
         )
         try:
             drained = wait_drained(s.jobs, workers, counts, started=started)
@@ -310,9 +370,7 @@ class Bench:
         s = self.settings
         self.log(f"latency: {s.latency_jobs} jobs at {s.latency_rate:g}/s, then the lean floor")
         values: list[float] = []
-        workers, _ = start_workers(
-            self._worker_argv(s.concurrency), 1, {"ORCHESTRA_DSN": self.dsn}, values
-        )
+        workers, _ = start_workers(self._worker_argv(s.concurrency), 1, self._worker_env(), values)
         try:
             self._wait_ready(1)
             paced(s.latency_jobs, s.latency_rate, lambda: self.latency.defer({"t0": time.time()}))
@@ -407,6 +465,8 @@ def figures_as_json(bench: Bench, figures: list[Figure]) -> dict[str, Any]:
     return {
         "settings": settings,
         "schema": bench.schema,
+        "paths": bench.paths(),
+        "transaction_pooling": bench.transaction_pooling,
         "warnings": bench.settings.warnings(),
         "peers": {} if bench.pgqueuer is None else {"pgqueuer": bench.pgqueuer.describe()},
         "figures": [

@@ -26,7 +26,9 @@ ERROR_MAX_CHARS = 4_000
 TRACEBACK_MAX_CHARS = 32_000
 
 
-Outcome = Literal["succeeded", "failed", "interrupted", "timed_out", "released"]
+Outcome = Literal[
+    "succeeded", "failed", "interrupted", "timed_out", "released", "snoozed", "cancelled"
+]
 
 
 @attrs.define
@@ -49,6 +51,9 @@ class Finish:
     payload_invalid: bool = False
     #: The database refused to record it (bad data); nothing was written.
     dropped: bool = False
+    #: The last progress the attempt reported that is not written yet (JSON
+    #: text), written with the finish; None keeps what the row holds.
+    progress: str | None = None
     # Filled in from the statement's result:
     committed_status: str | None = None
     committed_run_at: dt.datetime | None = None
@@ -57,6 +62,13 @@ class Finish:
     def duration_ms(self) -> int:
         """How long the attempt ran, in whole milliseconds."""
         return round(self.duration_s * 1000)
+
+    @property
+    def written(self) -> bool:
+        """Whether a lane writes it: a cancelled attempt's end was recorded by the
+        cancel itself (``manage_job_cancel``), which also took the job off the
+        hot table; there is nothing left for the worker to write."""
+        return self.outcome != "cancelled"
 
 
 @attrs.frozen
@@ -74,6 +86,10 @@ class Claimed:
     run_at: dt.datetime
     priority: int
     trace_context: str | None
+    #: The tags it was deferred with.
+    tags: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: Its metadata's JSON text, decoded if the job reads ``ctx.meta``.
+    meta: str = "{}"
 
 
 def finish(job: Claimed, outcome: Outcome, **fields: Any) -> Finish:
@@ -181,6 +197,29 @@ def timed_out(job: Claimed, definition: JobDefinition[Any], started: float) -> F
         error=f"AttemptTimeout: the attempt ran longer than attempt_timeout_ms "
         f"({definition.attempt_timeout_ms} ms) and was cut",
         retry_delay_ms=definition.backoff.delay_ms(job.attempt),
+        duration_s=elapsed_s(started),
+    )
+
+
+def snoozed(job: Claimed, started: float, seconds: float) -> Finish:
+    """An attempt whose function snoozed (``Snooze``): the job is due again in
+    ``seconds``, its attempt refunded; the attempt log says for how long."""
+    return finish(
+        job,
+        "snoozed",
+        error=f"snoozed for {seconds:g} s",
+        retry_delay_ms=round(seconds * 1000),
+        duration_s=elapsed_s(started),
+    )
+
+
+def cancelled(job: Claimed, started: float) -> Finish:
+    """An attempt stopped because its job was cancelled while it ran: nothing to
+    write (the cancel recorded it), its slot to free, its event to emit."""
+    return finish(
+        job,
+        "cancelled",
+        error="cancelled: the job was cancelled while this attempt ran",
         duration_s=elapsed_s(started),
     )
 

@@ -20,7 +20,10 @@ Design notes, each a reason rather than a rule:
   process start-up (~0.2 s: the child imports orchestra and the job's module).
 * Nothing but bytes, strings, numbers and :class:`ChildReply` crosses the pipe:
   exceptions are turned into strings in the child, because an exception object
-  may not pickle (or not unpickle) and must never take the parent down.
+  may not pickle (or not unpickle) and must never take the parent down. A job
+  function may ask its parent for what only the parent can read (a
+  :class:`ChildQuestion`, answered by ``serve``): the child holds no database
+  connection, and opening one per call would cost more than the question.
 * A child that dies, overruns its timeout or is abandoned by a cancelled call is
   terminated (SIGTERM, then SIGKILL after a grace period) and replaced; no
   other child is touched.
@@ -39,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -46,13 +50,24 @@ import multiprocessing.context
 import multiprocessing.synchronize
 import pickle
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import attrs
 
-from orchestra._checks import is_int
-from orchestra._worker._child import READY, STOP, ChildReply, ChildRequest, child_main
+from orchestra._checks import encode_progress, is_int
+from orchestra._worker._child import (
+    PROGRESS,
+    READY,
+    STOP,
+    ChildAnswer,
+    ChildQuestion,
+    ChildReply,
+    ChildRequest,
+    child_main,
+)
 from orchestra._worker._describe import describe
+from orchestra.errors import OrchestraError
 
 logger = logging.getLogger("orchestra.worker.children")
 
@@ -60,6 +75,13 @@ logger = logging.getLogger("orchestra.worker.children")
 TERMINATE_GRACE_S: Final = 1.0
 #: How long a new child may take to import orchestra and say it is ready.
 STARTUP_TIMEOUT_S: Final = 60.0
+
+#: How the parent answers the questions of a call's job function (see ChildPool.run).
+Serve = Callable[[ChildQuestion], Awaitable[ChildAnswer]]
+
+
+async def _cannot_serve(question: ChildQuestion) -> ChildAnswer:
+    return ChildAnswer(error=f"nothing answers {question.kind!r} here")
 
 
 class _NotSendableError(Exception):
@@ -109,6 +131,8 @@ def _encode(request: ChildRequest) -> bytes:
         "job_id": request.job_id,
         "attempt": request.attempt,
         "max_attempts": request.max_attempts,
+        "tags": request.tags,
+        "meta": request.meta,
     }
     try:
         return pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
@@ -248,14 +272,29 @@ class ChildPool:
         """Make ``ctx.should_stop`` true in every child, now and in children started later."""
         self._stop_event().set()
 
-    async def run(self, request: ChildRequest, *, timeout_s: float | None) -> ChildReply:
+    async def run(
+        self,
+        request: ChildRequest,
+        *,
+        timeout_s: float | None,
+        serve: Serve | None = None,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> ChildReply:
         """Run ``request`` in a free child, waiting for one if all are busy.
 
         Args:
             request: the call.
             timeout_s: how long the call may run once a child has it; the child
                 is then terminated and replaced and the reply has ``timed_out``.
-                None: no limit.
+                None: no limit. The time spent answering questions counts.
+            serve: answers the questions the job function asks during the
+                call (its dependencies' results); what it raises is sent
+                back as the answer's error. None: every question is answered
+                with an error.
+            on_progress: receives the progress values the job function
+                reports during the call (JSON text; at most one every 0.5 s,
+                the child's rate limit; the last one held back comes with the
+                reply).
 
         Returns:
             the reply; a failure of any kind (the function raised, the payload
@@ -275,7 +314,9 @@ class ChildPool:
         self.start()
         child = await self._checkout()
         try:
-            reply, healthy = await self._call(child, message, timeout_s)
+            reply, healthy = await self._call(
+                child, message, timeout_s, serve or _cannot_serve, on_progress
+            )
         except BaseException:
             # Cancelled (the worker stops past its grace period) or a bug: the
             # child may be in the middle of the call, so it cannot be reused.
@@ -438,7 +479,12 @@ class ChildPool:
                 return
 
     async def _call(
-        self, child: _Child, message: bytes, timeout_s: float | None
+        self,
+        child: _Child,
+        message: bytes,
+        timeout_s: float | None,
+        serve: Serve,
+        on_progress: Callable[[str], None] | None = None,
     ) -> tuple[ChildReply, bool]:
         """Run one call on ``child``; the bool says whether the child can serve another."""
         fds = (child.conn.fileno(), child.process.sentinel)
@@ -463,29 +509,73 @@ class ChildPool:
             return self._crash(f"the child process died ({await child.death()})")
         try:
             async with asyncio.timeout(timeout_s):
-                await _wait_readable(*fds)
+                while True:
+                    await _wait_readable(*fds)
+                    frame = _receive(child)
+                    if frame is None:
+                        break
+                    if frame.startswith(PROGRESS):  # no answer: the call goes on
+                        _forward_progress(frame, on_progress)
+                        continue
+                    try:
+                        reply = pickle.loads(frame)  # noqa: S301 (our own child's frame)
+                    except Exception as exc:
+                        return self._crash(
+                            f"the child process sent an unreadable reply ({describe(exc)})"
+                        )
+                    if not isinstance(reply, ChildQuestion):
+                        break
+                    # The job function waits for the answer: the call goes on after it.
+                    if not await self._answer(child, reply, serve):
+                        frame = None
+                        break
         except TimeoutError:
             return ChildReply(
                 ok=False,
                 timed_out=True,
                 error=f"attempt timed out after {float(timeout_s or 0)} s",
             ), False
-        frame = _receive(child)
         if frame is None:
             death = await child.death()
             closing = " while the pool was closing" if self._closing else ""
             return self._crash(f"the child process died ({death}){closing}")
-        try:
-            reply = pickle.loads(frame)  # noqa: S301 (our own child's frame)
-        except Exception as exc:
-            return self._crash(f"the child process sent an unreadable reply ({describe(exc)})")
         if not isinstance(reply, ChildReply):
             return self._crash(f"the child process sent an unexpected {type(reply).__name__}")
         return reply, True
 
+    async def _answer(self, child: _Child, question: ChildQuestion, serve: Serve) -> bool:
+        """Answer a question of ``child``'s job function; False if the child is gone."""
+        try:
+            answer = await serve(question)
+        except Exception as exc:  # the job's question failed, not the call
+            answer = ChildAnswer(error=describe(exc))
+        try:
+            frame = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # rows are plain values; say so if they are not
+            frame = pickle.dumps(ChildAnswer(error=f"unpicklable answer ({describe(exc)})"))
+        try:
+            # The child is blocked reading its end, so this drains at memory speed.
+            child.conn.send_bytes(frame)
+        except OSError:
+            return False
+        return True
+
     def _crash(self, error: str) -> tuple[ChildReply, bool]:
         logger.warning("%s", error)
         return ChildReply(ok=False, crashed=True, error=error), False
+
+
+def _forward_progress(frame: bytes, on_progress: Callable[[str], None] | None) -> None:
+    """Hand a PROGRESS frame's value on, checked again: one value the database
+    would refuse must not fail the progress writes of every other job."""
+    if on_progress is None:
+        return
+    try:
+        text = encode_progress(json.loads(frame[len(PROGRESS) :].decode("utf-8")))
+    except (ValueError, RecursionError, OrchestraError):
+        logger.warning("a child process sent a progress value that is not one; dropped")
+        return
+    on_progress(text)
 
 
 def _receive(child: _Child) -> bytes | None:

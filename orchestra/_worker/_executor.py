@@ -7,36 +7,65 @@ any ``BaseException``, hangs past its timeout, crashes its child process) and
 whatever the worker does (its stop interrupts what still runs).
 
 * ``def`` functions run start to end on a job thread (:class:`~._threads.ThreadRunner`);
-  a thread cannot be killed, so ``attempt_timeout_ms`` sets ``ctx.should_stop``
-  and the attempt keeps its slot until the function returns;
+  a thread cannot be killed, so ``attempt_timeout_ms`` and a cancel of the
+  job set ``ctx.should_stop``, and the attempt keeps its slot until the
+  function returns;
 * ``async def`` functions run in a task on the worker's loop, cancelled at
-  their timeout or by the stop;
+  their timeout, by the stop, or by a cancel of the job;
 * with ``processes``, every function runs in a child process
-  (:class:`~._children.ChildPool`), terminated at its timeout.
+  (:class:`~._children.ChildPool`), terminated at its timeout or by a cancel
+  of the job (the pool replaces the child).
+
+A function that snoozes (raises or returns :class:`~orchestra.Snooze`) ends its
+attempt as ``snoozed``; an attempt whose job was cancelled while it ran ends
+as ``cancelled`` whatever the function did (:meth:`Executor.cancel`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from orchestra import _converter
-from orchestra._definition import JobContext, JobDefinition
+from orchestra import _converter, _results
+from orchestra._definition import JobContext, JobDefinition, ProgressSink, StopSignal
+from orchestra._snooze import Snooze
 from orchestra._worker import _attempts
 from orchestra._worker._attempts import Claimed, Finish
-from orchestra._worker._child import ChildRequest
+from orchestra._worker._child import ChildAnswer, ChildQuestion, ChildRequest
 from orchestra._worker._children import ChildPool
 from orchestra._worker._describe import describe
+from orchestra._worker._progress import ProgressBoard
 from orchestra._worker._threads import ThreadRunner
 from orchestra.errors import PayloadError
 
 logger = logging.getLogger("orchestra.worker")
+
+
+class _Cut:
+    """Set when a job-thread attempt must wrap up: it ran past its
+    attempt_timeout_ms, or its job was cancelled (what ``ctx.should_stop``
+    reads). A plain flag: every ``def`` attempt gets one, and a
+    ``threading.Event`` costs some 30 times as much to make; its only reader
+    polls ``is_set()``."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 @attrs.define(eq=False)
@@ -49,10 +78,14 @@ class _Attempt:
     started: float
     #: The task of an ``async def`` or child-process attempt; None on a job thread.
     task: asyncio.Task[None] | None = None
-    #: Set when a job-thread attempt runs past attempt_timeout_ms (ctx.should_stop).
-    cut: threading.Event | None = None
+    #: A job-thread attempt's ctx.should_stop: set past attempt_timeout_ms or on a cancel.
+    cut: _Cut | None = None
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
+    #: Its job was cancelled while it ran: it ends as cancelled, whatever it returns.
+    cancelled: bool = False
+    #: What its ctx.set_progress reports to (the worker's ProgressBoard).
+    progress: ProgressSink | None = None
 
 
 class Executor:
@@ -65,6 +98,9 @@ class Executor:
         max_payload_bytes: the cap on a return value's JSON.
         on_finish: receives each attempt's Finish, once, on the event loop.
         name: prefix of the threads' and children's names.
+        progress: where attempts' ``ctx.set_progress`` values wait to be
+            written; the value not written when an attempt ends goes with its
+            Finish.
     """
 
     def __init__(
@@ -76,8 +112,10 @@ class Executor:
         max_payload_bytes: int,
         on_finish: Callable[[Finish], None],
         name: str,
+        progress: ProgressBoard | None = None,
     ) -> None:
         self._concurrency = concurrency
+        self._progress = ProgressBoard() if progress is None else progress
         self._processes = processes
         self._stop = stop
         self._max_payload_bytes = max_payload_bytes
@@ -104,6 +142,7 @@ class Executor:
     def run(self, job: Claimed, definition: JobDefinition[Any]) -> None:
         """Start an attempt of ``job``; its Finish goes to ``on_finish``."""
         attempt = _Attempt(job, definition, time.monotonic())
+        attempt.progress = self._progress.open(job.id, job.token)
         self._attempts[job.id, job.token] = attempt
         if self._children is not None or definition.is_async:
             attempt.task = asyncio.create_task(
@@ -114,7 +153,45 @@ class Executor:
 
     def _report(self, attempt: _Attempt, finish: Finish) -> None:
         if self._attempts.pop((attempt.job.id, attempt.job.token), None) is attempt:
+            if attempt.cancelled and finish.outcome != "cancelled":
+                # Whatever it returned or raised after its job was cancelled
+                # (or its interruption by the stop) is discarded: the cancel
+                # recorded the attempt's end already.
+                finish = _attempts.cancelled(attempt.job, attempt.started)
+            # The last value the rate limit held back goes with the finish;
+            # one reported from now on is dropped.
+            finish.progress = self._progress.close(attempt.job.id, attempt.job.token)
             self._on_finish(finish)
+
+    # -- cancel -----------------------------------------------------------------------
+
+    def cancel(self, job_id: int, token: uuid.UUID) -> bool:
+        """Stop the attempt of ``job_id`` under lock ``token``: its job was cancelled.
+
+        An ``async def`` attempt's task is cancelled, a child process attempt's
+        child terminated (and replaced); a ``def`` attempt's ``ctx.should_stop``
+        turns true, and it keeps its slot until the function returns (a thread
+        cannot be killed). Either way it ends in a ``cancelled`` Finish. Returns
+        whether such an attempt was under way and not stopped already: the
+        token tells a notice about this attempt from one about an earlier
+        attempt of the same job.
+        """
+        attempt = self._attempts.get((job_id, token))
+        if attempt is None or attempt.cancelled:
+            return False
+        attempt.cancelled = True
+        if attempt.task is not None:
+            attempt.task.cancel()
+            # A task cancelled before its first step never runs its coroutine,
+            # so nothing would report it; a report of its own makes this one
+            # a no-op.
+            attempt.task.add_done_callback(
+                lambda _: self._report(attempt, _attempts.cancelled(attempt.job, attempt.started))
+            )
+        else:
+            assert attempt.cut is not None
+            attempt.cut.set()
+        return True
 
     # -- stop -------------------------------------------------------------------------
 
@@ -158,18 +235,23 @@ class Executor:
     # -- job threads --------------------------------------------------------------------
 
     def _run_in_thread(self, attempt: _Attempt) -> None:
+        attempt.cut = _Cut()
         limit_ms = attempt.definition.attempt_timeout_ms
         if limit_ms is not None:
-            attempt.cut = threading.Event()
             attempt.timer = asyncio.get_running_loop().call_later(
                 limit_ms / 1000, self._cut, attempt
             )
         assert self._threads is not None
         job, definition, cut = attempt.job, attempt.definition, attempt.cut
-        stop, max_payload_bytes = self._stop, self._max_payload_bytes
+        stop, max_payload_bytes, progress = self._stop, self._max_payload_bytes, attempt.progress
         self._threads.submit(
             lambda: run_attempt(
-                job, definition, stop=stop, cut=cut, max_payload_bytes=max_payload_bytes
+                job,
+                definition,
+                stop=stop,
+                cut=cut,
+                max_payload_bytes=max_payload_bytes,
+                progress=progress,
             )
         )
 
@@ -214,6 +296,7 @@ class Executor:
                     attempt.started,
                     stop=self._stop,
                     max_payload_bytes=self._max_payload_bytes,
+                    progress=attempt.progress,
                 )
         except asyncio.CancelledError:
             finish = _attempts.interrupted(attempt.job, attempt.started)
@@ -242,11 +325,20 @@ class Executor:
                 attempt=job.attempt,
                 max_attempts=job.max_attempts,
                 definition_name=definition.name,
+                tags=job.tags,
+                meta=job.meta,
             ),
             timeout_s=None if limit_ms is None else limit_ms / 1000,
+            on_progress=attempt.progress,
+            serve=functools.partial(_serve_child, job.id, definition),
         )
+        if reply.progress is not None and attempt.progress is not None:
+            # The child's last value, held back by its own rate limit.
+            attempt.progress(reply.progress)
         if reply.timed_out:
             return _attempts.timed_out(job, definition, started)
+        if reply.snooze_s is not None:
+            return _attempts.snoozed(job, started, reply.snooze_s)
         if reply.ok:
             assert reply.result is not None
             try:
@@ -269,6 +361,20 @@ class Executor:
         )
 
 
+async def _serve_child(
+    job_id: int, definition: JobDefinition[Any], question: ChildQuestion
+) -> ChildAnswer:
+    """Answer what the job function in a child asks: the parent reads for it.
+
+    On the definition's Config, as an ``async def`` job in this process reads
+    (its async pool of the worker's loop).
+    """
+    if question.kind != "dependency_results":
+        return ChildAnswer(error=f"unknown question {question.kind!r}")
+    rows = await _results.read_dependency_rows_async(definition.config, job_id)
+    return ChildAnswer(rows=tuple(tuple(row) for row in rows))
+
+
 # -- one attempt, start to end ----------------------------------------------------------
 # Module functions rather than methods: orchestra.testing runs attempts with
 # them too (decode the payload, call the function, encode its return value,
@@ -281,12 +387,15 @@ def run_attempt(
     definition: JobDefinition[Any],
     *,
     stop: threading.Event,
-    cut: threading.Event | None,
+    cut: StopSignal | None,
     max_payload_bytes: int,
+    progress: ProgressSink | None = None,
 ) -> Finish:
     """Run a ``def`` job function start to end, in the calling thread; never raises.
 
-    ``stop`` and ``cut`` are what ``ctx.should_stop`` reads.
+    ``stop`` and ``cut`` are what ``ctx.should_stop`` reads; ``progress`` is
+    where ``ctx.set_progress`` reports. A function that
+    raises or returns a :class:`~orchestra.Snooze` ends the attempt as snoozed.
     """
     started = time.monotonic()
     try:
@@ -301,10 +410,17 @@ def run_attempt(
             definition=definition,
             stop=stop,
             cut=cut,
+            tags=job.tags,
+            meta=job.meta,
+            progress=progress,
         )
         try:
             value = definition.call(payload, ctx)
+            if isinstance(value, Snooze):  # return ctx.snooze(...)
+                return _attempts.snoozed(job, started, value.seconds)
             return _attempts.succeeded(job, definition, value, started, max_payload_bytes)
+        except Snooze as snooze:
+            return _attempts.snoozed(job, started, snooze.seconds)
         except BaseException as exc:  # KeyboardInterrupt or SystemExit raised by the job too
             return _attempts.failure(job, definition, started, exc)
     except BaseException as exc:
@@ -321,11 +437,15 @@ async def run_attempt_async(
     *,
     stop: threading.Event,
     max_payload_bytes: int,
+    progress: ProgressSink | None = None,
 ) -> Finish:
     """Run an ``async def`` job function in the current task, cut at its ``attempt_timeout_ms``.
 
     ``started``: the ``time.monotonic()`` reading the attempt started at. A
-    cancellation of the current task (the worker's stop) is raised, not recorded.
+    cancellation of the current task (the worker's stop, a cancel of the job)
+    is raised, not recorded. A function that raises or returns a
+    :class:`~orchestra.Snooze` ends the attempt as snoozed, unless it ran past
+    its timeout.
     """
     try:
         payload = _converter.decode_stored_payload(job.payload, definition.payload_type)
@@ -337,6 +457,9 @@ async def run_attempt_async(
         max_attempts=job.max_attempts,
         definition=definition,
         stop=stop,
+        tags=job.tags,
+        meta=job.meta,
+        progress=progress,
     )
     limit_ms = definition.attempt_timeout_ms
     # No timeout context without a limit: entering one costs about as
@@ -348,6 +471,8 @@ async def run_attempt_async(
         else:
             async with deadline:
                 value = await definition.call(payload, ctx)
+        if isinstance(value, Snooze):  # return ctx.snooze(...)
+            return _attempts.snoozed(job, started, value.seconds)
         return _attempts.succeeded(job, definition, value, started, max_payload_bytes)
     except asyncio.CancelledError as exc:
         task = asyncio.current_task()
@@ -362,4 +487,6 @@ async def run_attempt_async(
         # and child paths record them alike).
         if deadline is not None and deadline.expired():
             return _attempts.timed_out(job, definition, started)
+        if isinstance(exc, Snooze):
+            return _attempts.snoozed(job, started, exc.seconds)
         return _attempts.failure(job, definition, started, exc)

@@ -3,8 +3,10 @@
 A service in the orchestrator's manner: :meth:`WorkerHeartbeat.run_once` does
 one pass, and the worker's loop calls it every ``heartbeat_interval_ms``. One
 statement refreshes the worker row and extends the lease of every job it holds
-(fenced by lock token: a job that was rescued meanwhile is not extended); once
-a minute a second one marks the definitions it carries as alive, so that the
+(fenced by lock token: a job that was rescued meanwhile is not extended), and
+returns the held jobs that were cancelled while they ran, whose attempts the
+worker then stops (the fallback of the cancel's notification); once a minute
+a second one marks the definitions it carries as alive, so that the
 stale-definition sweep leaves them alone. A worker row that vanished (an
 orchestrator found its heartbeat stale and removed it) is inserted again.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -93,9 +96,16 @@ class WorkerRow:
 
 @attrs.frozen
 class HeartbeatResult:
-    """What one pass did: whether the worker row was inserted again."""
+    """What one pass did and found.
+
+    Attributes:
+        registered_again: the worker row was inserted again.
+        cancelled: the ``(id, lock token)`` of held jobs that were cancelled
+            while their attempt ran.
+    """
 
     registered_again: bool = False
+    cancelled: tuple[tuple[int, uuid.UUID], ...] = ()
 
 
 class WorkerHeartbeat:
@@ -156,13 +166,14 @@ class WorkerHeartbeat:
             },
         )
         row = await cursor.fetchone()
+        cancelled = () if row is None else tuple(zip(row[2], row[3], strict=True))
         if row is None or row[0]:
-            return HeartbeatResult()
+            return HeartbeatResult(cancelled=cancelled)
         cursor = await conn.execute(self._queries["worker_register"], self._row.registration())
         registered = await cursor.fetchone()
         assert registered is not None
         self._row.worker_id = int(registered[0])
-        return HeartbeatResult(registered_again=True)
+        return HeartbeatResult(registered_again=True, cancelled=cancelled)
 
 
 async def beat(
@@ -173,10 +184,12 @@ async def beat(
     errors: DatabaseErrors,
     origin: EventOrigin,
     emit: Callable[[events.Event], None],
+    on_cancelled: Callable[[tuple[tuple[int, uuid.UUID], ...]], None],
 ) -> None:
     """Run ``heartbeat`` every ``interval_ms()`` until cancelled; failures are
     reported and retried sooner (a terminated connection is replaced at once):
-    a lease must not run out for want of a retry."""
+    a lease must not run out for want of a retry. Held jobs found cancelled
+    go to ``on_cancelled``."""
     failures = 0
     while True:
         interval_s = interval_ms() / 1000
@@ -185,6 +198,8 @@ async def beat(
         try:
             async with pool.connection() as conn:
                 result = await heartbeat.run_once(conn)
+            if result.cancelled:
+                on_cancelled(result.cancelled)
             if result.registered_again:
                 logger.warning(
                     "%s: worker row %s vanished; registered again as %s",

@@ -45,7 +45,7 @@ import attrs
 
 from orchestra import _migrate
 from orchestra._config import Config
-from orchestra._definition import JobDefinition
+from orchestra._definition import JobDefinition, ProgressSink
 from orchestra._worker import _attempts, _lanes
 from orchestra._worker._attempts import Claimed, Finish
 from orchestra._worker._callbacks import callback_raised, due_callbacks
@@ -72,14 +72,17 @@ class RanAttempt:
         definition: the name of its definition.
         attempt: the attempt's number, from 1.
         max_attempts: the job's attempt budget.
-        outcome: ``succeeded``, ``failed`` or ``timed_out`` (ran past
-            ``attempt_timeout_ms``).
+        outcome: ``succeeded``, ``failed``, ``timed_out`` (ran past
+            ``attempt_timeout_ms``) or ``snoozed`` (the function snoozed: the
+            job runs again at ``retry_at``, and this run spent no attempt).
         status: the job's status once the attempt was recorded: ``succeeded``,
-            ``failed`` (for good), ``available`` (it will be retried at
-            ``retry_at``), or None when the database refused the attempt's end
-            because the job was cancelled (or otherwise finalized) while it ran.
+            ``failed`` (for good), ``available`` (it will be retried, or run
+            after its snooze, at ``retry_at``), or None when the database
+            refused the attempt's end because the job was cancelled (or
+            otherwise finalized) while it ran.
         retry_at: when the retry is due, for a job left ``available``.
-        error: the attempt's error (``ExceptionType: message``), if it failed.
+        error: the attempt's error (``ExceptionType: message``), if it failed;
+            for a snooze, for how long (``snoozed for 30 s``).
         traceback: the Python traceback of its failure, when there was one.
     """
 
@@ -108,6 +111,21 @@ def ran_attempt(finish: Finish) -> RanAttempt:
         error=finish.error,
         traceback=finish.traceback,
     )
+
+
+class LastProgress:
+    """Where ``ctx.set_progress`` reports in orchestra.testing: one job runs at a
+    time in the caller's thread, and nobody watches it meanwhile, so only the
+    last value is kept, written with the attempt's end (as the worker writes
+    the value its rate limit held back)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def __call__(self, text: str) -> None:
+        self.value = text
 
 
 def run_coroutine(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -282,7 +300,9 @@ class Runner:
     def run(self, job: Claimed) -> RanAttempt:
         """Run a claimed job's attempt in this thread, record it, call its callbacks."""
         definition = self._definition(job)
-        finish = self._attempt(job, definition)
+        progress = LastProgress()
+        finish = self._attempt(job, definition, progress)
+        finish.progress = progress.value
         self._record(finish)
         self._callbacks(finish, definition)
         return ran_attempt(finish)
@@ -291,6 +311,7 @@ class Runner:
         """Async twin of :meth:`run`: an ``async def`` function runs in this task,
         a ``def`` one on a thread (as a worker runs it)."""
         definition = self._definition(job)
+        progress = LastProgress()
         if definition.is_async:
             finish = await run_attempt_async(
                 job,
@@ -298,14 +319,18 @@ class Runner:
                 time.monotonic(),
                 stop=self._stop,
                 max_payload_bytes=self.config.max_payload_bytes,
+                progress=progress,
             )
         else:
-            finish = await asyncio.to_thread(self._attempt, job, definition)
+            finish = await asyncio.to_thread(self._attempt, job, definition, progress)
+        finish.progress = progress.value
         await self._record_async(finish)
         await self._callbacks_async(finish, definition)
         return ran_attempt(finish)
 
-    def _attempt(self, job: Claimed, definition: JobDefinition[Any]) -> Finish:
+    def _attempt(
+        self, job: Claimed, definition: JobDefinition[Any], progress: ProgressSink | None = None
+    ) -> Finish:
         max_payload_bytes = self.config.max_payload_bytes
         if definition.is_async:
             return run_coroutine(
@@ -315,6 +340,7 @@ class Runner:
                     time.monotonic(),
                     stop=self._stop,
                     max_payload_bytes=max_payload_bytes,
+                    progress=progress,
                 )
             )
         # As on a worker's job thread: past attempt_timeout_ms, ctx.should_stop
@@ -329,7 +355,12 @@ class Runner:
             timer.start()
         try:
             finish = run_attempt(
-                job, definition, stop=self._stop, cut=cut, max_payload_bytes=max_payload_bytes
+                job,
+                definition,
+                stop=self._stop,
+                cut=cut,
+                max_payload_bytes=max_payload_bytes,
+                progress=progress,
             )
         finally:
             if timer is not None:

@@ -69,6 +69,7 @@ def finish_params(
         "tracebacks": [f.traceback for f in batch],
         "retry_delays_ms": [f.retry_delay_ms for f in batch],
         "started_ats": [f.started_at for f in batch],
+        "progresses": [f.progress for f in batch],
         "worker_id": worker_id,
         "worker_name": worker_name,
         "notify_channel": notify_channel,
@@ -139,9 +140,16 @@ def lane_statements(
 
 
 def apply_committed(batch: list[Finish], rows: list[tuple[Any, ...]]) -> None:
-    """Fill in what ``job_finish_many`` returned; a finish it did not return was fenced."""
+    """Fill in what ``job_finish_many`` returned; a finish it did not return was fenced.
+
+    A cancelled attempt's finish is not written (:attr:`Finish.written`): the
+    cancel that stopped it recorded it, and left its job ``cancelled``.
+    """
     committed = {row[0]: row for row in rows}
     for finish in batch:
+        if not finish.written:
+            finish.committed_status = "cancelled"
+            continue
         row = committed.get(finish.job_id)
         if row is not None:
             finish.committed_status = row[1]
@@ -234,7 +242,7 @@ def recorded_row(finish: Finish, at: dt.datetime) -> tuple[Any, ...]:
         return (finish.job_id, "succeeded", None)
     if finish.outcome == "released":
         return (finish.job_id, "available", at)
-    if finish.attempt < finish.max_attempts:
+    if finish.outcome == "snoozed" or finish.attempt < finish.max_attempts:
         return (
             finish.job_id,
             "available",

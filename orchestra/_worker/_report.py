@@ -26,6 +26,10 @@ class WorkerStats:
     failed: int = 0
     released: int = 0
     fenced: int = 0
+    #: Attempts whose function snoozed (the job runs again later, no attempt spent).
+    snoozed: int = 0
+    #: Attempts stopped because their job was cancelled while they ran.
+    cancelled: int = 0
     max_running: int = 0
 
 
@@ -69,6 +73,7 @@ class JobReporter:
                     queue_wait_ms=max(0, round(queue_wait_s * 1000)),
                     queue_wait_s=max(0.0, queue_wait_s),
                     trace_context=job.trace_context,
+                    tags=job.tags,
                 )
             )
 
@@ -99,6 +104,35 @@ class JobReporter:
             if self._wants_events:
                 self._emit(
                     events.WorkerJobSucceeded(
+                        **self._origin.header(),
+                        job_id=finish.job_id,
+                        definition=finish.definition,
+                        attempt=finish.attempt,
+                        duration_ms=finish.duration_ms,
+                        duration_s=finish.duration_s,
+                    )
+                )
+        elif finish.outcome == "snoozed":
+            stats.snoozed += 1
+            assert finish.committed_run_at is not None
+            if self._wants_events:
+                self._emit(
+                    events.WorkerJobSnoozed(
+                        **self._origin.header(),
+                        job_id=finish.job_id,
+                        definition=finish.definition,
+                        attempt=finish.attempt,
+                        seconds=finish.retry_delay_ms / 1000,
+                        run_at=finish.committed_run_at,
+                        duration_ms=finish.duration_ms,
+                        duration_s=finish.duration_s,
+                    )
+                )
+        elif finish.outcome == "cancelled":
+            stats.cancelled += 1
+            if self._wants_events:
+                self._emit(
+                    events.WorkerJobCancelled(
                         **self._origin.header(),
                         job_id=finish.job_id,
                         definition=finish.definition,

@@ -12,6 +12,8 @@ The shell that wires the parts together and owns their lifecycle and I/O:
 * :mod:`._executor` runs each attempt on a job thread, on the loop or in a
   child process, and hands back its Finish;
 * :mod:`._heartbeat` refreshes the worker row and the leases of held jobs;
+* :mod:`._progress` writes what running jobs report with ``ctx.set_progress``,
+  at most once per 0.5 s, in one statement for all of them;
 * :mod:`._report` counts and emits the events of claims and finishes.
 
 A full claim means there may be more: the lane claims again with its next
@@ -20,6 +22,10 @@ NOTIFY, a freed slot of a limited definition, or ``process_interval_ms`` (the
 polling fallback). Stop: claim nothing more, let in-flight jobs finish within
 the grace period, record the rest as interrupted (they will be retried),
 flush, deregister.
+
+A job cancelled while it runs here (``config.jobs.cancel``) is stopped: the
+cancel's notification names this worker, the job and its attempt's lock token,
+and the heartbeat finds what a missed notification did not say.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,6 +56,7 @@ from orchestra._worker._options import (
     WorkerOptions,
 )
 from orchestra._worker._producer import Producer, callbacks_lookup
+from orchestra._worker._progress import ProgressBoard, write_progress
 from orchestra._worker._report import JobReporter, WorkerStats
 from orchestra._worker._retry import DatabaseErrors
 from orchestra._worker._slots import Slots
@@ -85,6 +93,8 @@ class Worker(Daemon):
         shutdown_grace_ms: how long a graceful stop waits for running jobs.
         heartbeat_interval_ms: how often leases are extended; by default 10 s or
             a third of the shortest lock interval of the channels' definitions.
+            Also how soon a worker without LISTEN stops a running job that was
+            cancelled (with LISTEN, the cancel's notification does at once).
         listen_notify: False for pure polling. A Config behind a transaction
             pooler (``transaction_pooling``) without a ``listen_dsn`` polls too.
         unknown_definition_delay_ms: how long a job of a definition this worker
@@ -165,6 +175,8 @@ class Worker(Daemon):
             emit=self._emit,
             on_claim_failed=self._slots.look_again,
         )
+        #: ctx.set_progress values waiting to be written (write_progress).
+        self._progress = ProgressBoard()
         self._executor = Executor(
             concurrency=self.concurrency,
             processes=self.processes,
@@ -172,6 +184,7 @@ class Worker(Daemon):
             max_payload_bytes=config.max_payload_bytes,
             on_finish=self._producer.on_finish,
             name=f"orchestra-{self.name}",
+            progress=self._progress,
         )
         self._pool: AsyncConnectionPool[Any] | None = None
         self._listener: Listener | None = None
@@ -204,9 +217,10 @@ class Worker(Daemon):
         await asyncio.to_thread(self._start_up)
         self._pool = AsyncConnectionPool(
             self.config.dsn,
-            # A statement per lane, the heartbeat, the callbacks' reads.
+            # A statement per lane, the heartbeat, the callbacks' reads, the
+            # progress writes.
             min_size=len(self._slots.lanes),
-            max_size=len(self._slots.lanes) + 2,
+            max_size=len(self._slots.lanes) + 3,
             kwargs=self.config.connect_kwargs,
             open=False,
             name=f"orchestra-{self.daemon_name}",
@@ -270,8 +284,19 @@ class Worker(Daemon):
             errors=self._errors,
             origin=self._origin,
             emit=self._emit,
+            on_cancelled=self._on_heartbeat_cancelled,
         )
-        tasks = [asyncio.create_task(beating, name="orchestra-heartbeat")]
+        progress = write_progress(
+            self._progress,
+            pool,
+            self.config.queries,
+            errors=self._errors,
+            daemon_name=self.daemon_name,
+        )
+        tasks = [
+            asyncio.create_task(beating, name="orchestra-heartbeat"),
+            asyncio.create_task(progress, name="orchestra-progress"),
+        ]
         listen_dsn = self.config.listen_dsn
         if self.listen_notify and listen_dsn is not None:
             self._listener = listener = Listener(
@@ -285,6 +310,8 @@ class Worker(Daemon):
                 on_restored=lambda: self._emit(
                     events.WorkerListenRestored(**self._origin.header())
                 ),
+                worker_id=lambda: self._row.worker_id,
+                on_cancel=self._on_cancel,
             )
             tasks.append(asyncio.create_task(listener.run(), name="orchestra-listener"))
         return tasks
@@ -367,6 +394,30 @@ class Worker(Daemon):
     def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
+
+    # -- cancelled jobs ----------------------------------------------------------------
+
+    def _on_cancel(self, job_id: int, token: uuid.UUID) -> None:
+        """A job this worker runs was cancelled (its notification): stop its attempt.
+
+        The token names the attempt: a late notice about an earlier attempt of
+        a job claimed again since changes nothing. A notice that arrives before
+        the claim's reply is ignored; the heartbeat finds that job.
+        """
+        held = self._slots.held.get(job_id)
+        if held is None or held.job.token != token or held.submitted:
+            return  # not ours, another attempt, or it ended already
+        if self._executor.cancel(job_id, token):
+            logger.info(
+                "%s: job %d was cancelled; stopping its attempt %d",
+                self.daemon_name,
+                job_id,
+                held.job.attempt,
+            )
+
+    def _on_heartbeat_cancelled(self, cancelled: tuple[tuple[int, uuid.UUID], ...]) -> None:
+        for job_id, token in cancelled:
+            self._on_cancel(job_id, token)
 
     async def _wake_loop(self) -> None:
         """Until the stop: let the lanes claim on a NOTIFY, and poll every interval.

@@ -124,7 +124,9 @@ class LaneWriter:
         rows: list[tuple[Any, ...]] = []
         claimed: list[Claimed] = []
         look_again = False
-        to_write = batch
+        # A cancelled attempt's end was recorded by the cancel: it only frees
+        # its slot, which the claim takes over at the commit as for any finish.
+        to_write = [f for f in batch if f.written]
         while True:
             if not self._claims_allowed():
                 claim = 0

@@ -7,11 +7,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from orchestra import _db
 from orchestra._config import Config
+from orchestra._database import LISTEN_DSN_ENV, TRANSACTION_POOLING_ENV
 from orchestra.cli._app import (
     _dsn_option,
     _dsn_source,
     _print_json,
+    _remember_dsn,
     _table,
     _warn_password_on_argv,
     err_console,
@@ -89,6 +92,23 @@ from orchestra.errors import ConfigurationError
     help="Also run the workloads through this queue, in a schema of its own "
     "(needs orchestra-queue[bench]).",
 )
+@click.option(
+    "--transaction-pooling",
+    is_flag=True,
+    default=None,
+    help="--dsn leads to PgBouncer in transaction mode: orchestra runs through it as a "
+    "Config(transaction_pooling=True) does, the lean floor and PgQueuer on --listen-dsn. "
+    f"Default: ${TRANSACTION_POOLING_ENV}.",
+)
+@click.option(
+    "--listen-dsn",
+    default=None,
+    metavar="DSN",
+    callback=_remember_dsn,
+    help="Direct connection to the same database: orchestra's workers LISTEN on it and, "
+    "with --transaction-pooling (which needs it), the lean floor, PgQueuer and the bench's "
+    f"own loads run on it. Default: ${LISTEN_DSN_ENV}.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_context
 @handle_errors
@@ -104,6 +124,8 @@ def bench(
     idle_seconds: float,
     finalized_rows: int,
     peers: tuple[str, ...],
+    transaction_pooling: bool | None,
+    listen_dsn: str | None,
     as_json: bool,
 ) -> None:
     """Measure enqueue, processing, latency and idle cost next to the lean floor.
@@ -113,12 +135,27 @@ def bench(
     bench's own (one partial index, finished rows deleted): each figure is
     printed next to it, and their ratio is what orchestra's design costs.
     Compare ratios across runs, not absolute rates.
+
+    Behind PgBouncer in transaction mode, point --dsn at PgBouncer and add
+    --transaction-pooling --listen-dsn DIRECT (or their variables): orchestra's
+    producers and workers go through the pooler, the floor and PgQueuer stay on
+    the direct connection as the baseline.
     """
     # Imported here only: the bench is no part of what a Config or a daemon loads,
     # and `orchestra --help` stays fast.
     from orchestra import _bench  # noqa: PLC0415
 
     _warn_password_on_argv(dsn, _dsn_source(ctx))
+    if (
+        listen_dsn
+        and ctx.get_parameter_source("listen_dsn") is click.core.ParameterSource.COMMANDLINE
+        and _db.redact_dsn(listen_dsn) != listen_dsn
+    ):
+        err_console.print(
+            "[yellow]warning:[/] the --listen-dsn on the command line contains a password, "
+            f"which other users can read from the process list; use ${LISTEN_DSN_ENV} or "
+            "~/.pgpass instead"
+        )
     if "pgqueuer" in peers:
         try:
             from orchestra._bench import _pgqueuer  # noqa: F401, PLC0415
@@ -141,8 +178,19 @@ def bench(
     )
     for warning in settings.warnings():
         err_console.print(f"[yellow]warning:[/] {escape(warning)}")
-    resolved = Config(dsn).dsn
-    runner = _bench.Bench(resolved, settings, log=lambda line: err_console.print(escape(line)))
+    # Resolved as a Config resolves them (an option, else its variable), and checked,
+    # before anything connects.
+    resolved = Config(dsn, transaction_pooling=transaction_pooling, listen_dsn=listen_dsn)
+    listen = resolved.listen_dsn
+    if not resolved.transaction_pooling and listen == resolved.dsn:
+        listen = None  # a Config without one LISTENs on its DSN
+    runner = _bench.Bench(
+        resolved.dsn,
+        settings,
+        log=lambda line: err_console.print(escape(line)),
+        transaction_pooling=resolved.transaction_pooling,
+        listen_dsn=listen,
+    )
     figures = runner.run()
     if as_json:
         _print_json(_bench.figures_as_json(runner, figures))
@@ -173,6 +221,10 @@ def bench(
         "vs: orchestra/other for rates, other/orchestra for latencies "
         "(1.00x: as good, higher is better)"
     )
+    paths = runner.paths()
+    err_console.print(f"orchestra through {escape(paths['orchestra'])}")
+    others = "lean floor and PgQueuer" if "pgqueuer" in paths else "lean floor"
+    err_console.print(f"{others} through {escape(paths['floor'])}")
     if runner.pgqueuer is not None:
         peer = runner.pgqueuer.describe()
         err_console.print(

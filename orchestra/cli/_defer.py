@@ -29,7 +29,16 @@ import click
 from rich.markup import escape
 
 from orchestra import _converter, _db
-from orchestra._checks import DURATION_FORMS, check_int, check_key, duration_ms
+from orchestra._checks import (
+    DURATION_FORMS,
+    TAG_MAX_LENGTH,
+    TAGS_MAX,
+    check_int,
+    check_key,
+    check_tags,
+    duration_ms,
+    encode_meta,
+)
 from orchestra._config import Config
 from orchestra._database import DSN_ENV
 from orchestra._definition import PRIORITY_MAX, PRIORITY_MIN, JobDefinition
@@ -66,6 +75,8 @@ class DeferOptions:
     resource_key: str | None = None
     wait: bool = False
     timeout_s: float | None = None
+    tags: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None
 
     def defer_arguments(self) -> dict[str, Any]:
         """The keyword arguments of ``JobDefinition.defer`` these options stand for."""
@@ -76,6 +87,8 @@ class DeferOptions:
             "unique_key": self.unique_key,
             "dedup": self.dedup,
             "resource_key": self.resource_key,
+            "tags": self.tags,
+            "meta": self.meta,
         }
 
 
@@ -89,6 +102,8 @@ def parse_options(
     resource_key: str | None = None,
     wait: bool = False,
     timeout: str | None = None,
+    tags: tuple[str, ...] = (),
+    meta: str | None = None,
 ) -> DeferOptions:
     """The options as typed, checked; ConfigurationError naming the option otherwise."""
     if delay is not None and run_at is not None:
@@ -107,7 +122,32 @@ def parse_options(
         resource_key=None if resource_key is None else check_key(resource_key, "--resource-key"),
         wait=wait,
         timeout_s=None if timeout is None else duration_ms(timeout, "--timeout") / 1000,
+        tags=tuple(check_tags(tags, "--tag")),
+        meta=None if meta is None else _parse_meta(meta),
     )
+
+
+def _parse_meta(text: str) -> dict[str, Any]:
+    """The JSON object of --meta, checked as defer(meta=...) checks it."""
+    value = parse_payload(text, "--meta")
+    if not isinstance(value, dict):
+        raise ConfigurationError(
+            "--meta", f"must be a JSON object such as '{{\"tenant\": 42}}', not {_json_kind(value)}"
+        )
+    encode_meta(value, "--meta")  # its size
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
 
 
 def _parse_run_at(text: str) -> dt.datetime:
@@ -252,9 +292,10 @@ def _report(definition: JobDefinition[Any], handle: JobHandle, options: DeferOpt
         )
         return
     priority = definition.priority if options.priority is None else options.priority
+    tagged = f", tagged {_shown(', '.join(options.tags))}" if options.tags else ""
     err_console.print(
         f"deferred job {handle.id} of {name} on channel {_shown(definition.channel)}, "
-        f"priority {priority}{_when(options)}"
+        f"priority {priority}{_when(options)}{tagged}"
     )
 
 
@@ -322,6 +363,19 @@ def _wait_for(handle: JobHandle, timeout_s: float | None) -> None:
     help="At most one job per KEY runs at a time, fleet-wide.",
 )
 @click.option(
+    "--tag",
+    "tags",
+    metavar="TAG",
+    multiple=True,
+    help=f"Tag the job (repeat for several, at most {TAGS_MAX} of at most {TAG_MAX_LENGTH} "
+    "characters): `orchestra jobs list --tag` finds it.",
+)
+@click.option(
+    "--meta",
+    metavar="JSON",
+    help="A JSON object stored with the job (ctx.meta), such as '{\"tenant\": 42}'.",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Wait for the job to finish and print its result as JSON on stdout instead of its "
@@ -346,6 +400,8 @@ def defer_command(
     unique_key: str | None,
     dedup: bool,
     resource_key: str | None,
+    tags: tuple[str, ...],
+    meta: str | None,
     wait: bool,
     timeout: str | None,
     app_ref: str | None,
@@ -366,6 +422,7 @@ def defer_command(
     \b
     orchestra defer --app myapp.jobs:config send-email '{"to": "ada@example.com"}'
     echo '{"batch": 7}' | orchestra defer notify-partner - --delay 5m --priority 10
+    orchestra defer invoice '{"id": 9}' --tag billing --tag eu --meta '{"tenant": 42}'
     orchestra defer report --wait --timeout 30s    # prints the job's result
     """
     options = parse_options(
@@ -377,6 +434,8 @@ def defer_command(
         resource_key=resource_key,
         wait=wait,
         timeout=timeout,
+        tags=tags,
+        meta=meta,
     )
     payload: Any = None
     if payload_text == "-":

@@ -15,11 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from orchestra import _db
+from orchestra._checks import check_tags
 from orchestra._jobs import Jobs
 from orchestra._names import escape_unprintable
-from orchestra._records import STATUSES, DefinitionInfo, Job
+from orchestra._records import STATUSES, DefinitionInfo, GraphNode, Job, JobGraph
 from orchestra.cli._app import (
     _fail,
     _print_json,
@@ -102,6 +104,21 @@ def _status(status: str) -> Text:
     return Text(status, style=_STATUS_STYLES.get(status, ""))
 
 
+def progress_text(progress: Any) -> str:
+    """A job's progress for people: ``30%``, ``3/10 (30%)``, or its JSON cut short."""
+    if progress is None:
+        return ""
+    if isinstance(progress, int | float) and not isinstance(progress, bool):
+        return f"{progress:.0%}"
+    if isinstance(progress, dict):
+        done, total = progress.get("done"), progress.get("total")
+        numbers = [v for v in (done, total) if isinstance(v, int | float)]
+        if len(numbers) == 2 and not any(isinstance(v, bool) for v in (done, total)):
+            share = f" ({done / total:.0%})" if total else ""
+            return f"{done:g}/{total:g}{share}"
+    return _one_line(json.dumps(progress, ensure_ascii=False), limit=40)
+
+
 def _one_line(text: str | None, limit: int = 80) -> str:
     """The first line of ``text``, cut at ``limit`` characters (tables stay one row per item)."""
     if not text:
@@ -128,7 +145,9 @@ def _jobs_table(found: Sequence[Job], *, wide: bool) -> tuple[Table, int]:
     By default it fits the console (80 columns in a pipe): id, definition,
     status, attempt and the last error cut to what is left. No cell ever
     wraps, so a name is never broken across lines. ``wide`` adds channel,
-    priority and times, and keeps every cell whole however long the line.
+    priority and times (and progress when a job reported some), and keeps
+    every cell whole however long the line. Tags get a column when a job has
+    some.
     """
     columns: list[tuple[str, str, list[Text | str]]] = [
         ("id", "right", [str(job.id) for job in found]),
@@ -137,6 +156,8 @@ def _jobs_table(found: Sequence[Job], *, wide: bool) -> tuple[Table, int]:
     if wide:
         columns.append(("channel", "left", [_shown(job.channel) for job in found]))
     columns.append(("status", "left", [_status(job.status) for job in found]))
+    if any(job.tags for job in found):  # only when there are some to show
+        columns.append(("tags", "left", [_shown(",".join(job.tags)) for job in found]))
     if wide:
         columns.append(("priority", "right", [str(job.priority) for job in found]))
     columns.append(("attempt", "right", [f"{job.attempt}/{job.max_attempts}" for job in found]))
@@ -146,6 +167,10 @@ def _jobs_table(found: Sequence[Job], *, wide: bool) -> tuple[Table, int]:
             ("created at (UTC)", "left", [_when(job.created_at) for job in found]),
             ("finalized at (UTC)", "left", [_when(job.finalized_at) for job in found]),
         ]
+        if any(job.progress is not None for job in found):
+            columns.append(
+                ("progress", "left", [_shown(progress_text(job.progress)) for job in found])
+            )
     widths = [max(len(header), *(len(cell) for cell in cells)) for header, _, cells in columns]
     errors = [_one_line(job.last_error, limit=10_000) for job in found]
     if wide:
@@ -164,7 +189,7 @@ def _jobs_table(found: Sequence[Job], *, wide: bool) -> tuple[Table, int]:
     table = _table(show_edge=False)
     for (header, justify, _), width in zip(columns, widths, strict=True):
         # Only names and errors give way on a console too narrow for the rest.
-        yields = header in ("definition", "channel", "last error")
+        yields = header in ("definition", "channel", "tags", "last error")
         table.add_column(
             header,
             justify=justify,  # type: ignore[arg-type]
@@ -192,6 +217,7 @@ def jobs_group() -> None:
 )
 @click.option("--definition", metavar="NAME", help="Only jobs of this definition.")
 @click.option("--channel", metavar="NAME", help="Only jobs of this channel.")
+@click.option("--tag", metavar="TAG", help="Only jobs deferred with this tag.")
 @click.option(
     "--limit",
     type=click.IntRange(1, 10_000),
@@ -212,7 +238,8 @@ def jobs_group() -> None:
 @click.option(
     "--wide",
     is_flag=True,
-    help="Every column (channel, priority, times) and whole errors, however long the lines.",
+    help="Every column (channel, priority, times, progress when reported) and whole errors, "
+    "however long the lines.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
 @queue_options()
@@ -223,6 +250,7 @@ def jobs_list(
     statuses: tuple[str, ...],
     definition: str | None,
     channel: str | None,
+    tag: str | None,
     limit: int,
     offset: int,
     order: str,
@@ -238,13 +266,16 @@ def jobs_list(
     terminal (NO_COLOR turns it off); --wide shows every column, --json
     everything.
     """
-    check_text_options(definition=definition, channel=channel)
+    check_text_options(definition=definition, channel=channel, tag=tag)
+    if tag is not None:
+        check_tags([tag], "--tag")
     status = list(statuses) or None
     with _job_manager(ctx, app_ref, dsn, schema) as manager:
         found = manager.list(
             status=status,
             definition=definition,
             channel=channel,
+            tag=tag,
             limit=limit,
             offset=offset,
             order=order,
@@ -252,7 +283,7 @@ def jobs_list(
         total = (
             None
             if as_json
-            else manager.count(status=status, definition=definition, channel=channel)
+            else manager.count(status=status, definition=definition, channel=channel, tag=tag)
         )
     if as_json:
         _print_json([_plain(job) for job in found])
@@ -278,8 +309,66 @@ def jobs_list(
     out_console.print(caption)
 
 
-def _show_job(job: Job) -> None:
-    """Print one job for people: its fields, attempt log and last traceback."""
+def _graph_label(node: GraphNode) -> Text:
+    """``job 12  fetch  succeeded``, or ``job 12  (no longer kept)``."""
+    label = Text(f"job {node.id}  ", style="bold")
+    if node.definition is None or node.status is None:
+        return label.append("(no longer kept by the history)", style="dim")
+    return label.append_text(_shown(node.definition)).append("  ").append_text(_status(node.status))
+
+
+def _graph_tree(graph: JobGraph, title: str, side: str) -> Tree:
+    """The jobs of one side of ``graph`` as a tree from the job: each job under the
+    one it was reached from. A job reached twice (a diamond) is expanded where it
+    was listed first and marked where it comes again; at most ``2 * graph.limit``
+    lines."""
+    tree = Tree(Text(title, style="bold"))
+    budget = 2 * graph.limit
+    listed: set[int] = {graph.job_id}
+
+    def children(node_id: int) -> list[GraphNode]:
+        if side == "upstream":
+            node = graph.node(node_id)
+            found = [graph.node(i) for i in node.depends_on] if node is not None else []
+            return [n for n in found if n is not None and n.side == side]
+        return [n for n in graph.dependents(node_id) if n.side == side]
+
+    stack: list[tuple[Tree, int]] = [(tree, graph.job_id)]
+    while stack:
+        branch, node_id = stack.pop()
+        added: list[tuple[Tree, int]] = []
+        for child in children(node_id):
+            if budget == 0:
+                branch.add(Text("… (cut: too many lines; --json lists every job)", style="dim"))
+                return tree
+            budget -= 1
+            label = _graph_label(child)
+            if child.id in listed:
+                branch.add(label.append("  (again: expanded where listed first)", style="dim"))
+                continue
+            listed.add(child.id)
+            added.append((branch.add(label), child.id))
+        stack += reversed(added)  # depth first, in id order
+    return tree
+
+
+def _show_graph(graph: JobGraph) -> None:
+    """Print the jobs ``graph``'s job depends on and those that depend on it, as trees."""
+    for title, side, cut in (
+        ("dependencies", "upstream", graph.upstream_truncated),
+        ("dependents", "downstream", graph.downstream_truncated),
+    ):
+        jobs = [node for node in graph.nodes if node.side == side]
+        if not jobs:
+            continue
+        heading = f"{title} ({len(jobs)} job{'' if len(jobs) == 1 else 's'}"
+        heading += f", cut at the nearest {graph.limit})" if cut else ")"
+        out_console.print(_graph_tree(graph, heading, side))
+
+
+def _show_job(job: Job, graph: JobGraph | None = None) -> None:
+    """Print one job for people: its fields, its dependency graph, attempt log and
+    last traceback."""
     fields = Table.grid(padding=(0, 2))
     fields.add_column(style="bold", no_wrap=True)
     fields.add_column(overflow="fold")
@@ -301,8 +390,13 @@ def _show_job(job: Job) -> None:
         ("resource key", job.resource_key),
         ("locked by worker", job.locked_by),
         ("depends on", ", ".join(str(i) for i in job.depends_on)),
+        ("tags", ", ".join(job.tags)),
     ]
     rows += [(name, _shown(str(value))) for name, value in optional if value not in (None, "")]
+    if job.meta:
+        rows.append(("meta", _shown(json.dumps(job.meta, ensure_ascii=False))))
+    if job.progress is not None:
+        rows.append(("progress", _shown(progress_text(job.progress))))
     rows.append(("payload", _shown(json.dumps(job.payload, ensure_ascii=False))))
     if job.result is not None:
         rows.append(("result", _shown(json.dumps(job.result, ensure_ascii=False))))
@@ -312,6 +406,8 @@ def _show_job(job: Job) -> None:
         fields.add_row(name, value)
     out_console.print(Text(f"job {job.id}", style="bold"))
     out_console.print(fields)
+    if graph is not None:
+        _show_graph(graph)
 
     attempts = job.attempts or ()
     if not attempts:
@@ -356,13 +452,19 @@ def jobs_show(
     dsn: str | None,
     schema: str | None,
 ) -> None:
-    """Show one job (finished ones too) with its attempts, errors and traceback."""
+    """Show one job (finished ones too) with its attempts, errors and traceback.
+
+    Also the jobs it depends on and those that depend on it, with their
+    status, as two trees (at most 200 jobs each way, the nearest first);
+    --json has them as "graph".
+    """
     with _job_manager(ctx, app_ref, dsn, schema) as manager:
         job = manager.get(job_id, with_attempts=True)
+        graph = manager.graph(job_id)
     if as_json:
-        _print_json(_plain(job))
+        _print_json({**_plain(job), "graph": attrs.asdict(graph)})
     else:
-        _show_job(job)
+        _show_job(job, graph)
 
 
 def _each(job_ids: Sequence[int], action: Callable[[int], str]) -> None:
@@ -441,8 +543,10 @@ def jobs_cancel(
 ) -> None:
     """Cancel waiting, available or running jobs.
 
-    A running job's function is not stopped: the attempt runs on, but its
-    result is refused when it finishes, and the job stays cancelled.
+    A running job is stopped: its worker cancels an async function, terminates
+    the child process running it, or makes a sync function's ctx.should_stop
+    true (the function stops when it returns). The job stays cancelled and is
+    not retried. A finished job or an unknown id is refused, one line each.
     """
     with _job_manager(ctx, app_ref, dsn, schema) as manager:
 

@@ -43,7 +43,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from orchestra import __version__, _db
-from orchestra._checks import CHANNEL_RE, NAME_MAX_LENGTH, check_name
+from orchestra._checks import CHANNEL_RE, NAME_MAX_LENGTH, TAG_MAX_LENGTH, check_name, check_tags
 from orchestra._config import Config
 from orchestra._names import escape_unprintable, first_unprintable
 from orchestra._records import STATUSES, Job
@@ -79,12 +79,13 @@ API_LIMIT_MAX = 1000
 #: Largest request body read (forms and JSON bodies are tiny).
 BODY_BYTES_MAX = 16_384
 #: The query parameters of the job lists (other parameters are ignored).
-FILTERS = ("status", "definition", "channel", "limit", "offset", "order", "q")
+FILTERS = ("status", "definition", "channel", "tag", "limit", "offset", "order", "q")
 #: Most jobs one bulk action takes (the largest page of the jobs list).
 BULK_IDS_MAX = 200
 #: How often a page's live regions are fetched again (ms), by page; the
-#: charts read more rows, and change slowly at their bucket sizes.
-LIVE_INTERVAL_MS = {"overview": 5000, "jobs": 5000, "charts": 30_000}
+#: charts read more rows, and change slowly at their bucket sizes. A running
+#: job's page follows its progress (written at most every 0.5 s) closer.
+LIVE_INTERVAL_MS = {"overview": 5000, "jobs": 5000, "charts": 30_000, "job": 2000}
 #: The order a bulk action takes its jobs in: a dependency has a smaller id
 #: than its dependents, so retries go up (a dependency is back before the jobs
 #: that wait for it) and deletes down (a dependent is gone before its
@@ -112,8 +113,9 @@ _EXPLANATIONS = {
     "retry": "The job runs again with a fresh attempt budget: it becomes available now, or "
     "waiting if one of its dependencies has not succeeded. Its result is cleared; its attempt "
     "log is kept.",
-    "cancel": "The job is finalized as cancelled. If it is running, its function is not "
-    "stopped, but its outcome will be refused. Jobs that depend on it will fail.",
+    "cancel": "The job is finalized as cancelled. If it is running, its worker stops it "
+    "(a sync function is asked to stop and stops when it returns). Jobs that depend on it "
+    "will fail.",
     "delete": "The job is deleted with its attempt log. This cannot be undone.",
 }
 _DONE = {"retry": "retried", "cancel": "cancelled", "delete": "deleted"}
@@ -121,8 +123,8 @@ _BULK_EXPLANATIONS = {
     "retry": "Each job runs again with a fresh attempt budget, as a retry of one job does. "
     "Jobs are retried one by one, lowest id first; a job whose state does not allow it "
     "is left as it is and listed as refused.",
-    "cancel": "Each job is finalized as cancelled. Running jobs' functions are not stopped, "
-    "but their outcomes will be refused; jobs that depend on a cancelled job will fail.",
+    "cancel": "Each job is finalized as cancelled. Running jobs are stopped by their workers "
+    "(sync functions are asked to stop); jobs that depend on a cancelled job will fail.",
     "delete": "Each job is deleted with its attempt log, highest id first. This cannot be "
     "undone. Running jobs, and jobs an unfinished job depends on, are refused.",
 }
@@ -466,10 +468,17 @@ class Dashboard:
             raise HTTPException(
                 400, f"q must be at most {_data.SEARCH_TEXT_MAX} characters, got {len(text)}"
             )
+        tag = query.get("tag") or None
+        if tag is not None:
+            try:
+                check_tags([tag], "tag")
+            except ConfigurationError as exc:
+                raise HTTPException(400, str(exc)) from None
         return {
             "statuses": statuses,
             "definition": query.get("definition") or None,
             "channel": query.get("channel") or None,
+            "tag": tag,
             "limit": _int_param(query.get("limit"), "limit", PAGE_SIZE_DEFAULT, 1, high),
             "offset": _int_param(query.get("offset"), "offset", 0, 0, 2**62),
             "order": order,
@@ -484,6 +493,7 @@ class Dashboard:
                 statuses=filters["statuses"],
                 definition=filters["definition"],
                 channel=filters["channel"],
+                tag=filters["tag"],
                 limit=filters["limit"],
                 offset=filters["offset"],
                 order=filters["order"],
@@ -493,6 +503,7 @@ class Dashboard:
             "status": filters["statuses"] or None,
             "definition": filters["definition"],
             "channel": filters["channel"],
+            "tag": filters["tag"],
         }
         found = await jobs.list(
             **selection, limit=filters["limit"], offset=filters["offset"], order=filters["order"]
@@ -531,6 +542,7 @@ class Dashboard:
             "status": status,
             "definition": filters["definition"],
             "channel": filters["channel"],
+            "tag": filters["tag"],
             "q": filters["q"],
             "order": filters["order"] if filters["order"] != "desc" else None,
             "limit": filters["limit"] if filters["limit"] != PAGE_SIZE_DEFAULT else None,
@@ -553,6 +565,7 @@ class Dashboard:
             ),
             "search_window": _data.SEARCH_WINDOW,
             "search_max": _data.SEARCH_TEXT_MAX,
+            "tag_max": TAG_MAX_LENGTH,
         }
 
     async def live_jobs(self, request: Request) -> Response:
@@ -603,6 +616,7 @@ class Dashboard:
         job_id = self._job_id(request)
         job = await self.config.jobs_async.get(job_id, with_attempts=True)
         links = await _data.job_links(self.config, job_id)
+        graph = await _data.job_graph(self.config, job_id)
         done = request.query_params.get("done", "")
         flash = None
         if done in _DONE:
@@ -614,10 +628,40 @@ class Dashboard:
             nav="jobs",
             job=job,
             links=links,
+            graph=graph,
+            drawing=_data.graph_drawing(graph),
             actions=allowed_actions(job),
             tracebacks=[a for a in reversed(job.attempts or ()) if a.traceback],
             now=dt.datetime.now(dt.UTC),
             flash=flash,
+            progress=_data.progress_view(job.progress),
+            # An unfinished job's state and progress follow it; a finished one's stay.
+            live=None
+            if job.is_finalized
+            else {
+                "url": self._url(request, "live_job", job_id=job.id),
+                "interval_ms": LIVE_INTERVAL_MS["job"],
+            },
+        )
+
+    async def live_job(self, request: Request) -> Response:
+        """GET /live/jobs/{job_id}: a job's status, attempt and progress, for its page's
+        live refresh."""
+        job = await self.config.jobs_async.get(self._job_id(request), with_attempts=False)
+        context = {
+            "job": job,
+            "progress": _data.progress_view(job.progress),
+            "now": dt.datetime.now(dt.UTC),
+        }
+        # The workflow's statuses move with the job's (its dependencies finish).
+        graph = await _data.job_graph(self.config, job.id)
+        workflow = {"graph": graph, "drawing": _data.graph_drawing(graph)}
+        return self.live(
+            request,
+            {
+                "live-job": ("_job_live.html", context),
+                "live-workflow": ("_job_workflow.html", workflow),
+            },
         )
 
     @staticmethod
@@ -1036,11 +1080,13 @@ class Dashboard:
         job_id = self._job_id(request)
         job = await self.config.jobs_async.get(job_id, with_attempts=True)
         links = await _data.job_links(self.config, job_id)
+        graph = await _data.job_graph(self.config, job_id)
         return _JSON(
             {
                 **_data.plain(job),
                 "dependencies": links["requires"],
                 "dependents": links["required_by"],
+                "graph": _data.graph_document(graph),
             }
         )
 
@@ -1211,6 +1257,12 @@ def _routes(handlers: Dashboard) -> list[BaseRoute]:
         Route("/live/overview", handlers.live_overview, methods=["GET"], name="live_overview"),
         Route("/live/jobs", handlers.live_jobs, methods=["GET"], name="live_jobs"),
         Route("/live/charts", handlers.live_charts, methods=["GET"], name="live_charts"),
+        Route(
+            "/live/jobs/{job_id:orchestra_job_id}",
+            handlers.live_job,
+            methods=["GET"],
+            name="live_job",
+        ),
         Route("/api/overview", handlers.api_overview, methods=["GET"], name="api_overview"),
         Route("/api/jobs", handlers.api_jobs, methods=["GET"], name="api_jobs"),
         Route(

@@ -25,7 +25,15 @@ from orchestra._orchestrator._gauges import (
     TRANSACTION_WARNING_S_DEFAULT,
     VacuumHorizon,
 )
-from orchestra._records import STATUSES, Attempt, DefinitionInfo, Job, job_from_row
+from orchestra._records import (
+    STATUSES,
+    Attempt,
+    DefinitionInfo,
+    Job,
+    JobGraph,
+    job_from_row,
+    progress_fraction,
+)
 from orchestra._schema_names import LEASE_NAME
 
 #: A daemon whose heartbeat is older than this is shown as silent (the
@@ -33,6 +41,8 @@ from orchestra._schema_names import LEASE_NAME
 WORKER_STALE_MS = 60_000
 #: Most dependencies and dependents listed on a job's page, each.
 LINKS_LIMIT = 200
+#: Most jobs of a job's workflow graph in each direction (upstream, downstream).
+GRAPH_LIMIT = 200
 #: The overview warns (a banner) when the transaction holding the oldest
 #: snapshot is at least this old: the default of `orchestra health`.
 TRANSACTION_WARNING_S = TRANSACTION_WARNING_S_DEFAULT
@@ -64,6 +74,22 @@ def plain(value: Job | Attempt | DefinitionInfo) -> dict[str, Any]:
     if isinstance(value, DefinitionInfo):
         data["counts"] = dict(value.counts)
     return data
+
+
+def progress_view(progress: Any) -> dict[str, Any] | None:
+    """How a page shows a job's progress: a bar when the value says how far (a
+    fraction, or a dict with ``done`` and ``total``), and a label; None when the
+    job reported none."""
+    if progress is None:
+        return None
+    fraction = progress_fraction(progress)
+    if isinstance(progress, Mapping) and fraction is not None:
+        label = f"{progress['done']:g} of {progress['total']:g} ({fraction:.0%})"
+    elif fraction is not None:
+        label = f"{fraction:.0%}"
+    else:
+        label = json.dumps(progress, ensure_ascii=False)
+    return {"fraction": fraction, "label": label}
 
 
 def pretty(value: Any) -> str:
@@ -194,6 +220,90 @@ async def job_links(config: Config, job_id: int) -> dict[str, list[dict[str, Any
             {"id": row["id"], "definition": row["definition"], "status": row["status"]}
         )
     return links
+
+
+# -- a job's workflow graph ------------------------------------------------------------
+
+#: The drawing's box of one job, the gaps between boxes, and the margin, in pixels.
+GRAPH_NODE_W, GRAPH_NODE_H = 168, 40
+GRAPH_GAP_X, GRAPH_GAP_Y, GRAPH_PAD = 56, 10, 8
+#: Characters of a definition's name that fit in a box.
+GRAPH_NAME_CHARS = 20
+
+
+async def job_graph(config: Config, job_id: int) -> JobGraph:
+    """The jobs ``job_id`` depends on and those that depend on it (at most
+    GRAPH_LIMIT each way)."""
+    return await config.jobs_async.graph(job_id, limit=GRAPH_LIMIT)
+
+
+def graph_document(graph: JobGraph) -> dict[str, Any]:
+    """The graph as the JSON API gives it."""
+    return {
+        "limit": graph.limit,
+        "truncated": graph.truncated,
+        "upstream_truncated": graph.upstream_truncated,
+        "downstream_truncated": graph.downstream_truncated,
+        "nodes": [attrs.asdict(node) for node in graph.nodes],
+    }
+
+
+def graph_drawing(graph: JobGraph) -> dict[str, Any] | None:
+    """Geometry of the job page's drawing of ``graph``, or None when the job stands alone.
+
+    Layered left to right by :attr:`GraphNode.depth` (a job right of every
+    job it depends on), each layer a column of boxes by id; an edge is a
+    curve from a dependency's right side to its dependent's left side. The
+    template draws it as inline SVG; every color comes from the stylesheet's
+    variables, so the dark theme applies.
+    """
+    if len(graph.nodes) < 2:
+        return None
+    layers = sorted({node.depth for node in graph.nodes})
+    column = {depth: index for index, depth in enumerate(layers)}
+    rows: dict[int, int] = {}
+    boxes: dict[int, dict[str, Any]] = {}
+    for node in sorted(graph.nodes, key=lambda n: (n.depth, n.id)):
+        row = rows.get(node.depth, 0)
+        rows[node.depth] = row + 1
+        name = node.definition or "no longer kept"
+        if len(name) > GRAPH_NAME_CHARS:
+            name = name[: GRAPH_NAME_CHARS - 1] + "…"
+        status = node.status or "gone"
+        boxes[node.id] = {
+            "id": node.id,
+            "x": GRAPH_PAD + column[node.depth] * (GRAPH_NODE_W + GRAPH_GAP_X),
+            "y": GRAPH_PAD + row * (GRAPH_NODE_H + GRAPH_GAP_Y),
+            "name": name,
+            "status": status,
+            "current": node.side == "self",
+            # "#12 fetch: succeeded", not "job 12 ...": the page's lists of
+            # dependencies already have links named "job 12".
+            "title": f"#{node.id} {node.definition or '(no longer kept)'}: {status}",
+        }
+    edges = []
+    for node in graph.nodes:
+        target = boxes[node.id]
+        for dependency in node.depends_on:
+            source = boxes[dependency]
+            x1, y1 = source["x"] + GRAPH_NODE_W, source["y"] + GRAPH_NODE_H // 2
+            x2, y2 = target["x"], target["y"] + GRAPH_NODE_H // 2
+            bend = (x2 - x1) // 2
+            edges.append(f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}")
+    return {
+        "width": 2 * GRAPH_PAD + len(layers) * GRAPH_NODE_W + (len(layers) - 1) * GRAPH_GAP_X,
+        "height": 2 * GRAPH_PAD
+        + max(rows.values()) * GRAPH_NODE_H
+        + (max(rows.values()) - 1) * GRAPH_GAP_Y,
+        "node_w": GRAPH_NODE_W,
+        "node_h": GRAPH_NODE_H,
+        "nodes": list(boxes.values()),
+        "edges": edges,
+        "label": (
+            f"Dependency graph of job {graph.job_id}: {len(graph.upstream)} job(s) upstream, "
+            f"{len(graph.downstream)} downstream"
+        ),
+    }
 
 
 # -- definitions: the next tick ------------------------------------------------------
@@ -548,6 +658,7 @@ async def search_jobs(
     limit: int,
     offset: int,
     order: str,
+    tag: str | None = None,
 ) -> tuple[list[Job], int]:
     """A page of the jobs whose id is ``text`` or whose payload or last error contains it.
 
@@ -561,6 +672,7 @@ async def search_jobs(
         "statuses": list(statuses or STATUSES),
         "definition": definition,
         "channel": channel,
+        "tag": tag,
         "order": order,
         "limit": limit,
         "offset": offset,

@@ -103,10 +103,72 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "True for a finished job, read from the history (where "
                 "finished jobs are kept); finished jobs can still be retried and deleted.",
             },
+            "tags": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "The tags it was deferred with, in order.",
+            },
+            "meta": {
+                "type": "object",
+                "description": "The metadata it was deferred with (a JSON object; {} for none).",
+            },
+            "progress": {
+                "type": ["number", "object", "null"],
+                "description": "What its running attempt last reported: a fraction from 0 to "
+                '1, or an object (such as {"done": 3, "total": 10}); null until it '
+                "reports. Written at most every 0.5 s, kept once the job finished.",
+            },
         }
     ),
     "JobLink": _object(
         {"id": {"type": "integer"}, "definition": {"type": "string"}, "status": _STATUS}
+    ),
+    "GraphNode": _object(
+        {
+            "id": {"type": "integer"},
+            "definition": {
+                **_NULLABLE_STRING,
+                "description": "Null when the history no longer keeps the job.",
+            },
+            "status": {
+                "type": ["string", "null"],
+                "enum": [*STATUSES, None],
+                "description": "Null when the history no longer keeps the job.",
+            },
+            "side": {
+                "type": "string",
+                "enum": ["self", "upstream", "downstream"],
+                "description": "The job itself, a job it depends on (directly or not), "
+                "or a job that depends on it (directly or not).",
+            },
+            "depth": {
+                "type": "integer",
+                "description": "Its layer: 0 for the job, negative upstream (-1: a direct "
+                "dependency), positive downstream (1: a direct dependent), along the longest "
+                "path within the graph.",
+            },
+            "depends_on": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "description": "The jobs of the graph it depends on (its edges).",
+            },
+        }
+    ),
+    "JobGraph": _object(
+        {
+            "limit": {
+                "type": "integer",
+                "description": "The most jobs read in each direction, the nearest first.",
+            },
+            "truncated": {"type": "boolean", "description": "Either direction was cut."},
+            "upstream_truncated": {"type": "boolean"},
+            "downstream_truncated": {"type": "boolean"},
+            "nodes": {
+                "type": "array",
+                "items": _ref("GraphNode"),
+                "description": "The job, then the jobs upstream, then downstream, each by id.",
+            },
+        }
     ),
     "JobDetail": {
         "allOf": [
@@ -115,6 +177,11 @@ _SCHEMAS: dict[str, Any] = {
                 {
                     "dependencies": {"type": "array", "items": _ref("JobLink")},
                     "dependents": {"type": "array", "items": _ref("JobLink")},
+                    "graph": {
+                        **_ref("JobGraph"),
+                        "description": "The workflow around the job: what it depends on and "
+                        "what depends on it, transitively, with the edges between them.",
+                    },
                 }
             ),
         ]
@@ -498,7 +565,7 @@ _PATHS: dict[str, Any] = {
     },
     "/api/jobs": {
         "get": {
-            "summary": "A page of jobs, filtered by status, definition and channel",
+            "summary": "A page of jobs, filtered by status, definition, channel and tag",
             "operationId": "list_jobs",
             "parameters": [
                 {
@@ -511,6 +578,12 @@ _PATHS: dict[str, Any] = {
                 },
                 {"name": "definition", "in": "query", "schema": {"type": "string"}},
                 {"name": "channel", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "tag",
+                    "in": "query",
+                    "schema": {"type": "string", "maxLength": 100},
+                    "description": "Only jobs deferred with this tag.",
+                },
                 {
                     "name": "limit",
                     "in": "query",
@@ -541,7 +614,7 @@ _PATHS: dict[str, Any] = {
     },
     "/api/jobs/{job_id}": {
         "get": {
-            "summary": "One job with its attempt log, dependencies and dependents",
+            "summary": "One job with its attempt log, dependencies, dependents and workflow graph",
             "operationId": "get_job",
             "parameters": [_JOB_ID],
             "responses": {
@@ -558,7 +631,7 @@ _PATHS: dict[str, Any] = {
     ),
     "/api/jobs/{job_id}/cancel": _action(
         "cancel",
-        "Cancel a waiting, available or running job",
+        "Cancel a waiting, available or running job (its worker stops a running one)",
         _json(_object({"job": _ref("Job")}), "The job right after."),
     ),
     "/api/jobs/{job_id}/delete": _action(

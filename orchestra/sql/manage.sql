@@ -49,6 +49,7 @@
 SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.payload::text,
        j.result::text, j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at,
        j.finalized_at, j.last_error, j.unique_key, j.resource_key, j.locked_by,
+       j.tags, j.meta::text, j.progress::text,
        ARRAY(SELECT d.required_job_id FROM {schema}.job_dependency d
              WHERE d.job_id = j.id ORDER BY d.required_job_id) AS depends_on,
        CASE WHEN %(with_attempts)s::boolean THEN coalesce(
@@ -62,6 +63,7 @@ UNION ALL
 SELECT h.id, h.definition, h.channel, h.status::text, h.priority, h.payload::text,
        h.result::text, h.attempt, h.max_attempts, h.run_at, h.created_at, h.started_at,
        h.finalized_at, h.last_error, h.unique_key, h.resource_key, NULL::bigint,
+       h.tags, h.meta::text, h.progress::text,
        ARRAY(SELECT d.required_job_id FROM {schema}.job_dependency d
              WHERE d.job_id = h.id ORDER BY d.required_job_id),
        CASE WHEN %(with_attempts)s::boolean THEN h.attempts
@@ -77,45 +79,106 @@ SELECT h.id, h.definition, h.channel, h.status::text, h.priority, h.payload::tex
 FROM {schema}.job_history h
 WHERE h.id = %(id)s;
 
+-- name: manage_job_graph
+-- The dependency graph around one job (Jobs.graph: `orchestra jobs show`, the
+-- dashboard's job page): the job, the jobs it depends on, theirs in turn
+-- (`upstream`), and the jobs that depend on it, down to the last (`downstream`),
+-- each with its definition and status, and, per job, the jobs of the graph it
+-- depends on (its edges). Each direction is a breadth-first walk of
+-- job_dependency (its primary key upstream, job_dependency_required_idx
+-- downstream); UNION keeps each job once however many paths lead to it, so
+-- a diamond costs no more than its jobs; each step is an index probe per job
+-- (the LATERAL with OFFSET 0 keeps the planner from hash-joining the whole
+-- edge table instead, as it did on a small one). A walk is read lazily: the LIMIT
+-- stops it after %(limit)s jobs, the nearest first, and a second read of one
+-- more says whether it was cut. Edges stay after their jobs finished (until
+-- the history drops the dependent), so a finished workflow is drawn whole
+-- while the history keeps it; a job it no longer keeps has no definition and
+-- no status. Dependencies always have smaller ids than their dependents, so
+-- the walks cannot loop.
+WITH RECURSIVE upstream(id) AS (
+    SELECT d.required_job_id FROM {schema}.job_dependency d WHERE d.job_id = %(id)s
+    UNION
+    SELECT d.required_job_id FROM upstream u
+    CROSS JOIN LATERAL (SELECT e.required_job_id FROM {schema}.job_dependency e
+                        WHERE e.job_id = u.id OFFSET 0) d
+), downstream(id) AS (
+    SELECT d.job_id FROM {schema}.job_dependency d WHERE d.required_job_id = %(id)s
+    UNION
+    SELECT d.job_id FROM downstream w
+    CROSS JOIN LATERAL (SELECT e.job_id FROM {schema}.job_dependency e
+                        WHERE e.required_job_id = w.id OFFSET 0) d
+), nodes AS MATERIALIZED (
+    SELECT %(id)s::bigint AS id, 'self' AS side
+    UNION ALL
+    (SELECT id, 'upstream' FROM upstream LIMIT %(limit)s)
+    UNION ALL
+    (SELECT id, 'downstream' FROM downstream LIMIT %(limit)s)
+)
+SELECT n.id, n.side, s.definition, s.status,
+       ARRAY(SELECT d.required_job_id FROM {schema}.job_dependency d
+             WHERE d.job_id = n.id AND d.required_job_id IN (SELECT id FROM nodes)
+             ORDER BY d.required_job_id) AS depends_on,
+       (SELECT count(*) FROM (SELECT 1 FROM upstream LIMIT %(limit)s + 1) u)
+           > %(limit)s AS upstream_cut,
+       (SELECT count(*) FROM (SELECT 1 FROM downstream LIMIT %(limit)s + 1) w)
+           > %(limit)s AS downstream_cut
+FROM nodes n
+LEFT JOIN LATERAL (
+    SELECT j.definition, j.status::text AS status FROM {schema}.job j WHERE j.id = n.id
+    UNION ALL
+    SELECT h.definition, h.status::text FROM {schema}.job_history h WHERE h.id = n.id
+) s ON true
+ORDER BY CASE n.side WHEN 'self' THEN 0 WHEN 'upstream' THEN 1 ELSE 2 END, n.id;
+
 -- name: manage_job_list_asc
--- A page of jobs: any statuses, optionally one definition and/or one
--- channel, oldest first, from both tables. Each side is read in id order up to
+-- A page of jobs: any statuses, optionally one definition, one channel
+-- and/or one tag, oldest first, from both tables. Each side is read in id order up to
 -- %(window)s rows (limit + offset: no more can precede the end of the page)
 -- and the two are merged, so that the planner walks each primary key in order
 -- and stops instead of sorting every match. A side whose statuses the filter
 -- excludes is not read at all: the array test has no column in it, so it is a
 -- one-time filter of the plan, generic plans included. Two queries (asc, desc)
 -- rather than an ORDER BY on a parameter, for the same reason. Cost: filters
--- on definition or channel have no index on the history; its primary key is
--- walked until the window is full, the whole history when fewer jobs match.
+-- on definition, channel or tag have no index on the history (nor on the hot
+-- table: decision 0033 measured what a GIN index on tags costs the claim and
+-- the finish); its primary key is walked until the window is full, the whole
+-- history when fewer jobs match. The tag test repeats `tags <> '{{}}'` so that
+-- a partial index an operator adds (`USING gin (tags) WHERE tags <> '{{}}'`)
+-- can serve it.
 WITH hot AS (
     SELECT j.id, j.definition, j.channel, j.status, j.priority, j.payload, j.result,
            j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finalized_at,
-           j.last_error, j.unique_key, j.resource_key, j.locked_by, false AS in_history
+           j.last_error, j.unique_key, j.resource_key, j.locked_by, j.tags, j.meta,
+           j.progress, false AS in_history
     FROM {schema}.job j
     WHERE %(statuses)s::{schema}.job_status[]
           && '{{waiting,available,running}}'::{schema}.job_status[]
       AND j.status = ANY(%(statuses)s::{schema}.job_status[])
       AND (%(definition)s::text IS NULL OR j.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR j.channel = %(channel)s::text)
+      AND (%(tag)s::text IS NULL OR (j.tags @> ARRAY[%(tag)s::text] AND j.tags <> '{{}}'))
     ORDER BY j.id
     LIMIT %(window)s
 ), finished AS (
     SELECT h.id, h.definition, h.channel, h.status, h.priority, h.payload, h.result,
            h.attempt, h.max_attempts, h.run_at, h.created_at, h.started_at, h.finalized_at,
-           h.last_error, h.unique_key, h.resource_key, NULL::bigint, true
+           h.last_error, h.unique_key, h.resource_key, NULL::bigint, h.tags, h.meta,
+           h.progress, true
     FROM {schema}.job_history h
     WHERE %(statuses)s::{schema}.job_status[]
           && '{{succeeded,failed,cancelled}}'::{schema}.job_status[]
       AND h.status = ANY(%(statuses)s::{schema}.job_status[])
       AND (%(definition)s::text IS NULL OR h.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR h.channel = %(channel)s::text)
+      AND (%(tag)s::text IS NULL OR (h.tags @> ARRAY[%(tag)s::text] AND h.tags <> '{{}}'))
     ORDER BY h.id
     LIMIT %(window)s
 )
 SELECT p.id, p.definition, p.channel, p.status::text AS status, p.priority, p.payload::text,
        p.result::text, p.attempt, p.max_attempts, p.run_at, p.created_at, p.started_at,
        p.finalized_at, p.last_error, p.unique_key, p.resource_key, p.locked_by,
+       p.tags, p.meta::text, p.progress::text,
        ARRAY(SELECT d.required_job_id FROM {schema}.job_dependency d
              WHERE d.job_id = p.id ORDER BY d.required_job_id) AS depends_on,
        NULL::jsonb AS attempts,
@@ -129,31 +192,36 @@ LIMIT %(limit)s OFFSET %(offset)s;
 WITH hot AS (
     SELECT j.id, j.definition, j.channel, j.status, j.priority, j.payload, j.result,
            j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finalized_at,
-           j.last_error, j.unique_key, j.resource_key, j.locked_by, false AS in_history
+           j.last_error, j.unique_key, j.resource_key, j.locked_by, j.tags, j.meta,
+           j.progress, false AS in_history
     FROM {schema}.job j
     WHERE %(statuses)s::{schema}.job_status[]
           && '{{waiting,available,running}}'::{schema}.job_status[]
       AND j.status = ANY(%(statuses)s::{schema}.job_status[])
       AND (%(definition)s::text IS NULL OR j.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR j.channel = %(channel)s::text)
+      AND (%(tag)s::text IS NULL OR (j.tags @> ARRAY[%(tag)s::text] AND j.tags <> '{{}}'))
     ORDER BY j.id DESC
     LIMIT %(window)s
 ), finished AS (
     SELECT h.id, h.definition, h.channel, h.status, h.priority, h.payload, h.result,
            h.attempt, h.max_attempts, h.run_at, h.created_at, h.started_at, h.finalized_at,
-           h.last_error, h.unique_key, h.resource_key, NULL::bigint, true
+           h.last_error, h.unique_key, h.resource_key, NULL::bigint, h.tags, h.meta,
+           h.progress, true
     FROM {schema}.job_history h
     WHERE %(statuses)s::{schema}.job_status[]
           && '{{succeeded,failed,cancelled}}'::{schema}.job_status[]
       AND h.status = ANY(%(statuses)s::{schema}.job_status[])
       AND (%(definition)s::text IS NULL OR h.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR h.channel = %(channel)s::text)
+      AND (%(tag)s::text IS NULL OR (h.tags @> ARRAY[%(tag)s::text] AND h.tags <> '{{}}'))
     ORDER BY h.id DESC
     LIMIT %(window)s
 )
 SELECT p.id, p.definition, p.channel, p.status::text AS status, p.priority, p.payload::text,
        p.result::text, p.attempt, p.max_attempts, p.run_at, p.created_at, p.started_at,
        p.finalized_at, p.last_error, p.unique_key, p.resource_key, p.locked_by,
+       p.tags, p.meta::text, p.progress::text,
        ARRAY(SELECT d.required_job_id FROM {schema}.job_dependency d
              WHERE d.job_id = p.id ORDER BY d.required_job_id) AS depends_on,
        NULL::jsonb AS attempts,
@@ -171,13 +239,15 @@ SELECT (SELECT count(*) FROM {schema}.job j
               && '{{waiting,available,running}}'::{schema}.job_status[]
           AND j.status = ANY(%(statuses)s::{schema}.job_status[])
           AND (%(definition)s::text IS NULL OR j.definition = %(definition)s::text)
-          AND (%(channel)s::text IS NULL OR j.channel = %(channel)s::text))
+          AND (%(channel)s::text IS NULL OR j.channel = %(channel)s::text)
+          AND (%(tag)s::text IS NULL OR (j.tags @> ARRAY[%(tag)s::text] AND j.tags <> '{{}}')))
        + (SELECT count(*) FROM {schema}.job_history h
           WHERE %(statuses)s::{schema}.job_status[]
                 && '{{succeeded,failed,cancelled}}'::{schema}.job_status[]
             AND h.status = ANY(%(statuses)s::{schema}.job_status[])
             AND (%(definition)s::text IS NULL OR h.definition = %(definition)s::text)
-            AND (%(channel)s::text IS NULL OR h.channel = %(channel)s::text)) AS n;
+            AND (%(channel)s::text IS NULL OR h.channel = %(channel)s::text)
+            AND (%(tag)s::text IS NULL OR (h.tags @> ARRAY[%(tag)s::text] AND h.tags <> '{{}}'))) AS n;
 
 -- name: manage_job_retry
 -- Retry one job. A finished job (succeeded, failed, cancelled) moves from the
@@ -240,7 +310,7 @@ WITH hot AS MATERIALIZED (
     INSERT INTO {schema}.job (
         id, definition, channel, status, priority, payload, attempt, max_attempts, run_at,
         unique_key, resource_key, tick_at, limited, created_at, started_at, last_error,
-        trace_context, created_by)
+        trace_context, created_by, tags, meta, progress)
     OVERRIDING SYSTEM VALUE
     SELECT m.id, m.definition, m.channel,
            CASE WHEN EXISTS (
@@ -251,7 +321,8 @@ WITH hot AS MATERIALIZED (
                 THEN 'waiting' ELSE 'available' END::{schema}.job_status,
            m.priority, m.payload, 0, m.max_attempts, now(), m.unique_key, m.resource_key,
            m.tick_at, m.resource_key IS NOT NULL OR coalesce((SELECT limited FROM defined), false),
-           m.created_at, m.started_at, m.last_error, m.trace_context, m.created_by
+           m.created_at, m.started_at, m.last_error, m.trace_context, m.created_by,
+           m.tags, m.meta, m.progress
     FROM moved m
     RETURNING id, status, channel
 ), log_restored AS (
@@ -350,7 +421,7 @@ WITH batch AS MATERIALIZED (
     INSERT INTO {schema}.job (
         id, definition, channel, status, priority, payload, attempt, max_attempts, run_at,
         unique_key, resource_key, tick_at, limited, created_at, started_at, last_error,
-        trace_context, created_by)
+        trace_context, created_by, tags, meta, progress)
     OVERRIDING SYSTEM VALUE
     SELECT m.id, m.definition, m.channel,
            CASE WHEN EXISTS (
@@ -364,7 +435,8 @@ WITH batch AS MATERIALIZED (
            m.resource_key IS NOT NULL
            OR coalesce((SELECT d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL
                         FROM {schema}.job_definition d WHERE d.name = m.definition), false),
-           m.created_at, m.started_at, m.last_error, m.trace_context, m.created_by
+           m.created_at, m.started_at, m.last_error, m.trace_context, m.created_by,
+           m.tags, m.meta, m.progress
     FROM moved m
     ORDER BY m.id
     RETURNING id, status, channel
@@ -395,12 +467,17 @@ SELECT (SELECT count(*) FROM batch) AS scanned,
 -- name: manage_job_cancel
 -- Cancel one unfinished job (waiting, available or running): it moves to the
 -- history as cancelled, with its attempt-log rows, and result waiters are told
--- at once. A running attempt is not killed: its worker's finish is fenced by
--- (id, attempt, lock_token) in job_finish_many, finds no row, and is refused.
--- That attempt is logged here as interrupted (as a timeout logs a cut
--- attempt), so that every attempt keeps its entry; without its lock token, so
--- that job_finish_recorded never takes the refused finish for a recorded one
--- (not even after a retry moved the log back). The DELETE locks the row: a
+-- at once. A running attempt is logged here as cancelled, so that every
+-- attempt keeps its entry; without its lock token, so that job_finish_recorded
+-- never takes a refused finish for a recorded one (not even after a retry
+-- moved the log back). Its worker is told on the workers' channel, with the
+-- payload `cancel <worker id> <job id> <lock token>` (a space is never part
+-- of a job channel's name, so no worker takes it for a wake-up, and a worker
+-- tells one for another worker by its prefix): it stops the attempt and
+-- writes nothing more (orchestra/_worker/_listener.py). A worker that does
+-- not listen finds the job at its next heartbeat (worker_heartbeat); a finish
+-- it wrote before it knew is fenced by (id, attempt, lock_token) in
+-- job_finish_many, finds no row, and is refused. The DELETE locks the row: a
 -- claim or finish in flight is waited for, and a job that finished meanwhile
 -- is not deleted (the caller runs the statement again to read its status).
 -- Dependents are failed by the orchestrator's finalizer (unmet_dependencies),
@@ -418,7 +495,7 @@ WITH ended AS (
     INSERT INTO {schema}.job_history (
         id, definition, channel, status, priority, payload, result, attempt, max_attempts,
         run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
-        last_error, attempts, trace_context, created_by)
+        last_error, attempts, trace_context, created_by, tags, meta, progress)
     SELECT e.id, e.definition, e.channel, 'cancelled', e.priority, e.payload, NULL, e.attempt,
            e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at, e.created_at,
            e.started_at, clock_timestamp(), coalesce(e.last_error, 'cancelled'),
@@ -428,12 +505,12 @@ WITH ended AS (
                   'attempt', e.attempt, 'worker_id', e.locked_by,
                   'worker_name', (SELECT w.name FROM {schema}.worker w WHERE w.id = e.locked_by),
                   'started_at', coalesce(e.started_at, clock_timestamp()),
-                  'finished_at', clock_timestamp(), 'outcome', 'interrupted',
+                  'finished_at', clock_timestamp(), 'outcome', 'cancelled',
                   'error',
-                  'cancelled: the job was cancelled while this attempt ran; its outcome is discarded',
+                  'cancelled: the job was cancelled while this attempt ran; its worker stops it',
                   'traceback', NULL, 'lock_token', NULL))
                    ELSE '[]'::jsonb END,
-           e.trace_context, e.created_by
+           e.trace_context, e.created_by, e.tags, e.meta, e.progress
     FROM ended e
     RETURNING id
 ), notified AS (
@@ -442,12 +519,18 @@ WITH ended AS (
     SELECT count(pg_notify(%(notify_channel)s, e.channel)) AS n
     FROM ended e
     WHERE e.status = 'running'
+), stopped AS (
+    SELECT count(pg_notify(%(notify_channel)s,
+                           'cancel ' || e.locked_by || ' ' || e.id || ' ' || e.lock_token)) AS n
+    FROM ended e
+    WHERE e.status = 'running' AND e.locked_by IS NOT NULL
 )
 SELECT coalesce((SELECT status::text FROM ended),
                 (SELECT status::text FROM {schema}.job_history WHERE id = %(id)s)) AS status,
        EXISTS (SELECT 1 FROM historied) AS done,
        (SELECT n FROM notified) AS notified,
-       (SELECT n FROM woken) AS woken;
+       (SELECT n FROM woken) AS woken,
+       (SELECT n FROM stopped) AS stopped;
 
 -- name: manage_job_delete
 -- Delete one job, from whichever table holds it, unless it is running or an

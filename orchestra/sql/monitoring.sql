@@ -247,7 +247,8 @@ ORDER BY 1, 2, 3;
 -- with a backslash), plus the job whose id is %(id)s (NULL: none), filtered
 -- by status, definition and channel as manage_job_list_desc, a page of them
 -- with the number found: the job of that id first (a number is most likely
--- an id), then newest first (or oldest first).
+-- an id), then newest first (or oldest first). %(tag)s (NULL: any) keeps the
+-- jobs that carry that tag.
 --
 -- Bounded: the text is looked for only among the %(window)s newest jobs of
 -- each table (hot and history), each read by a backward walk of its primary
@@ -275,19 +276,23 @@ WITH recent_hot AS MATERIALIZED (
 ), found AS (
     SELECT j.id, j.definition, j.channel, j.status, j.priority, j.payload, j.result,
            j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finalized_at,
-           j.last_error, j.unique_key, j.resource_key, j.locked_by, false AS in_history
+           j.last_error, j.unique_key, j.resource_key, j.locked_by, j.tags, j.meta,
+           j.progress, false AS in_history
     FROM {schema}.job j JOIN hot_hits USING (id)
     WHERE j.status = ANY(%(statuses)s::{schema}.job_status[])
       AND (%(definition)s::text IS NULL OR j.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR j.channel = %(channel)s::text)
+      AND (%(tag)s::text IS NULL OR (j.tags @> ARRAY[%(tag)s::text] AND j.tags <> '{{}}'))
     UNION ALL
     SELECT h.id, h.definition, h.channel, h.status, h.priority, h.payload, h.result,
            h.attempt, h.max_attempts, h.run_at, h.created_at, h.started_at, h.finalized_at,
-           h.last_error, h.unique_key, h.resource_key, NULL::bigint, true
+           h.last_error, h.unique_key, h.resource_key, NULL::bigint, h.tags, h.meta,
+           h.progress, true
     FROM {schema}.job_history h JOIN finished_hits USING (id)
     WHERE h.status = ANY(%(statuses)s::{schema}.job_status[])
       AND (%(definition)s::text IS NULL OR h.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR h.channel = %(channel)s::text)
+      AND (%(tag)s::text IS NULL OR (h.tags @> ARRAY[%(tag)s::text] AND h.tags <> '{{}}'))
 )
 -- One row even when the page is empty (its job columns NULL): the count is
 -- still wanted.
@@ -297,7 +302,7 @@ LEFT JOIN LATERAL (
     SELECT f.id, f.definition, f.channel, f.status::text AS status, f.priority,
            f.payload::text, f.result::text, f.attempt, f.max_attempts, f.run_at,
            f.created_at, f.started_at, f.finalized_at, f.last_error, f.unique_key,
-           f.resource_key, f.locked_by,
+           f.resource_key, f.locked_by, f.tags, f.meta::text, f.progress::text,
            ARRAY(SELECT d.required_job_id FROM {schema}.job_dependency d
                  WHERE d.job_id = f.id ORDER BY d.required_job_id) AS depends_on,
            NULL::jsonb AS attempts,
@@ -314,6 +319,7 @@ LEFT JOIN LATERAL (
 SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.payload::text,
        j.result::text, j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at,
        j.finalized_at, j.last_error, j.unique_key, j.resource_key, j.locked_by,
+       j.tags, j.meta::text, j.progress::text,
        '{{}}'::bigint[] AS depends_on, NULL::jsonb AS attempts, false AS in_history
 FROM {schema}.job j
 WHERE j.id = ANY(%(ids)s::bigint[])
@@ -321,6 +327,7 @@ UNION ALL
 SELECT h.id, h.definition, h.channel, h.status::text, h.priority, h.payload::text,
        h.result::text, h.attempt, h.max_attempts, h.run_at, h.created_at, h.started_at,
        h.finalized_at, h.last_error, h.unique_key, h.resource_key, NULL::bigint,
+       h.tags, h.meta::text, h.progress::text,
        '{{}}'::bigint[], NULL::jsonb, true
 FROM {schema}.job_history h
 WHERE h.id = ANY(%(ids)s::bigint[])

@@ -132,7 +132,7 @@ WITH expired AS MATERIALIZED (
     INSERT INTO {schema}.job_history (
         id, definition, channel, status, priority, payload, result, attempt, max_attempts,
         run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
-        last_error, attempts, trace_context, created_by)
+        last_error, attempts, trace_context, created_by, tags, meta, progress)
     SELECT e.id, e.definition, e.channel, 'failed', e.priority, e.payload, NULL, e.attempt,
            e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at, e.created_at,
            e.started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
@@ -146,7 +146,7 @@ WITH expired AS MATERIALIZED (
                   'outcome', 'lost',
                   'error', 'lease expired: the worker stopped heartbeating before the job finished',
                   'traceback', NULL, 'lock_token', NULL)),
-           e.trace_context, e.created_by
+           e.trace_context, e.created_by, e.tags, e.meta, e.progress
     FROM ended e
     RETURNING id, definition, attempt, status::text AS status, channel
 ), rescued AS (
@@ -207,7 +207,7 @@ WITH stale AS MATERIALIZED (
     INSERT INTO {schema}.job_history (
         id, definition, channel, status, priority, payload, result, attempt, max_attempts,
         run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
-        last_error, attempts, trace_context, created_by)
+        last_error, attempts, trace_context, created_by, tags, meta, progress)
     SELECT e.id, e.definition, e.channel, 'failed', e.priority, e.payload, NULL, e.attempt,
            e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at, e.created_at,
            e.started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
@@ -221,7 +221,7 @@ WITH stale AS MATERIALIZED (
                   'outcome', 'lost',
                   'error', 'worker lost: its heartbeat stopped before the job finished',
                   'traceback', NULL, 'lock_token', NULL)),
-           e.trace_context, e.created_by
+           e.trace_context, e.created_by, e.tags, e.meta, e.progress
     FROM ended e
     RETURNING id, definition, attempt, status::text AS status
 ), rescued AS (
@@ -278,7 +278,7 @@ WITH due AS MATERIALIZED (
     INSERT INTO {schema}.job_history (
         id, definition, channel, status, priority, payload, result, attempt, max_attempts,
         run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
-        last_error, attempts, trace_context, created_by)
+        last_error, attempts, trace_context, created_by, tags, meta, progress)
     SELECT e.id, e.definition, e.channel, 'failed', e.priority, e.payload, NULL, e.attempt,
            e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at, e.created_at,
            e.started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
@@ -293,7 +293,7 @@ WITH due AS MATERIALIZED (
                   'error', 'timeout: not finished within timeout_interval_ms of becoming runnable',
                   'traceback', NULL, 'lock_token', NULL))
               ELSE '[]'::jsonb END,
-           e.trace_context, e.created_by
+           e.trace_context, e.created_by, e.tags, e.meta, e.progress
     FROM ended e
     RETURNING id, definition, attempt
 )
@@ -335,14 +335,14 @@ WITH doomed AS MATERIALIZED (
     INSERT INTO {schema}.job_history (
         id, definition, channel, status, priority, payload, result, attempt, max_attempts,
         run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
-        last_error, attempts, trace_context, created_by)
+        last_error, attempts, trace_context, created_by, tags, meta, progress)
     SELECT e.id, e.definition, e.channel, 'failed', e.priority, e.payload, NULL, e.attempt,
            e.max_attempts, e.run_at, e.unique_key, e.resource_key, e.tick_at, e.created_at,
            e.started_at, coalesce(%(now)s::timestamptz, clock_timestamp()),
            'unmet_dependencies: a job it depends on failed or was cancelled',
            coalesce((SELECT jsonb_agg(to_jsonb(a) - 'job_id' ORDER BY a.id)
                      FROM earlier a WHERE a.job_id = e.id), '[]'::jsonb),
-           e.trace_context, e.created_by
+           e.trace_context, e.created_by, e.tags, e.meta, e.progress
     FROM ended e
     RETURNING id, definition, attempt
 )

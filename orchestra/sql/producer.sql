@@ -46,7 +46,7 @@ WITH deps AS MATERIALIZED (
                         WHERE id = wanted.id) h
 ), inserted AS (
     INSERT INTO {schema}.job (definition, channel, status, priority, payload, max_attempts, run_at,
-                              unique_key, resource_key, limited, trace_context)
+                              unique_key, resource_key, limited, trace_context, tags, meta)
     SELECT %(definition)s, %(channel)s,
            CASE WHEN bool_and(deps.status = 'succeeded') IS NOT FALSE
                 THEN 'available' ELSE 'waiting' END::{schema}.job_status,
@@ -56,7 +56,7 @@ WITH deps AS MATERIALIZED (
            %(resource_key)s::text IS NOT NULL
            OR coalesce((SELECT release_interval_ms > 0 OR max_concurrency IS NOT NULL
                         FROM {schema}.job_definition WHERE name = %(definition)s), false),
-           %(trace_context)s::text
+           %(trace_context)s::text, %(tags)s::text[], %(meta)s::jsonb
     FROM deps
     HAVING count(*) = cardinality(%(depends_on)s::bigint[])
        -- Nothing without the definition row (see job_insert_simple).
@@ -78,13 +78,13 @@ SELECT inserted.id, inserted.status::text, pg_notify(%(notify_channel)s, %(chann
 -- definition row on every insert: a third of a defer's cost); the insert
 -- reads the row instead and inserts nothing without it.
 INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at,
-                          unique_key, resource_key, limited, trace_context)
+                          unique_key, resource_key, limited, trace_context, tags, meta)
 SELECT %(definition)s, %(channel)s, %(priority)s, %(payload)s::jsonb, %(max_attempts)s,
        coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond'),
        %(unique_key)s, %(resource_key)s,
        %(resource_key)s::text IS NOT NULL
        OR d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL,
-       %(trace_context)s::text
+       %(trace_context)s::text, %(tags)s::text[], %(meta)s::jsonb
 FROM {schema}.job_definition d
 WHERE d.name = %(definition)s
 ON CONFLICT (definition, unique_key) WHERE unique_key IS NOT NULL
@@ -121,16 +121,17 @@ SELECT {schema}.job_recheck_waiting(%(id)s, %(notify_channel)s);
 
 -- name: job_insert_many
 -- Defer many jobs of one definition in one statement, in the order given.
--- One trace_context for the whole batch (the producer's current span).
+-- One trace_context for the whole batch (the producer's current span), and
+-- one set of tags and meta (defer_many's options apply to every job).
 WITH inserted AS (
     INSERT INTO {schema}.job (definition, channel, priority, payload, max_attempts, run_at,
-                              resource_key, limited, trace_context)
+                              resource_key, limited, trace_context, tags, meta)
     SELECT %(definition)s, %(channel)s, %(priority)s, p.payload::jsonb, %(max_attempts)s,
            coalesce(%(run_at)s::timestamptz, now() + %(delay_ms)s * interval '1 millisecond'),
            %(resource_key)s,
            %(resource_key)s::text IS NOT NULL
            OR d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL,
-           %(trace_context)s::text
+           %(trace_context)s::text, %(tags)s::text[], %(meta)s::jsonb
     FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n)
     -- Nothing without the definition row (see job_insert_simple).
     JOIN {schema}.job_definition d ON d.name = %(definition)s
@@ -151,3 +152,10 @@ SELECT status::text FROM {schema}.job_history WHERE id = %(id)s;
 SELECT status::text, NULL::jsonb AS result, last_error FROM {schema}.job WHERE id = %(id)s
 UNION ALL
 SELECT status::text, result, last_error FROM {schema}.job_history WHERE id = %(id)s;
+
+-- name: job_progress
+-- What a job's running attempt last reported (JobHandle.progress), from
+-- whichever table holds it: the history keeps the last value.
+SELECT progress::text FROM {schema}.job WHERE id = %(id)s
+UNION ALL
+SELECT progress::text FROM {schema}.job_history WHERE id = %(id)s;

@@ -41,7 +41,8 @@ SET status = 'running',
     started_at = clock_timestamp()
 WHERE j.id = (SELECT id FROM picked)
 RETURNING j.id, j.definition, j.payload::text AS payload, j.attempt, j.max_attempts,
-          j.lock_token AS token, j.started_at, j.run_at, j.priority, j.trace_context;
+          j.lock_token AS token, j.started_at, j.run_at, j.priority, j.trace_context, j.tags,
+          j.meta::text AS meta;
 
 -- name: testing_job_max_id
 -- The newest job id of the queue (0 when it is empty): drain without recursion

@@ -56,7 +56,8 @@ COMMIT;
 --
 -- The payload comes back as text: the worker decodes it in the job's own
 -- attempt, so that a payload Python cannot decode (nested too deeply) fails
--- that job alone, not the whole claimed batch.
+-- that job alone, not the whole claimed batch. So does meta, decoded only if
+-- the job reads ctx.meta.
 --
 -- Lock tokens are derived from %(claim_id)s, a UUID the worker makes for
 -- this statement, and the job id: if the connection breaks before the rows
@@ -100,6 +101,8 @@ WITH paused AS MATERIALIZED (
               SELECT 1 FROM {schema}.job o
               WHERE o.resource_key = j.resource_key AND o.channel = j.channel
                 AND o.status = 'available' AND o.run_at <= coalesce(%(now)s::timestamptz, now())
+                -- A paused definition's job does not hold its key's turn.
+                AND o.definition <> ALL ((SELECT names FROM paused)::text[])
                 AND (o.priority > j.priority OR (o.priority = j.priority AND o.id < j.id)))
           AND NOT EXISTS (
               SELECT 1 FROM {schema}.job_definition d
@@ -141,7 +144,7 @@ SET status = 'running',
     started_at = clock_timestamp()
 WHERE j.id = ANY(ARRAY(SELECT id FROM claimable))
 RETURNING j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock_token,
-          j.started_at, j.run_at, j.priority, j.trace_context;
+          j.started_at, j.run_at, j.priority, j.trace_context, j.tags, j.meta::text;
 
 -- name: definition_lock_limited
 -- First statement of the guarded claim: lock the limited definitions this
@@ -200,6 +203,10 @@ WITH t AS MATERIALIZED (
                   SELECT 1 FROM {schema}.job o
                   WHERE o.resource_key = job.resource_key AND o.channel = job.channel
                     AND o.status = 'available' AND o.run_at <= (SELECT ts FROM t)
+                    -- A paused definition's job does not hold its key's turn.
+                    AND NOT EXISTS (
+                        SELECT 1 FROM {schema}.job_definition pd
+                        WHERE pd.name = o.definition AND pd.paused)
                     AND (o.priority > job.priority
                          OR (o.priority = job.priority AND o.id < job.id)))))
         ORDER BY priority DESC, id
@@ -233,7 +240,7 @@ SET status = 'running',
 -- A primary-key scan, as in job_claim.
 WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock_token,
-          j.started_at, j.run_at, j.priority, j.trace_context;
+          j.started_at, j.run_at, j.priority, j.trace_context, j.tags, j.meta::text;
 
 -- name: job_finish_many
 -- Record the end of many attempts in one statement. Each row is fenced by
@@ -245,6 +252,13 @@ RETURNING j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock
 --   interrupted  -> like failed (the worker stopped before the job finished)
 --   timed_out    -> like failed (the attempt ran past attempt_timeout_ms)
 --   released     -> available after retry_delay_ms, attempt refunded, no log row
+--   snoozed      -> available after retry_delay_ms (the snooze), attempt
+--                   refunded, logged (the error column says for how long);
+--                   last_error is kept, and the job never ends here
+-- (A cancelled attempt is not written: the cancel recorded it.)
+-- A progress value that the attempt reported last and the progress writer had
+-- not written yet (its rate limit) is written here, on either path; NULL
+-- keeps what the row holds.
 -- A job that ends leaves the hot table here (decision 0019): its row is
 -- deleted and inserted into job_history with its earlier attempts' log rows
 -- (moved too) as JSON. A success writes no attempt-log row: the history row
@@ -258,8 +272,10 @@ WITH input AS (
     SELECT * FROM unnest(
         %(ids)b::bigint[], %(attempts)b::integer[], %(tokens)b::uuid[], %(outcomes)b::text[],
         %(results)b::text[]::jsonb[], %(errors)b::text[], %(tracebacks)b::text[],
-        %(retry_delays_ms)b::bigint[], %(started_ats)b::timestamptz[]
-    ) AS i(id, attempt, token, outcome, result, error, traceback, retry_delay_ms, started_at)
+        %(retry_delays_ms)b::bigint[], %(started_ats)b::timestamptz[],
+        %(progresses)b::text[]::jsonb[]
+    ) AS i(id, attempt, token, outcome, result, error, traceback, retry_delay_ms, started_at,
+           progress)
 ), held AS MATERIALIZED (
     -- Which attempts end their job. Read without a lock: the UPDATE and the
     -- DELETE below re-check the fence on the row they lock. A scalar
@@ -268,7 +284,8 @@ WITH input AS (
     -- table (a backlog of 20,000 jobs read for every batch of finishes).
     -- A lock token is set exactly while the job runs (a CHECK says so), so
     -- the token match is the status check. NULL: the fence refuses it.
-    SELECT i.*, (i.outcome = 'succeeded' OR (i.outcome <> 'released' AND i.exhausted)) AS ends
+    SELECT i.*, (i.outcome = 'succeeded'
+                 OR (i.outcome NOT IN ('released', 'snoozed') AND i.exhausted)) AS ends
     FROM (
         SELECT input.*,
                (SELECT j.attempt >= j.max_attempts FROM {schema}.job j
@@ -281,10 +298,14 @@ WITH input AS (
 ), retried AS (
     UPDATE {schema}.job j
     SET status = 'available',
-        attempt = CASE WHEN h.outcome = 'released' THEN j.attempt - 1 ELSE j.attempt END,
-        last_error = CASE WHEN h.outcome = 'released' THEN j.last_error ELSE h.error END,
+        -- A hand-back or a snooze spends no attempt (decision 0002; 0035).
+        attempt = CASE WHEN h.outcome IN ('released', 'snoozed') THEN j.attempt - 1
+                       ELSE j.attempt END,
+        last_error = CASE WHEN h.outcome IN ('released', 'snoozed') THEN j.last_error
+                          ELSE h.error END,
         run_at = clock_timestamp() + h.retry_delay_ms * interval '1 millisecond',
-        locked_by = NULL, lock_token = NULL, locked_until = NULL
+        locked_by = NULL, lock_token = NULL, locked_until = NULL,
+        progress = coalesce(h.progress, j.progress)
     FROM held h
     -- id = ANY(ARRAY(...)) makes the rows a primary-key scan (see held).
     WHERE j.id = ANY(ARRAY(SELECT id FROM held WHERE NOT ends))
@@ -296,7 +317,7 @@ WITH input AS (
     WHERE j.id = ANY(ARRAY(SELECT id FROM held WHERE ends))
       AND h.ends AND j.id = h.id AND j.attempt = h.attempt AND j.lock_token = h.token
     RETURNING j.*, h.outcome, h.result AS new_result, h.error, h.traceback,
-              h.started_at AS attempt_started_at
+              h.started_at AS attempt_started_at, h.progress AS new_progress
 ), earlier AS (
     -- Attempt-log rows exist only for jobs that failed before: for most
     -- ended jobs this is one empty primary-key probe.
@@ -306,7 +327,8 @@ WITH input AS (
     INSERT INTO {schema}.job_history (
         id, definition, channel, status, priority, payload, result, attempt, max_attempts,
         run_at, unique_key, resource_key, tick_at, created_at, started_at, finalized_at,
-        last_error, attempts, trace_context, created_by, worker_id, worker_name, lock_token)
+        last_error, attempts, trace_context, created_by, worker_id, worker_name, lock_token,
+        tags, meta, progress)
     SELECT e.id, e.definition, e.channel,
            CASE WHEN e.outcome = 'succeeded' THEN 'succeeded' ELSE 'failed' END::{schema}.job_status,
            e.priority, e.payload,
@@ -323,7 +345,8 @@ WITH input AS (
                        'started_at', e.attempt_started_at, 'finished_at', clock_timestamp(),
                        'outcome', e.outcome, 'error', e.error, 'traceback', e.traceback,
                        'lock_token', e.lock_token)) END,
-           e.trace_context, e.created_by, %(worker_id)s, %(worker_name)s, e.lock_token
+           e.trace_context, e.created_by, %(worker_id)s, %(worker_name)s, e.lock_token,
+           e.tags, e.meta, coalesce(e.new_progress, e.progress)
     FROM ended e
     RETURNING id, status, run_at, channel, resource_key
 ), finished AS (
@@ -398,12 +421,33 @@ WITH released AS (
 )
 SELECT id, (SELECT n FROM woken) FROM released;
 
+-- name: job_dependency_results
+-- What a running job reads of the jobs it depends on (ctx.dependency_results,
+-- and the parent of a child process answering its child): one row per
+-- dependency edge, by dependency id, with the dependency's status and result
+-- as text (decoded in Python, as payloads are). The edges of an unfinished
+-- job are kept (decision 0019), so every dependency is listed; one the
+-- history no longer holds (past its retention) comes back with a NULL
+-- status, one retried since the job was released with its unfinished status
+-- and no result. A primary-key probe of job_dependency, then one of the
+-- history (one partition) and one of the hot table per dependency.
+SELECT d.required_job_id AS id, r.status, r.result
+FROM {schema}.job_dependency d
+LEFT JOIN LATERAL (
+    SELECT h.status::text AS status, h.result::text AS result
+    FROM {schema}.job_history h WHERE h.id = d.required_job_id
+    UNION ALL
+    SELECT j.status::text, NULL FROM {schema}.job j WHERE j.id = d.required_job_id
+) r ON true
+WHERE d.job_id = %(id)s
+ORDER BY d.required_job_id;
+
 -- name: job_claim_recover
 -- The jobs that a claim of this worker took, when its connection broke before
 -- the claimed rows came back (the commit may or may not have happened): the
 -- lock tokens derive from the claim's %(claim_id)s (see job_claim).
 SELECT j.id, j.definition, j.payload::text, j.attempt, j.max_attempts, j.lock_token,
-       j.started_at, j.run_at, j.priority, j.trace_context
+       j.started_at, j.run_at, j.priority, j.trace_context, j.tags, j.meta::text
 FROM {schema}.job j
 WHERE j.status = 'running' AND j.locked_by = %(worker_id)s
   AND j.lock_token = md5(%(claim_id)s || j.id::text)::uuid;
@@ -438,16 +482,62 @@ JOIN LATERAL (
 -- Record that the worker is alive and extend the lease of the jobs it is
 -- still running, in one statement. The lock token fences the extension: a job
 -- that was rescued meanwhile is not taken back. Returns one row: whether the
--- worker row still exists, and how many leases were extended.
+-- worker row still exists, how many leases were extended, and the held jobs
+-- (ids and the tokens sent) that were cancelled while they ran: the worker
+-- stops their attempts. A cancel also notifies the worker at once
+-- (manage_job_cancel); this is the fallback for a worker without LISTEN, or
+-- one that missed the notification. Only the held jobs whose lease was not
+-- extended are looked up in the history, so a heartbeat of a worker none of
+-- whose jobs was cancelled reads nothing more.
 WITH alive AS MATERIALIZED (
     SELECT {schema}.worker_touch(%(worker_id)s, %(secret)s) AS alive
+), held AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS held(id, token)
 ), extended AS (
     UPDATE {schema}.job j
     SET locked_until = clock_timestamp() + d.lock_interval_ms * interval '1 millisecond'
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS held(id, token),
-         {schema}.job_definition d
+    FROM held, {schema}.job_definition d
     WHERE j.id = held.id AND j.lock_token = held.token AND j.status = 'running'
       AND d.name = j.definition
     RETURNING j.id
+), cancelled AS MATERIALIZED (
+    SELECT held.id, held.token FROM held
+    WHERE held.id NOT IN (SELECT id FROM extended)
+      AND EXISTS (SELECT 1 FROM {schema}.job_history h
+                  WHERE h.id = held.id AND h.status = 'cancelled')
 )
-SELECT (SELECT alive FROM alive) AS alive, (SELECT count(*) FROM extended) AS extended;
+SELECT (SELECT alive FROM alive) AS alive, (SELECT count(*) FROM extended) AS extended,
+       ARRAY(SELECT id FROM cancelled ORDER BY id) AS cancelled_ids,
+       ARRAY(SELECT token FROM cancelled ORDER BY id) AS cancelled_tokens;
+
+-- name: job_progress_set
+-- Write the progress that running attempts reported (JobContext.set_progress),
+-- batched: the worker's progress writer sends at most one statement per 0.5 s,
+-- with the latest value of each attempt. Fenced by the attempt's lock token,
+-- which is set exactly while it runs: an attempt that ended, was rescued or was
+-- cancelled writes nothing. Rows locked by someone else (a finish, a
+-- heartbeat, a cancel in flight) are skipped, not waited for (SKIP LOCKED): a
+-- progress write never holds up the hot path, and taking the rows in no
+-- particular order could not deadlock with a statement taking them in
+-- another. progress is in no index, so the update can be HOT. Returns the
+-- ids written, and those skipped while their attempt still runs (`busy`),
+-- which the writer tries again at its next pass.
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(progresses)s::text[]::jsonb[])
+        AS i(id, token, progress)
+), locked AS MATERIALIZED (
+    SELECT j.id FROM {schema}.job j
+    WHERE j.id = ANY(ARRAY(SELECT id FROM input))
+      AND j.lock_token = (SELECT i.token FROM input i WHERE i.id = j.id LIMIT 1)
+    FOR NO KEY UPDATE SKIP LOCKED
+), written AS (
+    UPDATE {schema}.job j SET progress = i.progress
+    FROM input i
+    WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.id = i.id AND j.lock_token = i.token
+    RETURNING j.id
+)
+SELECT ARRAY(SELECT id FROM written) AS written,
+       ARRAY(SELECT i.id FROM input i
+             WHERE i.id NOT IN (SELECT id FROM written)
+               AND EXISTS (SELECT 1 FROM {schema}.job j
+                           WHERE j.id = i.id AND j.lock_token = i.token)) AS busy;

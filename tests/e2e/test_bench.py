@@ -17,6 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from orchestra import _db
+from orchestra.testing import wait_until
+from tests._pgbouncer import PgBouncer
 from tests.e2e._support import REPO, orchestra_argv
 
 TINY = (
@@ -104,6 +107,42 @@ def test_bench_reports_every_figure_against_the_lean_floor_and_drops_its_schema(
     assert report["peers"] == {}
     assert any("--jobs 300" in warning for warning in report["warnings"])
     assert report["schema"].startswith("orchestra_bench_")
+    assert _schemas_left(db, report["schema"]) == 0
+
+
+def _pooled_transactions(pgbouncer: PgBouncer) -> int:
+    """Transactions PgBouncer has passed to the server for the test database."""
+    return sum(
+        int(row["total_xact_count"])
+        for row in pgbouncer.admin("SHOW STATS")
+        if row["database"] != "pgbouncer"
+    )
+
+
+def test_bench_through_pgbouncer_runs_orchestra_pooled_and_the_floor_direct(
+    test_dsn: str, db: psycopg.Connection[Any], pgbouncer: PgBouncer
+) -> None:
+    """--transaction-pooling: orchestra's defers and workers pass through a real PgBouncer in
+    transaction mode (no prepared statement errors), the floor runs on --listen-dsn."""
+    before = _pooled_transactions(pgbouncer)
+    report = _bench(pgbouncer.dsn, "--transaction-pooling", "--listen-dsn", test_dsn)
+    assert [f["name"] for f in report["figures"]] == FIGURES
+    for figure in report["figures"]:
+        if figure["name"] not in OWN_COSTS:
+            assert figure["orchestra"] > 0, figure
+            assert figure["floor"] > 0, figure
+    assert report["transaction_pooling"] is True
+    assert report["paths"] == {
+        "orchestra": f"{_db.redact_dsn(pgbouncer.dsn)} "
+        f"(transaction pooling; LISTEN at {_db.redact_dsn(test_dsn)})",
+        "floor": _db.redact_dsn(test_dsn),
+    }
+    # At least the 20 single defers and the 4 latency jobs went through the pooler.
+    wait_until(
+        lambda: _pooled_transactions(pgbouncer) - before >= 24,
+        timeout=30,
+        message="PgBouncer passed fewer transactions than orchestra's defers",
+    )
     assert _schemas_left(db, report["schema"]) == 0
 
 

@@ -27,7 +27,7 @@ from typing import Literal
 
 import pytest
 
-from orchestra import Config, JobDefinition
+from orchestra import Config, JobDefinition, chord
 from orchestra.testing import run_until_empty, wait_until
 from tests.e2e._support import REPO, Daemon, DaemonFactory, Queue, orchestra_argv
 from tests.integration.test_dashboard_api import XSS, Seeded, charge, seed
@@ -607,3 +607,42 @@ def test_pause_and_resume_a_channel_and_a_definition_with_the_buttons(
     ).click()
     expect(page.locator(".tag-paused")).to_have_count(0)
     assert (config.channels.paused(), config.definitions.paused()) == ([], [])
+
+
+def test_the_job_page_draws_its_workflow_and_links_each_job(
+    open_page: OpenPage, config: Config, start_dashboard: StartDashboard
+) -> None:
+    """A chord's callback: a box per member, its own box outlined, a click opens a member;
+    dark colors in the dark theme, and a phone scrolls the drawing, not the page."""
+    members = JobDefinition(config, name="fetch-page", job_function=charge, channel="idle")
+    merge = JobDefinition(config, name="merge-pages", job_function=charge, channel="idle")
+    workflow = chord([members.job({"to": f"page-{n}"}) for n in range(6)], then=merge.job({}))
+    assert workflow.callback is not None
+    base = start_dashboard(allow_actions=False)
+
+    page = open_page()
+    page.goto(f"{base}/jobs/{workflow.callback.id}")
+    graph = page.get_by_role(
+        "img", name=re.compile(f"^Dependency graph of job {workflow.callback.id}")
+    )
+    expect(graph).to_be_visible()
+    expect(graph.locator("a.node")).to_have_count(7)
+    expect(graph.locator("a.node-current")).to_contain_text(f"#{workflow.callback.id} merge-pages")
+    expect(graph.locator("path.edge")).to_have_count(6)
+    shot(page, "job-workflow")
+    first = workflow.jobs[0].id
+    graph.locator("a.node").filter(has_text=f"#{first} fetch-page").click()
+    expect(page.get_by_role("heading", name=f"Job {first} available")).to_be_visible()
+    expect(page.locator("svg.graph a.node-current")).to_contain_text(f"#{first}")
+
+    dark = open_page(scheme="dark")
+    dark.goto(f"{base}/jobs/{workflow.callback.id}")
+    box = dark.locator("svg.graph a.node-current rect")
+    assert box.evaluate("e => getComputedStyle(e).fill") == "rgb(43, 35, 67)"  # --waiting-bg
+    shot(dark, "dark-job-workflow")
+
+    phone = open_page(width=PHONE_WIDTH)
+    phone.goto(f"{base}/jobs/{workflow.callback.id}")
+    expect(phone.locator("svg.graph")).to_be_visible()
+    assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE_WIDTH
+    shot(phone, "phone-job-workflow")

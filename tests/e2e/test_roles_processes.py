@@ -98,11 +98,14 @@ def test_daemons_run_every_kind_of_job_under_the_least_privilege_roles(
         unique = jobs["echo"].defer({"n": 6}, unique_key="once")
         again = jobs["echo"].defer({"n": 7}, unique_key="once")
         assert again.id == unique.id and again.deduplicated
+        reporter = jobs["report"].defer(None, tags=["roles"], meta={"who": "producer"})
 
         assert third.result(timeout=60) == {"echo": {"n": 3}}
         assert [h.result(timeout=60) for h in paced] == [{"echo": {"n": i}} for i in range(4)]
         follow_up = spawner.result(timeout=60)
         assert unique.result(timeout=60) == {"echo": {"n": 6}}
+        assert reporter.result(timeout=60) == {"tags": ["roles"], "meta": {"who": "producer"}}
+        assert reporter.progress() == 1.0
         with pytest.raises(JobFailed, match="this job always fails"):
             broken.result(timeout=60)
         with pytest.raises(JobFailed, match="unmet_dependencies") as failed:

@@ -16,6 +16,7 @@ SCRIPTS = [
     "transactional_defer",
     "retries",
     "dependencies",
+    "workflows",
     "request_response",
     "dedup",
     "resource_lock",
@@ -24,6 +25,8 @@ SCRIPTS = [
     "callbacks",
     "manage_jobs",
     "channels_and_pause",
+    "snooze_and_cancel",
+    "tags_and_progress",
 ]
 
 
@@ -50,6 +53,7 @@ def test_example_runs(script: str, test_dsn: str, schema: str) -> None:
         "transactional_defer": "rolled-back job: does not exist",
         "retries": "(3, 'succeeded', None)",
         "dependencies": "order: ['extract-a', 'extract-b', 'merge', 'load']",
+        "workflows": "crawl: {'pages': 3, 'words': 6600}\nchain: 427",
         "request_response": "job 2 failed: ValueError: quantity must be positive",
         "dedup": "after it ran: new job True",
         "resource_lock": "attempts spent per job: [1, 1, 1, 1, 1, 1]",
@@ -58,6 +62,12 @@ def test_example_runs(script: str, test_dsn: str, schema: str) -> None:
         "callbacks": "job 2 failed for good after 2 attempts: ValueError: negative amount",
         "manage_jobs": "results: ['account 0 synced', 'account 1 synced', 'account 2 synced']",
         "channels_and_pause": "order: ['report-1', 'email-1', 'report-2', 'report-3', 'report-4']",
+        "snooze_and_cancel": "then ran as attempt 1 of 1\ncrunch: cancelled, attempt log "
+        "[(1, 'cancelled')]",
+        "tags_and_progress": "while running: running, progress {'done': 5, 'total': 10}\n"
+        "result: {'billed': 10, 'tenant': 42}\n"
+        "tags ['billing', 'eu'], meta {'tenant': 42}, final progress {'done': 10, 'total': 10}\n"
+        "billing jobs finished: 2",
     }[script]
     assert expected in done.stdout
 

@@ -32,6 +32,7 @@ from orchestra import (
     ConfigurationError,
     DefinitionInfo,
     Job,
+    JobContext,
     JobDefinition,
     JobHandle,
     JobStateError,
@@ -783,15 +784,18 @@ class TestCancel:
         assert isinstance(error, JobStateError), error
         assert str(error) == f"cannot cancel job {handle.id}: it already succeeded"
 
-    def test_cancel_of_a_running_job_fences_the_workers_finish(
+    def test_cancel_of_a_running_job_stops_it_and_discards_its_return(
         self, config: Config, recorder: EventRecorder
     ) -> None:
-        """A running job cancelled mid-attempt stays cancelled: the worker's finish is refused."""
-        started, release = threading.Event(), threading.Event()
+        """A running job cancelled mid-attempt stays cancelled: its worker stops the
+        attempt (ctx.should_stop for a sync function) and discards what it returns."""
+        started, told = threading.Event(), threading.Event()
 
-        def slow(payload: Any) -> str:
+        def slow(payload: Any, ctx: JobContext) -> str:
             started.set()
-            release.wait(20)
+            while not ctx.should_stop:
+                threading.Event().wait(0.01)
+            told.set()
             return "too late"
 
         handle = define(config, "slow", slow).defer({})
@@ -801,15 +805,16 @@ class TestCancel:
             assert running_job.status == "running" and running_job.locked_by is not None
             cancelled = config.jobs.cancel(handle.id)
             assert cancelled.status == "cancelled" and cancelled.locked_by is None
-            release.set()
-            fenced = recorder.wait_for(events.WorkerJobFenced)
-            assert fenced[0].job_id == handle.id
-            assert worker.stats.fenced == 1 and worker.stats.succeeded == 0
+            assert told.wait(10)
+            (stopped,) = recorder.wait_for(events.WorkerJobCancelled)
+            assert stopped.job_id == handle.id
+            assert worker.stats.cancelled == 1
+            assert worker.stats.fenced == 0 and worker.stats.succeeded == 0
 
         job = config.jobs.get(handle.id)
         assert (job.status, job.result) == ("cancelled", None)
         assert job.attempts is not None
-        assert [(a.attempt, a.outcome) for a in job.attempts] == [(1, "interrupted")]
+        assert [(a.attempt, a.outcome) for a in job.attempts] == [(1, "cancelled")]
         assert job.attempts[0].error is not None and "cancelled" in job.attempts[0].error
         assert job.attempts[0].worker_id == running_job.locked_by
 

@@ -125,6 +125,28 @@ class TestPausedDefinition:
             ).fetchall()
         assert len(claimed) == 1
 
+    def test_a_paused_definitions_job_does_not_hold_back_a_shared_resource_key(
+        self, config: Config, db: psycopg.Connection[Any]
+    ) -> None:
+        """The other definition's job with the same key is claimed, on either claim path."""
+        paused = define(config, "paused_first")
+        other = define(config, "other")
+        guarded = define(config, "guarded", max_concurrency=5)
+        paused.defer({}, resource_key="k")  # the key's head, by id
+        plain_id = other.defer({}, resource_key="k").id
+        config.definitions.pause("paused_first")
+        assert [row[0] for row in claim(db, config, limit=10)] == [plain_id]
+        # The guarded path, on a key whose head is the paused definition's too.
+        paused.defer({}, resource_key="k2")
+        guarded_id = guarded.defer({}, resource_key="k2").id
+        with db.transaction():
+            db.execute(config.queries["definition_lock_limited"], {"definitions": ["guarded"]})
+            claimed = db.execute(
+                config.queries["job_claim_limited"],
+                {"definitions": ["guarded"], "limit": 10, "worker_id": 1, "claim_id": "z"},
+            ).fetchall()
+        assert [row[0] for row in claimed] == [guarded_id]
+
     def test_a_pause_outlasts_a_restart_of_the_daemons(
         self, config: Config, db: psycopg.Connection[Any]
     ) -> None:

@@ -453,7 +453,7 @@ def finish(
             "ids": [job_id], "attempts": [attempt], "tokens": [uuid.UUID(lock_token)],
             "outcomes": ["succeeded"], "results": [result], "errors": [None],
             "tracebacks": [None], "retry_delays_ms": [0],
-            "started_ats": [dt.datetime.now(dt.UTC)], "worker_id": worker_id,
+            "started_ats": [dt.datetime.now(dt.UTC)], "progresses": [None], "worker_id": worker_id,
             "worker_name": "test", "notify_channel": "nobody", "finished_channel": "nobody",
         },
     ).fetchall()  # fmt: skip
@@ -616,7 +616,7 @@ def test_a_worker_changes_only_unclaimed_ready_or_held_jobs(
             queries["worker_heartbeat"],
             {"worker_id": me, "secret": "me", "ids": [mine.id], "tokens": [token(before, mine.id)]},
         ).fetchone()
-        assert row == (True, 1)
+        assert row == (True, 1, [], [])  # alive, one lease extended, none cancelled
         assert finish(conn, producer, me, mine.id, token(before, mine.id), "1", 2) == [mine.id]
         released = conn.execute(
             queries["job_release_dependents"], {"ids": [mine.id], "notify_channel": "nobody"}
@@ -847,7 +847,7 @@ def test_the_operator_retries_cancels_and_deletes_jobs(
         cancelled = operator.jobs.cancel(running.id)
         assert cancelled.status == "cancelled"
         attempts = operator.jobs.get(running.id).attempts or ()
-        assert [a.outcome for a in attempts] == ["interrupted"]
+        assert [a.outcome for a in attempts] == ["cancelled"]
         # A waiting job is deleted with its edge; the succeeded job it waited
         # for comes back into the hot table, and is deleted from there (its
         # restored attempt log with it); a cancelled one from the history.

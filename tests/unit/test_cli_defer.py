@@ -83,6 +83,8 @@ def test_the_options_become_defers_arguments() -> None:
         "unique_key": "k",
         "dedup": None,
         "resource_key": "printer",
+        "tags": (),
+        "meta": None,
     }
     at = parse_options(run_at="2031-05-01T09:00:00Z", dedup=True)
     assert at.run_at == dt.datetime(2031, 5, 1, 9, tzinfo=dt.UTC)
@@ -98,7 +100,16 @@ def test_without_options_the_definitions_defaults_apply() -> None:
         "unique_key": None,
         "dedup": None,
         "resource_key": None,
+        "tags": (),
+        "meta": None,
     }
+
+
+def test_tags_and_meta_become_defers_arguments() -> None:
+    """--tag (repeated, repeats dropped) and --meta (a JSON object) are defer()'s tags and meta."""
+    options = parse_options(tags=("billing", "eu", "billing"), meta='{"tenant": 42}')
+    assert options.defer_arguments()["tags"] == ("billing", "eu")
+    assert options.defer_arguments()["meta"] == {"tenant": 42}
 
 
 @pytest.mark.parametrize(
@@ -113,6 +124,13 @@ def test_without_options_the_definitions_defaults_apply() -> None:
         ({"timeout": "5s"}, "--timeout: only goes with --wait"),
         ({"unique_key": ""}, "--unique-key: must be a non-empty string"),
         ({"resource_key": "a\x00b"}, "--resource-key: must not contain NUL characters"),
+        ({"tags": ("",)}, "--tag: each tag must be a non-empty string"),
+        ({"tags": ("a\x1b[31m",)}, "--tag: must not contain control, format or line separator"),
+        ({"tags": ("x" * 101,)}, "--tag: each tag must be at most 100 characters, got 101"),
+        ({"tags": tuple(str(i) for i in range(21))}, "--tag: at most 20 tags, got 21"),
+        ({"meta": "[1]"}, "--meta: must be a JSON object such as"),
+        ({"meta": "{"}, "--meta: not valid JSON"),
+        ({"meta": '{"a": "' + "x" * 9000 + '"}'}, "--meta: is 9008 bytes as JSON, over the limit"),
     ],
 )
 def test_bad_options_are_refused_naming_the_option(

@@ -31,6 +31,7 @@ SAMPLE_FIELDS: dict[str, Any] = {
     "queue_wait_ms": 5,
     "queue_wait_s": 0.0051,
     "trace_context": None,
+    "tags": ("billing",),
     "duration_ms": 7,
     "duration_s": 0.0072,
     "traceback": None,
@@ -54,6 +55,8 @@ SAMPLE_FIELDS: dict[str, Any] = {
     "oldest_transaction_xid_age": 12,
     "job_dead_tuples": 40,
     "job_live_tuples": 100,
+    "seconds": 30.0,
+    "run_at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
 }
 
 EVENT_CLASSES: list[type[events.Event]] = [
@@ -81,7 +84,7 @@ class TestEventClasses:
         """events.__all__ exports the base class and every kind of event."""
         assert events.Event in EVENT_CLASSES
         assert events.WorkerJobPayloadInvalid in EVENT_CLASSES
-        assert len(EVENT_CLASSES) == 27
+        assert len(EVENT_CLASSES) == 29
 
     @pytest.mark.parametrize("cls", EVENT_CLASSES, ids=lambda cls: cls.__name__)
     def test_frozen(self, cls: type[events.Event]) -> None:

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "orchestra._schema_names": VALUES,
     "orchestra._records": VALUES,
     "orchestra._backoff": VALUES,
+    "orchestra._snooze": VALUES,
     # Database access.
     "orchestra._embedded": DATABASE,
     "orchestra._db": DATABASE,
@@ -49,6 +50,7 @@ LAYERS: dict[str, int] = {
     "orchestra._defer": DEFINITIONS,
     "orchestra._pause": DEFINITIONS,
     "orchestra._definition": DEFINITIONS,
+    "orchestra._workflow": DEFINITIONS,
     # The application's handle.
     "orchestra._config": APPLICATION,
     "orchestra": APPLICATION,

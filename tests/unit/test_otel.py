@@ -48,6 +48,7 @@ def claimed(
     trace_context: str | None = None,
     daemon_id: int = 1,
     timestamp: dt.datetime = T0,
+    tags: tuple[str, ...] = (),
 ) -> events.WorkerJobClaimed:
     """A WorkerJobClaimed of definition ``send``."""
     return make(
@@ -60,6 +61,7 @@ def claimed(
         max_attempts=3,
         queue_wait_ms=42,
         trace_context=trace_context,
+        tags=tags,
     )
 
 
@@ -217,6 +219,15 @@ class TestSpans:
         assert span.start_time == ns(T0)
         assert span.end_time == ns(T1)
         assert handler.open_spans == 0
+
+    def test_a_tagged_jobs_span_carries_its_tags(
+        self, handler: OpenTelemetryHandler, exporter: InMemorySpanExporter
+    ) -> None:
+        """orchestra.job.tags, a string array, only when the job has tags."""
+        handler(claimed(tags=("billing", "eu")))
+        handler(succeeded())
+        attributes = dict(only_span(exporter).attributes or {})
+        assert attributes["orchestra.job.tags"] == ("billing", "eu")
 
     def test_without_trace_context_a_root_span_even_inside_an_ambient_span(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestra import Config, ConfigurationError
+from orchestra import Config, ConfigurationError, _db
 from orchestra._database import LISTEN_DSN_ENV, TRANSACTION_POOLING_ENV
 from orchestra._db import RESILIENCE_DEFAULTS
 from tests.unit._support import SECRET, SECRET_URI, UNREACHABLE_DSN
@@ -132,3 +132,15 @@ def test_connections_get_a_connect_timeout_and_keepalives_the_dsn_does_not_set()
     assert "keepalives_idle" not in kwargs
     assert kwargs["keepalives"] == 1
     assert kwargs["keepalives_count"] == RESILIENCE_DEFAULTS["keepalives_count"]
+
+
+def test_libpq_environment_and_service_files_keep_their_own_timeouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "30")
+    assert "connect_timeout" not in _db.defaults_missing_from(UNREACHABLE_DSN)
+    assert _db._connect_timeout(UNREACHABLE_DSN, 5.0) == {}
+    assert _db.defaults_missing_from("service=production") == {}
+    monkeypatch.delenv("PGCONNECT_TIMEOUT")
+    assert _db._connect_timeout(UNREACHABLE_DSN, 5.0) == {"connect_timeout": 5}
+    assert _db._connect_timeout(f"{UNREACHABLE_DSN}?connect_timeout=30", 5.0) == {}

@@ -24,7 +24,7 @@ from typing import Any, assert_type
 
 import attrs
 
-from orchestra import Config, Job, JobContext, JobDefinition
+from orchestra import Config, Job, JobContext, JobDefinition, Workflow, chain, chord, group
 
 
 @attrs.frozen
@@ -98,6 +98,12 @@ async def main(config: Config) -> None:
     assert_type(await handle.config.jobs_async.get(handle), Job)
     handle.config.jobs.no_such_method()  # expected: attr-defined
     JobDefinition(config, name="canceller", job_function=cancel_the_other, payload_type=int)
+
+    # Workflows: a job of a workflow is typed as defer's payload is.
+    reports.job(Invoice(7))  # expected: arg-type
+    assert_type(chord([reports.job(Report("q3"))], then=plain.job({})), Workflow)
+    group([reports.job(Report("q3")), Report("q4")])  # expected: list-item
+    chain([reports.job(Report("q3")), alone.job(Report("q4"))])
 """
 
 EXPECTED_RE = re.compile(r"#\s*expected:\s*([a-z-]+)")

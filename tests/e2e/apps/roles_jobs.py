@@ -9,14 +9,17 @@ default channel:
 * ``spawn``: defers, from the worker (which may do what a producer may), an
   ``echo`` job that depends on the job ``payload["after"]``, and returns its id;
 * ``paced``: at most one running and one start per 200 ms (the guarded claim);
-* ``tick``: repeated every second by the orchestrator.
+* ``tick``: repeated every second by the orchestrator;
+* ``report``: reports progress, waits until the worker wrote it (the worker
+  role's UPDATE of ``progress``), and returns the tags and meta it was given.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from orchestra import Config, JobContext, JobDefinition
+from orchestra import Config, JobContext, JobDefinition, JobHandle
 
 PACED_RELEASE_MS = 200
 TICK_INTERVAL_MS = 1_000
@@ -38,6 +41,19 @@ def spawn(payload: dict[str, int], ctx: JobContext) -> int:
     return follow_up.defer({"after": payload["after"]}, depends_on=[payload["after"]]).id
 
 
+def report(payload: Any, ctx: JobContext) -> dict[str, Any]:
+    """Report half done; once the row shows it, report done and return tags and meta."""
+    ctx.set_progress(0.5)
+    handle = JobHandle(ctx.job_id, ctx.definition.config)
+    deadline = time.monotonic() + 30
+    while handle.progress() != 0.5:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker never wrote the progress")
+        time.sleep(0.05)
+    ctx.set_progress(1.0)
+    return {"tags": list(ctx.tags), "meta": dict(ctx.meta)}
+
+
 def tick() -> str:
     """A repeated job: nothing to do."""
     return "ticked"
@@ -49,6 +65,7 @@ def define(config: Config) -> dict[str, JobDefinition[Any]]:
         "echo": JobDefinition(config, name="echo", job_function=echo),
         "fails": JobDefinition(config, name="fails", job_function=fails),
         "spawn": JobDefinition(config, name="spawn", job_function=spawn),
+        "report": JobDefinition(config, name="report", job_function=report),
         "paced": JobDefinition(
             config,
             name="paced",
