@@ -82,6 +82,7 @@ _BIGINT_MAX = 2**63 - 1
 # The reason a JobStateError gives, by status, when no more specific one applies.
 _STATE_REASONS = {
     "waiting": "it is waiting for its dependencies",
+    "scheduled": "it is scheduled",
     "available": "it is available",
     "running": "it is running",
     "succeeded": "it already succeeded",
@@ -155,7 +156,7 @@ class JobHandle:
         )
 
     def status(self) -> str:
-        """The job's current status (``waiting``, ``available``, ``running``, ``succeeded`` ...)."""
+        """The job's current status (``waiting``, ``scheduled``, ``available``, ``running`` ...)."""
         with self.config.connection() as conn:
             row = conn.execute(self.config.queries["job_status"], {"id": self.id}).fetchone()
         if row is None:

@@ -16,7 +16,15 @@ import attrs
 from orchestra import _converter
 
 #: Every job status, in lifecycle order (the order of the ``job_status`` enum).
-STATUSES: tuple[str, ...] = ("waiting", "available", "running", "succeeded", "failed", "cancelled")
+STATUSES: tuple[str, ...] = (
+    "waiting",
+    "scheduled",
+    "available",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
 #: The final statuses: only an explicit retry takes a job out of them.
 FINALIZED_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 
@@ -30,7 +38,7 @@ class Attempt:
 
     Attributes:
         attempt: the attempt's number, from 1. A retry gives the job a fresh
-            budget, so numbers start again at 1 after it; a snooze spends no
+            budget and numbers go on after it (#1, #2, then #3 ...); a snooze spends no
             attempt, so the run after it has the same number; the log keeps
             every attempt, in the order they ended.
         worker_id: the id of the worker that ran it (None when not recorded).
@@ -63,14 +71,17 @@ class Job:
         id: the job's id.
         definition: the name of its definition.
         channel: the channel whose workers run it.
-        status: ``waiting``, ``available``, ``running``, ``succeeded``, ``failed``
-            or ``cancelled``.
+        status: ``waiting``, ``scheduled``, ``available``, ``running``,
+            ``succeeded``, ``failed`` or ``cancelled``. ``scheduled`` is an
+            available job whose :attr:`run_at` is still ahead (delayed, or
+            waiting for a retry's backoff); ``available`` means due now.
         priority: higher runs first.
         payload: the payload, decoded from JSON (not structured into the
             definition's payload type: the definition may not be loaded here).
         result: the job function's return value, decoded from JSON, once it succeeded.
-        attempt: attempts used (claims so far), from 0.
-        max_attempts: its attempt budget.
+        attempt: attempts used (claims so far), from 0; a retry keeps counting.
+        max_attempts: the attempt number it may reach: the definition's
+            ``num_attempts``, raised by as many again at each retry.
         run_at: when it is (or was) due.
         created_at: when it was deferred.
         started_at: when its last attempt started.

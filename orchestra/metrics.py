@@ -210,7 +210,9 @@ class _QueueGauges:
     def _families(self, reading: _QueueReading | None) -> list[Metric]:
         ns = self._namespace
         jobs = GaugeMetricFamily(
-            f"{ns}_jobs", "Unfinished jobs by status and channel.", labels=("status", "channel")
+            f"{ns}_jobs",
+            "Unfinished jobs by status and channel (available: due now; scheduled: run_at ahead).",
+            labels=("status", "channel"),
         )
         oldest_due = GaugeMetricFamily(
             f"{ns}_oldest_due_job_age_seconds",

@@ -704,7 +704,7 @@ class _Anything:
 
 ANY: Any = _Anything()
 #: The statuses of a job deferred and not run yet.
-NOT_RUN: tuple[str, ...] = ("waiting", "available")
+NOT_RUN: tuple[str, ...] = ("waiting", "scheduled", "available")
 
 
 def _definition_name(config: Config, definition: object) -> str:

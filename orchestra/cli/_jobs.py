@@ -49,6 +49,7 @@ from orchestra.errors import (
 LIST_LIMIT_DEFAULT = 50
 _STATUS_STYLES = {
     "waiting": "magenta",
+    "scheduled": "bright_blue",
     "available": "blue",
     "running": "cyan",
     "succeeded": "green",

@@ -213,9 +213,9 @@ class _JSON(JSONResponse):
 def allowed_actions(job: Job) -> list[str]:
     """The actions the job's state allows (the database re-checks when one is taken)."""
     allowed = []
-    if job.status in ("available", "succeeded", "failed", "cancelled"):
+    if job.status in ("scheduled", "available", "succeeded", "failed", "cancelled"):
         allowed.append("retry")
-    if job.status in ("waiting", "available", "running"):
+    if job.status in ("waiting", "scheduled", "available", "running"):
         allowed.append("cancel")
     if job.status != "running":
         allowed.append("delete")

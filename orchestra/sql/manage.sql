@@ -46,7 +46,9 @@
 -- (to_jsonb of a job_attempt row), so one Python function reads both. Its
 -- dependency edges stay after it finished, until its history partition is
 -- dropped.
-SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.payload::text,
+SELECT j.id, j.definition, j.channel,
+       CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END AS status,
+       j.priority, j.payload::text,
        j.result::text, j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at,
        j.finalized_at, j.last_error, j.unique_key, j.resource_key, j.locked_by,
        j.tags, j.meta::text, j.progress::text,
@@ -125,7 +127,8 @@ SELECT n.id, n.side, s.definition, s.status,
            > %(limit)s AS downstream_cut
 FROM nodes n
 LEFT JOIN LATERAL (
-    SELECT j.definition, j.status::text AS status FROM {schema}.job j WHERE j.id = n.id
+    SELECT j.definition, CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END AS status
+    FROM {schema}.job j WHERE j.id = n.id
     UNION ALL
     SELECT h.definition, h.status::text FROM {schema}.job_history h WHERE h.id = n.id
 ) s ON true
@@ -147,28 +150,29 @@ ORDER BY CASE n.side WHEN 'self' THEN 0 WHEN 'upstream' THEN 1 ELSE 2 END, n.id;
 -- a partial index an operator adds (`USING gin (tags) WHERE tags <> '{{}}'`)
 -- can serve it.
 WITH hot AS (
-    SELECT j.id, j.definition, j.channel, j.status, j.priority, j.payload, j.result,
+    SELECT j.id, j.definition, j.channel,
+           CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END AS status,
+           j.priority, j.payload, j.result,
            j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finalized_at,
            j.last_error, j.unique_key, j.resource_key, j.locked_by, j.tags, j.meta,
            j.progress, false AS in_history
     FROM {schema}.job j
-    WHERE %(statuses)s::{schema}.job_status[]
-          && '{{waiting,available,running}}'::{schema}.job_status[]
-      AND j.status = ANY(%(statuses)s::{schema}.job_status[])
+    WHERE %(statuses)s::text[] && '{{waiting,scheduled,available,running}}'::text[]
+      AND CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END
+          = ANY(%(statuses)s::text[])
       AND (%(definition)s::text IS NULL OR j.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR j.channel = %(channel)s::text)
       AND (%(tag)s::text IS NULL OR (j.tags @> ARRAY[%(tag)s::text] AND j.tags <> '{{}}'))
     ORDER BY j.id
     LIMIT %(window)s
 ), finished AS (
-    SELECT h.id, h.definition, h.channel, h.status, h.priority, h.payload, h.result,
+    SELECT h.id, h.definition, h.channel, h.status::text, h.priority, h.payload, h.result,
            h.attempt, h.max_attempts, h.run_at, h.created_at, h.started_at, h.finalized_at,
            h.last_error, h.unique_key, h.resource_key, NULL::bigint, h.tags, h.meta,
            h.progress, true
     FROM {schema}.job_history h
-    WHERE %(statuses)s::{schema}.job_status[]
-          && '{{succeeded,failed,cancelled}}'::{schema}.job_status[]
-      AND h.status = ANY(%(statuses)s::{schema}.job_status[])
+    WHERE %(statuses)s::text[] && '{{succeeded,failed,cancelled}}'::text[]
+      AND h.status::text = ANY(%(statuses)s::text[])
       AND (%(definition)s::text IS NULL OR h.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR h.channel = %(channel)s::text)
       AND (%(tag)s::text IS NULL OR (h.tags @> ARRAY[%(tag)s::text] AND h.tags <> '{{}}'))
@@ -190,28 +194,29 @@ LIMIT %(limit)s OFFSET %(offset)s;
 -- name: manage_job_list_desc
 -- manage_job_list_asc, newest first.
 WITH hot AS (
-    SELECT j.id, j.definition, j.channel, j.status, j.priority, j.payload, j.result,
+    SELECT j.id, j.definition, j.channel,
+           CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END AS status,
+           j.priority, j.payload, j.result,
            j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finalized_at,
            j.last_error, j.unique_key, j.resource_key, j.locked_by, j.tags, j.meta,
            j.progress, false AS in_history
     FROM {schema}.job j
-    WHERE %(statuses)s::{schema}.job_status[]
-          && '{{waiting,available,running}}'::{schema}.job_status[]
-      AND j.status = ANY(%(statuses)s::{schema}.job_status[])
+    WHERE %(statuses)s::text[] && '{{waiting,scheduled,available,running}}'::text[]
+      AND CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END
+          = ANY(%(statuses)s::text[])
       AND (%(definition)s::text IS NULL OR j.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR j.channel = %(channel)s::text)
       AND (%(tag)s::text IS NULL OR (j.tags @> ARRAY[%(tag)s::text] AND j.tags <> '{{}}'))
     ORDER BY j.id DESC
     LIMIT %(window)s
 ), finished AS (
-    SELECT h.id, h.definition, h.channel, h.status, h.priority, h.payload, h.result,
+    SELECT h.id, h.definition, h.channel, h.status::text, h.priority, h.payload, h.result,
            h.attempt, h.max_attempts, h.run_at, h.created_at, h.started_at, h.finalized_at,
            h.last_error, h.unique_key, h.resource_key, NULL::bigint, h.tags, h.meta,
            h.progress, true
     FROM {schema}.job_history h
-    WHERE %(statuses)s::{schema}.job_status[]
-          && '{{succeeded,failed,cancelled}}'::{schema}.job_status[]
-      AND h.status = ANY(%(statuses)s::{schema}.job_status[])
+    WHERE %(statuses)s::text[] && '{{succeeded,failed,cancelled}}'::text[]
+      AND h.status::text = ANY(%(statuses)s::text[])
       AND (%(definition)s::text IS NULL OR h.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR h.channel = %(channel)s::text)
       AND (%(tag)s::text IS NULL OR (h.tags @> ARRAY[%(tag)s::text] AND h.tags <> '{{}}'))
@@ -235,16 +240,15 @@ LIMIT %(limit)s OFFSET %(offset)s;
 -- with the same one-time filters per side. Cost: counting finished jobs scans
 -- the history (every partition the retention keeps).
 SELECT (SELECT count(*) FROM {schema}.job j
-        WHERE %(statuses)s::{schema}.job_status[]
-              && '{{waiting,available,running}}'::{schema}.job_status[]
-          AND j.status = ANY(%(statuses)s::{schema}.job_status[])
+        WHERE %(statuses)s::text[] && '{{waiting,scheduled,available,running}}'::text[]
+          AND CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END
+              = ANY(%(statuses)s::text[])
           AND (%(definition)s::text IS NULL OR j.definition = %(definition)s::text)
           AND (%(channel)s::text IS NULL OR j.channel = %(channel)s::text)
           AND (%(tag)s::text IS NULL OR (j.tags @> ARRAY[%(tag)s::text] AND j.tags <> '{{}}')))
        + (SELECT count(*) FROM {schema}.job_history h
-          WHERE %(statuses)s::{schema}.job_status[]
-                && '{{succeeded,failed,cancelled}}'::{schema}.job_status[]
-            AND h.status = ANY(%(statuses)s::{schema}.job_status[])
+          WHERE %(statuses)s::text[] && '{{succeeded,failed,cancelled}}'::text[]
+            AND h.status::text = ANY(%(statuses)s::text[])
             AND (%(definition)s::text IS NULL OR h.definition = %(definition)s::text)
             AND (%(channel)s::text IS NULL OR h.channel = %(channel)s::text)
             AND (%(tag)s::text IS NULL OR (h.tags @> ARRAY[%(tag)s::text] AND h.tags <> '{{}}'))) AS n;
@@ -252,7 +256,8 @@ SELECT (SELECT count(*) FROM {schema}.job j
 -- name: manage_job_retry
 -- Retry one job. A finished job (succeeded, failed, cancelled) moves from the
 -- history back into the hot table with its id: a fresh attempt budget
--- (attempt 0), no result, available now, or waiting when one of its
+-- (`attempt` keeps counting, `max_attempts` becomes `attempt` plus the
+-- definition's num_attempts, decision 0036), no result, available now, or waiting when one of its
 -- dependencies has not succeeded (is unfinished, failed, cancelled, or no
 -- longer kept). Its attempt log goes back into job_attempt rows, its success
 -- included, so that the log reads on as before. An available job that waits
@@ -289,7 +294,8 @@ WITH hot AS MATERIALIZED (
     ORDER BY o.id
     LIMIT 1
 ), defined AS MATERIALIZED (
-    SELECT d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL AS limited
+    SELECT d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL AS limited,
+           d.num_attempts
     FROM {schema}.job_definition d, target t
     WHERE d.name = t.definition
 ), made_due AS (
@@ -319,7 +325,8 @@ WITH hot AS MATERIALIZED (
                       AND NOT EXISTS (SELECT 1 FROM {schema}.job_history r
                                       WHERE r.id = d.required_job_id AND r.status = 'succeeded'))
                 THEN 'waiting' ELSE 'available' END::{schema}.job_status,
-           m.priority, m.payload, 0, m.max_attempts, now(), m.unique_key, m.resource_key,
+           m.priority, m.payload, m.attempt, m.attempt + (SELECT num_attempts FROM defined),
+           now(), m.unique_key, m.resource_key,
            m.tick_at, m.resource_key IS NOT NULL OR coalesce((SELECT limited FROM defined), false),
            m.created_at, m.started_at, m.last_error, m.trace_context, m.created_by,
            m.tags, m.meta, m.progress
@@ -372,7 +379,8 @@ SELECT count(*) FILTER (WHERE {schema}.job_recheck_waiting(w.id, %(notify_channe
 FROM unnest(%(ids)s::bigint[]) AS w(id);
 
 -- name: manage_job_retry_failed
--- Retry one batch of failed jobs, each with a fresh attempt budget, of one
+-- Retry one batch of failed jobs, each with a fresh attempt budget (as in
+-- manage_job_retry: attempt numbers go on), of one
 -- definition or all, in id order after %(after_id)s: the caller pages on
 -- `last_id`, so each failed job is visited once even if it fails again
 -- meanwhile, and locks are held for one bounded batch only. Failed jobs are
@@ -430,8 +438,10 @@ WITH batch AS MATERIALIZED (
                       AND NOT EXISTS (SELECT 1 FROM {schema}.job_history r
                                       WHERE r.id = d.required_job_id AND r.status = 'succeeded'))
                 THEN 'waiting' ELSE 'available' END::{schema}.job_status,
-           m.priority, m.payload, 0, m.max_attempts, now(), m.unique_key, m.resource_key,
-           m.tick_at,
+           m.priority, m.payload, m.attempt,
+           m.attempt + (SELECT d.num_attempts FROM {schema}.job_definition d
+                        WHERE d.name = m.definition),
+           now(), m.unique_key, m.resource_key, m.tick_at,
            m.resource_key IS NOT NULL
            OR coalesce((SELECT d.release_interval_ms > 0 OR d.max_concurrency IS NOT NULL
                         FROM {schema}.job_definition d WHERE d.name = m.definition), false),
@@ -612,9 +622,10 @@ SELECT (SELECT count(*) FROM batch) AS scanned,
 -- table only, so no pair is counted twice). Cost: the pass over the history
 -- scans every partition the retention keeps (no index on definition there).
 WITH counted AS MATERIALIZED (
-    SELECT j.definition, j.status::text AS status, count(*) AS n
-    FROM {schema}.job j
-    GROUP BY j.definition, j.status
+    SELECT j.definition, s.status, count(*) AS n
+    FROM {schema}.job j,
+         LATERAL (SELECT CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END AS status) s
+    GROUP BY j.definition, s.status
     UNION ALL
     SELECT h.definition, h.status::text, count(*)
     FROM {schema}.job_history h

@@ -13,12 +13,15 @@
 -- How many jobs each channel has in each status (the overview's table of
 -- counts; statuses without jobs are absent): one grouped pass over the hot
 -- table (unfinished jobs) and one over the history (finished jobs). A status
--- is in one table only, so no pair comes back twice. Cost: the history's pass
+-- is in one table only, so no pair comes back twice. `scheduled` is an
+-- available job whose run_at is still ahead (decision 0036): `available`
+-- counts the jobs due now. Cost: the history's pass
 -- scans every partition the retention keeps, at each load of the overview:
 -- with a long retention of a busy queue, that is the overview's main cost.
-SELECT j.channel, j.status::text AS status, count(*) AS n
-FROM {schema}.job j
-GROUP BY j.channel, j.status
+SELECT j.channel, s.status, count(*) AS n
+FROM {schema}.job j,
+     LATERAL (SELECT CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END AS status) s
+GROUP BY j.channel, s.status
 UNION ALL
 SELECT h.channel, h.status::text, count(*)
 FROM {schema}.job_history h
@@ -77,7 +80,8 @@ ORDER BY w.role DESC, w.name, w.id;
 (SELECT 'requires' AS relation, d.required_job_id AS id, r.definition, r.status
  FROM {schema}.job_dependency d
  CROSS JOIN LATERAL (
-     SELECT j.definition, j.status::text AS status FROM {schema}.job j
+     SELECT j.definition, CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END AS status
+     FROM {schema}.job j
      WHERE j.id = d.required_job_id
      UNION ALL
      SELECT h.definition, h.status::text FROM {schema}.job_history h
@@ -89,7 +93,8 @@ UNION ALL
 (SELECT 'required_by', d.job_id, w.definition, w.status
  FROM {schema}.job_dependency d
  CROSS JOIN LATERAL (
-     SELECT j.definition, j.status::text AS status FROM {schema}.job j
+     SELECT j.definition, CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END AS status
+     FROM {schema}.job j
      WHERE j.id = d.job_id
      UNION ALL
      SELECT h.definition, h.status::text FROM {schema}.job_history h
@@ -186,7 +191,9 @@ LEFT JOIN job_table t ON true;
 -- Unfinished jobs per status and channel, how long each channel's oldest due
 -- job has waited, and live daemons per role, in one statement (one snapshot,
 -- one round trip). Rows: (kind, label, channel, n, age_s) with kind
---   'depth'       label = status, n = its jobs;
+--   'depth'       label = status, n = its jobs: `available` counts the jobs
+--                 due now, `scheduled` those whose run_at is ahead
+--                 (delayed, or waiting for a retry's backoff; decision 0036);
 --   'oldest_due'  age_s = seconds since the run_at of the channel's oldest
 --                 available job whose run_at has passed (0 when none is due:
 --                 jobs delayed into the future are not late); label, n NULL;
@@ -201,17 +208,19 @@ LEFT JOIN job_table t ON true;
 -- counted: their rates are the job counters. The oldest due job is a min()
 -- in that same pass (no index of the hot table has run_at, and one for this
 -- alone would cost every insert and claim): about a third more than the
--- counts alone. Every channel of a definition is reported with its three
+-- counts alone. Every channel of a definition is reported with its four
 -- statuses and its oldest due job, 0 included, so a drained queue reads 0
 -- rather than vanishing. The worker table is small.
 WITH clock AS (
     SELECT coalesce(%(now)s::timestamptz, clock_timestamp()) AS now
 ), counted AS (
-    SELECT j.status::text AS status, j.channel, count(*) AS n,
+    SELECT s.status, j.channel, count(*) AS n,
            min(j.run_at) FILTER (WHERE j.status = 'available' AND j.run_at <= clock.now)
                AS oldest_due
-    FROM {schema}.job j CROSS JOIN clock
-    GROUP BY j.status, j.channel
+    FROM {schema}.job j CROSS JOIN clock,
+         LATERAL (SELECT CASE WHEN j.status = 'available' AND j.run_at > clock.now
+                              THEN 'scheduled' ELSE j.status::text END AS status) s
+    GROUP BY s.status, j.channel
 ), channels AS (
     SELECT channel FROM {schema}.job_definition
     UNION
@@ -220,7 +229,7 @@ WITH clock AS (
 SELECT 'depth' AS kind, s.status AS label, c.channel, coalesce(counted.n, 0)::bigint AS n,
        NULL::float8 AS age_s
 FROM channels c
-CROSS JOIN unnest(ARRAY['waiting', 'available', 'running']) AS s(status)
+CROSS JOIN unnest(ARRAY['waiting', 'scheduled', 'available', 'running']) AS s(status)
 LEFT JOIN counted ON counted.status = s.status AND counted.channel = c.channel
 UNION ALL
 SELECT 'oldest_due', NULL, c.channel, NULL,
@@ -274,22 +283,25 @@ WITH recent_hot AS MATERIALIZED (
     UNION
     SELECT h.id FROM {schema}.job_history h WHERE h.id = %(id)s::bigint
 ), found AS (
-    SELECT j.id, j.definition, j.channel, j.status, j.priority, j.payload, j.result,
+    SELECT j.id, j.definition, j.channel,
+           CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END AS status,
+           j.priority, j.payload, j.result,
            j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finalized_at,
            j.last_error, j.unique_key, j.resource_key, j.locked_by, j.tags, j.meta,
            j.progress, false AS in_history
     FROM {schema}.job j JOIN hot_hits USING (id)
-    WHERE j.status = ANY(%(statuses)s::{schema}.job_status[])
+    WHERE CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END
+          = ANY(%(statuses)s::text[])
       AND (%(definition)s::text IS NULL OR j.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR j.channel = %(channel)s::text)
       AND (%(tag)s::text IS NULL OR (j.tags @> ARRAY[%(tag)s::text] AND j.tags <> '{{}}'))
     UNION ALL
-    SELECT h.id, h.definition, h.channel, h.status, h.priority, h.payload, h.result,
+    SELECT h.id, h.definition, h.channel, h.status::text, h.priority, h.payload, h.result,
            h.attempt, h.max_attempts, h.run_at, h.created_at, h.started_at, h.finalized_at,
            h.last_error, h.unique_key, h.resource_key, NULL::bigint, h.tags, h.meta,
            h.progress, true
     FROM {schema}.job_history h JOIN finished_hits USING (id)
-    WHERE h.status = ANY(%(statuses)s::{schema}.job_status[])
+    WHERE h.status::text = ANY(%(statuses)s::text[])
       AND (%(definition)s::text IS NULL OR h.definition = %(definition)s::text)
       AND (%(channel)s::text IS NULL OR h.channel = %(channel)s::text)
       AND (%(tag)s::text IS NULL OR (h.tags @> ARRAY[%(tag)s::text] AND h.tags <> '{{}}'))
@@ -316,7 +328,9 @@ LEFT JOIN LATERAL (
 -- name: dashboard_jobs_by_ids
 -- The jobs of a selection (the bulk actions' confirmation page), from either
 -- table, by id: a primary-key probe of each per id. Ids of no job are absent.
-SELECT j.id, j.definition, j.channel, j.status::text AS status, j.priority, j.payload::text,
+SELECT j.id, j.definition, j.channel,
+       CASE WHEN j.status = 'available' AND j.run_at > now() THEN 'scheduled' ELSE j.status::text END AS status,
+       j.priority, j.payload::text,
        j.result::text, j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at,
        j.finalized_at, j.last_error, j.unique_key, j.resource_key, j.locked_by,
        j.tags, j.meta::text, j.progress::text,

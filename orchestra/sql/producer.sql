@@ -143,7 +143,10 @@ SELECT coalesce(array_agg(id ORDER BY id), '{{}}') AS ids,
 FROM inserted;
 
 -- name: job_status
-SELECT status::text AS status FROM {schema}.job WHERE id = %(id)s
+-- `scheduled`: available with a run_at still ahead (decision 0036).
+SELECT CASE WHEN status = 'available' AND run_at > now() THEN 'scheduled' ELSE status::text END
+       AS status
+FROM {schema}.job WHERE id = %(id)s
 UNION ALL
 SELECT status::text FROM {schema}.job_history WHERE id = %(id)s;
 

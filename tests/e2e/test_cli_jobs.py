@@ -252,8 +252,8 @@ def test_jobs_retry_by_id_and_every_failed_job(
     )
     bulk = ok(run("jobs", "retry", "--failed", "--definition", "send-mail", *target, env=e2e_env))
     assert bulk.strip() == "retried 2 failed job(s) of 'send-mail'"
-    rows = sql(db, config, "SELECT status::text, attempt FROM {s}.job ORDER BY id")
-    assert rows == [("available", 0)] * 3
+    rows = sql(db, config, "SELECT status::text, attempt, max_attempts FROM {s}.job ORDER BY id")
+    assert rows == [("available", 3, 6)] * 3  # attempt numbers go on, num_attempts more
 
 
 def test_jobs_retry_reports_each_refused_id_and_exits_1(
@@ -380,6 +380,7 @@ def test_definitions_list_as_a_table_and_as_json(
     assert (mail["channel"], mail["num_attempts"]) == ("mail", 3)
     assert mail["counts"] == {
         "waiting": 0,
+        "scheduled": 0,
         "available": 1,
         "running": 0,
         "succeeded": 0,

@@ -138,7 +138,7 @@ def test_role_all_serves_the_orchestrator_gauges(
         if name == "orchestra_jobs"
     }
     statuses = {dict(labels)["status"] for labels in depth}
-    assert statuses == {"waiting", "available", "running"}
+    assert statuses == {"waiting", "scheduled", "available", "running"}
     assert {dict(labels)["channel"] for labels in depth} == {"_default"}
     assert "_created" not in body
 
@@ -198,7 +198,7 @@ def test_a_worker_with_queue_metrics_exports_the_queue_gauges(
         for (name, labels), _sample in samples(body).items()
         if name == "orchestra_jobs"
     }
-    assert statuses == {"waiting", "available", "running"}
+    assert statuses == {"waiting", "scheduled", "available", "running"}
     assert value(body, "orchestra_oldest_due_job_age_seconds", channel="_default") is not None
 
 

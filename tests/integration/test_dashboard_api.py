@@ -160,6 +160,7 @@ def test_overview_counts_throughput_daemons(client: TestClient, seeded: Seeded) 
     assert data["counts"]["total"] == 5
     assert data["counts"]["by_status"] == {
         "waiting": 1,
+        "scheduled": 0,
         "available": 1,
         "running": 0,
         "succeeded": 1,
@@ -168,6 +169,7 @@ def test_overview_counts_throughput_daemons(client: TestClient, seeded: Seeded) 
     }
     assert data["counts"]["by_channel"]["reports"] == {
         "waiting": 1,
+        "scheduled": 0,
         "available": 1,
         "running": 0,
         "succeeded": 0,
@@ -324,7 +326,7 @@ def test_api_actions(actions_client: TestClient, seeded: Seeded) -> None:
     retried = client.post(f"/api/jobs/{seeded.failed}/retry", json={})
     assert retried.status_code == 200
     assert retried.json()["job"]["status"] == "available"
-    assert retried.json()["job"]["attempt"] == 0
+    assert retried.json()["job"]["attempt"] == 2  # attempt numbers go on after a retry
 
     refused = client.post(f"/api/jobs/{seeded.waiting}/retry", json={})
     assert refused.status_code == 409

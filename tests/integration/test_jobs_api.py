@@ -3,7 +3,7 @@
 What it guarantees:
 
 * failed jobs can be listed, retried (back to available, with a fresh
-  attempt budget) or deleted, in bulk;
+  attempt budget; attempt numbers go on) or deleted, in bulk;
 * find by id, list by status with limit, offset and order, and no hidden
   time window (old jobs are listed like new ones).
 
@@ -274,7 +274,7 @@ class TestGet:
         ]
 
         retried = api.retry(handle.id)
-        assert (retried.archived, retried.status, retried.attempt) == (False, "available", 0)
+        assert (retried.archived, retried.status, retried.attempt) == (False, "available", 1)
         assert sql(db, config, "SELECT count(*) FROM {s}.job_history WHERE id = %s", handle.id) == [
             (0,)
         ]
@@ -467,7 +467,8 @@ class TestRetry:
     def test_retry_gives_a_finalized_job_a_fresh_budget(
         self, api: JobsApi, config: Config, db: psycopg.Connection[Any]
     ) -> None:
-        """Succeeded, failed and cancelled jobs go back to available, attempt 0, no result."""
+        """Succeeded, failed and cancelled jobs go back to available, no result, and their
+        attempt numbers go on with the definition's num_attempts more to spend."""
         definition = define(config, "job", num_attempts=3)
         handles = {status: definition.defer({}) for status in ("succeeded", "failed", "cancelled")}
         for status, handle in handles.items():
@@ -483,8 +484,8 @@ class TestRetry:
             job = api.retry(handle.id)
             assert (job.status, job.attempt, job.max_attempts, job.result) == (
                 "available",
-                0,
                 3,
+                6,
                 None,
             )
             assert job.finalized_at is None and job.locked_by is None
@@ -626,17 +627,17 @@ class TestRetryWithWorker:
             h.id for h in handles
         ]
         assert jobs.retry_failed(definition="failing") == 3
-        assert {(j.status, j.attempt) for j in jobs.list(definition="failing")} == {
-            ("available", 0)
+        assert {(j.status, j.attempt, j.max_attempts) for j in jobs.list(definition="failing")} == {
+            ("available", 2, 4)
         }
         assert jobs.get(kept.id).status == "failed"
 
         run_until_empty(config)  # each gets its whole budget again
         for handle in handles:
             job = jobs.get(handle.id)
-            assert (job.status, job.attempt) == ("failed", 2)
+            assert (job.status, job.attempt) == ("failed", 4)
             assert job.attempts is not None
-            assert [a.attempt for a in job.attempts] == [1, 2, 1, 2]
+            assert [a.attempt for a in job.attempts] == [1, 2, 3, 4]
 
         assert jobs.delete_failed(definition="failing") == 3
         assert jobs.count(definition="failing") == 0
@@ -668,12 +669,12 @@ class TestRetryWithWorker:
         assert config.jobs.retry(handle.id).status == "available"
         run_until_empty(config)
         job = config.jobs.get(handle.id)
-        assert (job.status, job.attempt, job.result) == ("succeeded", 1, {"double": 42})
+        assert (job.status, job.attempt, job.result) == ("succeeded", 3, {"double": 42})
         assert job.attempts is not None
         assert [(a.attempt, a.outcome) for a in job.attempts] == [
             (1, "failed"),
             (2, "failed"),
-            (1, "succeeded"),
+            (3, "succeeded"),
         ]
 
     def test_a_succeeded_job_retried_and_run_again_logs_both_successes(
@@ -686,11 +687,11 @@ class TestRetryWithWorker:
         config.jobs.retry(handle.id)
         run_until_empty(config)
         job = config.jobs.get(handle.id)
-        assert (job.status, job.attempt) == ("succeeded", 1)
+        assert (job.status, job.attempt) == ("succeeded", 2)
         assert job.attempts is not None and first.attempts is not None
         assert [(a.attempt, a.outcome) for a in job.attempts] == [
             (1, "succeeded"),
-            (1, "succeeded"),
+            (2, "succeeded"),
         ]
         assert job.attempts[0] == first.attempts[0]
         assert job.attempts[1].finished_at == job.finalized_at
@@ -943,6 +944,7 @@ class TestDefinitions:
         assert mail_info.last_heartbeat_at is not None and mail_info.paused is False
         assert dict(mail_info.counts) == {
             "waiting": 0,
+            "scheduled": 0,
             "available": 2,
             "running": 0,
             "succeeded": 0,

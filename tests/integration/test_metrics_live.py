@@ -143,6 +143,9 @@ class TestGaugesService:
             ("running", "_default", 0),
             ("running", "idle", 0),
             ("running", "mail", 1),
+            ("scheduled", "_default", 0),
+            ("scheduled", "idle", 0),
+            ("scheduled", "mail", 0),
             ("waiting", "_default", 1),
             ("waiting", "idle", 0),
             ("waiting", "mail", 0),
@@ -241,8 +244,10 @@ class TestOldestDueJob:
         assert oldest_due["busy"] == 0.0
         assert oldest_due["idle"] == 0.0
         assert [channel for channel, _ in snapshot.oldest_due] == sorted(oldest_due)
-        # The counts of the same statement are unchanged by it.
-        assert ("available", "mail", 3) in snapshot.depth
+        # The counts of the same statement: the job an hour ahead is scheduled.
+        assert ("available", "mail", 2) in snapshot.depth
+        assert ("scheduled", "mail", 1) in snapshot.depth
+        assert ("scheduled", "later", 1) in snapshot.depth
         assert ("waiting", "busy", 1) in snapshot.depth
 
     def test_the_age_grows_with_the_clock(

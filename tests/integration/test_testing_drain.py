@@ -80,7 +80,7 @@ def test_retries_wait_for_their_backoff_unless_with_scheduled(config: Config) ->
     assert first == DrainResult(retried=1, scheduled=1)
     assert first.retried_ids == (handle.id,)
     assert first.attempts[0].retry_at is not None
-    assert handle.status() == "available"
+    assert handle.status() == "scheduled"  # available, its run_at ahead
 
     rest = drain(config, with_scheduled=True)
     assert rest == DrainResult(retried=1, failed=1)
@@ -219,7 +219,7 @@ def test_delayed_jobs_run_only_with_scheduled(config: Config) -> None:
     later = JobDefinition(config, name="later", job_function=lambda: "done")
     handle = later.defer(delay_ms=3_600_000)
     assert drain(config) == DrainResult(scheduled=1)
-    assert handle.status() == "available"
+    assert handle.status() == "scheduled"  # available, its run_at ahead
     assert drain(config, with_scheduled=True) == DrainResult(succeeded=1)
     assert handle.result(timeout=0) == "done"
 
